@@ -1,0 +1,7 @@
+"""Torch-shaped public ops. Each validates its arguments, then `engine.backend` picks Triton or PyTorch.
+
+    ops.layer_norm, ops.add_layer_norm          (engine/ops/norm.py)
+    ops.gelu, ops.bias_gelu                     (engine/ops/activation.py)
+    ops.scaled_dot_product_attention,
+    ops.varlen_attention, ops.decode_attention  (engine/ops/attention.py)
+"""

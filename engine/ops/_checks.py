@@ -1,0 +1,44 @@
+"""Argument checks shared by every op: each error names the argument, what was expected and what was given."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# dtypes the Triton kernels take; float64 and friends go to PyTorch through dispatch (supported=False).
+KERNEL_DTYPES = FLOAT_DTYPES
+
+
+def check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    return t
+
+
+def check_floating(name: str, t: object) -> torch.Tensor:
+    """``t`` must be a floating-point tensor (any float dtype; the kernels take fp32/fp16/bf16)."""
+    t = check_tensor(name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float16 or bfloat16); got {t.dtype}")
+    return t
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """All given (non-None) tensors live on one device."""
+    given = {k: v for k, v in tensors.items() if v is not None}
+    devices = {v.device for v in given.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{k} on {v.device}" for k, v in given.items())
+        raise ValueError(f"tensors must be on the same device; got {where}")
+
+
+def check_same_dtype(**tensors: torch.Tensor | None) -> None:
+    given = {k: v for k, v in tensors.items() if v is not None}
+    dtypes = {v.dtype for v in given.values()}
+    if len(dtypes) > 1:
+        what = ", ".join(f"{k} {v.dtype}" for k, v in given.items())
+        raise TypeError(f"tensors must have the same dtype; got {what}")
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
