@@ -19,7 +19,7 @@ from typing import Any
 # Largest shared memory one block can opt into on an H100/H200 (227 KiB).
 H200_MAX_SHARED_BYTES = 232448
 
-KERNEL_MODULES = ("layernorm", "gelu", "attention")
+KERNEL_MODULES = ("layernorm", "gelu", "attention", "decode")
 
 
 @dataclasses.dataclass(frozen=True)
