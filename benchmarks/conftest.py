@@ -8,16 +8,80 @@ Use the `bench` fixture:
 
 - `group` puts engine and its references side by side in pytest-benchmark's report and in the summary.
 - `provider` names who ran: "engine", "torch", "torch-flash", "transformers", ...
-- `nbytes` / `flops` (per call) turn the median time into GB/s / TFLOP/s in extra_info.
+- `nbytes` / `flops` (per call) turn the median time into GB/s / TFLOP/s in extra_info, and into a fraction of
+  the measured device peak ("frac_peak", with "peak" = "copy" or "matmul"; see benchmarks/ceilings.py).
+- `extra={...}` adds structured fields to extra_info; the report reads "area", "n", "head_dim", "causal"
+  (e.g. extra={"area": "attention", "n": 1024, "head_dim": 64, "causal": True}) and otherwise parses the group.
 - On CUDA the timed function synchronizes the device, and one untimed warm-up call runs first
   (compilation, autotuning and allocator growth stay out of the numbers).
+- Memory-bound cases whose data fits in L2 (60 MB on the H200) should rotate inputs with the `rotating`
+  fixture: `sets = rotating(make_inputs, nbytes=bytes_per_set)`, then `bench(lambda: op(*sets()), ...)`;
+  `sets.last` is the input set of the most recent call (to check the returned output against).
+
+At the end of the run a short table (engine vs each reference per group) is printed; `--engine-report DIR`
+(or ENGINE_BENCH_REPORT=DIR) also writes results.json, summary.md, summary.txt and attention.png there.
+On CPU, pytest-benchmark's --benchmark-max-time / --benchmark-min-rounds default to small values (CI runs
+this suite) unless given on the command line.
 """
 from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+HERE = Path(__file__).resolve().parent
+# pytest-benchmark options applied on CPU unless the user passed their own.
+CPU_DEFAULTS = {"benchmark_max_time": ("--benchmark-max-time", "0.05"),
+                "benchmark_min_rounds": ("--benchmark-min-rounds", 3)}
+ROTATE_L2_MULTIPLE = 4  # rotate until the sets together are this many times the L2 size
+CEILINGS_KEY = pytest.StashKey[dict]()
+
+
+def _load(name: str) -> Any:
+    """Import a sibling module by path (works whatever pytest's import mode and sys.path are)."""
+    mod_name = f"_engine_bench_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _load("report")
+ceilings_mod = _load("ceilings")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--engine-report", default=os.environ.get("ENGINE_BENCH_REPORT"), metavar="DIR",
+                     help="write engine's benchmark report (results.json, summary.md/.txt, attention.png) to DIR")
+
+
+def _user_gave(config: pytest.Config, flag: str) -> bool:
+    args = list(config.invocation_params.args) + shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    try:
+        args += list(config.getini("addopts"))
+    except (ValueError, KeyError):
+        pass
+    return any(str(a) == flag or str(a).startswith(flag + "=") for a in args)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if CUDA:
+        return
+    for dest, (flag, value) in CPU_DEFAULTS.items():
+        if hasattr(config.option, dest) and not _user_gave(config, flag):
+            setattr(config.option, dest, value)
 
 
 @pytest.fixture
@@ -25,11 +89,69 @@ def device() -> str:
     return "cuda" if CUDA else "cpu"
 
 
+@pytest.fixture(scope="session")
+def ceilings(request: pytest.FixtureRequest) -> dict | None:
+    """Measured copy bandwidth and matmul rate of this device, once per session (cheap on CPU).
+
+    ENGINE_CEILINGS=path.json reuses ceilings saved by `benchmarks/ceilings.py --json` on the same device."""
+    dev = "cuda" if CUDA else "cpu"
+    saved = os.environ.get("ENGINE_CEILINGS")
+    c = ceilings_mod.load(saved, device=dev) if saved else None
+    if c is None:
+        try:
+            c = ceilings_mod.measure(dev)
+        except Exception as exc:  # a ceiling is context for the numbers, never a reason to fail them
+            warnings.warn(f"could not measure device ceilings: {exc}")
+            return None
+    request.config.stash[CEILINGS_KEY] = c
+    return c
+
+
+class Rotation:
+    """Cycles through several independently made input sets, so a memory-bound benchmark reads from device
+    memory instead of L2. ``make()`` returns one input set; ``nbytes`` is the bytes one set occupies.
+
+    On CUDA it makes enough sets to cover ROTATE_L2_MULTIPLE x the L2 size (at most ``max_sets``); elsewhere one.
+    Call the object to get the next set; ``last`` is the set the latest call returned.
+    """
+
+    def __init__(self, make: Callable[[], Any], *, nbytes: float, max_sets: int = 64) -> None:
+        if not nbytes or nbytes <= 0:
+            raise ValueError(f"nbytes must be a positive byte count per input set; got {nbytes!r}")
+        count = 1
+        if CUDA:
+            l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 60 << 20)
+            count = max(1, min(max_sets, math.ceil(ROTATE_L2_MULTIPLE * l2 / nbytes)))
+        self.sets = [make() for _ in range(count)]
+        self._i = -1
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def __call__(self) -> Any:
+        self._i = (self._i + 1) % len(self.sets)
+        return self.sets[self._i]
+
+    @property
+    def last(self) -> Any:
+        return self.sets[max(self._i, 0)]
+
+
 @pytest.fixture
-def bench(benchmark):
-    def run(fn, *, provider: str, group: str, nbytes: float | None = None, flops: float | None = None):
+def rotating() -> type[Rotation]:
+    """The Rotation class: ``sets = rotating(make_inputs, nbytes=bytes_per_set)``."""
+    return Rotation
+
+
+@pytest.fixture
+def bench(benchmark, ceilings):
+    def run(fn: Callable[[], Any], *, provider: str, group: str, nbytes: float | None = None,
+            flops: float | None = None, extra: Mapping[str, Any] | None = None) -> Any:
         benchmark.group = group
         benchmark.extra_info["provider"] = provider
+        benchmark.extra_info["device"] = "cuda" if CUDA else "cpu"
+        if extra:
+            benchmark.extra_info.update(extra)
         if CUDA:
             def timed():
                 out = fn()
@@ -37,16 +159,43 @@ def bench(benchmark):
                 return out
         else:
             timed = fn
-        timed()  # warm-up, untimed
+        timed()  # warm-up, untimed (on CUDA it also drains earlier queued work)
         out = benchmark(timed)
         stats = getattr(benchmark, "stats", None)
         median = stats.stats.median if stats is not None else None
         if median:
-            benchmark.extra_info["median_s"] = median
+            info = benchmark.extra_info
+            info["median_s"] = median
             if nbytes:
-                benchmark.extra_info["GB/s"] = nbytes / median / 1e9
+                info["GB/s"] = nbytes / median / 1e9
             if flops:
-                benchmark.extra_info["TFLOP/s"] = flops / median / 1e12
+                info["TFLOP/s"] = flops / median / 1e12
+            if ceilings:
+                if flops and ceilings.get("matmul_TFLOP/s"):
+                    info["frac_peak"], info["peak"] = info["TFLOP/s"] / ceilings["matmul_TFLOP/s"], "matmul"
+                elif nbytes and ceilings.get("copy_GB/s"):
+                    info["frac_peak"], info["peak"] = info["GB/s"] / ceilings["copy_GB/s"], "copy"
         return out
 
     return run
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    session = getattr(config, "_benchmarksession", None)
+    rows = report.make_rows(session.benchmarks) if session is not None else []
+    if not rows:
+        return
+    c = config.stash.get(CEILINGS_KEY, None)
+    report.add_peak_fractions(rows, c)
+    summary = report.summarize(rows)
+    terminalreporter.write_sep("=", "engine vs reference (speedup = reference time / engine time)")
+    if c:
+        terminalreporter.write_line(ceilings_mod.describe(c))
+    terminalreporter.write_line(report.format_table(summary))
+    out_dir = config.getoption("--engine-report", default=None)
+    if out_dir:
+        written = report.write_report(out_dir, rows, ceilings=c)
+        if "png" not in written:
+            terminalreporter.write_line("attention plot skipped (matplotlib missing or no attention TFLOP/s rows)")
+        terminalreporter.write_line("engine report: " + ", ".join(str(p) for p in written.values()))
