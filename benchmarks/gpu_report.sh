@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The GPU report: the one command to run whenever an H200 (or any CUDA GPU) is available.
+#
+#   benchmarks/gpu_report.sh [OUTDIR]      # OUTDIR, else $OUT, else benchmarks/out/<UTC time>
+#   benchmarks/gpu_report.sh --list        # print the stages and their time limits, run nothing
+#
+# Stages, each under `timeout` and all within one budget (ENGINE_REPORT_BUDGET seconds, default 330, so the whole
+# run fits a 15-minute device lease with the machine's start): versions, build (pip install -e . of the C++
+# sampler), ceilings (copy bandwidth, bf16 matmul), engine-bench (python -m engine bench at CUDA sizes),
+# gpu-tests (pytest -m gpu tests/, the AOT compile test left out), benchmarks (pytest benchmarks/ with JSON).
+# A stage that would start with too little budget left is skipped and says so; ENGINE_REPORT_SKIP="a,b" skips
+# stages by name. Output: OUTDIR/{report.log, ceilings.json, benchmarks.json, results.json, summary.md,
+# summary.txt, attention.png}. The summary table is printed last.
+# Exit status: 0 all checks passed; 1 a correctness check (build, engine-bench, gpu-tests, benchmarks) failed;
+# 3 nothing failed but a check stage timed out or was skipped (results incomplete).
+# Record results in benchmarks/RESULTS.md only from these files:
+#   python benchmarks/report.py OUTDIR/results.json --results-md benchmarks/RESULTS.md
+set -u -o pipefail
+
+# name:limit seconds:kind (check = a failure there is a correctness failure; info = context only)
+STAGES="versions:20:info build:100:check ceilings:40:info engine-bench:45:check gpu-tests:110:check benchmarks:170:check"
+BUDGET=${ENGINE_REPORT_BUDGET:-330}
+MIN_START=10  # do not start a stage with less than this many seconds of budget left
+
+if [ "${1:-}" = "--list" ]; then
+    total=0
+    for s in $STAGES; do
+        IFS=: read -r name limit kind <<<"$s"
+        printf '%-14s %4s s  %s\n' "$name" "$limit" "$kind"
+        total=$((total + limit))
+    done
+    echo "budget ${BUDGET} s (sum of stage limits ${total} s; later stages get what is left)"
+    exit 0
+fi
+
+cd "$(dirname "$0")/.." || exit 1
+OUTDIR=${1:-${OUT:-benchmarks/out/$(date -u +%Y%m%d-%H%M%S)}}
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd) || exit 1
+LOG="$OUTDIR/report.log"
+: >"$LOG"
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -x /opt/torch/.venv/bin/python3 ]; then PY=/opt/torch/.venv/bin/python3
+else PY=python3; fi
+export PYTHONUNBUFFERED=1 ENGINE_CEILINGS="$OUTDIR/ceilings.json"
+unset TRITON_INTERPRET
+START=$SECONDS
+STATUS=""   # lines "name status seconds"
+STAGE_TMP=$(mktemp)
+trap 'rm -f "$STAGE_TMP"' EXIT
+
+say() { echo "$@" | tee -a "$LOG"; }
+
+# How a pytest log ended: "failed" when it reports failures or errors.
+pytest_failed() { tail -n 5 "$1" | grep -Eq '[0-9]+ (failed|errors?)\b'; }
+
+stage_versions() {
+    "$PY" - <<'PY'
+import platform, importlib
+print(f"python {platform.python_version()} ({platform.machine()})")
+for name in ("torch", "triton", "transformers", "pytest", "pytest_benchmark", "matplotlib", "numpy"):
+    try:
+        print(f"{name} {importlib.import_module(name).__version__}")
+    except Exception as exc:
+        print(f"{name}: not importable ({type(exc).__name__})")
+import torch
+print(f"CUDA available {torch.cuda.is_available()}, torch CUDA {torch.version.cuda}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+          f"{p.total_memory / 2**30:.0f} GiB, L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB")
+PY
+    local rc=$?
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 || true
+    (git rev-parse --short HEAD 2>/dev/null && git status --short 2>/dev/null | head -n 20) || echo "git: not available"
+    return $rc
+}
+
+stage_build() {
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index -q -e . || return 1
+    "$PY" -c "import engine, engine._sampler; print('engine', engine.__version__, 'built:', engine._sampler.__file__)"
+}
+
+stage_ceilings() { "$PY" benchmarks/ceilings.py --json "$OUTDIR/ceilings.json"; }
+
+stage_engine_bench() { "$PY" -m engine bench; }
+
+stage_gpu_tests() {
+    "$PY" -m pytest -m gpu tests/ --ignore=tests/kernels/test_aot.py -q -rfE -p no:cacheprovider
+    local rc=$?
+    if [ $rc -eq 5 ]; then echo "no GPU-marked tests were collected"; return 0; fi
+    return $rc
+}
+
+stage_benchmarks() {
+    # The attention grid first (the plot), then every other benchmark file.
+    local files=() f
+    shopt -s nullglob
+    [ -f benchmarks/test_attention.py ] && files+=(benchmarks/test_attention.py)
+    for f in benchmarks/test_*.py; do [ "$f" != benchmarks/test_attention.py ] && files+=("$f"); done
+    if [ ${#files[@]} -eq 0 ]; then echo "no benchmark files"; return 1; fi
+    "$PY" -m pytest "${files[@]}" -q -p no:cacheprovider -rfE \
+        --benchmark-json="$OUTDIR/benchmarks.json" --engine-report "$OUTDIR" \
+        --benchmark-max-time=0.1 --benchmark-min-rounds=5 --benchmark-warmup=off \
+        --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+}
+
+run_stage() {  # name limit kind
+    local name=$1 limit=$2 kind=$3 left=$((BUDGET - (SECONDS - START))) t0 rc st
+    if [[ ",${ENGINE_REPORT_SKIP:-}," == *",$name,"* ]]; then
+        say "== $name: skipped (ENGINE_REPORT_SKIP)"; STATUS+="$name skipped($kind) 0"$'\n'; return
+    fi
+    if [ "$left" -lt "$MIN_START" ]; then
+        say "== $name: skipped (budget spent: ${left}s left of ${BUDGET}s)"; STATUS+="$name skipped($kind) 0"$'\n'
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    say "== $name (limit ${limit}s, $(date -u +%H:%M:%S))"
+    t0=$SECONDS
+    # SIGINT first, so pytest still writes its JSON and our report for what finished; KILL 20 s later.
+    timeout -s INT -k 20 "$limit" bash -c "stage_${name//-/_}" >"$STAGE_TMP" 2>&1
+    rc=$?
+    cat "$STAGE_TMP" >>"$LOG"
+    if [ $rc -eq 0 ]; then st=ok
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        if pytest_failed "$STAGE_TMP"; then st=FAILED; else st=TIMEOUT; fi
+    else st=FAILED; fi
+    [ "$kind" = info ] && [ "$st" != ok ] && st="$st(info)"
+    STATUS+="$name $st $((SECONDS - t0))"$'\n'
+    # Keep the terminal short (the device tool returns only the last 12k characters): the stage's tail.
+    case $name in
+        versions|ceilings) cat "$STAGE_TMP" ;;
+        engine-bench) tail -n 16 "$STAGE_TMP" ;;
+        *) grep -E '^(FAILED|ERROR)' "$STAGE_TMP" | head -n 15; tail -n 3 "$STAGE_TMP" ;;
+    esac
+    echo "-- $name: $st (rc $rc, $((SECONDS - t0)) s)" | tee -a "$LOG"
+}
+
+export PY OUTDIR
+export -f stage_versions stage_build stage_ceilings stage_engine_bench stage_gpu_tests stage_benchmarks
+say "gpu_report: out=$OUTDIR python=$PY budget=${BUDGET}s"
+for s in $STAGES; do
+    IFS=: read -r name limit kind <<<"$s"
+    run_stage "$name" "$limit" "$kind"
+done
+
+if [ ! -f "$OUTDIR/summary.txt" ] && [ -s "$OUTDIR/benchmarks.json" ]; then  # pytest was cut short: rebuild
+    ceil=(); [ -f "$OUTDIR/ceilings.json" ] && ceil=(--ceilings "$OUTDIR/ceilings.json")
+    timeout 60 "$PY" benchmarks/report.py "$OUTDIR/benchmarks.json" "${ceil[@]}" --out "$OUTDIR" >>"$LOG" 2>&1 \
+        || say "report from benchmarks.json failed (see report.log)"
+fi
+echo
+echo "==================== engine GPU report ($((SECONDS - START)) s) ===================="
+[ -f "$OUTDIR/ceilings.json" ] && "$PY" -c "import json,sys; sys.path.insert(0,'benchmarks'); import ceilings; \
+print(ceilings.describe(json.load(open('$OUTDIR/ceilings.json'))))" 2>/dev/null
+if [ -f "$OUTDIR/summary.txt" ]; then cat "$OUTDIR/summary.txt"; else echo "(no benchmark summary was written)"; fi
+[ -f "$OUTDIR/attention.png" ] || echo "(no attention plot: matplotlib missing or no attention rows)"
+echo "files: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
+printf '%s' "$STATUS" | awk '{printf "  %-14s %-16s %5s s\n", $1, $2, $3}' | tee -a "$LOG"
+if printf '%s' "$STATUS" | grep -Eq ' FAILED '; then echo "RESULT: FAILED"; exit 1; fi
+if printf '%s' "$STATUS" | grep -Eq ' (TIMEOUT|skipped\(check\)) '; then echo "RESULT: INCOMPLETE"; exit 3; fi
+echo "RESULT: all checks passed"
+exit 0
