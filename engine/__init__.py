@@ -7,7 +7,8 @@
 Hot ops are Triton kernels on CUDA (PyTorch's own ops elsewhere, same results); sampling is a C++ extension.
 """
 from engine import backend, ops
+from engine.checkpoint import from_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backend", "ops"]
+__all__ = ["__version__", "backend", "from_pretrained", "ops"]

@@ -16,6 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="smallest sizes only")
     p.set_defaults(run=_bench)
+
+    p = sub.add_parser("convert", help="write a Hugging Face model folder in engine's format")
+    p.add_argument("hf_dir", metavar="HF_DIR", help="Hugging Face model folder (config.json + weights)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be empty unless --force)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="store weights in this dtype (default: the checkpoint's)")
+    p.set_defaults(run=_convert)
     return parser
 
 
@@ -23,6 +31,12 @@ def _bench(args: argparse.Namespace) -> int:
     from engine.bench import main as bench_main
 
     return bench_main(device=args.device, quick=args.quick)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from engine.checkpoint import convert_main
+
+    return convert_main(args.hf_dir, args.out_dir, force=args.force, dtype=args.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,289 @@
+"""Checkpoints: read Hugging Face or engine directories, remap names, load a model, convert to engine's format.
+
+Accepted directories (config.json plus weights, in this order of preference):
+    model.safetensors | model.safetensors.index.json (shards) | pytorch_model.bin | pytorch_model.bin.index.json
+A ``python -m engine convert`` directory holds engine's config.json and model.safetensors with engine's tensor
+names and layouts (fused qkv, Linear-layout GPT-2 weights, tied weights stored once).
+
+Loading is lazy (safetensors ``safe_open``, ``torch.load(mmap=True, weights_only=True)``): every name, shape and
+size is checked against the model before any tensor data is read, then tensors are read one at a time
+straight to the target device and dtype, and assigned into a model built on the meta device (no throw-away
+initialisation), so peak host memory stays near one copy of the weights. Pickled code is never executed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine.config import ModelConfig, load_config
+from engine.models import Rename, build_model, hf_rename
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "spiece.model")
+_TIED = {"mlm.decoder", "lm_head.weight"}  # dropped silently when the model ties them to its embeddings
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+class TensorSource:
+    """Lazy, read-only view of the tensors in one checkpoint directory: ``shape(name)`` and ``get(name)``."""
+
+    def __init__(self, path: str | os.PathLike, *, device: torch.device) -> None:
+        self.path = Path(path)
+        self.device = device
+        self._file_of: dict[str, Path] = {}
+        self._open: dict[Path, Any] = {}
+        self.kind = ""
+        p = self.path
+        if (p / "model.safetensors").is_file():
+            self.kind = "safetensors"
+            self._add(p / "model.safetensors")
+        elif (p / "model.safetensors.index.json").is_file():
+            self.kind = "safetensors"
+            self._add_index(p / "model.safetensors.index.json")
+        elif (p / "pytorch_model.bin").is_file():
+            self.kind = "bin"
+            self._add(p / "pytorch_model.bin")
+        elif (p / "pytorch_model.bin.index.json").is_file():
+            self.kind = "bin"
+            self._add_index(p / "pytorch_model.bin.index.json")
+        else:
+            raise FileNotFoundError(
+                f"no weights in {str(p)!r}: expected model.safetensors, model.safetensors.index.json, "
+                "pytorch_model.bin or pytorch_model.bin.index.json"
+            )
+
+    def _add_index(self, index: Path) -> None:
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{index} is not a valid shard index (need a 'weight_map' object): {exc}") from None
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (index.parent / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index.name} lists shard files that do not exist: {', '.join(missing)}")
+        for f in files:
+            self._add(index.parent / f)
+        stray = sorted(set(weight_map) - set(self._file_of))
+        if stray:
+            raise ValueError(f"{index.name} maps tensors that are not in their shard files: {', '.join(stray[:10])}")
+
+    def _add(self, file: Path) -> None:
+        try:
+            if self.kind == "safetensors":
+                dev = self.device
+                where = f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}" \
+                    if dev.type == "cuda" else "cpu"
+                handle = safe_open(str(file), framework="pt", device=where)
+                names = list(handle.keys())
+            else:
+                try:
+                    handle = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+                    handle = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+                if not isinstance(handle, dict) or not all(isinstance(v, torch.Tensor) for v in handle.values()):
+                    raise ValueError("expected a flat dict of tensors (a state dict)")
+                names = list(handle)
+        except Exception as exc:  # safetensors / torch raise their own types for corrupt or truncated files
+            raise ValueError(f"cannot read {file}: corrupt, truncated or not a {self.kind} checkpoint "
+                             f"({type(exc).__name__}: {exc})") from None
+        self._open[file] = handle
+        for n in names:
+            if n in self._file_of:
+                raise ValueError(f"tensor {n!r} appears in both {self._file_of[n].name} and {file.name}")
+            self._file_of[n] = file
+
+    def names(self) -> list[str]:
+        return list(self._file_of)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        h = self._open[self._file_of[name]]
+        return tuple(h.get_slice(name).get_shape()) if self.kind == "safetensors" else tuple(h[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        h = self._open[self._file_of[name]]
+        if self.kind == "safetensors":
+            return _DTYPES.get({"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+                               .get(h.get_slice(name).get_dtype(), ""), torch.float32)
+        return h[name].dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self._file_of[name]
+        h = self._open[file]
+        try:
+            t = h.get_tensor(name) if self.kind == "safetensors" else h[name]
+        except Exception as exc:
+            raise ValueError(f"cannot read tensor {name!r} from {file}: {type(exc).__name__}: {exc}") from None
+        return t.to(self.device)
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self._open)
+
+
+def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> tuple[dict[str, list], list[str]]:
+    """engine name -> [(part, source name, transpose)], and the names of known-but-unused HF tensors.
+
+    Raises ValueError naming every tensor the family does not know.
+    """
+    plan: dict[str, list] = {}
+    aliases: dict[str, list] = {}
+    unknown: list[str] = []
+    for n in source.names():
+        r = Rename(n) if converted else hf_rename(cfg, n)
+        if r is None:
+            unknown.append(n)
+        elif r.name:
+            (aliases if r.alias else plan).setdefault(r.name, []).append((r.part, n, r.transpose))
+    if unknown:
+        raise ValueError(
+            f"unexpected tensors for a {cfg.family} checkpoint ({len(unknown)}): {', '.join(sorted(unknown)[:20])}"
+        )
+    for name, srcs in aliases.items():
+        plan.setdefault(name, srcs)
+    return plan, []
+
+
+def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, torch.Size], *,
+                    converted: bool, dtype: torch.dtype | None, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Read, remap and check every tensor ``expected`` (engine name -> shape) needs; returns them loaded."""
+    plan, _ = _plan(cfg, source, converted)
+    unused = sorted(n for n in plan if n not in expected)
+    surplus = [n for n in unused if n not in _TIED]
+    if surplus and converted:
+        raise ValueError(f"unexpected tensors in the engine checkpoint: {', '.join(surplus[:20])}")
+    if surplus:
+        srcs = sorted(s for n in surplus for _, s, _ in plan[n])
+        warnings.warn(f"{cfg.architecture} does not use these checkpoint tensors: {', '.join(srcs[:20])}",
+                      stacklevel=3)
+    missing = [n for n in expected if n not in plan]
+    problems = [f"{n} (no source tensor)" for n in missing]
+    for name, shape in expected.items():
+        srcs = plan.get(name)
+        if not srcs:
+            continue
+        parts = sorted(p for p, _, _ in srcs)
+        if parts != [-1] and parts != [0, 1, 2]:
+            problems.append(f"{name} (needs query, key and value; found {[s for _, s, _ in srcs]})")
+            continue
+        for part, src, transpose in srcs:
+            want = tuple(shape)
+            if part >= 0:
+                want = (want[0] // 3,) + want[1:]
+            if transpose:
+                want = want[::-1]
+            found = source.shape(src)
+            if found != want:
+                problems.append(f"{src} has shape {found}, expected {want}")
+    if problems:
+        raise ValueError(f"checkpoint does not fit {cfg.architecture} ({len(problems)} problems): "
+                         + "; ".join(problems[:20]))
+    if dtype is None:  # keep the checkpoint's own floating dtype
+        dtype = next((source.dtype(s) for srcs in plan.values() for _, s, _ in srcs
+                      if source.dtype(s).is_floating_point), torch.float32)
+    state: dict[str, torch.Tensor] = {}
+    for i, (name, shape) in enumerate(expected.items()):
+        pieces = []
+        for _, src, transpose in sorted(plan[name]):
+            t = source.get(src)
+            t = t.to(dtype) if t.is_floating_point() else t
+            pieces.append(t.t() if transpose else t)
+        t = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+        state[name] = t.contiguous()
+        if progress:
+            print(f"\rloading tensors {i + 1}/{len(expected)}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return state
+
+
+def _resolve(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, Any]:
+    dev = torch.device("cpu" if device is None else device)
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or a torch.dtype; got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    if dtype is not None and dtype not in _DTYPES.values():
+        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64; got {dtype}")
+    return dev, dtype
+
+
+def _read(path: str | os.PathLike, dev: torch.device) -> tuple[ModelConfig, TensorSource, bool]:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{str(p)!r} is not a directory (expected a Hugging Face or engine model folder)")
+    cfg = load_config(p)
+    converted = json.loads((p / "config.json").read_text(encoding="utf-8")).get("engine_format") is not None
+    return cfg, TensorSource(p, device=dev), converted
+
+
+def _instantiate(cfg: ModelConfig, source: TensorSource, converted: bool, dtype: Any,
+                 progress: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    plan, _ = _plan(cfg, source, converted)
+    with torch.device("meta"):
+        model = build_model(cfg, with_pooler=("pooler.weight" in plan) if cfg.head == "base" else None)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state = load_state_dict(cfg, source, expected, converted=converted, dtype=dtype, progress=progress)
+    return model, state
+
+
+def from_pretrained(path: str | os.PathLike, *, device: str | torch.device | None = None,
+                    dtype: torch.dtype | str | None = None, progress: bool = False) -> torch.nn.Module:
+    """Load a Hugging Face model directory or an ``engine convert`` directory as an engine model.
+
+    device: where the weights go (default "cpu"); dtype: float32, float16 or bfloat16 (default: the
+    checkpoint's). Returns an nn.Module in eval mode with requires_grad off; ``model(input_ids,
+    attention_mask=None, token_type_ids=None)`` returns the main output of ``config.architecture``.
+    """
+    dev, dtype = _resolve(device, dtype)
+    cfg, source, converted = _read(path, dev)
+    model, state = _instantiate(cfg, source, converted, dtype, progress)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False,
+            dtype: torch.dtype | str | None = None, progress: bool = True) -> Path:
+    """Write ``hf_dir`` (a Hugging Face model folder) to ``out_dir`` in engine's format; returns out_dir.
+
+    Refuses a non-empty ``out_dir`` unless ``force``. Tokenizer files are copied along.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"OUT_DIR {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"OUT_DIR {str(out)!r} is not empty; pass --force (force=True) to overwrite it")
+    _, dtype = _resolve(None, dtype)
+    cfg, source, converted = _read(hf_dir, torch.device("cpu"))
+    if converted:
+        raise ValueError(f"{str(hf_dir)!r} is already in engine's format")
+    _, state = _instantiate(cfg, source, converted, dtype, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "engine_format": "1"})
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for name in TOKENIZER_FILES:
+        if (Path(hf_dir) / name).is_file():
+            shutil.copyfile(Path(hf_dir) / name, out / name)
+    return out
+
+
+def convert_main(hf_dir: str, out_dir: str, *, force: bool = False, dtype: str | None = None) -> int:
+    """``python -m engine convert`` entry point: 0 on success, 1 with a message on stderr otherwise."""
+    try:
+        out = convert(hf_dir, out_dir, force=force, dtype=dtype, progress=True)
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
+        print(f"engine convert: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

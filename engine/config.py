@@ -1,0 +1,239 @@
+"""One ``ModelConfig`` for every family engine runs, and the parsing of Hugging Face ``config.json`` files.
+
+``ModelConfig.from_hf(dict)`` reads an HF config (GPT-2, BERT, ALBERT, RoBERTa) and refuses, with a clear
+message, anything engine cannot run exactly (relative position embeddings, decoder BERTs, activations that are
+not GELU, unknown architectures). ``to_dict`` / ``from_dict`` round-trip engine's own config.json, the one
+``python -m engine convert`` writes (it carries ``"engine_format"`` so a loader can tell the two apart).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+ENGINE_FORMAT = 1
+
+# HF class name -> (family, head). The head decides what ``model(...)`` returns (see engine/models).
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "GPT2Model": ("gpt2", "base"),
+    "GPT2LMHeadModel": ("gpt2", "lm"),
+    "BertModel": ("bert", "base"),
+    "BertForMaskedLM": ("bert", "mlm"),
+    "BertForSequenceClassification": ("bert", "seq_cls"),
+    "BertForQuestionAnswering": ("bert", "qa"),
+    "BertForNextSentencePrediction": ("bert", "nsp"),
+    "BertForPreTraining": ("bert", "pretraining"),
+    "AlbertModel": ("albert", "base"),
+    "AlbertForMaskedLM": ("albert", "mlm"),
+    "AlbertForSequenceClassification": ("albert", "seq_cls"),
+    "RobertaModel": ("roberta", "base"),
+    "RobertaForMaskedLM": ("roberta", "mlm"),
+    "RobertaForSequenceClassification": ("roberta", "seq_cls"),
+}
+FAMILIES = ("gpt2", "bert", "albert", "roberta")
+_DEFAULT_ARCH = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "albert": "AlbertModel", "roberta": "RobertaModel"}
+
+# HF activation names that are exactly erf GELU ("none") or the tanh approximation ("tanh"): gelu_new,
+# gelu_fast, gelu_accurate and gelu_pytorch_tanh all compute 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
+GELU_APPROXIMATION: dict[str, str] = {
+    "gelu": "none",
+    "gelu_python": "none",
+    "gelu_new": "tanh",
+    "gelu_fast": "tanh",
+    "gelu_accurate": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu_python_tanh": "tanh",
+}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Everything the model code needs, for every family (fields a family does not use keep their defaults).
+
+    family: "gpt2" | "bert" | "albert" | "roberta"; architecture: the HF class name whose main output
+    ``model(...)`` returns; gelu: "none" (erf) or "tanh" for the MLP (and the MLM head of BERT/ALBERT).
+    """
+
+    family: str
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    layer_norm_eps: float = 1e-12
+    gelu: str = "none"
+    type_vocab_size: int = 0
+    pad_token_id: int | None = None
+    num_labels: int = 2
+    tie_word_embeddings: bool = True
+    # ALBERT: factorised embeddings and shared layers.
+    embedding_size: int | None = None
+    num_hidden_groups: int = 1
+    inner_group_num: int = 1
+    # GPT-2 attention scaling options.
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {self.family!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture {self.architecture!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
+            )
+        if ARCHITECTURES[self.architecture][0] != self.family:
+            raise ValueError(f"architecture {self.architecture} does not belong to family {self.family!r}")
+        if self.gelu not in ("none", "tanh"):
+            raise ValueError(f"gelu must be 'none' or 'tanh'; got {self.gelu!r}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "num_hidden_groups", "inner_group_num"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.family == "albert" and self.num_layers % self.num_hidden_groups:
+            raise ValueError(
+                f"num_hidden_layers ({self.num_layers}) must be divisible by num_hidden_groups "
+                f"({self.num_hidden_groups})"
+            )
+        if self.family == "roberta" and self.pad_token_id is None:
+            raise ValueError("RoBERTa needs pad_token_id (its position ids start at pad_token_id + 1)")
+
+    @property
+    def head(self) -> str:
+        """"base", "lm", "mlm", "seq_cls", "qa", "nsp" or "pretraining"."""
+        return ARCHITECTURES[self.architecture][1]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest input: RoBERTa's position ids start at pad_token_id + 1, so it loses that many slots."""
+        if self.family == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+    # ---- engine's own config.json -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine_format": ENGINE_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Parse engine's config.json (as written by ``to_dict``)."""
+        if d.get("engine_format") != ENGINE_FORMAT:
+            raise ValueError(f"engine_format must be {ENGINE_FORMAT}; got {d.get('engine_format')!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields - {"engine_format"})
+        if unknown:
+            raise ValueError(f"unknown fields in engine config: {', '.join(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+    # ---- Hugging Face config.json -------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Parse an HF config.json dict; raise ValueError for anything engine cannot run exactly."""
+        model_type = d.get("model_type")
+        archs = d.get("architectures") or []
+        if len(archs) > 1:
+            raise ValueError(f"config.json lists several architectures {archs}; engine needs exactly one")
+        if archs:
+            arch = archs[0]
+            if arch not in ARCHITECTURES:
+                raise ValueError(
+                    f"architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
+                )
+            family = ARCHITECTURES[arch][0]
+        elif model_type in FAMILIES:
+            family, arch = model_type, _DEFAULT_ARCH[model_type]
+        else:
+            raise ValueError(
+                f"config.json names no architecture and model_type {model_type!r} is not one of "
+                f"{', '.join(FAMILIES)}"
+            )
+        if model_type is not None and model_type != family:
+            raise ValueError(f"model_type {model_type!r} does not match architecture {arch}")
+        return _from_gpt2(d, arch) if family == "gpt2" else _from_bert_like(d, family, arch)
+
+
+def _activation(d: dict[str, Any], key: str, default: str) -> str:
+    name = d.get(key, default)
+    if name not in GELU_APPROXIMATION:
+        raise ValueError(
+            f"{key}={name!r} is not supported; supported activations: {', '.join(GELU_APPROXIMATION)}"
+        )
+    return GELU_APPROXIMATION[name]
+
+
+def _num_labels(d: dict[str, Any]) -> int:
+    if isinstance(d.get("id2label"), dict) and d["id2label"]:
+        return len(d["id2label"])
+    return int(d.get("num_labels", 2))
+
+
+def _eps(d: dict[str, Any], default: float) -> float:
+    for key in ("layer_norm_eps", "layer_norm_epsilon"):
+        if key in d:
+            return float(d[key])
+    return default
+
+
+def _from_gpt2(d: dict[str, Any], arch: str) -> ModelConfig:
+    if d.get("add_cross_attention"):
+        raise ValueError("GPT-2 with add_cross_attention=True is not supported (decoder-only GPT-2 is)")
+    hidden = int(d.get("n_embd", 768))
+    return ModelConfig(
+        family="gpt2", architecture=arch, vocab_size=int(d.get("vocab_size", 50257)), hidden_size=hidden,
+        num_layers=int(d.get("n_layer", 12)), num_heads=int(d.get("n_head", 12)),
+        intermediate_size=int(d.get("n_inner") or 4 * hidden),
+        max_position_embeddings=int(d.get("n_positions", 1024)), layer_norm_eps=_eps(d, 1e-5),
+        gelu=_activation(d, "activation_function", "gelu_new"), pad_token_id=d.get("pad_token_id"),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+        scale_attn_weights=bool(d.get("scale_attn_weights", True)),
+        scale_attn_by_inverse_layer_idx=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
+    )
+
+
+def _from_bert_like(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
+    pos = d.get("position_embedding_type", "absolute")
+    if pos != "absolute":
+        raise ValueError(
+            f"position_embedding_type={pos!r} is not supported; only 'absolute' position embeddings are"
+        )
+    if d.get("is_decoder") or d.get("add_cross_attention"):
+        raise ValueError(f"{family} as a decoder (is_decoder / add_cross_attention) is not supported")
+    default_act = "gelu_new" if family == "albert" else "gelu"
+    return ModelConfig(
+        family=family, architecture=arch, vocab_size=int(d.get("vocab_size", 30522)),
+        hidden_size=int(d.get("hidden_size", 768)), num_layers=int(d.get("num_hidden_layers", 12)),
+        num_heads=int(d.get("num_attention_heads", 12)), intermediate_size=int(d.get("intermediate_size", 3072)),
+        max_position_embeddings=int(d.get("max_position_embeddings", 512)), layer_norm_eps=_eps(d, 1e-12),
+        gelu=_activation(d, "hidden_act", default_act), type_vocab_size=int(d.get("type_vocab_size", 2)),
+        pad_token_id=d.get("pad_token_id", 1 if family == "roberta" else 0), num_labels=_num_labels(d),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+        embedding_size=int(d.get("embedding_size", 128)) if family == "albert" else None,
+        num_hidden_groups=int(d.get("num_hidden_groups", 1)) if family == "albert" else 1,
+        inner_group_num=int(d.get("inner_group_num", 1)) if family == "albert" else 1,
+    )
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """Read ``path/config.json`` (engine's or Hugging Face's) into a ModelConfig."""
+    file = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no config.json in {os.fspath(path)!r}")
+    try:
+        with open(file, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{file} must hold a JSON object; got {type(d).__name__}")
+    return ModelConfig.from_dict(d) if "engine_format" in d else ModelConfig.from_hf(d)

@@ -1,0 +1,237 @@
+"""Pieces every family shares: op wrappers, self-attention, MLP, the post-LN encoder layer, input checks.
+
+The model code reaches engine's kernels only through the five small wrappers below (`layer_norm`,
+`add_layer_norm`, `bias_gelu`, `sdpa`, `varlen`): each calls ``engine.ops`` when that op exists and PyTorch's
+op otherwise, so CUDA runs our Triton kernels and every other device runs PyTorch with the same results.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import ops
+
+
+# ---- op wrappers (one per op; switching an op is a one-line change here) -------------------------------------
+def layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm over the last dim of ``x`` (..., C) with ``ln``'s weight, bias and eps."""
+    f = getattr(ops, "layer_norm", None) or F.layer_norm
+    return f(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LayerNorm(x + residual), x + residual); x, residual (..., C)."""
+    f = getattr(ops, "add_layer_norm", None)
+    if f is not None:
+        return f(x, residual, ln.weight, ln.bias, ln.eps)
+    s = x + residual
+    return F.layer_norm(s, (s.shape[-1],), ln.weight, ln.bias, ln.eps), s
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    """gelu(x + bias); x (..., F), bias (F,); approximate "none" (erf) or "tanh"."""
+    f = getattr(ops, "bias_gelu", None)
+    if f is not None:
+        return f(x, bias, approximate=approximate)
+    return F.gelu(x + bias, approximate=approximate)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, causal: bool,
+         scale: float) -> torch.Tensor:
+    """Attention on (B, H, N, D) tensors; ``mask`` additive (B, 1, 1 or N, N) or None."""
+    f = getattr(ops, "scaled_dot_product_attention", None) or F.scaled_dot_product_attention
+    return f(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+
+
+def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
+           causal: bool, scale: float) -> torch.Tensor:
+    """Attention on packed (total, H, D) tokens of sequences delimited by int32 ``cu_seqlens`` (B + 1,)."""
+    f = getattr(ops, "varlen_attention", None)
+    if f is not None:
+        return f(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal, scale=scale)
+    out = torch.empty_like(q)  # PyTorch fallback: one sequence at a time
+    bounds = cu_seqlens.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[s:e].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
+        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale).transpose(0, 1)
+    return out
+
+
+def varlen_available() -> bool:
+    return getattr(ops, "varlen_attention", None) is not None
+
+
+# ---- how one forward pass lays out its tokens --------------------------------------------------------------
+@dataclass
+class TokenLayout:
+    """Padded tokens (B, N, C) with an optional additive mask, or packed tokens (T, C) with ``cu_seqlens``.
+
+    Built once per forward pass and handed to every attention layer.
+    """
+
+    causal: bool = False
+    mask: torch.Tensor | None = None  # padded: additive float (B, 1, 1 or N, N), or None for no padding
+    cu_seqlens: torch.Tensor | None = None  # packed: int32 (B + 1,)
+    max_seqlen: int = 0
+    indices: torch.Tensor | None = None  # packed: positions of the real tokens in the flattened (B * N) batch
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+    def attend(self, qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+        """Fused qkv (B, N, 3C) or (T, 3C) -> attention output (B, N, C) or (T, C), heads merged."""
+        C = qkv.shape[-1] // 3
+        D = C // num_heads
+        if self.packed:
+            T = qkv.shape[0]
+            q, k, v = qkv.view(T, 3, num_heads, D).unbind(1)  # each (T, H, D)
+            y = varlen(q, k, v, self.cu_seqlens, self.max_seqlen, causal=self.causal, scale=scale)
+            return y.reshape(T, C)
+        B, N, _ = qkv.shape
+        q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D)
+        y = sdpa(q, k, v, mask=self.mask, causal=self.causal and self.mask is None, scale=scale)
+        return y.transpose(1, 2).reshape(B, N, C)
+
+
+def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype, *, causal: bool) -> torch.Tensor:
+    """Additive mask from a (B, N) 0/1 mask: 0 where a key may be seen, dtype's most negative value elsewhere.
+
+    (B, 1, 1, N), or (B, 1, N, N) with the causal triangle folded in. A finite minimum (not -inf) keeps rows
+    with no visible key finite (uniform), as Hugging Face does, so padding never produces NaNs.
+    """
+    keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, N)
+    if causal:
+        N = attention_mask.shape[1]
+        tri = torch.ones(N, N, dtype=torch.bool, device=attention_mask.device).tril()
+        keep = keep & tri  # (B, 1, N, N)
+    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+    return torch.where(keep, zero, torch.finfo(dtype).min)
+
+
+def unpad(x: torch.Tensor, attention_mask: torch.Tensor, *, causal: bool = False) -> tuple[torch.Tensor, TokenLayout]:
+    """(B, N, C) padded tokens -> (T, C) real tokens and the packed layout (sequences must be left-aligned)."""
+    B, N, C = x.shape
+    keep = attention_mask.bool()
+    lens = keep.sum(1, dtype=torch.int32)  # (B,)
+    indices = keep.flatten().nonzero().squeeze(1)  # (T,)
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=x.device)
+    cu[1:] = lens.cumsum(0)
+    layout = TokenLayout(causal=causal, cu_seqlens=cu, max_seqlen=int(lens.max()), indices=indices)
+    return x.reshape(B * N, C).index_select(0, indices), layout
+
+
+def pad(x: torch.Tensor, layout: TokenLayout, B: int, N: int) -> torch.Tensor:
+    """(T, C) packed tokens back to (B, N, C); padded positions are zeros."""
+    out = x.new_zeros(B * N, x.shape[-1])
+    return out.index_copy_(0, layout.indices, x).view(B, N, -1)
+
+
+# ---- modules ------------------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection.
+
+    ``qkv`` (C -> 3C, rows ordered q, k, v; heads contiguous within each) and ``out`` (C -> C) are plain
+    Linear layers, so a KV-cache can call ``qkv``, split heads itself and finish with ``out``.
+    """
+
+    def __init__(self, hidden: int, heads: int, *, scale: float) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.scale = scale
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, 3C) -> q, k, v each (B, H, T, D) (views, not copies)."""
+        B, T, C3 = qkv.shape
+        D = C3 // (3 * self.num_heads)
+        return qkv.view(B, T, 3, self.num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def merge_heads(y: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, D) -> (B, T, H * D)."""
+        B, H, T, D = y.shape
+        return y.transpose(1, 2).reshape(B, T, H * D)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """x (B, N, C) or packed (T, C) -> same shape."""
+        return self.out(layout.attend(self.qkv(x), self.num_heads, self.scale))
+
+
+class MLP(nn.Module):
+    """fc (C -> F) -> bias + GELU (fused) -> proj (F -> C)."""
+
+    def __init__(self, hidden: int, inner: int, *, gelu: str) -> None:
+        super().__init__()
+        self.gelu = gelu
+        self.fc = nn.Linear(hidden, inner)
+        self.proj = nn.Linear(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(bias_gelu(F.linear(x, self.fc.weight), self.fc.bias, self.gelu))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block (BERT, ALBERT, RoBERTa): x = LN(x + attn(x)); x = LN(x + mlp(x))."""
+
+    def __init__(self, hidden: int, heads: int, inner: int, *, gelu: str, eps: float) -> None:
+        super().__init__()
+        self.attn = SelfAttention(hidden, heads, scale=1.0 / math.sqrt(hidden // heads))
+        self.ln_attn = nn.LayerNorm(hidden, eps=eps)
+        self.mlp = MLP(hidden, inner, gelu=gelu)
+        self.ln_mlp = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """x (B, N, C) or packed (T, C) -> same shape."""
+        x, _ = add_layer_norm(self.attn(x, layout), x, self.ln_attn)
+        x, _ = add_layer_norm(self.mlp(x), x, self.ln_mlp)
+        return x
+
+
+# ---- input checks (all raised before any compute) -----------------------------------------------------------
+def check_inputs(input_ids: object, attention_mask: object, token_type_ids: object, *, vocab_size: int,
+                 max_len: int, type_vocab_size: int | None, device: torch.device) -> tuple:
+    """Validate ``model(...)`` inputs and move them to ``device``. Returns (input_ids, mask, token_type_ids).
+
+    input_ids (B, N) integers in [0, vocab_size) with 1 <= N <= max_len; attention_mask (B, N) of 0/1;
+    token_type_ids (B, N) in [0, type_vocab_size) (``None`` type_vocab_size: the vocabulary bound applies).
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of token ids; got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor; got {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must have shape (batch, seq_len) with both >= 1; got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] > max_len:
+        raise ValueError(
+            f"input_ids has sequence length {input_ids.shape[1]}, longer than this model's maximum {max_len} "
+            "(max_position_embeddings)"
+        )
+    input_ids = input_ids.to(device=device, dtype=torch.long)
+    lo, hi = torch.aminmax(input_ids)
+    if int(lo) < 0 or int(hi) >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the vocabulary); got values in [{int(lo)}, {int(hi)}]")
+    out = [input_ids]
+    for name, t, bound in (("attention_mask", attention_mask, 2), ("token_type_ids", token_type_ids, type_vocab_size)):
+        if t is None:
+            out.append(None)
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None; got {type(t).__name__}")
+        if t.shape != input_ids.shape:
+            raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; got {tuple(t.shape)}")
+        if t.dtype.is_floating_point and name == "token_type_ids":
+            raise TypeError(f"token_type_ids must be an integer tensor; got {t.dtype}")
+        t = t.to(device=device, dtype=torch.long)
+        bound = vocab_size if bound is None else bound
+        lo, hi = torch.aminmax(t)
+        if int(lo) < 0 or int(hi) >= bound:
+            what = "0 or 1" if name == "attention_mask" else f"in [0, {bound})"
+            raise ValueError(f"{name} values must be {what}; got values in [{int(lo)}, {int(hi)}]")
+        out.append(t)
+    return tuple(out)

@@ -1,0 +1,83 @@
+"""Helpers for the model tests: tiny random HF models (every parameter perturbed), inputs, main outputs."""
+from __future__ import annotations
+
+import torch
+import transformers as T
+
+VOCAB = {"gpt2": 97, "bert": 103, "albert": 89, "roberta": 101}
+
+
+def hf_config(arch: str) -> T.PretrainedConfig:
+    """A tiny config for ``arch`` (odd sizes; ALBERT with shared groups; options varied across classes)."""
+    if arch.startswith("GPT2"):
+        extra = {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True, "n_inner": 53} \
+            if arch == "GPT2Model" else {}
+        return T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB["gpt2"], n_positions=24,
+                            architectures=[arch], **extra)
+    common = dict(hidden_size=32, num_attention_heads=4, intermediate_size=37, max_position_embeddings=24,
+                  architectures=[arch], num_labels=2 if arch.endswith("QuestionAnswering") else 3)
+    if arch.startswith("Albert"):
+        return T.AlbertConfig(vocab_size=VOCAB["albert"], embedding_size=16, num_hidden_layers=4,
+                              num_hidden_groups=2, inner_group_num=2, **common)
+    if arch.startswith("Roberta"):
+        return T.RobertaConfig(vocab_size=VOCAB["roberta"], num_hidden_layers=2, pad_token_id=1,
+                               type_vocab_size=1, **{**common, "max_position_embeddings": 26})
+    act = "gelu_new" if arch == "BertForMaskedLM" else "gelu"
+    return T.BertConfig(vocab_size=VOCAB["bert"], num_hidden_layers=2, type_vocab_size=2, hidden_act=act, **common)
+
+
+def make_hf(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = getattr(T, arch)(hf_config(arch)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # nothing left at its initial value: LayerNorms and biases included
+            p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def family(arch: str) -> str:
+    return "gpt2" if arch.startswith("GPT2") else arch.split("For")[0].replace("Model", "").lower()
+
+
+def inputs(arch: str, *, B: int = 3, N: int = 11, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Random ids with a padded batch (left padding for GPT-2, right for encoders), token types for BERT/ALBERT."""
+    g = torch.Generator().manual_seed(seed)
+    fam = family(arch)
+    ids = torch.randint(2, VOCAB[fam], (B, N), generator=g)
+    lens = [N, max(1, N - 4), max(1, N // 3)][:B] + [N] * max(0, B - 3)
+    mask = torch.zeros(B, N, dtype=torch.long)
+    for b, n in enumerate(lens):
+        if fam == "gpt2":
+            mask[b, N - n:] = 1
+        else:
+            mask[b, :n] = 1
+    if fam == "roberta":
+        ids = ids.masked_fill(mask == 0, 1)  # pad_token_id
+    out = {"input_ids": ids, "attention_mask": mask}
+    if fam in ("bert", "albert"):
+        out["token_type_ids"] = torch.randint(0, 2, (B, N), generator=g)
+    return out
+
+
+def hf_main(arch: str, out) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    if arch.endswith("QuestionAnswering"):
+        return out.start_logits, out.end_logits
+    if arch.endswith("PreTraining"):
+        return out.prediction_logits, out.seq_relationship_logits
+    if arch.endswith("Model") and "LMHead" not in arch:
+        return out.last_hidden_state
+    return out.logits
+
+
+def assert_close_valid(ours, ref, mask: torch.Tensor, *, rtol: float = 1e-4) -> None:
+    """Relative error (max |ours - ref| / max |ref|) below rtol, over positions where mask == 1."""
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape, (a.shape, b.shape)
+        assert torch.isfinite(a).all()
+        if a.dim() >= 2 and a.shape[:2] == mask.shape:
+            a, b = a[mask.bool()], b[mask.bool()]
+        err = (a.double() - b.double()).abs().max() / b.double().abs().max()
+        assert err < rtol, f"relative error {err:.3g} >= {rtol}"

@@ -1,0 +1,188 @@
+"""Every supported HF class: a tiny random transformers model, saved, loaded by engine, same main output.
+
+Routes: save_pretrained (safetensors), through ``python -m engine convert``, pytorch_model.bin, sharded
+safetensors. Reference: transformers in fp32 on CPU; relative error < 1e-4 on the real (unpadded) positions.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import engine
+from engine.__main__ import main as cli
+from models_util import assert_close_valid, family, hf_main, inputs, make_hf
+
+ARCHS = [
+    "GPT2LMHeadModel", "GPT2Model",
+    "BertModel", "BertForMaskedLM", "BertForSequenceClassification", "BertForQuestionAnswering",
+    "BertForNextSentencePrediction", "BertForPreTraining",
+    "AlbertModel", "AlbertForMaskedLM", "AlbertForSequenceClassification",
+    "RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification",
+]
+_CACHE: dict[str, tuple] = {}
+
+
+def reference(arch: str, tmp_path_factory) -> tuple[Path, dict, object, torch.nn.Module]:
+    """(saved dir, inputs, transformers' main output, the HF model), built once per class."""
+    if arch not in _CACHE:
+        hf = make_hf(arch)
+        d = tmp_path_factory.mktemp(arch)
+        hf.save_pretrained(d)
+        x = inputs(arch)
+        with torch.no_grad():
+            ref = hf_main(arch, hf(**x))
+        _CACHE[arch] = (d, x, ref, hf)
+    return _CACHE[arch]
+
+
+def save_route(route: str, arch: str, src: Path, hf: torch.nn.Module, out: Path) -> Path:
+    if route == "safetensors":
+        return src
+    if route == "convert":
+        assert cli(["convert", str(src), str(out)]) == 0
+        assert json.loads((out / "config.json").read_text())["engine_format"] == 1
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text((src / "config.json").read_text())
+    if route == "bin":  # the full state dict, tied duplicates included, as older checkpoints ship it
+        torch.save({k: v.clone() for k, v in hf.state_dict().items()}, out / "pytorch_model.bin")
+    else:  # sharded
+        hf.save_pretrained(out, max_shard_size="20KB")
+        assert (out / "model.safetensors.index.json").is_file()
+    return out
+
+
+@pytest.mark.parametrize("route", ["safetensors", "convert", "bin", "sharded"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_matches_transformers(arch, route, tmp_path, tmp_path_factory):
+    src, x, ref, hf = reference(arch, tmp_path_factory)
+    path = save_route(route, arch, src, hf, tmp_path / "ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "unused tensors" warning for a checkpoint of the same class
+        model = engine.from_pretrained(path)
+    assert_close_valid(model(**x), ref, x["attention_mask"])
+
+
+@pytest.mark.parametrize("arch", ["BertForMaskedLM", "AlbertModel", "RobertaForSequenceClassification"])
+def test_packed_path_matches(arch, tmp_path_factory):
+    """The varlen (unpadded tokens) path, forced on the CPU, gives the same real-token outputs."""
+    src, x, ref, _ = reference(arch, tmp_path_factory)
+    model = engine.from_pretrained(src)
+    model.packed = True
+    assert_close_valid(model(**x), ref, x["attention_mask"])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "BertForPreTraining", "AlbertForMaskedLM"])
+def test_half_precision(arch, dtype, rtol, tmp_path_factory):
+    src, x, ref, _ = reference(arch, tmp_path_factory)
+    model = engine.from_pretrained(src, dtype=dtype)
+    assert all(p.dtype == dtype for p in model.parameters())
+    out = model(**x)
+    assert_close_valid(tuple(o.float() for o in out) if isinstance(out, tuple) else out.float(), ref,
+                       x["attention_mask"], rtol=rtol)
+
+
+def test_albert_shared_layers_stored_once(tmp_path_factory):
+    src, _, _, hf = reference("AlbertModel", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    sched = model.schedule()
+    assert len(sched) == 8  # num_hidden_layers (4) x inner_group_num (2)
+    assert len({id(m) for m in sched}) == 4  # num_hidden_groups (2) x inner_group_num (2)
+    assert sched[0] is sched[2] and sched[4] is sched[6]
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_module_behaviour(tmp_path_factory):
+    src, x, ref, _ = reference("BertForSequenceClassification", tmp_path_factory)
+    model = engine.from_pretrained(src, dtype="bfloat16")
+    assert not model.training and all(not p.requires_grad for p in model.parameters())
+    model = engine.from_pretrained(src).to(torch.float64)
+    out = model(**x)
+    assert out.dtype == torch.float64
+    assert_close_valid(out, ref, x["attention_mask"])
+    names = {n for n, _ in model.named_parameters()}
+    assert "layers.0.attn.qkv.weight" in names and "classifier.weight" in names
+
+
+def test_hub_gpt2_layout(tmp_path, tmp_path_factory):
+    """The Hub's gpt2 file: no transformer. prefix, attn.bias / masked_bias buffers, no lm_head (tied)."""
+    src, x, ref, hf = reference("GPT2LMHeadModel", tmp_path_factory)
+    sd = {k.removeprefix("transformer."): v.clone() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(hf.config.n_layer):
+        sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(24, 24)).view(1, 1, 24, 24)
+        sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((src / "config.json").read_text())
+    assert_close_valid(engine.from_pretrained(tmp_path)(**x), ref, x["attention_mask"])
+
+
+def test_old_gamma_beta_names_and_untied_decoder(tmp_path):
+    """LayerNorm.gamma / .beta names, and an MLM decoder with its own weight (tie_word_embeddings=False)."""
+    from models_util import hf_config
+    import transformers as T
+
+    cfg = hf_config("BertForMaskedLM")
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(3)
+    hf = T.BertForMaskedLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    assert hf.cls.predictions.decoder.weight.data_ptr() != hf.bert.embeddings.word_embeddings.weight.data_ptr()
+    hf.save_pretrained(tmp_path / "hf")
+    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v.clone()
+          for k, v in hf.state_dict().items()}
+    out = tmp_path / "old"
+    out.mkdir()
+    torch.save(sd, out / "pytorch_model.bin")
+    (out / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    x = inputs("BertForMaskedLM")
+    with torch.no_grad():
+        ref = hf(**x).logits
+    assert_close_valid(engine.from_pretrained(out)(**x), ref, x["attention_mask"])
+
+
+def test_bert_without_token_type_ids_and_mask(tmp_path_factory):
+    src, x, _, hf = reference("BertModel", tmp_path_factory)
+    ids = x["input_ids"]
+    with torch.no_grad():
+        ref = hf(input_ids=ids).last_hidden_state
+    model = engine.from_pretrained(src)
+    assert_close_valid(model(ids), ref, torch.ones_like(ids))
+    hidden, pooled = model(ids, return_pooled=True)
+    with torch.no_grad():
+        assert_close_valid(pooled, hf(input_ids=ids).pooler_output, torch.ones(ids.shape[0], 1))
+
+
+def test_roberta_positions_follow_padding(tmp_path_factory):
+    """Same tokens, once right-padded with pad_token_id: real positions give the same outputs."""
+    src, _, _, hf = reference("RobertaModel", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    ids = torch.randint(2, 101, (1, 9), generator=torch.Generator().manual_seed(5))
+    padded = torch.cat([ids, torch.ones(1, 4, dtype=torch.long)], 1)
+    mask = (padded != 1).long()
+    a, b = model(ids), model(padded, attention_mask=mask)
+    assert_close_valid(b[:, :9], a, torch.ones(1, 9))
+    with torch.no_grad():
+        assert_close_valid(b, hf(input_ids=padded, attention_mask=mask).last_hidden_state, mask)
+
+
+def test_triton_backend_tiny(tmp_path_factory, triton_backend):
+    """A tiny BERT and GPT-2 through the real Triton kernels (interpreter on CPU), where the ops exist."""
+    from engine import ops
+
+    if not all(hasattr(ops, n) for n in ("layer_norm", "add_layer_norm", "bias_gelu")):
+        pytest.fail("engine.ops norm/activation ops are missing")
+    for arch in ("BertForSequenceClassification", "GPT2LMHeadModel"):
+        src, x, ref, _ = reference(arch, tmp_path_factory)
+        model = engine.from_pretrained(src)
+        small = {k: v[:2, :7] if family(arch) != "gpt2" else v[:2, -7:] for k, v in x.items()}
+        with torch.no_grad():
+            r = hf_main(arch, reference(arch, tmp_path_factory)[3](**small))
+        assert_close_valid(model(**small), r, small["attention_mask"], rtol=1e-3)
