@@ -42,3 +42,17 @@ def check_same_dtype(**tensors: torch.Tensor | None) -> None:
 def check_choice(name: str, value: object, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_out(name: str, out: object, *, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``out`` is a contiguous buffer of exactly ``shape`` / ``dtype`` on ``device`` for an op to write into."""
+    out = check_tensor(name, out)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}; got {out.dtype}")
+    if out.device != device:
+        raise ValueError(f"{name} must be on {device}; got {out.device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous; got strides {tuple(out.stride())}")
+    return out
