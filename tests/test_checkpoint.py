@@ -1,0 +1,187 @@
+"""Checkpoint reading and convert: every bad input gives a clear error before any model is returned."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import engine
+from engine.__main__ import main as cli
+from models_util import inputs, make_hf
+
+_SAVED: dict[str, Path] = {}
+
+
+@pytest.fixture
+def bert_dir(tmp_path_factory) -> Path:
+    if "bert" not in _SAVED:
+        d = tmp_path_factory.mktemp("bert")
+        make_hf("BertForSequenceClassification").save_pretrained(d)
+        _SAVED["bert"] = d
+    return _SAVED["bert"]
+
+
+def copy_with(src: Path, dst: Path, tensors: dict[str, torch.Tensor] | None = None,
+              config: dict | None = None) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((src / "config.json").read_text()) if config is None else config
+    (dst / "config.json").write_text(json.dumps(cfg))
+    save_file(load_file(src / "model.safetensors") if tensors is None else tensors, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_missing_tensor_named(bert_dir, tmp_path):
+    sd = load_file(bert_dir / "model.safetensors")
+    del sd["bert.encoder.layer.1.attention.self.key.weight"], sd["classifier.bias"]
+    msg = r"classifier\.bias \(no source tensor\); layers\.1\.attn\.qkv\.weight \(needs query, key and value"
+    with pytest.raises(ValueError, match=msg):
+        engine.from_pretrained(copy_with(bert_dir, tmp_path / "m", sd))
+
+
+def test_extra_tensor_named(bert_dir, tmp_path):
+    sd = load_file(bert_dir / "model.safetensors")
+    sd["bert.encoder.layer.0.adapter.weight"] = torch.randn(3, 3)
+    with pytest.raises(ValueError, match=r"unexpected tensors.*bert\.encoder\.layer\.0\.adapter\.weight"):
+        engine.from_pretrained(copy_with(bert_dir, tmp_path / "m", sd))
+
+
+def test_shape_mismatch_named(bert_dir, tmp_path):
+    sd = load_file(bert_dir / "model.safetensors")
+    sd["bert.encoder.layer.0.intermediate.dense.weight"] = torch.randn(40, 32)
+    with pytest.raises(ValueError, match=r"intermediate\.dense\.weight has shape \(40, 32\), expected \(37, 32\)"):
+        engine.from_pretrained(copy_with(bert_dir, tmp_path / "m", sd))
+
+
+def test_unused_head_tensors_warn(bert_dir, tmp_path):
+    """A classification checkpoint loaded as BertModel: the classifier is known but unused -> a warning."""
+    cfg = json.loads((bert_dir / "config.json").read_text())
+    cfg["architectures"] = ["BertModel"]
+    d = copy_with(bert_dir, tmp_path / "m", config=cfg)
+    with pytest.warns(UserWarning, match="BertModel does not use.*classifier.weight"):
+        model = engine.from_pretrained(d)
+    x = inputs("BertModel")
+    assert model(**x).shape == (3, 11, 32)
+
+
+def test_unknown_architecture_and_options(bert_dir, tmp_path):
+    cfg = json.loads((bert_dir / "config.json").read_text())
+    for change, msg in [({"architectures": ["BertForTokenClassification"]}, "not supported; supported: GPT2Model"),
+                        ({"position_embedding_type": "relative_key_query"}, "only 'absolute'"),
+                        ({"hidden_act": "relu"}, "hidden_act='relu' is not supported")]:
+        with pytest.raises(ValueError, match=msg):
+            engine.from_pretrained(copy_with(bert_dir, tmp_path / "m", config={**cfg, **change}))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_header", "empty"])
+def test_corrupt_safetensors(bert_dir, tmp_path, damage):
+    d = copy_with(bert_dir, tmp_path / "m")
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"truncate": data[: len(data) - 1000], "garbage_header": b"\xff" * 64 + data[64:],
+                   "empty": b""}[damage])
+    with pytest.raises(ValueError, match="cannot read .*model.safetensors"):
+        engine.from_pretrained(d)
+
+
+def test_bin_with_pickled_code_is_refused(bert_dir, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text((bert_dir / "config.json").read_text())
+    with open(d / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"x": Evil()}, f, protocol=2)
+    with pytest.raises(ValueError, match="cannot read .*pytorch_model.bin"):
+        engine.from_pretrained(d)
+    assert not marker.exists()
+    (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(ValueError, match="cannot read"):
+        engine.from_pretrained(d)
+
+
+def test_missing_files(bert_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        engine.from_pretrained(tmp_path / "nope")
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text((bert_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        engine.from_pretrained(d)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "shard-1.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="shard-1.safetensors"):
+        engine.from_pretrained(d)
+
+
+def test_bad_load_arguments(bert_dir):
+    with pytest.raises(ValueError, match="dtype must be"):
+        engine.from_pretrained(bert_dir, dtype="int8")
+    with pytest.raises(ValueError, match="dtype must be"):
+        engine.from_pretrained(bert_dir, dtype=torch.int32)
+
+
+def test_bad_model_inputs(bert_dir):
+    model = engine.from_pretrained(bert_dir)
+    ids = inputs("BertModel")["input_ids"]
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 103\).*\[.*, 103\]"):
+        model(ids.masked_fill(ids == ids[0, 0], 103))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 103\)"):
+        model(-ids)
+    with pytest.raises(ValueError, match="sequence length 25, longer than this model's maximum 24"):
+        model(torch.randint(0, 103, (1, 25)))
+    with pytest.raises(TypeError, match="input_ids must be an integer tensor; got torch.float32"):
+        model(ids.float())
+    with pytest.raises(ValueError, match=r"shape \(batch, seq_len\)"):
+        model(ids[0])
+    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+        model(ids, attention_mask=torch.ones(3, 5))
+    with pytest.raises(ValueError, match="attention_mask values must be 0 or 1"):
+        model(ids, attention_mask=torch.full_like(ids, 2))
+    with pytest.raises(ValueError, match=r"token_type_ids values must be in \[0, 2\)"):
+        model(ids, token_type_ids=torch.full_like(ids, 2))
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
+        model([[1, 2, 3]])
+
+
+def test_roberta_length_limit(tmp_path):
+    make_hf("RobertaModel").save_pretrained(tmp_path)
+    model = engine.from_pretrained(tmp_path)  # max_position_embeddings 26, pad 1 -> 24 tokens
+    assert model(torch.randint(2, 101, (1, 24))).shape == (1, 24, 32)
+    with pytest.raises(ValueError, match="maximum 24"):
+        model(torch.randint(2, 101, (1, 25)))
+
+
+def test_convert_cli_refuses_non_empty_dir(bert_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert cli(["convert", str(bert_dir), str(out)]) == 1
+    assert "not empty; pass --force" in capsys.readouterr().err
+    assert cli(["convert", str(bert_dir), str(out), "--force", "--dtype", "bfloat16"]) == 0
+    model = engine.from_pretrained(out)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    names = set(load_file(out / "model.safetensors"))
+    assert "layers.0.attn.qkv.weight" in names and not any(n.startswith("bert.") for n in names)
+    assert cli(["convert", str(out), str(tmp_path / "again")]) == 1  # already converted
+    assert "already in engine's format" in capsys.readouterr().err
+
+
+def test_converted_gpt2_layout(tmp_path):
+    hf = make_hf("GPT2LMHeadModel")
+    hf.save_pretrained(tmp_path / "hf")
+    assert cli(["convert", str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
+    sd = load_file(tmp_path / "out" / "model.safetensors")
+    w = hf.transformer.h[1].mlp.c_fc.weight  # Conv1D (in, out)
+    assert torch.equal(sd["blocks.1.mlp.fc.weight"], w.t())  # Linear (out, in)
+    assert "lm_head.weight" not in sd  # tied: stored once, as wte
+    extra = dict(sd, **{"blocks.0.attn.extra": torch.randn(2)})
+    save_file(extra, str(tmp_path / "out" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"unexpected tensors .*blocks\.0\.attn\.extra"):
+        engine.from_pretrained(tmp_path / "out")

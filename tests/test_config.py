@@ -1,0 +1,99 @@
+"""ModelConfig: parsing HF config.json (quirks and refusals) and engine's own config round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers as T
+
+from engine.config import ARCHITECTURES, GELU_APPROXIMATION, ModelConfig, load_config
+from models_util import hf_config
+
+ARCHS = sorted(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_from_hf_reads_transformers_configs(arch):
+    hf = hf_config(arch)
+    cfg = ModelConfig.from_hf(hf.to_dict())
+    assert cfg.architecture == arch
+    assert cfg.vocab_size == hf.vocab_size
+    assert cfg.num_heads == (hf.n_head if cfg.family == "gpt2" else hf.num_attention_heads)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_gpt2_fields_and_defaults():
+    d = T.GPT2Config(n_embd=48, n_head=6, n_layer=3, n_inner=None, layer_norm_epsilon=1e-6).to_dict()
+    cfg = ModelConfig.from_hf(d)
+    assert (cfg.family, cfg.architecture) == ("gpt2", "GPT2LMHeadModel")  # no architectures: the LM head
+    assert cfg.intermediate_size == 4 * 48 and cfg.layer_norm_eps == 1e-6 and cfg.gelu == "tanh"
+    assert cfg.head_dim == 8
+
+
+def test_layer_norm_eps_spellings():
+    bert = T.BertConfig(layer_norm_eps=3e-7, architectures=["BertModel"]).to_dict()
+    assert ModelConfig.from_hf(bert).layer_norm_eps == 3e-7
+    gpt = {"model_type": "gpt2", "layer_norm_epsilon": 2e-5}
+    assert ModelConfig.from_hf(gpt).layer_norm_eps == 2e-5
+
+
+@pytest.mark.parametrize("name", sorted(GELU_APPROXIMATION))
+def test_gelu_variants_that_map_exactly(name):
+    d = T.BertConfig(hidden_act=name, architectures=["BertModel"]).to_dict()
+    assert ModelConfig.from_hf(d).gelu == GELU_APPROXIMATION[name]
+
+
+@pytest.mark.parametrize("name", ["relu", "quick_gelu", "gelu_10", "silu"])
+def test_other_activations_refused(name):
+    d = T.BertConfig(hidden_act=name, architectures=["BertModel"]).to_dict()
+    with pytest.raises(ValueError, match=rf"hidden_act='{name}' is not supported.*gelu_new"):
+        ModelConfig.from_hf(d)
+    d = {"model_type": "gpt2", "activation_function": name}
+    with pytest.raises(ValueError, match="activation_function"):
+        ModelConfig.from_hf(d)
+
+
+def test_refusals_name_what_is_supported():
+    with pytest.raises(ValueError, match="BertForTokenClassification.*not supported.*BertForMaskedLM"):
+        ModelConfig.from_hf({"model_type": "bert", "architectures": ["BertForTokenClassification"]})
+    with pytest.raises(ValueError, match="relative_key.*only 'absolute'"):
+        ModelConfig.from_hf(T.BertConfig(position_embedding_type="relative_key").to_dict())
+    with pytest.raises(ValueError, match="decoder"):
+        ModelConfig.from_hf(T.BertConfig(is_decoder=True).to_dict())
+    with pytest.raises(ValueError, match="model_type 't5'"):
+        ModelConfig.from_hf({"model_type": "t5"})
+    with pytest.raises(ValueError, match="does not match"):
+        ModelConfig.from_hf({"model_type": "roberta", "architectures": ["BertModel"]})
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        ModelConfig.from_hf(T.BertConfig(hidden_size=30, num_attention_heads=4).to_dict())
+    with pytest.raises(ValueError, match="num_hidden_groups"):
+        ModelConfig.from_hf(T.AlbertConfig(num_hidden_layers=3, num_hidden_groups=2).to_dict())
+
+
+def test_roberta_max_len_and_labels():
+    d = T.RobertaConfig(max_position_embeddings=514, pad_token_id=1, id2label={0: "a", 1: "b", 2: "c", 3: "d"},
+                        architectures=["RobertaForSequenceClassification"]).to_dict()
+    cfg = ModelConfig.from_hf(d)
+    assert cfg.max_seq_len == 512 and cfg.num_labels == 4 and cfg.head == "seq_cls"
+
+
+def test_albert_fields():
+    cfg = ModelConfig.from_hf(T.AlbertConfig(embedding_size=24, num_hidden_layers=6, num_hidden_groups=3,
+                                             inner_group_num=2).to_dict())
+    assert (cfg.embedding_size, cfg.num_hidden_groups, cfg.inner_group_num, cfg.gelu) == (24, 3, 2, "tanh")
+
+
+def test_engine_config_refuses_unknown_fields(tmp_path):
+    cfg = ModelConfig.from_hf(T.BertConfig(architectures=["BertModel"]).to_dict())
+    d = cfg.to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert load_config(tmp_path) == cfg
+    with pytest.raises(ValueError, match="unknown fields.*rotary"):
+        ModelConfig.from_dict({**d, "rotary": True})
+    with pytest.raises(ValueError, match="engine_format"):
+        ModelConfig.from_dict({**d, "engine_format": 99})
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_config(tmp_path / "nowhere")
