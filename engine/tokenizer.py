@@ -1,0 +1,101 @@
+"""Thin tokenizer loading through the `tokenizers` library: tokenizer.json, or a WordPiece vocab.txt.
+
+    tok = load_tokenizer("path/to/model")
+    batch = tok(["a sentence", "another one"], max_length=128)   # dict of (B, N) int64 tensors
+    model(**batch)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
+
+
+class Tokenizer:
+    """Wraps a ``tokenizers.Tokenizer``: ``encode``/``decode`` single texts, ``__call__`` pads a batch.
+
+    The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text
+    (right side) and truncates to ``max_length`` when given.
+    """
+
+    def __init__(self, tok: _HFTokenizer, *, model_max_length: int | None = None) -> None:
+        self.tok = tok
+        padding = tok.padding
+        self.pad_token_id: int = 0
+        if padding is not None:
+            self.pad_token_id = int(padding["pad_id"])
+        else:
+            for t in _PAD_TOKENS:
+                if tok.token_to_id(t) is not None:
+                    self.pad_token_id = tok.token_to_id(t)
+                    break
+        self.model_max_length = model_max_length
+        tok.no_padding()
+        tok.no_truncation()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str; got {type(text).__name__}")
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def __call__(self, texts: str | list[str], text_pairs: list[str] | None = None, *,
+                 max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Texts -> input_ids, attention_mask (B, N) int64; with text_pairs also token_type_ids (B, N)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a str or a non-empty list of str")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"text_pairs must have one entry per text ({len(texts)}); got {len(text_pairs)}")
+        max_length = max_length or self.model_max_length
+        if max_length is not None:
+            self.tok.enable_truncation(max_length)
+        try:
+            items = list(zip(texts, text_pairs)) if text_pairs is not None else texts
+            encs = self.tok.encode_batch(items)
+        finally:
+            self.tok.no_truncation()
+        N = max(len(e.ids) for e in encs)
+        ids = torch.full((len(encs), N), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(encs), N, dtype=torch.long)
+        types = torch.zeros(len(encs), N, dtype=torch.long)
+        for b, e in enumerate(encs):
+            n = len(e.ids)
+            ids[b, :n] = torch.tensor(e.ids)
+            mask[b, :n] = 1
+            types[b, :n] = torch.tensor(e.type_ids)
+        out = {"input_ids": ids, "attention_mask": mask}
+        if text_pairs is not None:  # single segments: all zeros, which every model already assumes
+            out["token_type_ids"] = types
+        return out
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load ``path/tokenizer.json``, else a WordPiece ``path/vocab.txt`` (lower-cased per tokenizer_config.json)."""
+    p = Path(path)
+    cfg: dict = {}
+    if (p / "tokenizer_config.json").is_file():
+        cfg = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8"))
+    max_len = cfg.get("model_max_length")
+    max_len = int(max_len) if isinstance(max_len, (int, float)) and max_len < 1e9 else None
+    if (p / "tokenizer.json").is_file():
+        return Tokenizer(_HFTokenizer.from_file(str(p / "tokenizer.json")), model_max_length=max_len)
+    if (p / "vocab.txt").is_file():
+        wp = BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=bool(cfg.get("do_lower_case", True)))
+        return Tokenizer(wp._tokenizer, model_max_length=max_len)
+    raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {str(p)!r}")
