@@ -5,9 +5,11 @@
     ops.scaled_dot_product_attention,
     ops.varlen_attention, ops.decode_attention  (engine/ops/attention.py)
 """
+from engine.ops.decode import decode_attention
 from engine.ops.norm import add_layer_norm, layer_norm
 
 __all__ = [
     "add_layer_norm",
+    "decode_attention",
     "layer_norm",
 ]

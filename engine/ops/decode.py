@@ -1,0 +1,129 @@
+"""ops.decode_attention: new query tokens against a preallocated KV cache (flash-decoding on CUDA).
+
+Semantics (both backends):
+    q (B, H, Tq, D), k_cache / v_cache (B, H, Tmax, D) of any strides (e.g. a (B, Tmax, H, D) buffer viewed with
+    ``.transpose(1, 2)``), cache_seqlens (B,) int32 = valid cache positions per sequence, the Tq new tokens
+    included (they are already written at positions cache_seqlens[b] - Tq .. cache_seqlens[b] - 1).
+    Bottom-right causal: query i of sequence b sees keys j <= cache_seqlens[b] - Tq + i.
+    Returns (B, H, Tq, D) in q's dtype. A query row that sees no key returns zeros.
+
+cache_seqlens values are checked to lie in [Tq, Tmax] only where that is free of a host sync: on CPU tensors
+(``validate=None``, the default), or anywhere with ``validate=True`` (which reads the values on the host, so it
+cannot run inside CUDA-graph capture). Unchecked values are clamped to [0, Tmax] (the kernel can never read past
+the cache) and a length below Tq leaves its first rows with no visible key: those rows are zeros.
+
+The Triton kernel takes Tq of any size (query rows in blocks of 16; it is built for decode, Tq <= 16, and stays
+correct beyond), head dims 16, 32, 64, 80, 96, 128, 256 and fp16 / bf16 / fp32 (fp32 dots in full IEEE precision,
+never tf32). Other head dims or dtypes, grad-recording inputs and ENGINE_BACKEND=torch run the PyTorch path.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from engine import backend
+from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
+
+KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
+
+
+def _check_4d(name: str, t: torch.Tensor, layout: str) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D {layout}; got {t.dim()}-D with shape {tuple(t.shape)}")
+
+
+def _check_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                scale: float | None) -> None:
+    check_floating("q", q)
+    check_floating("k_cache", k_cache)
+    check_floating("v_cache", v_cache)
+    check_tensor("cache_seqlens", cache_seqlens)
+    _check_4d("q", q, "(B, H, Tq, D)")
+    _check_4d("k_cache", k_cache, "(B, H, Tmax, D)")
+    _check_4d("v_cache", v_cache, "(B, H, Tmax, D)")
+    check_same_dtype(q=q, k_cache=k_cache, v_cache=v_cache)
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, cache_seqlens=cache_seqlens)
+    B, H, Tq, D = q.shape
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.shape[0] != B:
+            raise ValueError(f"{name} batch size must match q's {B}; got {name} of shape {tuple(t.shape)}")
+        if t.shape[1] != H:
+            raise ValueError(f"{name} head count must match q's {H}; got {name} of shape {tuple(t.shape)}")
+        if t.shape[3] != D:
+            raise ValueError(f"{name} head dim must match q's {D}; got {name} of shape {tuple(t.shape)}")
+    if v_cache.shape[2] != k_cache.shape[2]:
+        raise ValueError(f"v_cache must have the same Tmax as k_cache ({k_cache.shape[2]}); "
+                         f"got v_cache of shape {tuple(v_cache.shape)}")
+    Tmax = k_cache.shape[2]
+    if Tq < 1:
+        raise ValueError(f"q must hold at least one new token (Tq >= 1); got q of shape {tuple(q.shape)}")
+    if Tq > Tmax:
+        raise ValueError(f"q has Tq={Tq} new tokens, more than the cache holds (Tmax={Tmax}); "
+                         f"got q {tuple(q.shape)} and k_cache {tuple(k_cache.shape)}")
+    if cache_seqlens.dtype != torch.int32:
+        raise TypeError(f"cache_seqlens must be an int32 tensor; got {cache_seqlens.dtype}")
+    if tuple(cache_seqlens.shape) != (B,):
+        raise ValueError(f"cache_seqlens must have shape ({B},) (one length per sequence); "
+                         f"got {tuple(cache_seqlens.shape)}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a real number or None; got {type(scale).__name__}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite; got {scale}")
+
+
+def _check_seqlens(cache_seqlens: torch.Tensor, q_len: int, max_len: int) -> None:
+    """Host-side range check (reads the values: a host sync on CUDA)."""
+    if cache_seqlens.numel() == 0:
+        return
+    lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+    if lo < q_len or hi > max_len:
+        raise ValueError(f"cache_seqlens values must lie in [Tq, Tmax] = [{q_len}, {max_len}]; got min {lo}, "
+                         f"max {hi} (pass validate=False to clamp to [0, Tmax] and get zeros for rows that see no key)")
+
+
+def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           cache_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+    """PyTorch path (same semantics as the kernel, differentiable): a boolean mask from cache_seqlens + SDPA.
+
+    q (B, H, Tq, D); caches (B, H, Tmax, D); cache_seqlens (B,) int32, clamped to [0, Tmax]. -> (B, H, Tq, D).
+    """
+    B, H, Tq, D = q.shape
+    Tmax = k_cache.shape[2]
+    lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
+    rows = torch.arange(Tq, device=q.device)
+    cols = torch.arange(Tmax, device=q.device)
+    visible = cols[None, None, :] <= (lens[:, None, None] - Tq + rows[None, :, None])  # (B, Tq, Tmax)
+    has_key = visible.any(-1)  # (B, Tq)
+    # A fully masked row would make SDPA return NaN (and NaN gradients): let it see everything, then zero it.
+    mask = visible | ~has_key[..., None]
+    out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask[:, None], scale=scale)
+    return torch.where(has_key[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                     scale: float | None = None, *, validate: bool | None = None) -> torch.Tensor:
+    """Attention of Tq new tokens over a KV cache with per-sequence valid lengths (bottom-right causal).
+
+    q: (B, H, Tq, D); k_cache, v_cache: (B, H, Tmax, D), any strides; cache_seqlens: (B,) int32, the Tq new tokens
+    included. scale: softmax scale (default 1/sqrt(D)). validate: check cache_seqlens lies in [Tq, Tmax]
+    (None: only for CPU tensors, where it costs no device sync; True: always; False: never, values are clamped
+    to [0, Tmax] and rows that see no key return zeros). Returns (B, H, Tq, D) in q's dtype.
+    """
+    _check_args(q, k_cache, v_cache, cache_seqlens, scale)
+    B, H, Tq, D = q.shape
+    Tmax = k_cache.shape[2]
+    if validate is None:
+        validate = not q.is_cuda
+    if validate:
+        _check_seqlens(cache_seqlens, Tq, Tmax)
+    sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
+    supported = q.dtype in KERNEL_DTYPES and D in KERNEL_HEAD_DIMS
+    if backend.use_triton(q, k_cache, v_cache, cache_seqlens, supported=supported, op="decode_attention"):
+        from engine.kernels.decode import decode_attention_fwd
+
+        return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale)
+    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale)

@@ -1,0 +1,329 @@
+"""Decode attention (flash-decoding): a few new query tokens against a preallocated KV cache.
+
+Two kernels:
+
+* ``_decode_split_kernel`` -- grid (num_splits, H, B * m_blocks). Program (s, h, b*m_blocks + mb) takes query rows
+  [mb*BLOCK_M, mb*BLOCK_M + BLOCK_M) of sequence b, head h, and the keys [s*split_len, (s+1)*split_len) of that
+  sequence's cache, clamped to its valid, causally visible part. It runs an online softmax over BLOCK_N keys at a
+  time. With ``SPLIT=False`` (one split) it writes the normalised output straight into ``out``; with ``SPLIT=True``
+  it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2: log2 sum 2^(score*log2 e)).
+  A split that sees no key (past cache_seqlens, or before every row's causal limit) writes zeros and lse = -inf.
+* ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps.
+
+The launcher never reads device data on the host: the split plan depends on (B, H, Tq, Tmax, D, dtype, SM count)
+only, and the scratch is allocated from those sizes, so a decode step can be captured in a CUDA graph.
+cache_seqlens is clamped to [0, Tmax] inside the kernel, so no value can make it read out of bounds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# Head dims the kernel is built for (others go to PyTorch); non-powers of two are masked up to BLOCK_D.
+HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
+BLOCK_M = 16  # query rows per program: the smallest tl.dot tile; Tq = 1 pads to it (decode is memory-bound)
+MAX_SPLITS = 64
+_TILE_BYTES = 16384  # bytes of one K (or V) tile: BLOCK_N * BLOCK_D * element size, at most
+_COMBINE_WARPS = 1
+_H200_SMS = 132  # stands in for the SM count when the kernels run in the interpreter
+_TL_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # UPCAST only under TRITON_INTERPRET for bf16: the interpreter multiplies bf16 bit patterns in tl.dot
+    # (triton-lang/triton#11584); bf16 products are exact in fp32, so the upcast dot computes the same sums.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _decode_split_kernel(
+    Q,  # (B, H, Tq, D) any strides
+    K,  # (B, H, Tmax, D) any strides
+    V,  # (B, H, Tmax, D) any strides
+    SEQLENS,  # (B,) int32: valid cache length per sequence, the Tq new tokens included
+    OUT,  # (B, H, Tq, D) in q's dtype; written when SPLIT is False
+    OPART,  # (B, H, Tq, num_splits, D) fp32 contiguous; written when SPLIT is True
+    LSE,  # (B, H, Tq, num_splits) fp32 contiguous, base-2 log-sum-exp; written when SPLIT is True
+    qk_scale,  # softmax scale * log2(e)
+    q_len,
+    max_len,
+    split_len,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    pid_bm = tl.program_id(2)
+    num_splits = tl.num_programs(0)
+    num_heads = tl.num_programs(1)
+    m_blocks = (q_len + BLOCK_M - 1) // BLOCK_M
+    b = pid_bm // m_blocks
+    mb = pid_bm % m_blocks
+
+    kv_len = tl.load(SEQLENS + b)
+    kv_len = tl.minimum(tl.maximum(kv_len, 0), max_len)  # never read past the cache, whatever the value
+    shift = kv_len - q_len  # row i sees keys j <= shift + i
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < q_len
+    d_valid = offs_d < HEAD_DIM
+    lo = pid_s * split_len
+    last_row = tl.minimum(mb * BLOCK_M + BLOCK_M, q_len) - 1
+    hi = tl.minimum(tl.minimum(lo + split_len, kv_len), shift + last_row + 1)
+
+    b64 = b.to(tl.int64)
+    h64 = pid_h.to(tl.int64)
+    q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    lo64 = lo.to(tl.int64)
+    k_ptrs = (K + b64 * stride_kb + h64 * stride_kh + lo64 * stride_kt
+              + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd)
+    v_ptrs = (V + b64 * stride_vb + h64 * stride_vh + lo64 * stride_vt
+              + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + offs_n
+        n_valid = cols < hi
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        qk = _dot(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST)  # (BLOCK_M, BLOCK_N) fp32
+        visible = n_valid[None, :] & (cols[None, :] <= shift + offs_m[:, None])
+        qk = tl.where(visible, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no inf - inf
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+
+    empty = l_i == 0.0  # no visible key in this split (l_i >= 1 as soon as one key is seen)
+    l_safe = tl.where(empty, 1.0, l_i)
+    acc = acc / l_safe[:, None]
+    if SPLIT:
+        row = (b64 * num_heads + h64) * q_len + offs_m  # (BLOCK_M,) int64 row of (B, H, Tq)
+        slot = row * num_splits + pid_s
+        lse = tl.where(empty, float("-inf"), m_i + tl.log2(l_safe))
+        tl.store(LSE + slot, lse, mask=m_valid)
+        tl.store(OPART + slot[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=m_valid[:, None] & d_valid[None, :])
+    else:
+        o_ptrs = OUT + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
+
+
+@triton.jit
+def _decode_combine_kernel(
+    OPART,  # (B, H, Tq, num_splits, D) fp32 contiguous
+    LSE,  # (B, H, Tq, num_splits) fp32 contiguous, base 2; -inf for a split that saw no key
+    OUT,  # (B, H, Tq, D) any strides
+    num_splits,
+    stride_ob, stride_oh, stride_om, stride_od,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    q_len = tl.num_programs(0)
+    num_heads = tl.num_programs(1)
+    row = (b.to(tl.int64) * num_heads + h) * q_len + m
+    offs_d = tl.arange(0, BLOCK_D)
+    d_valid = offs_d < HEAD_DIM
+
+    m_run = tl.full([], float("-inf"), tl.float32)
+    l_run = tl.zeros([], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for s in range(0, num_splits):
+        slot = row * num_splits + s
+        lse = tl.load(LSE + slot)
+        o = tl.load(OPART + slot * HEAD_DIM + offs_d, mask=d_valid, other=0.0)
+        m_new = tl.maximum(m_run, lse)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_run - m_safe)
+        w = tl.exp2(lse - m_safe)
+        acc = acc * alpha + tl.where(w > 0.0, w * o, 0.0)
+        l_run = l_run * alpha + w
+        m_run = m_new
+    acc = acc / tl.where(l_run == 0.0, 1.0, l_run)  # a row with no visible key anywhere: zeros
+    o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + m * stride_om + offs_d * stride_od
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=d_valid)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+    """Static launch plan: a function of shapes, dtype and SM count only (never of cache_seqlens' values)."""
+
+    block_d: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    num_splits: int
+    split_len: int  # keys per split; num_splits * split_len >= Tmax
+
+
+def _kernel_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps, num_stages) for a head dim and dtype: K/V tiles of at most 16 KiB."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    row_bytes = block_d * torch.empty((), dtype=dtype).element_size()
+    block_n = max(16, min(64, _TILE_BYTES // row_bytes))
+    tile = block_n * row_bytes
+    num_stages = 3 if tile <= 8192 else 2
+    return block_d, block_n, 4, num_stages
+
+
+def _ctas_per_sm(block_n: int, block_d: int, elem: int, num_stages: int) -> int:
+    """Rough residency (shared memory bound) used to size waves."""
+    smem = num_stages * 2 * block_n * block_d * elem + 4096
+    return max(1, min(8, (228 * 1024) // smem))
+
+
+def plan_decode(batch: int, heads: int, q_len: int, max_len: int, head_dim: int, dtype: torch.dtype, *,
+                sm_count: int, split_len: int | None = None) -> DecodePlan:
+    """Choose BLOCK sizes and the key split from static sizes only.
+
+    No split when B * H * query blocks already fills 80% of one wave (SMs x resident programs); otherwise the
+    fewest splits whose grid covers the GPU in nearly whole waves (FlashAttention's efficiency rule), never
+    shorter than two BLOCK_N tiles each, at most ``MAX_SPLITS``. ``split_len`` (keys per split, >= 1)
+    overrides the choice (tests use it to exercise the combine step on tiny caches).
+    """
+    block_d, block_n, num_warps, num_stages = _kernel_config(head_dim, dtype)
+    if split_len is not None:
+        if split_len < 1:
+            raise ValueError(f"split_len must be >= 1; got {split_len}")
+        splits = math.ceil(max_len / split_len)
+        if splits > 1024:
+            raise ValueError(f"split_len={split_len} gives {splits} splits of Tmax={max_len}; at most 1024")
+        return DecodePlan(block_d, block_n, num_warps, num_stages, max(splits, 1), split_len)
+    n_blocks = math.ceil(max_len / block_n)
+    programs = batch * heads * math.ceil(q_len / BLOCK_M)
+    wave = sm_count * _ctas_per_sm(block_n, block_d, torch.empty((), dtype=dtype).element_size(), num_stages)
+    max_splits = max(1, min(MAX_SPLITS, n_blocks // 2))
+    if programs >= 0.8 * wave:  # the grid nearly fills the GPU already: a combine pass would only cost
+        max_splits = 1
+    if programs * max_splits <= wave:  # even the most splits fit in one wave: take them all
+        splits = max_splits
+    else:
+        effs = [programs * s / wave / math.ceil(programs * s / wave) for s in range(1, max_splits + 1)]
+        splits = next(s for s, e in zip(range(1, max_splits + 1), effs) if e >= 0.85 * max(effs))
+    blocks_per_split = math.ceil(n_blocks / splits)
+    splits = math.ceil(n_blocks / blocks_per_split)  # no split starts past Tmax
+    return DecodePlan(block_d, block_n, num_warps, num_stages, splits, blocks_per_split * block_n)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (the H200's 132 when interpreting on the CPU)."""
+    if device.type != "cuda":
+        return _H200_SMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         cache_seqlens: torch.Tensor, *, scale: float, out: torch.Tensor | None = None,
+                         split_len: int | None = None,
+                         workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Launch decode attention. Arguments must already be validated (engine.ops.decode does it).
+
+    q (B, H, Tq, D); k_cache, v_cache (B, H, Tmax, D) with any strides; cache_seqlens (B,) int32 on q's device.
+    out: optional (B, H, Tq, D) result buffer in q's dtype. split_len: keys per split (default: plan_decode).
+    workspace: optional (partial (B, H, Tq, S, D) fp32, lse (B, H, Tq, S) fp32) contiguous scratch for S > 1 splits
+    (S = plan_decode(...).num_splits); allocated here when omitted. Returns out (B, H, Tq, D).
+    """
+    B, H, Tq, D = q.shape
+    Tmax = k_cache.shape[2]
+    plan = plan_decode(B, H, Tq, Tmax, D, q.dtype, sm_count=sm_count(q.device), split_len=split_len)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} on {q.device}; got {tuple(out.shape)} "
+                         f"{out.dtype} on {out.device}")
+    if B == 0 or H == 0:
+        return out
+    S = plan.num_splits
+    split = S > 1
+    if split:
+        if workspace is None:
+            workspace = (torch.empty((B, H, Tq, S, D), device=q.device, dtype=torch.float32),
+                         torch.empty((B, H, Tq, S), device=q.device, dtype=torch.float32))
+        opart, lse = workspace
+        for name, t, shape in (("workspace[0]", opart, (B, H, Tq, S, D)), ("workspace[1]", lse, (B, H, Tq, S))):
+            if tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous() or t.device != q.device:
+                raise ValueError(f"{name} must be a contiguous float32 tensor of shape {shape} on {q.device}; "
+                                 f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    else:
+        opart, lse = out, out  # unused by the SPLIT=False kernel
+    grid = (S, H, B * triton.cdiv(Tq, BLOCK_M))
+    _decode_split_kernel[grid](
+        q, k_cache, v_cache, cache_seqlens, out, opart, lse,
+        float(scale) * 1.4426950408889634, Tq, Tmax, plan.split_len,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
+        HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, SPLIT=split,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )
+    if split:
+        _decode_combine_kernel[(Tq, H, B)](
+            opart, lse, out, S, *out.stride(), HEAD_DIM=D, BLOCK_D=plan.block_d, num_warps=_COMBINE_WARPS,
+        )
+    return out
+
+
+
+def aot_specs() -> list:
+    """Every configuration the launcher can pick: per dtype and head dim, the split kernel with SPLIT off and
+    on, and the combine kernel."""
+    from engine.kernels.aot import KernelSpec
+
+    specs = []
+    for dtype, ty in _TL_DTYPES.items():
+        for d in HEAD_DIMS:
+            block_d, block_n, warps, stages = _kernel_config(d, dtype)
+            for split in (False, True):
+                scratch = "*fp32" if split else f"*{ty}"
+                sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}",
+                       "OPART": scratch, "LSE": scratch, "qk_scale": "fp32", "q_len": "i32", "max_len": "i32",
+                       "split_len": "i32"}
+                sig.update({f"stride_{t}{a}": "i32" for t in "qkvo" for a in ("b", "h", "t" if t in "kv" else "m",
+                                                                                 "d")})
+                consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n, "SPLIT": split,
+                          "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "DOT_UPCAST": False}
+                sig.update({k: "constexpr" for k in consts})
+                specs.append(KernelSpec(f"decode_split_{ty}_d{d}_{'split' if split else 'direct'}",
+                                        _decode_split_kernel, sig, consts, warps, stages))
+            sig = {"OPART": "*fp32", "LSE": "*fp32", "OUT": f"*{ty}", "num_splits": "i32"}
+            sig.update({f"stride_o{a}": "i32" for a in "bhmd"})
+            consts = {"HEAD_DIM": d, "BLOCK_D": block_d}
+            sig.update({k: "constexpr" for k in consts})
+            specs.append(KernelSpec(f"decode_combine_{ty}_d{d}", _decode_combine_kernel, sig, consts,
+                                    _COMBINE_WARPS, 3))
+    return specs

@@ -1,0 +1,361 @@
+"""ops.decode_attention: Triton flash-decoding kernel (interpreter on CPU) and the PyTorch path vs a float64 reference.
+
+Tolerance rule: our fp16/bf16 error vs float64 is at most 2x PyTorch's own same-dtype SDPA error on the sliced
+cache, plus a small per-dtype floor.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import ops
+from engine.kernels import decode as kdecode
+from engine.ops.decode import KERNEL_HEAD_DIMS, decode_attention_torch
+
+FLOOR = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make_inputs(B, H, Tq, Tmax, D, dtype, device, *, layout="bhtd", seed=0):
+    """Random q (B, H, Tq, D) and caches (B, H, Tmax, D); layout "bthd" views (B, Tmax, H, D) buffers."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "bhtd":
+        q = torch.randn(B, H, Tq, D, generator=g)
+        k = torch.randn(B, H, Tmax, D, generator=g)
+        v = torch.randn(B, H, Tmax, D, generator=g)
+        return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype)
+    q = torch.randn(B, Tq, H, D, generator=g).to(device, dtype).transpose(1, 2)
+    kv = torch.randn(B, Tmax, H, 2, D + 8, generator=g).to(device, dtype)  # packed K/V with padded rows
+    return q, kv[..., 0, :D].transpose(1, 2), kv[..., 1, 3:D + 3].transpose(1, 2)
+
+
+def reference(q, k, v, lens, scale):
+    """float64, row by row: query i of sequence b sees keys 0 .. clamp(lens[b], 0, Tmax) - Tq + i; else zeros."""
+    B, H, Tq, D = q.shape
+    Tmax = k.shape[2]
+    out = torch.zeros(B, H, Tq, D, dtype=torch.float64, device=q.device)
+    for b in range(B):
+        L = min(max(int(lens[b]), 0), Tmax)
+        for i in range(Tq):
+            n = L - Tq + i + 1
+            if n <= 0:
+                continue
+            s = torch.einsum("hd,hnd->hn", q[b, :, i].double(), k[b, :, :n].double()) * scale
+            out[b, :, i] = torch.einsum("hn,hnd->hd", torch.softmax(s, -1), v[b, :, :n].double())
+    return out
+
+
+def torch_same_dtype_error(q, k, v, lens, scale, ref):
+    """Max error of PyTorch SDPA in q's dtype on each sequence's sliced cache (bottom-right causal)."""
+    Tq = q.shape[2]
+    err = 0.0
+    for b in range(q.shape[0]):
+        L = int(lens[b])
+        mask = torch.ones(Tq, L, dtype=torch.bool, device=q.device).tril(L - Tq)
+        o = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L], attn_mask=mask,
+                                           scale=scale)
+        err = max(err, (o.double() - ref[b:b + 1]).abs().max().item())
+    return err
+
+
+def assert_matches(out, q, k, v, lens, scale=None):
+    scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all(), "non-finite values in the output"
+    ref = reference(q, k, v, lens, scale)
+    err = (out.double() - ref).abs().max().item()
+    tol = 2 * torch_same_dtype_error(q, k, v, lens, scale, ref) + FLOOR[q.dtype]
+    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g} ({q.dtype})"
+
+
+def run_kernel(q, k, v, lens, *, split_len=None, scale=None):
+    """The launcher with a NaN-poisoned output and NaN-poisoned scratch (each split must write its slots)."""
+    B, H, Tq, D = q.shape
+    scale = scale if scale is not None else 1 / math.sqrt(D)
+    plan = kdecode.plan_decode(B, H, Tq, k.shape[2], D, q.dtype, sm_count=kdecode.sm_count(q.device),
+                               split_len=split_len)
+    S = plan.num_splits
+    out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+    ws = (torch.full((B, H, Tq, S, D), float("nan"), device=q.device),
+          torch.full((B, H, Tq, S), float("nan"), device=q.device)) if S > 1 else None
+    res = kdecode.decode_attention_fwd(q, k, v, lens, scale=scale, out=out, split_len=split_len, workspace=ws)
+    assert res is out
+    return res, S
+
+
+def seqlens(values, device):
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+# ---------------------------------------------------------------- kernel (interpreter on CPU)
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq", [1, 4])
+def test_decode_matches_reference(triton_backend, device, dtype, Tq):
+    B, H, Tmax, D = 3, 2, 45, 64
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=Tq)
+    lens = seqlens([Tmax, Tq, 23], device)  # full cache, only the new tokens, in between
+    assert_matches(ops.decode_attention(q, k, v, lens), q, k, v, lens)
+
+
+@pytest.mark.parametrize("dtype,Tq,split_len", [
+    (torch.float32, 3, 16), (torch.float16, 1, 16), (torch.bfloat16, 3, 16),
+    (torch.float32, 1, 70), (torch.float16, 3, 70), (torch.bfloat16, 1, 70),
+])
+def test_split_and_combine(triton_backend, device, dtype, Tq, split_len):
+    # 150 keys in splits of 16 (one partial tile each) or 70 (two tiles each); short rows leave whole splits
+    # past cache_seqlens, which must write lse = -inf and combine to the right answer.
+    B, H, Tmax, D = 4, 2, 150, 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=split_len)
+    lens = seqlens([Tmax, Tq, 71, 140], device)
+    out, splits = run_kernel(q, k, v, lens, split_len=split_len)
+    assert splits == math.ceil(Tmax / split_len) > 1
+    assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.parametrize("D", KERNEL_HEAD_DIMS)
+def test_every_head_dim(triton_backend, device, D):
+    dtype = DTYPES[KERNEL_HEAD_DIMS.index(D) % 3]
+    B, H, Tq, Tmax = 2, 2, 2, 33
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=D)
+    lens = seqlens([Tmax, 17], device)
+    for split_len in (None, 12):  # direct kernel, then split + combine
+        out, splits = run_kernel(q, k, v, lens, split_len=split_len)
+        assert (splits > 1) == (split_len is not None)
+        assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.parametrize("dtype,split_len", [(torch.float32, None), (torch.float16, 16)])
+def test_more_than_one_query_block(triton_backend, device, dtype, split_len):
+    B, H, Tq, Tmax, D = 2, 1, 21, 40, 16  # Tq > BLOCK_M: two query blocks per sequence
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=5)
+    lens = seqlens([Tmax, 29], device)
+    out, _ = run_kernel(q, k, v, lens, split_len=split_len)
+    assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_cache(triton_backend, device, dtype):
+    # (B, Tmax, H, D) buffers viewed as (B, H, Tmax, D), K and V interleaved and offset inside padded rows.
+    B, H, Tq, Tmax, D = 2, 3, 2, 50, 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, layout="bthd", seed=7)
+    assert not k.is_contiguous() and not q.is_contiguous()
+    lens = seqlens([37, Tmax], device)
+    for split_len in (None, 20):
+        out, _ = run_kernel(q, k, v, lens, split_len=split_len)
+        assert_matches(out, q, k, v, lens)
+    dense = ops.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), lens)
+    torch.testing.assert_close(ops.decode_attention(q, k, v, lens), dense, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("split_len", [None, 16])
+def test_unvalidated_lengths_clamp_and_empty_rows_are_zero(triton_backend, device, split_len):
+    # validate=False: 0 and 1 (< Tq) leave rows with no visible key (zeros); 60 (> Tmax) is clamped to Tmax.
+    B, H, Tq, Tmax, D = 3, 2, 3, 40, 64
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, device, seed=11)
+    lens = seqlens([0, 1, 60], device)
+    out, _ = run_kernel(q, k, v, lens, split_len=split_len)
+    ref = reference(q, k, v, lens, 1 / math.sqrt(D))
+    assert torch.isfinite(out).all()
+    assert (out[0] == 0).all() and (out[1, :, :2] == 0).all()
+    assert (out[1, :, 2] != 0).any()
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ops.decode_attention(q, k, v, lens, validate=False), out, atol=1e-6, rtol=0)
+
+
+def test_launcher_never_reads_device_values(triton_backend, device, monkeypatch):
+    # CUDA-graph safety: with validate=False nothing on the launch path may pull values to the host, and the
+    # plan is a function of sizes only.
+    B, H, Tq, Tmax, D = 2, 2, 1, 40, 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float16, device, seed=3)
+    lens = seqlens([40, 9], device)
+    ref = reference(q, k, v, lens, 1 / math.sqrt(D))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the launcher read a tensor's values on the host")
+
+    for name in ("item", "tolist", "__int__", "__bool__", "__index__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    out = ops.decode_attention(q, k, v, lens, validate=False)
+    plan = kdecode.plan_decode(B, H, Tq, Tmax, D, q.dtype, sm_count=kdecode.sm_count(q.device))
+    lens[1] = 1
+    assert kdecode.plan_decode(B, H, Tq, Tmax, D, q.dtype, sm_count=kdecode.sm_count(q.device)) == plan
+    monkeypatch.undo()
+    assert_matches(out, q, k, v, seqlens([40, 9], device))
+    assert ref.shape == out.shape
+
+
+# ---------------------------------------------------------------- PyTorch path
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq", [1, 5])
+def test_torch_path_matches_reference(torch_backend, device, dtype, Tq):
+    B, H, Tmax, D = 3, 2, 30, 80
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=20 + Tq)
+    lens = seqlens([Tmax, Tq, 13], device)
+    assert_matches(ops.decode_attention(q, k, v, lens), q, k, v, lens)
+
+
+def test_torch_path_empty_rows_and_clamping(torch_backend, device):
+    B, H, Tq, Tmax, D = 3, 2, 3, 40, 16
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, device, seed=12)
+    lens = seqlens([0, 1, 60], device)
+    out = ops.decode_attention(q, k, v, lens, validate=False)
+    assert (out[0] == 0).all() and (out[1, :, :2] == 0).all()
+    torch.testing.assert_close(out.double(), reference(q, k, v, lens, 1 / math.sqrt(D)), atol=2e-5, rtol=0)
+
+
+def test_grad_goes_to_torch_and_stays_finite(device):
+    # Inputs that require grad run the differentiable PyTorch path; empty rows must not poison the gradients.
+    B, H, Tq, Tmax, D = 2, 2, 3, 20, 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float64, device, seed=13)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    lens = seqlens([1, 17], device)
+    out = ops.decode_attention(q, k, v, lens, validate=False)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), reference(q, k, v, lens, 1 / math.sqrt(D)))
+    out.square().sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    assert (q.grad[0, :, :2] == 0).all() and (q.grad[1] != 0).any()
+    assert (k.grad[1, :, 17:] == 0).all()  # keys past cache_seqlens get no gradient
+
+
+def test_float64_and_other_head_dims_use_torch(device, monkeypatch):
+    monkeypatch.setenv("ENGINE_BACKEND", "auto")
+    q, k, v = make_inputs(2, 1, 2, 9, 24, torch.float32, device, seed=14)  # D=24: no kernel build
+    lens = seqlens([9, 4], device)
+    assert_matches(ops.decode_attention(q, k, v, lens), q, k, v, lens)
+
+
+# ---------------------------------------------------------------- argument checks
+
+@pytest.mark.parametrize("bad_len", [41, 2])
+def test_lengths_validated_on_cpu(device, bad_len):
+    B, H, Tq, Tmax, D = 2, 1, 3, 40, 16
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, device)
+    lens = seqlens([Tmax, bad_len], device)
+    if device == "cpu":  # default: validated where it costs no device sync
+        with pytest.raises(ValueError, match=r"cache_seqlens values must lie in \[Tq, Tmax\] = \[3, 40\]"):
+            ops.decode_attention(q, k, v, lens)
+    with pytest.raises(ValueError, match="cache_seqlens values"):
+        ops.decode_attention(q, k, v, lens, validate=True)
+
+
+def _bad_cases():
+    def base(**over):
+        q = torch.randn(2, 3, 2, 16)
+        k = torch.randn(2, 3, 10, 16)
+        v = torch.randn(2, 3, 10, 16)
+        args = dict(q=q, k_cache=k, v_cache=v, cache_seqlens=torch.tensor([10, 5], dtype=torch.int32))
+        args.update(over)
+        return args
+
+    return [
+        ("q not a tensor", lambda: base(q=[[1.0]]), TypeError, "q must be a torch.Tensor"),
+        ("q integer", lambda: base(q=torch.ones(2, 3, 2, 16, dtype=torch.int64)), TypeError, "q must be a floating"),
+        ("q 3-D", lambda: base(q=torch.randn(2, 3, 16)), ValueError, r"q must be 4-D \(B, H, Tq, D\); got 3-D"),
+        ("k 5-D", lambda: base(k_cache=torch.randn(2, 3, 10, 16, 1)), ValueError, "k_cache must be 4-D"),
+        ("v dtype", lambda: base(v_cache=torch.randn(2, 3, 10, 16, dtype=torch.float16)), TypeError,
+         "same dtype.*v_cache torch.float16"),
+        ("batch", lambda: base(k_cache=torch.randn(3, 3, 10, 16)), ValueError, "k_cache batch size must match q's 2"),
+        ("heads", lambda: base(v_cache=torch.randn(2, 4, 10, 16)), ValueError, "v_cache head count must match q's 3"),
+        ("head dim", lambda: base(k_cache=torch.randn(2, 3, 10, 8)), ValueError, "k_cache head dim must match q's 16"),
+        ("v Tmax", lambda: base(v_cache=torch.randn(2, 3, 11, 16)), ValueError, "v_cache must have the same Tmax"),
+        ("Tq > Tmax", lambda: base(q=torch.randn(2, 3, 11, 16)), ValueError, "Tq=11 new tokens.*Tmax=10"),
+        ("Tq = 0", lambda: base(q=torch.randn(2, 3, 0, 16)), ValueError, r"at least one new token"),
+        ("lens int64", lambda: base(cache_seqlens=torch.tensor([10, 5])), TypeError,
+         "cache_seqlens must be an int32 tensor; got torch.int64"),
+        ("lens shape", lambda: base(cache_seqlens=torch.tensor([[10], [5]], dtype=torch.int32)), ValueError,
+         r"cache_seqlens must have shape \(2,\)"),
+        ("lens list", lambda: base(cache_seqlens=[10, 5]), TypeError, "cache_seqlens must be a torch.Tensor"),
+        ("lens device", lambda: base(cache_seqlens=torch.empty(2, dtype=torch.int32, device="meta")), ValueError,
+         "same device.*cache_seqlens on meta"),
+        ("scale str", lambda: dict(base(), scale="0.1"), TypeError, "scale must be a real number"),
+        ("scale nan", lambda: dict(base(), scale=float("nan")), ValueError, "scale must be finite"),
+    ]
+
+
+@pytest.mark.parametrize("name,make,exc,match", _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_bad_inputs(name, make, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.decode_attention(**make())
+
+
+# ---------------------------------------------------------------- launch plan and build list
+
+def test_plan_fills_the_gpu_from_static_sizes():
+    p = kdecode.plan_decode(1, 12, 1, 16384, 64, torch.bfloat16, sm_count=132)
+    assert 12 * p.num_splits >= 132, p  # batch 1 with a 16k cache still covers every SM
+    assert p.num_splits * p.split_len >= 16384 > (p.num_splits - 1) * p.split_len
+    assert p.split_len % p.block_n == 0
+    assert kdecode.plan_decode(64, 12, 1, 16384, 64, torch.bfloat16, sm_count=132).num_splits == 1
+    assert kdecode.plan_decode(1, 12, 1, 100, 64, torch.bfloat16, sm_count=132).num_splits == 1
+    assert kdecode.plan_decode(1, 1, 1, 10**6, 64, torch.float16, sm_count=132).num_splits <= kdecode.MAX_SPLITS
+    with pytest.raises(ValueError, match="split_len must be >= 1"):
+        kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, split_len=0)
+
+
+def test_aot_specs_cover_every_launch_configuration():
+    assert KERNEL_HEAD_DIMS == kdecode.HEAD_DIMS
+    built = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)
+             for s in kdecode.aot_specs()}
+    for dtype in DTYPES:
+        for D in KERNEL_HEAD_DIMS:
+            for B, T in ((1, 16384), (64, 4096), (2, 30)):
+                p = kdecode.plan_decode(B, 12, 1, T, D, dtype, sm_count=132)
+                consts = {"HEAD_DIM": D, "BLOCK_D": p.block_d, "BLOCK_M": kdecode.BLOCK_M, "BLOCK_N": p.block_n,
+                          "SPLIT": p.num_splits > 1, "DOT_UPCAST": False,
+                          "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
+                key = ("_decode_split_kernel", tuple(sorted(consts.items())), p.num_warps, p.num_stages)
+                assert key in built, key
+
+
+# ---------------------------------------------------------------- CUDA, real sizes
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D,Tq", [(64, 1), (128, 4), (80, 1), (256, 16)])
+def test_gpu_real_sizes(triton_backend, dtype, D, Tq):
+    B, H, Tmax = 4, 12, 4096  # fp32 runs IEEE dots: tf32 would miss the fp32 floor by ~100x
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, "cuda", seed=D + Tq)
+    lens = seqlens([Tmax, Tq, 2500, 1023], "cuda")
+    assert_matches(ops.decode_attention(q, k, v, lens), q, k, v, lens)
+    out, _ = run_kernel(q, k, v, lens)
+    assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["bhtd", "bthd"])
+def test_gpu_batch1_long_cache_splits(triton_backend, layout):
+    B, H, Tq, Tmax, D = 1, 12, 1, 16384, 64
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.bfloat16, "cuda", layout=layout, seed=1)
+    for n in (Tmax, 9001, 1):
+        lens = seqlens([n], "cuda")
+        out, splits = run_kernel(q, k, v, lens)
+        assert splits * H >= 132
+        assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replay_follows_new_lengths(triton_backend):
+    B, H, Tq, Tmax, D = 2, 12, 1, 4096, 64
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.bfloat16, "cuda", seed=2)
+    lens = seqlens([4096, 700], "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile + warm up outside capture
+        ops.decode_attention(q, k, v, lens)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ops.decode_attention(q, k, v, lens)
+    for new_lens, seed in (([1, 4000], 3), ([2048, 4096], 4)):
+        lens.copy_(seqlens(new_lens, "cuda"))
+        q.copy_(make_inputs(B, H, Tq, Tmax, D, torch.bfloat16, "cuda", seed=seed)[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_matches(static_out, q, k, v, lens)
