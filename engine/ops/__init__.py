@@ -5,11 +5,14 @@
     ops.scaled_dot_product_attention,
     ops.varlen_attention, ops.decode_attention  (engine/ops/attention.py)
 """
+from engine.ops.activation import bias_gelu, gelu
 from engine.ops.decode import decode_attention
 from engine.ops.norm import add_layer_norm, layer_norm
 
 __all__ = [
     "add_layer_norm",
+    "bias_gelu",
     "decode_attention",
+    "gelu",
     "layer_norm",
 ]
