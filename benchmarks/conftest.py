@@ -41,7 +41,7 @@ CUDA = torch.cuda.is_available()
 HERE = Path(__file__).resolve().parent
 # pytest-benchmark options applied on CPU unless the user passed their own.
 CPU_DEFAULTS = {"benchmark_max_time": ("--benchmark-max-time", "0.05"),
-                "benchmark_min_rounds": ("--benchmark-min-rounds", 3)}
+                "benchmark_min_rounds": ("--benchmark-min-rounds", 5)}
 ROTATE_L2_MULTIPLE = 4  # rotate until the sets together are this many times the L2 size
 CEILINGS_KEY = pytest.StashKey[dict]()
 
