@@ -10,6 +10,7 @@ PyTorch op, which has the same semantics.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -56,7 +57,7 @@ def _check_affine(name: str, t: object, shape: tuple[int, ...]) -> torch.Tensor 
 
 
 def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float; got {type(eps).__name__}")
     if not (eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")

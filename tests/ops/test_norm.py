@@ -76,7 +76,10 @@ def test_looped_rows_with_a_large_mean_stay_accurate(triton_backend, device):
     gen = torch.Generator().manual_seed(3)
     x = _rand((2, 9001), F32, device, gen, scale=0.5, shift=300.0)
     y = ops.layer_norm(x, (9001,), out=_poisoned((2, 9001), F32, device))
-    _assert_close(y, _ref_layer_norm(x, (9001,), None, None, 1e-5), F32)
+    # The fp32 mean itself is only good to ~ulp(300) = 3e-5, i.e. 6e-5 of a std: allow a few of those. A sum of
+    # squares in fp32 (E[x^2] - E[x]^2) would be off by ~10% here.
+    torch.testing.assert_close(y.double().cpu(), _ref_layer_norm(x, (9001,), None, None, 1e-5).cpu(),
+                               atol=3e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("affine", ["weight", "bias", "none"])
