@@ -131,6 +131,23 @@ class TensorSource:
         return sum(f.stat().st_size for f in self._open)
 
 
+class DictSource(TensorSource):
+    """A TensorSource over tensors already in memory (e.g. a transformers model's state dict)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], *, device: torch.device) -> None:
+        self.path, self.device, self.kind, self._tensors = Path("<state dict>"), device, "dict", tensors
+        self._file_of, self._open = {n: self.path for n in tensors}, {}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._tensors[name].dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name].detach().to(self.device)
+
+
 def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> tuple[dict[str, list], list[str]]:
     """engine name -> [(part, source name, transpose)], and the names of known-but-unused HF tensors.
 
@@ -155,8 +172,12 @@ def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> tuple[dict
 
 
 def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, torch.Size], *,
-                    converted: bool, dtype: torch.dtype | None, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Read, remap and check every tensor ``expected`` (engine name -> shape) needs; returns them loaded."""
+                    converted: bool, dtype: torch.dtype | None, progress: bool = False,
+                    contiguous: bool = False) -> dict[str, torch.Tensor]:
+    """Read, remap and check every tensor ``expected`` (engine name -> shape) needs; returns them loaded.
+
+    contiguous: make every tensor contiguous (always done off the CPU; convert needs it for saving).
+    """
     plan, _ = _plan(cfg, source, converted)
     unused = sorted(n for n in plan if n not in expected)
     surplus = [n for n in unused if n not in _TIED]
@@ -199,7 +220,8 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
             t = t.to(dtype) if t.is_floating_point() else t
             pieces.append(t.t() if transpose else t)
         t = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
-        state[name] = t.contiguous()
+        # On the CPU a transposed GPT-2 weight stays a view of the mapped file (F.linear takes it as is): no copy.
+        state[name] = t if t.device.type == "cpu" and not contiguous else t.contiguous()
         if progress:
             print(f"\rloading tensors {i + 1}/{len(expected)}", end="", file=sys.stderr, flush=True)
     if progress:
@@ -227,13 +249,14 @@ def _read(path: str | os.PathLike, dev: torch.device) -> tuple[ModelConfig, Tens
     return cfg, TensorSource(p, device=dev), converted
 
 
-def _instantiate(cfg: ModelConfig, source: TensorSource, converted: bool, dtype: Any,
-                 progress: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def _instantiate(cfg: ModelConfig, source: TensorSource, converted: bool, dtype: Any, progress: bool,
+                 contiguous: bool = False) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     plan, _ = _plan(cfg, source, converted)
     with torch.device("meta"):
         model = build_model(cfg, with_pooler=("pooler.weight" in plan) if cfg.head == "base" else None)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    state = load_state_dict(cfg, source, expected, converted=converted, dtype=dtype, progress=progress)
+    state = load_state_dict(cfg, source, expected, converted=converted, dtype=dtype, progress=progress,
+                            contiguous=contiguous)
     return model, state
 
 
@@ -248,6 +271,20 @@ def from_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
     dev, dtype = _resolve(device, dtype)
     cfg, source, converted = _read(path, dev)
     model, state = _instantiate(cfg, source, converted, dtype, progress)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def from_transformers(hf_model: torch.nn.Module, *, device: str | torch.device | None = None,
+                      dtype: torch.dtype | str | None = None) -> torch.nn.Module:
+    """An engine model with the weights of an in-memory transformers model (same checks as from_pretrained)."""
+    dev, dtype = _resolve(device, dtype)
+    d = hf_model.config.to_dict()
+    d["architectures"] = [type(hf_model).__name__]
+    cfg = ModelConfig.from_hf(d)
+    source = DictSource(dict(hf_model.state_dict()), device=dev)
+    model, state = _instantiate(cfg, source, False, dtype, False, contiguous=True)
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()
@@ -268,7 +305,7 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, force: boo
     cfg, source, converted = _read(hf_dir, torch.device("cpu"))
     if converted:
         raise ValueError(f"{str(hf_dir)!r} is already in engine's format")
-    _, state = _instantiate(cfg, source, converted, dtype, progress)
+    _, state = _instantiate(cfg, source, converted, dtype, progress, contiguous=True)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "engine_format": "1"})
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
