@@ -12,8 +12,10 @@ Use the `bench` fixture:
   the measured device peak ("frac_peak", with "peak" = "copy" or "matmul"; see benchmarks/ceilings.py).
 - `extra={...}` adds structured fields to extra_info; the report reads "area", "n", "head_dim", "causal"
   (e.g. extra={"area": "attention", "n": 1024, "head_dim": 64, "causal": True}) and otherwise parses the group.
-- On CUDA the timed function synchronizes the device, and one untimed warm-up call runs first
-  (compilation, autotuning and allocator growth stay out of the numbers).
+- On CUDA one untimed warm-up call runs first (compilation, autotuning and allocator growth stay out of the
+  numbers), and each timed round synchronizes the device at its end. Calls shorter than ~1 ms are repeated
+  back to back within a round (extra_info "calls_per_round"), so the sync does not dominate; extra_info
+  "median_s" and the rates are per call (pytest-benchmark's own table shows per-round times).
 - Memory-bound cases whose data fits in L2 (60 MB on the H200) should rotate inputs with the `rotating`
   fixture: `sets = rotating(make_inputs, nbytes=bytes_per_set)`, then `bench(lambda: op(*sets()), ...)`;
   `sets.last` is the input set of the most recent call (to check the returned output against).
@@ -42,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 # pytest-benchmark options applied on CPU unless the user passed their own.
 CPU_DEFAULTS = {"benchmark_max_time": ("--benchmark-max-time", "0.05"),
                 "benchmark_min_rounds": ("--benchmark-min-rounds", 5)}
+# CUDA rounds: short calls are repeated back to back (one sync per round); median_s is per call.
+ROUND_MIN_S, MAX_CALLS_PER_ROUND = 1e-3, 100
 ROTATE_L2_MULTIPLE = 4  # rotate until the sets together are this many times the L2 size
 CEILINGS_KEY = pytest.StashKey[dict]()
 
@@ -143,6 +147,19 @@ def rotating() -> type[Rotation]:
     return Rotation
 
 
+def _calls_per_round(fn: Callable[[], Any]) -> int:
+    """On CUDA: how many back-to-back calls one timed round makes, so a round lasts >= ROUND_MIN_S and the
+    host synchronisation at its end (~10-20 us) stays a small part of it. Timed with CUDA events."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    once = max(start.elapsed_time(end) * 1e-3, 1e-7)
+    return max(1, min(MAX_CALLS_PER_ROUND, math.ceil(ROUND_MIN_S / once)))
+
+
 @pytest.fixture
 def bench(benchmark, ceilings):
     def run(fn: Callable[[], Any], *, provider: str, group: str, nbytes: float | None = None,
@@ -152,20 +169,27 @@ def bench(benchmark, ceilings):
         benchmark.extra_info["device"] = "cuda" if CUDA else "cpu"
         if extra:
             benchmark.extra_info.update(extra)
+        calls = 1
         if CUDA:
+            fn()  # warm-up, untimed: compilation, autotuning, allocator growth
+            calls = _calls_per_round(fn)
+
             def timed():
+                for _ in range(calls - 1):
+                    fn()
                 out = fn()
                 torch.cuda.synchronize()
                 return out
         else:
+            fn()  # warm-up, untimed
             timed = fn
-        timed()  # warm-up, untimed (on CUDA it also drains earlier queued work)
         out = benchmark(timed)
         stats = getattr(benchmark, "stats", None)
-        median = stats.stats.median if stats is not None else None
+        median = stats.stats.median / calls if stats is not None else None
         if median:
             info = benchmark.extra_info
             info["median_s"] = median
+            info["calls_per_round"] = calls
             if nbytes:
                 info["GB/s"] = nbytes / median / 1e9
             if flops:
