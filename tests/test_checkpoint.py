@@ -130,9 +130,10 @@ def test_bad_load_arguments(bert_dir):
 def test_bad_model_inputs(bert_dir):
     model = engine.from_pretrained(bert_dir)
     ids = inputs("BertModel")["input_ids"]
-    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 103\).*\[.*, 103\]"):
+    msg = r"input_ids values must lie in \[0, 103\) \(the vocabulary\); got values in \[.*, 103\]"
+    with pytest.raises(ValueError, match=msg):
         model(ids.masked_fill(ids == ids[0, 0], 103))
-    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 103\)"):
+    with pytest.raises(ValueError, match=r"input_ids values must lie in \[0, 103\)"):
         model(-ids)
     with pytest.raises(ValueError, match="sequence length 25, longer than this model's maximum 24"):
         model(torch.randint(0, 103, (1, 25)))

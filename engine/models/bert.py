@@ -113,6 +113,9 @@ class EncoderModel(nn.Module):
         if head == "seq_cls":
             self.classifier = RobertaClassifier(cfg) if cfg.family == "roberta" else nn.Linear(C, cfg.num_labels)
 
+    def generate(self, *args, **kwargs):
+        raise TypeError(f"generate needs a GPT-2 (causal LM) model; this is {self.config.architecture}")
+
     def schedule(self) -> list[blocks.EncoderLayer]:
         """The layers in the order they run (ALBERT repeats its groups, exactly as HF runs them)."""
         cfg = self.config
@@ -136,7 +139,7 @@ class EncoderModel(nn.Module):
         if self.emb_proj is not None:
             x = self.emb_proj(x)
         B, N, _ = x.shape
-        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+        has_padding = attention_mask is not None
         packed = self.packed if self.packed is not None else (x.is_cuda and blocks.varlen_available())
         if has_padding and packed:
             x, layout = blocks.unpad(x, attention_mask)

@@ -51,14 +51,24 @@ def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
            causal: bool, scale: float) -> torch.Tensor:
     """Attention on packed (total, H, D) tokens of sequences delimited by int32 ``cu_seqlens`` (B + 1,)."""
     f = getattr(ops, "varlen_attention", None)
-    if f is not None:
-        return f(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal, scale=scale)
+    if f is not None:  # cu_seqlens come from unpad: known good, so skip the op's value check (a device sync)
+        return f(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal, scale=scale,
+                 validate=False)
     out = torch.empty_like(q)  # PyTorch fallback: one sequence at a time
     bounds = cu_seqlens.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[s:e].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
         out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale).transpose(0, 1)
     return out
+
+
+def _attention_helper(name: str):
+    """engine.ops.attention's unpad_input / pad_input when that module exists, else None (ours below)."""
+    try:
+        from engine.ops import attention
+    except ImportError:
+        return None
+    return getattr(attention, name, None)
 
 
 def varlen_available() -> bool:
@@ -115,6 +125,10 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype, *, causal: bo
 
 def unpad(x: torch.Tensor, attention_mask: torch.Tensor, *, causal: bool = False) -> tuple[torch.Tensor, TokenLayout]:
     """(B, N, C) padded tokens -> (T, C) real tokens and the packed layout (sequences must be left-aligned)."""
+    helper = _attention_helper("unpad_input")
+    if helper is not None:
+        packed, indices, cu, max_seqlen = helper(x, attention_mask)
+        return packed, TokenLayout(causal=causal, cu_seqlens=cu, max_seqlen=max_seqlen, indices=indices)
     B, N, C = x.shape
     keep = attention_mask.bool()
     lens = keep.sum(1, dtype=torch.int32)  # (B,)
@@ -127,6 +141,9 @@ def unpad(x: torch.Tensor, attention_mask: torch.Tensor, *, causal: bool = False
 
 def pad(x: torch.Tensor, layout: TokenLayout, B: int, N: int) -> torch.Tensor:
     """(T, C) packed tokens back to (B, N, C); padded positions are zeros."""
+    helper = _attention_helper("pad_input")
+    if helper is not None:
+        return helper(x, layout.indices, B, N)
     out = x.new_zeros(B * N, x.shape[-1])
     return out.index_copy_(0, layout.indices, x).view(B, N, -1)
 
@@ -200,6 +217,8 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
 
     input_ids (B, N) integers in [0, vocab_size) with 1 <= N <= max_len; attention_mask (B, N) of 0/1;
     token_type_ids (B, N) in [0, type_vocab_size) (``None`` type_vocab_size: the vocabulary bound applies).
+    The value checks cost one device-to-host copy in all. An attention_mask of all ones is returned as None
+    (no padding: the unmasked attention path).
     """
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids; got {type(input_ids).__name__}")
@@ -212,14 +231,9 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
             f"input_ids has sequence length {input_ids.shape[1]}, longer than this model's maximum {max_len} "
             "(max_position_embeddings)"
         )
-    input_ids = input_ids.to(device=device, dtype=torch.long)
-    lo, hi = torch.aminmax(input_ids)
-    if int(lo) < 0 or int(hi) >= vocab_size:
-        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the vocabulary); got values in [{int(lo)}, {int(hi)}]")
-    out = [input_ids]
-    for name, t, bound in (("attention_mask", attention_mask, 2), ("token_type_ids", token_type_ids, type_vocab_size)):
+    tensors = {"input_ids": input_ids.to(device=device, dtype=torch.long)}
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if t is None:
-            out.append(None)
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None; got {type(t).__name__}")
@@ -227,11 +241,16 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
             raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; got {tuple(t.shape)}")
         if t.dtype.is_floating_point and name == "token_type_ids":
             raise TypeError(f"token_type_ids must be an integer tensor; got {t.dtype}")
-        t = t.to(device=device, dtype=torch.long)
-        bound = vocab_size if bound is None else bound
-        lo, hi = torch.aminmax(t)
-        if int(lo) < 0 or int(hi) >= bound:
-            what = "0 or 1" if name == "attention_mask" else f"in [0, {bound})"
-            raise ValueError(f"{name} values must be {what}; got values in [{int(lo)}, {int(hi)}]")
-        out.append(t)
-    return tuple(out)
+        tensors[name] = t.to(device=device, dtype=torch.long)
+    stats = torch.stack([x for t in tensors.values() for x in torch.aminmax(t)]).tolist()  # one sync
+    bounds = {"input_ids": vocab_size, "attention_mask": 2,
+              "token_type_ids": vocab_size if type_vocab_size is None else type_vocab_size}
+    for (name, t), lo, hi in zip(tensors.items(), stats[0::2], stats[1::2]):
+        bound = bounds[name]
+        if lo < 0 or hi >= bound:
+            what = {"input_ids": f"lie in [0, {bound}) (the vocabulary)", "attention_mask": "be 0 or 1"}.get(
+                name, f"be in [0, {bound})")
+            raise ValueError(f"{name} values must {what}; got values in [{lo}, {hi}]")
+        if name == "attention_mask" and lo == 1:
+            tensors[name] = None  # all ones: no padding
+    return tensors["input_ids"], tensors.get("attention_mask"), tensors.get("token_type_ids")

@@ -73,7 +73,7 @@ class GPT2(nn.Module):
             x = x + self.wte(token_type_ids)  # as HF: token types are embedded with the token table
         layout = None
         if cache is None:
-            has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+            has_padding = attention_mask is not None
             mask = blocks.padding_mask(attention_mask, x.dtype, causal=True) if has_padding else None
             layout = blocks.TokenLayout(causal=True, mask=mask)
         h = x  # the residual stream
@@ -111,6 +111,12 @@ class GPT2(nn.Module):
         hidden = self.hidden_states(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
                                     cache=cache)
         return self.logits(hidden) if cfg.head == "lm" else hidden
+
+    def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """(B, T) prompts -> (B, T + new) int64, like HF's generate: see engine.generate.generate."""
+        from engine.generate import generate
+
+        return generate(self, input_ids, **kwargs)
 
 
 # ---- Hugging Face names -> engine names --------------------------------------------------------------------
