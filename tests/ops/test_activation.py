@@ -6,6 +6,8 @@ interpreter, and a silent fallback is an error. Outputs are NaN-poisoned `out=` 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import ops
 from engine.kernels import gelu as gelu_kernels
@@ -58,6 +60,26 @@ def test_gelu_matches_float64(triton_backend, device, m, n, dtype, approximate):
     out = _poisoned((m, n), dtype, device)
     assert ops.gelu(x, approximate=approximate, out=out) is out
     _assert_close(out, F.gelu(x.double(), approximate=approximate), dtype)
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3), dtype=st.sampled_from(ALL),
+       approximate=st.sampled_from(APPROX), with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_random_shapes(shape, dtype, approximate, with_bias, seed):
+    # Random shapes and row lengths (hypothesis: no fixtures; force the kernel here).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_BACKEND", "triton")
+        gen = torch.Generator().manual_seed(seed)
+        x, b = _rand(shape, dtype, device, gen), _rand(shape[-1:], dtype, device, gen)
+        out = _poisoned(shape, dtype, device)
+        if with_bias:
+            ops.bias_gelu(x, b, approximate, out=out)
+            ref = F.gelu(x.double() + b.double(), approximate=approximate)
+        else:
+            ops.gelu(x, approximate, out=out)
+            ref = F.gelu(x.double(), approximate=approximate)
+    _assert_close(out, ref, dtype)
 
 
 @pytest.mark.parametrize("approximate", APPROX)

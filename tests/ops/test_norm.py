@@ -7,6 +7,8 @@ every element must be written by the kernel. Sizes are small on CPU; `gpu` tests
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import ops
 from engine.kernels import layernorm as ln_kernels
@@ -69,6 +71,27 @@ def test_add_layer_norm_matches_float64(triton_backend, device, m, n, dtype):
     exact_sum = x.double() + r.double()
     _assert_close(s, exact_sum, dtype)  # the sum is stored in the input dtype
     _assert_close(y, _ref_layer_norm(exact_sum, (n,), w, b, 1e-6), dtype)  # normalised from the fp32 sum
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(m=st.integers(1, 9), n=st.integers(1, 600), dtype=st.sampled_from(ALL), fused=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_random_shapes(m, n, dtype, fused, seed):
+    # Small random shapes across every block size up to 1024 (hypothesis: no fixtures; force the kernel here).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_BACKEND", "triton")
+        gen = torch.Generator().manual_seed(seed)
+        x, r = _rand((m, n), dtype, device, gen, shift=0.7), _rand((m, n), dtype, device, gen)
+        w, b = _rand((n,), dtype, device, gen), _rand((n,), dtype, device, gen)
+        out = _poisoned((m, n), dtype, device)
+        if fused:
+            ops.add_layer_norm(x, r, w, b, out=out)
+            ref = _ref_layer_norm(x.double() + r.double(), (n,), w, b, 1e-5)
+        else:
+            ops.layer_norm(x, n, w, b, out=out)
+            ref = _ref_layer_norm(x, (n,), w, b, 1e-5)
+    _assert_close(out, ref, dtype)
 
 
 def test_looped_rows_with_a_large_mean_stay_accurate(triton_backend, device):
