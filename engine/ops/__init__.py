@@ -6,6 +6,7 @@
     ops.varlen_attention, ops.decode_attention  (engine/ops/attention.py)
 """
 from engine.ops.activation import bias_gelu, gelu
+from engine.ops.attention import pad_input, scaled_dot_product_attention, unpad_input, varlen_attention
 from engine.ops.decode import decode_attention
 from engine.ops.norm import add_layer_norm, layer_norm
 
@@ -15,4 +16,8 @@ __all__ = [
     "decode_attention",
     "gelu",
     "layer_norm",
+    "pad_input",
+    "scaled_dot_product_attention",
+    "unpad_input",
+    "varlen_attention",
 ]

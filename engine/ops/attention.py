@@ -1,0 +1,294 @@
+"""Attention ops: torch-shaped SDPA, packed variable-length attention, and unpad/pad helpers.
+
+Both attention functions run the flash kernel in ``engine.kernels.attention`` when ``engine.backend`` picks Triton,
+and PyTorch otherwise (float64, dropout, head dims above 256, requires-grad, CPU...). Semantics shared by both paths:
+
+* A query row that can see no key (every key masked out) returns zeros. (PyTorch's SDPA returns NaN there on some
+  backends and versions; the fallback path here zeroes such rows too, so both backends agree.)
+* ``attn_mask`` together with ``is_causal=True`` applies both (logical AND), on both paths.
+* Causal alignment: ``scaled_dot_product_attention`` is top-left aligned like PyTorch (query i sees keys j <= i);
+  ``varlen_attention`` is bottom-right aligned per sequence like FlashAttention >= 2.1 (query i sees keys
+  j <= i + len_k - len_q). They agree when the query and key lengths are equal.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from engine import backend
+from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
+
+MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
+_MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
+
+
+def _check_dims(name: str, t: torch.Tensor, ndim: int, layout: str) -> None:
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}; got shape {tuple(t.shape)}")
+
+
+def _check_scale(scale: object) -> float | None:
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
+        raise TypeError(f"scale must be None or a finite real number; got {scale!r}")
+    return float(scale)
+
+
+def _check_mask(mask: object, shape: tuple[int, int, int, int], device: torch.device) -> torch.Tensor | None:
+    """attn_mask: None, or bool / floating, broadcastable to ``shape`` = (B, H, Nq, Nk); returned as a 4-D view."""
+    if mask is None:
+        return None
+    mask = check_tensor("attn_mask", mask)
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool (True = attend) or floating (added to scores); got {mask.dtype}")
+    if mask.device != device:
+        raise ValueError(f"attn_mask must be on the query's device {device}; got {mask.device}")
+    ok = mask.dim() <= 4 and all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape)))
+    if not ok:
+        raise ValueError(f"attn_mask must be broadcastable to (B, H, Nq, Nk) = {shape}; got shape {tuple(mask.shape)}")
+    return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+
+
+def _causal_keep(n_q: int, n_k: int, device: torch.device, *, bottom_right: bool) -> torch.Tensor:
+    """(Nq, Nk) bool: True where query i may see key j (top-left: j <= i; bottom-right: j <= i + Nk - Nq)."""
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q if bottom_right else 0)
+
+
+def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale):
+    """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros)."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    if is_causal and mask is not None:
+        keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
+        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        is_causal = False
+    if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+        # Older PyTorch wants the float mask in the query dtype; keep huge finite values finite when narrowing.
+        lo = torch.finfo(q.dtype).min
+        mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                         scale=scale)
+    if mask is not None:
+        dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, True)
+        out = out.masked_fill(dead, 0.0)
+    return out
+
+
+def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """(B, H, Nq, D) output; stored as (B, Nq, H, D) when q is a transposed view of that layout, so the caller's
+    ``out.transpose(1, 2).reshape(B, Nq, H * D)`` is free."""
+    b, h, n, d = n_q_shape
+    if q.stride(1) < q.stride(2) and h > 1 and n > 1:
+        return torch.empty(b, n, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    return torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
+
+    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
+    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
+    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
+    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
+    scale: default 1 / sqrt(D). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
+
+    Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
+    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
+    """
+    q = check_floating("query", query)
+    k = check_floating("key", key)
+    v = check_floating("value", value)
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        _check_dims(name, t, 4, "(B, H, N, D)")
+    check_same_device(query=q, key=k, value=v)
+    check_same_dtype(query=q, key=k, value=v)
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"query, key and value must have the same batch size; got {b}, {k.shape[0]}, {v.shape[0]}")
+    if k.shape[1] != h or v.shape[1] != h:
+        raise ValueError(f"query, key and value must have the same number of heads; got {h}, {k.shape[1]}, "
+                         f"{v.shape[1]}")
+    if k.shape[3] != d:
+        raise ValueError(f"key head dim must equal query head dim {d}; got {k.shape[3]}")
+    if v.shape[2] != n_k:
+        raise ValueError(f"value must have as many positions as key ({n_k}); got {v.shape[2]}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1); got {dropout_p!r}")
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool; got {type(is_causal).__name__}")
+    scale = _check_scale(scale)
+    mask = _check_mask(attn_mask, (b, h, n_q, n_k), q.device)
+
+    supported = (
+        q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
+        and min(b, h, n_q, n_k) > 0 and b * h <= _MAX_GRID_Y
+        and (mask is None or mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES)
+    )
+    if not backend.use_triton(q, k, v, mask, supported=supported, op="scaled_dot_product_attention"):
+        return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale)
+
+    from engine.kernels.attention import attention_fwd
+
+    out = _empty_like_layout(q, (b, h, n_q, d))
+    mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
+    return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5)
+
+
+def _check_cu(name: str, cu: object, device: torch.device) -> torch.Tensor:
+    cu = check_tensor(name, cu)
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name} must be an int32 tensor of cumulative sequence lengths; got {cu.dtype}")
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(f"{name} must be 1-D of length batch + 1 >= 2; got shape {tuple(cu.shape)}")
+    if cu.device != device:
+        raise ValueError(f"{name} must be on the query's device {device}; got {cu.device}")
+    return cu
+
+
+def _check_max_seqlen(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise TypeError(f"{name} must be a non-negative int; got {value!r}")
+    return int(value)
+
+
+def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int, max_q: int,
+                        max_k: int) -> None:
+    """Check cu_seqlens contents with ONE device-to-host copy (a sync on CUDA)."""
+    rows = []
+    for cu in (cu_q, cu_k):
+        diff = cu[1:] - cu[:-1]
+        rows.append(torch.stack([cu[0], cu[-1], diff.min(), diff.max()]))
+    (q0, q_end, q_min, q_max), (k0, k_end, k_min, k_max) = torch.stack(rows).tolist()
+    for name, first, end, dmin, dmax, total, mx, mname in (
+        ("cu_seqlens_q", q0, q_end, q_min, q_max, total_q, max_q, "max_seqlen_q"),
+        ("cu_seqlens_k", k0, k_end, k_min, k_max, total_k, max_k, "max_seqlen_k"),
+    ):
+        if first != 0:
+            raise ValueError(f"{name} must start at 0; got {first}")
+        if dmin < 0:
+            raise ValueError(f"{name} must be non-decreasing (cumulative lengths); got a step of {dmin}")
+        if end != total:
+            raise ValueError(f"{name} must end at the packed token count {total}; got {end}")
+        if dmax > mx:
+            raise ValueError(f"{mname} must be >= the longest sequence ({dmax}); got {mx}")
+
+
+def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale):
+    """Reference path: one SDPA call per sequence (bottom-right causal; rows with no visible key -> zeros)."""
+    out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
+    for (qs, qe), (ks, ke) in zip(zip(cu_q[:-1].tolist(), cu_q[1:].tolist()),
+                                  zip(cu_k[:-1].tolist(), cu_k[1:].tolist())):
+        if qe == qs or ke == ks:
+            continue
+        mask = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
+        o = _sdpa_torch(q[qs:qe].transpose(0, 1)[None], k[ks:ke].transpose(0, 1)[None],
+                        v[ks:ke].transpose(0, 1)[None], mask, 0.0, False, scale)
+        out[qs:qe] = o[0].transpose(0, 1)
+    return out
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     scale: float | None = None, validate: bool = True) -> torch.Tensor:
+    """Attention over packed sequences of different lengths (FlashAttention's varlen API); no FLOPs on padding.
+
+    q: (total_q, H, D); k, v: (total_k, H, D); sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and
+    cu_seqlens_k[b]:cu_seqlens_k[b+1] of k/v. cu_seqlens_*: (B + 1,) int32, starting at 0, non-decreasing, ending
+    at total_*. max_seqlen_*: ints >= the longest sequence (sizes the launch grid). causal: bottom-right aligned
+    per sequence (FlashAttention >= 2.1: query i sees keys j <= i + len_k - len_q); a query that sees no key
+    returns zeros. scale: default 1 / sqrt(D). Returns (total_q, H, D).
+
+    validate: check the contents of cu_seqlens and max_seqlen (one device-to-host sync per call on CUDA). Pass
+    False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
+    devices are always checked.
+    """
+    q = check_floating("q", q)
+    k = check_floating("k", k)
+    v = check_floating("v", v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_dims(name, t, 3, "(total_tokens, H, D)")
+    check_same_device(q=q, k=k, v=v)
+    check_same_dtype(q=q, k=k, v=v)
+    total_q, h, d = q.shape
+    if k.shape[1] != h or v.shape[1] != h:
+        raise ValueError(f"q, k and v must have the same number of heads; got {h}, {k.shape[1]}, {v.shape[1]}")
+    if k.shape[2] != d or v.shape[2] != d:
+        raise ValueError(f"k and v head dims must equal q's ({d}); got {k.shape[2]}, {v.shape[2]}")
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"v must have as many tokens as k ({k.shape[0]}); got {v.shape[0]}")
+    cu_q = _check_cu("cu_seqlens_q", cu_seqlens_q, q.device)
+    cu_k = _check_cu("cu_seqlens_k", cu_seqlens_k, q.device)
+    if cu_q.shape != cu_k.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1); got "
+                         f"{cu_q.shape[0]} and {cu_k.shape[0]}")
+    max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
+    scale = _check_scale(scale)
+    scale = scale if scale is not None else d ** -0.5
+    if validate:
+        _validate_cu_values(cu_q, cu_k, total_q, k.shape[0], max_q, max_k)
+
+    batch = cu_q.shape[0] - 1
+    supported = q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y
+    if not backend.use_triton(q, k, v, cu_q, cu_k, supported=supported, op="varlen_attention"):
+        return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if total_q == 0 or max_q == 0:
+        return out.zero_()
+    from engine.kernels.attention import varlen_fwd
+
+    return varlen_fwd(q, k, v, out, cu_q, cu_k, max_q, causal=causal, scale=scale)
+
+
+def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor, int]:
+    """Pack the kept tokens of a padded batch.
+
+    hidden: (B, N, ...); attention_mask: (B, N) bool or integer, nonzero = keep (padding may sit anywhere).
+    Returns (packed (total, ...), indices (total,) int64 into the flattened (B * N) positions, cu_seqlens
+    (B + 1,) int32, max_seqlen int). max_seqlen costs one device-to-host sync.
+    """
+    hidden = check_tensor("hidden", hidden)
+    mask = check_tensor("attention_mask", attention_mask)
+    if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
+        raise TypeError(f"attention_mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
+    if mask.dim() != 2:
+        raise ValueError(f"attention_mask must be 2-D (B, N); got shape {tuple(mask.shape)}")
+    if hidden.dim() < 2 or tuple(hidden.shape[:2]) != tuple(mask.shape):
+        raise ValueError(f"hidden must be (B, N, ...) with (B, N) = attention_mask's {tuple(mask.shape)}; got "
+                         f"shape {tuple(hidden.shape)}")
+    check_same_device(hidden=hidden, attention_mask=mask)
+    keep = mask.bool()
+    seqlens = keep.sum(dim=1, dtype=torch.int32)
+    indices = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
+    cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
+    max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
+    packed = hidden.reshape(-1, *hidden.shape[2:]).index_select(0, indices)
+    return packed, indices, cu_seqlens, max_seqlen
+
+
+def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
+    """Inverse of ``unpad_input``: packed (total, ...) -> (batch, seqlen, ...), zeros at the padding."""
+    packed = check_tensor("packed", packed)
+    indices = check_tensor("indices", indices)
+    if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
+        raise TypeError(f"indices must be a 1-D int64/int32 tensor; got {indices.dtype} of shape "
+                        f"{tuple(indices.shape)}")
+    if packed.dim() < 1 or packed.shape[0] != indices.shape[0]:
+        raise ValueError(f"packed must be (total, ...) with total = len(indices) = {indices.shape[0]}; got shape "
+                         f"{tuple(packed.shape)}")
+    for name, value in (("batch", batch), ("seqlen", seqlen)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise TypeError(f"{name} must be a non-negative int; got {value!r}")
+    check_same_device(packed=packed, indices=indices)
+    out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
+    out.index_copy_(0, indices.long(), packed)
+    return out.reshape(batch, seqlen, *packed.shape[1:])

@@ -1,0 +1,418 @@
+"""Flash attention forward in Triton: one kernel for dense (B, H, N, D) and packed varlen (total, H, D) inputs.
+
+Each program owns BLOCK_M query rows of one (batch, head) and streams K/V in BLOCK_N tiles, keeping an online
+softmax in fp32 (running max ``m_i``, running sum ``l_i``, unnormalised accumulator ``acc``). ``exp2`` is used
+with log2(e) folded into the score scale; no N x N matrix is ever written. The key loop runs in two stages:
+
+  stage 1: key tiles that every row of the query block may see in full (no bounds or causal masks);
+  stage 2: the diagonal (causal) and the ragged last tile, with element masks.
+
+Masks: ``MASK_KIND`` 0 = none, 1 = boolean (stored as uint8, nonzero = attend), 2 = additive (any float dtype).
+The mask is read tile by tile through its own strides, so a broadcast mask (stride 0) is never expanded;
+``MASK_PER_ROW=False`` (key-padding masks, row stride 0) loads one BLOCK_N vector per tile instead of a tile.
+A query row that sees no key (all masked) outputs zeros.
+
+Causal alignment: dense calls use PyTorch's top-left alignment (query i sees keys j <= i); varlen calls use
+FlashAttention's bottom-right alignment (query i sees keys j <= i + len_k - len_q). They agree when the
+lengths are equal.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+# Per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages). Short on purpose: each entry costs a compile
+# (a few seconds) on the first call of each (head dim, dtype, causal, mask kind, seqlen bucket) key.
+CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
+    16: [(128, 64, 4, 3), (64, 64, 4, 3)],
+    32: [(128, 64, 4, 3), (64, 64, 4, 3)],
+    64: [(128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
+    128: [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+    256: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
+}
+# One small configuration for Triton's CPU interpreter (autotuning there would be slow).
+INTERPRETER_CONFIG = (32, 16, 4, 1)
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q,
+    k_ptrs, v_ptrs, mask_ptrs,  # K tile (BLOCK_D, BLOCK_N), V tile (BLOCK_N, BLOCK_D), mask tile at key 0
+    stride_kn, stride_vn, stride_mn,
+    offs_m, offs_n, offs_d, lo, hi, n_k, causal_shift, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+):
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    # Rows can be all -inf inside a tile only with a mask or at the boundary: guard exp2 against -inf - -inf.
+    SAFE_MAX: tl.constexpr = BOUNDARY or (MASK_KIND != 0)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if BOUNDARY:
+            col_ok = cols < n_k
+            if EVEN_D:
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=col_ok[None, :], other=0.0)
+            else:
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM),
+                            other=0.0)
+        else:
+            if EVEN_D:
+                k = tl.load(k_ptrs + start_n * stride_kn)
+            else:
+                k = tl.load(k_ptrs + start_n * stride_kn, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+        if DOT_UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if MASK_KIND != 0:
+            if MASK_PER_ROW:
+                if BOUNDARY:
+                    mval = tl.load(mask_ptrs + cols[None, :] * stride_mn, mask=col_ok[None, :], other=0)
+                else:
+                    mval = tl.load(mask_ptrs + cols[None, :] * stride_mn)
+            else:
+                if BOUNDARY:
+                    mval = tl.load(mask_ptrs + cols * stride_mn, mask=col_ok, other=0)[None, :]
+                else:
+                    mval = tl.load(mask_ptrs + cols * stride_mn)[None, :]
+            if MASK_KIND == 1:
+                s = tl.where(mval != 0, s, float("-inf"))
+            else:
+                bias = mval.to(tl.float32)
+                # Clamp before scaling so float32 min stays finite (as in PyTorch: such rows average all keys),
+                # while a true -inf stays -inf.
+                bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -2.0e38) * 1.4426950408889634)
+                s = s + bias
+        if BOUNDARY:
+            ok = cols[None, :] < n_k
+            if IS_CAUSAL:
+                ok = ok & (cols[None, :] <= offs_m[:, None] + causal_shift)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if SAFE_MAX:
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_use = m_new
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if BOUNDARY:
+            if EVEN_D:
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=col_ok[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
+                            other=0.0)
+        else:
+            if EVEN_D:
+                v = tl.load(v_ptrs + start_n * stride_vn)
+            else:
+                v = tl.load(v_ptrs + start_n * stride_vn, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        p = p.to(v.dtype)
+        if DOT_UPCAST:
+            p = p.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = tl.dot(p, v, acc, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, Out,  # dense: (B, H, Nq|Nk, D) with any strides; varlen: (total, H, D)
+    Mask,  # dense only: broadcast view of (B, H, Nq, Nk), uint8 (bool) or float (additive); else unused
+    CU_Q, CU_K,  # varlen only: (B + 1,) int32 cumulative lengths; else unused
+    qk_scale,  # softmax scale * log2(e)
+    stride_qz, stride_qh, stride_qm, stride_qk,
+    stride_kz, stride_kh, stride_kn, stride_kk,
+    stride_vz, stride_vh, stride_vn, stride_vk,
+    stride_oz, stride_oh, stride_om, stride_ok,
+    stride_mz, stride_mh, stride_mm, stride_mn,
+    H, N_Q, N_K,  # heads; dense sequence lengths (varlen: ignored)
+    N_BUCKET,  # autotuning key only: power-of-two bucket of the (max) query length
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_UPCAST: tl.constexpr = False,  # interpreter only: bf16 tl.dot is wrong there, so dot in fp32
+):
+    if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
+        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        start_m = tl.program_id(0)
+    off_zh = tl.program_id(1)
+    off_z = off_zh // H
+    off_h = off_zh % H
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + off_z)
+        n_q = tl.load(CU_Q + off_z + 1) - q_start
+        k_start = tl.load(CU_K + off_z)
+        n_k = tl.load(CU_K + off_z + 1) - k_start
+        causal_shift = n_k - n_q  # bottom-right (FlashAttention)
+        q_off = q_start.to(tl.int64) * stride_qm + off_h.to(tl.int64) * stride_qh
+        k_off = k_start.to(tl.int64) * stride_kn + off_h.to(tl.int64) * stride_kh
+        v_off = k_start.to(tl.int64) * stride_vn + off_h.to(tl.int64) * stride_vh
+        o_off = q_start.to(tl.int64) * stride_om + off_h.to(tl.int64) * stride_oh
+    else:
+        n_q = N_Q
+        n_k = N_K
+        causal_shift = 0  # top-left (PyTorch)
+        q_off = off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
+        k_off = off_z.to(tl.int64) * stride_kz + off_h.to(tl.int64) * stride_kh
+        v_off = off_z.to(tl.int64) * stride_vz + off_h.to(tl.int64) * stride_vh
+        o_off = off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh
+    m0 = start_m * BLOCK_M
+    if m0 >= n_q:
+        return
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n_q
+    q_ptrs = Q + q_off + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
+    if HEAD_DIM == BLOCK_D:
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    else:
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if DOT_UPCAST:
+        q = q.to(tl.float32)
+    k_ptrs = K + k_off + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kk
+    v_ptrs = V + v_off + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk
+    mask_ptrs = Mask
+    if MASK_KIND != 0:
+        mask_ptrs = Mask + off_z.to(tl.int64) * stride_mz + off_h.to(tl.int64) * stride_mh
+        if MASK_PER_ROW:
+            # Clamp rows past the end instead of masking the load: those rows are never stored.
+            rows = tl.minimum(offs_m, n_q - 1)
+            mask_ptrs = mask_ptrs + rows[:, None].to(tl.int64) * stride_mm
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # Key range: [0, full_end) is visible to every row of this block; [full_end, hi) needs element masks.
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(n_k, m0 + BLOCK_M + causal_shift), 0)
+        full_end = tl.maximum(tl.minimum(n_k, m0 + 1 + causal_shift), 0)
+    else:
+        hi = n_k
+        full_end = n_k
+    full_end = (full_end // BLOCK_N) * BLOCK_N
+
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn,
+        offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DOT_UPCAST,
+    )
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn,
+        offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DOT_UPCAST,
+    )
+
+    # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_ptrs = Out + o_off + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok
+    if HEAD_DIM == BLOCK_D:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side: configuration choice, launch, AOT specifications.
+
+def block_d_of(head_dim: int) -> int:
+    """Head dim padded to the power of two the kernel tiles with (at least 16, the smallest tl.dot size)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def seqlen_bucket(n: int) -> int:
+    """Power-of-two bucket of a query length, 64 .. 16384: the autotuner's sequence-length key."""
+    return min(max(triton.next_power_of_2(max(n, 1)), 64), 16384)
+
+
+def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
+                  mask_elem: int = 0, mask_per_row: bool = False) -> int:
+    """Bytes of shared memory a configuration needs (Q tile + pipelined K/V tiles + pipelined mask tiles)."""
+    kv = 2 * block_n * block_d * elem * max(num_stages - 1, 1)
+    mask = mask_elem * block_n * (block_m if mask_per_row else 1) * max(num_stages - 1, 1)
+    return block_m * block_d * elem + kv + mask
+
+
+@functools.lru_cache(maxsize=None)
+def _device_smem(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or 101376)
+
+
+def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int,
+                  mask_elem: int = 0, mask_per_row: bool = False) -> list:
+    """Drop configurations that overflow shared memory, and BLOCK_M larger than the sequence bucket."""
+    fits = [c for c in configs
+            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d, elem,
+                             mask_elem, mask_per_row) <= smem_limit]
+    if not fits:  # the last entry of each list is the smallest; keep it rather than nothing
+        fits = configs[-1:]
+    short = [c for c in fits if c.kwargs["BLOCK_M"] <= bucket]
+    return short or fits[-1:]
+
+
+def _early_prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    q, mask = args["Q"], args["Mask"]
+    mask_elem = mask.element_size() if args["MASK_KIND"] != 0 else 0
+    return prune_configs(configs, block_d=args["BLOCK_D"], elem=q.element_size(), bucket=args["N_BUCKET"],
+                         smem_limit=_device_smem(q.device.index or 0), mask_elem=mask_elem,
+                         mask_per_row=bool(args["MASK_PER_ROW"]))
+
+
+def _configs(block_d: int) -> list:
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in CONFIGS[block_d]]
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_kernel(block_d: int):
+    """The autotuned kernel for one padded head dim (built lazily: nothing compiles at import)."""
+    return triton.autotune(
+        configs=_configs(block_d),
+        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION"],
+        prune_configs_by={"early_config_prune": _early_prune},
+    )(_attn_fwd_kernel)
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0", "false", "False")
+
+
+def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m, batch, *, head_dim, causal,
+            varlen, mask_kind, mask_per_row, precision, config):
+    block_d = block_d_of(head_dim)
+    args = (q, k, v, out, mask, cu_q, cu_k, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
+    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
+                 MASK_PER_ROW=mask_per_row, PRECISION=precision)
+    if config is None and _interpreting():
+        config = INTERPRETER_CONFIG
+    if config is not None:
+        bm, bn, warps, stages = config
+        if _interpreting() and q.dtype == torch.bfloat16:
+            # Triton's interpreter multiplies bf16 tiles as raw uint16 bits; do the dots in fp32 there
+            # (operands are still rounded to bf16 first, as on the GPU).
+            flags["DOT_UPCAST"] = True
+        grid = (triton.cdiv(grid_m, bm), batch * h)
+        _attn_fwd_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    else:
+        grid = lambda meta: (triton.cdiv(grid_m, meta["BLOCK_M"]), batch * h)  # noqa: E731
+        _tuned_kernel(block_d)[grid](*args, **flags)
+    return out
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
+
+
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *,
+                  mask: torch.Tensor | None, causal: bool, scale: float,
+                  config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Dense attention into ``out``. q, out: (B, H, Nq, D); k, v: (B, H, Nk, D); any strides.
+
+    mask: None, or a view of shape (B, H, Nq, Nk) (stride 0 on broadcast dims), bool or floating (additive).
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to skip autotuning (tests); None = autotune
+    (the interpreter always uses ``INTERPRETER_CONFIG``). Validation is the caller's job.
+    """
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    if mask is None:
+        mask_arg, mask_kind, per_row, mstr = q, 0, False, (0, 0, 0, 0)
+    else:
+        mask_kind = 1 if mask.dtype == torch.bool else 2
+        mask_arg = mask.view(torch.uint8) if mask_kind == 1 else mask
+        mstr = tuple(mask_arg.stride())
+        per_row = mstr[2] != 0 and n_q > 1
+    strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *mstr)
+    return _launch(q, k, v, out, mask_arg, q, q, scale, strides, h, n_q, n_k, n_q, b, head_dim=d, causal=causal,
+                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, precision=_precision(q.dtype),
+                   config=config)
+
+
+def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cu_q: torch.Tensor,
+               cu_k: torch.Tensor, max_seqlen_q: int, *, causal: bool, scale: float,
+               config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Packed attention into ``out``. q, out: (total_q, H, D); k, v: (total_k, H, D); cu_q, cu_k: (B + 1,) int32.
+
+    Causal is bottom-right aligned per sequence (FlashAttention). Validation is the caller's job.
+    """
+    _, h, d = q.shape
+    batch = cu_q.shape[0] - 1
+
+    def s4(t):  # (total, H, D) strides as (z, h, m, d) with no batch stride
+        return (0, t.stride(1), t.stride(0), t.stride(2))
+
+    strides = (*s4(q), *s4(k), *s4(v), *s4(out), 0, 0, 0, 0)
+    return _launch(q, k, v, out, q, cu_q, cu_k, scale, strides, h, 0, 0, max_seqlen_q, batch, head_dim=d,
+                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, precision=_precision(q.dtype),
+                   config=config)
+
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8"}
+H200_SMEM = 232448  # engine.kernels.aot.H200_MAX_SHARED_BYTES (not imported: keep this module light)
+
+
+def _spec(name, dtype, block_d, bm, bn, warps, stages, *, head_dim=None, causal=True, varlen=False, mask_kind=0,
+          mask_per_row=False, mask_dtype=None, precision="tf32"):
+    from engine.kernels.aot import KernelSpec
+
+    ty = "*" + _TRITON_DTYPE[dtype]
+    mty = "*" + _TRITON_DTYPE[mask_dtype] if mask_kind else ty
+    const = dict(HEAD_DIM=head_dim or block_d, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen,
+                 MASK_KIND=mask_kind, MASK_PER_ROW=mask_per_row, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
+                 DOT_UPCAST=False)
+    # The launcher specialises unit strides (the head-dim stride of contiguous tensors) as constants.
+    const.update(stride_qk=1, stride_kk=1, stride_vk=1, stride_ok=1)
+    if mask_kind:
+        const["stride_mn"] = 1
+    sig = {}
+    for arg in _attn_fwd_kernel.arg_names:
+        if arg in const:
+            sig[arg] = "constexpr"
+        elif arg in ("Q", "K", "V", "Out"):
+            sig[arg] = ty
+        elif arg == "Mask":
+            sig[arg] = mty
+        elif arg in ("CU_Q", "CU_K"):
+            sig[arg] = "*i32"
+        elif arg == "qk_scale":
+            sig[arg] = "fp32"
+        else:
+            sig[arg] = "i32"
+    return KernelSpec(name=name, fn=_attn_fwd_kernel, signature=sig, constexprs=const, num_warps=warps,
+                      num_stages=stages)
+
+
+def aot_specs() -> list:
+    """Every configuration the autotuner can pick on an H200 (per padded head dim and element size), compiled
+    with the common flags (causal, no mask); plus each feature flag (masks, varlen, padded head dim, fp16,
+    ieee fp32) on the configuration of its head dim that uses the most shared memory."""
+    specs = []
+    for block_d, table in CONFIGS.items():
+        for dtype in (torch.bfloat16, torch.float32):
+            elem = 2 if dtype == torch.bfloat16 else 4
+            cfgs = prune_configs(_configs(block_d), block_d=block_d, elem=elem, bucket=16384, smem_limit=H200_SMEM)
+            prec = "ieee" if dtype == torch.float32 else "tf32"
+            for c in cfgs:
+                bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+                specs.append(_spec(f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{c.num_warps}s{c.num_stages}",
+                                   dtype, block_d, bm, bn, c.num_warps, c.num_stages, precision=prec))
+    return specs

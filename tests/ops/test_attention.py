@@ -1,0 +1,282 @@
+"""ops.scaled_dot_product_attention: the flash kernel (interpreter on CPU) against a float64 reference.
+
+Covers causal and bidirectional, Nq != Nk, N in {1, 77, 130}, every head dim (small N for the big ones), fp16 /
+bf16 / fp32, boolean and additive masks (4-D, key-padding, 2-D, rows of one key, fully masked rows), poisoned
+outputs, transposed-view inputs, the PyTorch fallback's agreement with the kernel, and every bad input.
+Under the interpreter the kernel uses INTERPRETER_CONFIG (BLOCK_M=32, BLOCK_N=16), so N=77 and 130 cross
+several tiles and the causal diagonal; explicit configurations exercise BLOCK_M < BLOCK_N and BLOCK_M == BLOCK_N.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import ops
+from engine.kernels import attention as kattn
+
+# (atol, rtol) vs the float64 reference; for fp16 / bf16 also "at most 2x torch's own error + FLOOR".
+TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
+FLOOR = {torch.float32: 0.0, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def reference(q, k, v, mask=None, causal=False, scale=None):
+    """float64 attention; rows that see no key are zeros. Top-left causal, combined with the mask by AND."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = q @ k.transpose(-1, -2) * scale
+    keep = torch.ones(s.shape[-2:], dtype=torch.bool)
+    if causal:
+        keep = keep.tril()
+    if mask is not None and mask.dtype == torch.bool:
+        keep = keep & mask
+    elif mask is not None:
+        s = s + mask.double()
+    s = s.masked_fill(~keep, float("-inf"))
+    return torch.softmax(s, dim=-1).nan_to_num(0.0) @ v
+
+
+def qkv(b, h, n_q, n_k, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda n: torch.randn(b, h, n, d, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    return mk(n_q), mk(n_k), mk(n_k)
+
+
+def check(out, q, k, v, mask=None, causal=False, scale=None):
+    """out vs float64; for fp16 / bf16 also vs torch's same-dtype SDPA error (computed without fully-masked rows)."""
+    ref = reference(q.cpu(), k.cpu(), v.cpu(), mask if mask is None else mask.cpu(), causal, scale)
+    assert out.dtype == q.dtype and out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    atol, rtol = TOL[q.dtype]
+    torch.testing.assert_close(out.cpu().double(), ref, atol=atol, rtol=rtol)
+    if q.dtype in (torch.float16, torch.bfloat16):
+        m = mask
+        if causal:
+            tri = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+            m = tri if m is None else (m & tri if m.dtype == torch.bool else m.masked_fill(~tri, float("-inf")))
+        if m is not None and m.dtype != torch.bool:  # torch wants the query dtype; keep finite values finite
+            m = torch.where(m == float("-inf"), m, m.clamp(min=torch.finfo(q.dtype).min)).to(q.dtype)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale).cpu().double()
+        theirs = theirs.nan_to_num(0.0)
+        ok = ref.abs().sum(-1, keepdim=True) > 0  # compare where torch's row is defined
+        ours_err = ((out.cpu().double() - ref).abs() * ok).max().item()
+        torch_err = ((theirs - ref).abs() * ok).max().item()
+        assert ours_err <= 2 * torch_err + FLOOR[q.dtype], (ours_err, torch_err)
+
+
+CASES = [  # (n_q, n_k, head_dim, causal, dtype)
+    (77, 77, 64, True, torch.float16),
+    (77, 77, 64, False, torch.bfloat16),
+    (130, 130, 32, True, torch.float32),
+    (130, 130, 16, False, torch.float16),
+    (1, 1, 64, True, torch.bfloat16),
+    (1, 1, 16, False, torch.float32),
+    (40, 77, 32, True, torch.float16),   # Nq < Nk, top-left causal
+    (77, 40, 64, True, torch.float32),   # Nq > Nk
+    (1, 130, 32, False, torch.bfloat16),  # decode-shaped
+    (33, 33, 80, True, torch.bfloat16),
+    (20, 23, 96, False, torch.float16),
+    (17, 17, 128, True, torch.float32),
+    (17, 19, 128, False, torch.bfloat16),
+    (9, 11, 256, True, torch.float16),
+    (9, 9, 256, False, torch.float32),
+]
+
+
+@pytest.mark.parametrize("n_q,n_k,d,causal,dtype", CASES)
+def test_sdpa_matches_float64(triton_backend, device, n_q, n_k, d, causal, dtype):
+    q, k, v = qkv(1, 2, n_q, n_k, d, dtype, device, seed=n_q + d)
+    out = ops.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    check(out, q, k, v, causal=causal)
+
+
+def _masks(kind, b, h, n_q, n_k, device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "bool4d":
+        m = torch.rand(b, h, n_q, n_k, generator=g) > 0.4
+        m[0, 0, 3] = False  # a row that sees nothing -> zeros
+        m[0, 1, 5] = False
+        m[0, 1, 5, n_k - 1] = True  # a row of exactly one key (the last, in the ragged tile)
+        m[-1, -1, 7] = True  # a full row
+    elif kind == "additive4d":
+        m = torch.randn(b, 1, n_q, n_k, generator=g) * 2
+        m[..., 2, :] = float("-inf")  # fully masked -> zeros
+        m[..., 4, :] = torch.finfo(torch.float32).min  # finite: averages all keys, as in PyTorch
+        m[..., 6, : n_k // 2] = float("-inf")
+    elif kind == "bool_keypad":
+        m = torch.ones(b, 1, 1, n_k, dtype=torch.bool)
+        m[0, ..., n_k - 9:] = False
+        m[-1, ..., :1] = False
+    elif kind == "additive_keypad":
+        m = torch.zeros(b, 1, 1, n_k)
+        m[0, ..., n_k - 9:] = torch.finfo(torch.float32).min  # how Hugging Face pads
+        m[-1, ..., 3] = float("-inf")
+        m = m + torch.randn(b, 1, 1, n_k, generator=g) * 0.1
+    elif kind == "bool2d":
+        m = torch.rand(n_q, n_k, generator=g) > 0.5
+        m[:, 0] = True
+    else:
+        raise AssertionError(kind)
+    return m.to(device)
+
+
+@pytest.mark.parametrize("kind,causal,dtype", [
+    ("bool4d", False, torch.float32),
+    ("bool4d", True, torch.bfloat16),
+    ("additive4d", False, torch.float16),
+    ("additive4d", True, torch.float32),
+    ("bool_keypad", False, torch.float16),
+    ("additive_keypad", False, torch.bfloat16),
+    ("additive_keypad", True, torch.float32),
+    ("bool2d", False, torch.float32),
+])
+def test_sdpa_masks(triton_backend, device, kind, causal, dtype):
+    b, h, n_q, n_k, d = 2, 2, 37, 45, 32
+    q, k, v = qkv(b, h, n_q, n_k, d, dtype, device, seed=3)
+    mask = _masks(kind, b, h, n_q, n_k, device)
+    if mask.dtype != torch.bool and dtype != torch.float32 and kind == "additive4d":
+        mask = mask.to(dtype)  # a mask in the query's dtype, as Hugging Face builds it
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=0.3)
+    check(out, q, k, v, mask=mask, causal=causal, scale=0.3)
+    if kind == "bool4d":
+        assert (out[0, 0, 3] == 0).all()
+    if kind == "additive4d":
+        assert (out[:, :, 2] == 0).all()
+
+
+@pytest.mark.parametrize("config", [(16, 32, 4, 1), (16, 16, 4, 1), (64, 16, 4, 1)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_kernel_writes_every_output_element(device, config, causal):
+    """Poisoned output, explicit tile shapes (BLOCK_M <, ==, > BLOCK_N), a key-padding mask on the causal path."""
+    n_q, n_k, d = 50, 61, 80
+    q, k, v = qkv(2, 1, n_q, n_k, d, torch.float32, device, seed=5)
+    mask = _masks("bool_keypad", 2, 1, n_q, n_k, device) if causal else None
+    out = torch.full_like(q, float("nan"))
+    expanded = None if mask is None else mask.expand(2, 1, n_q, n_k)
+    kattn.attention_fwd(q, k, v, out, mask=expanded, causal=causal, scale=d ** -0.5, config=config)
+    check(out, q, k, v, mask=mask, causal=causal)
+
+
+def test_transposed_views_are_read_in_place(triton_backend, device):
+    """(B, N, H, D) tensors viewed as (B, H, N, D), and a slice of a packed qkv: no copies, right answers."""
+    b, n, h, d = 2, 45, 3, 32
+    qkv_packed = torch.randn(b, n, 3, h, d, device=device, dtype=torch.float16)
+    q, k, v = (qkv_packed[:, :, i].transpose(1, 2) for i in range(3))
+    assert not q.is_contiguous()
+    out = ops.scaled_dot_product_attention(q, k, v, is_causal=True)
+    check(out, q, k, v, causal=True)
+    q2 = torch.randn(b, n, h, d, device=device).transpose(1, 2)
+    out2 = ops.scaled_dot_product_attention(q2, q2, q2)
+    assert out2.transpose(1, 2).is_contiguous()  # output stored like the query: (B, N, H, D)
+    check(out2, q2, q2, q2)
+
+
+@pytest.mark.parametrize("kind", ["bool4d", "additive4d", "bool_keypad"])
+def test_torch_path_agrees_with_kernel(monkeypatch, device, kind):
+    """Both backends give zeros for rows with no visible key, and agree elsewhere."""
+    b, h, n_q, n_k, d = 2, 2, 37, 45, 16
+    q, k, v = qkv(b, h, n_q, n_k, d, torch.float32, device, seed=7)
+    mask = _masks(kind, b, h, n_q, n_k, device)
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    ref_path = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    kern = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+    torch.testing.assert_close(ref_path, kern, atol=2e-5, rtol=2e-5)
+    check(ref_path, q, k, v, mask=mask, causal=True)
+
+
+def test_fallbacks_keep_torch_semantics(triton_backend, device):
+    """float64, dropout > 0 and a value head dim != D run PyTorch, even with ENGINE_BACKEND=triton."""
+    q, k, v = qkv(1, 2, 13, 17, 16, torch.float64, device, seed=9)
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, causal=True)
+    v24 = torch.randn(1, 2, 17, 24, dtype=torch.float64, device=device)
+    check(ops.scaled_dot_product_attention(q, k, v24), q, k, v24)
+    torch.manual_seed(0)
+    a = ops.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+    torch.manual_seed(0)
+    b = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.fixture
+def tf32_setting():
+    """Restores torch.backends.cuda.matmul.allow_tf32 (a property-like setting monkeypatch cannot patch)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_fp32_precision_follows_allow_tf32(tf32_setting, allow):
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    assert kattn._precision(torch.float32) == ("tf32" if allow else "ieee")
+    assert kattn._precision(torch.bfloat16) == "tf32"  # ignored by tl.dot for 16-bit inputs
+
+
+def test_autotune_pruning_fits_and_shortens():
+    cfgs = kattn._configs(128)
+    for elem in (2, 4):
+        kept = kattn.prune_configs(cfgs, block_d=128, elem=elem, bucket=16384, smem_limit=kattn.H200_SMEM)
+        assert kept and all(kattn.smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, 128, elem)
+                            <= kattn.H200_SMEM for c in kept)
+    short = kattn.prune_configs(cfgs, block_d=128, elem=2, bucket=64, smem_limit=kattn.H200_SMEM)
+    assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short)
+
+
+def _bad_cases():
+    q = torch.randn(1, 2, 5, 8)
+    yield "query", (TypeError, "query must be a torch.Tensor"), lambda: ops.scaled_dot_product_attention(
+        q.numpy(), q, q)
+    yield "int", (TypeError, "query must be a floating"), lambda: ops.scaled_dot_product_attention(q.long(), q, q)
+    yield "3d", (ValueError, r"key must be 4-D"), lambda: ops.scaled_dot_product_attention(q, q[0], q)
+    yield "dtype", (TypeError, "same dtype"), lambda: ops.scaled_dot_product_attention(q, q.half(), q)
+    yield "batch", (ValueError, "same batch size"), lambda: ops.scaled_dot_product_attention(
+        q, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))
+    yield "heads", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
+        q, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8))
+    yield "head_dim", (ValueError, "key head dim"), lambda: ops.scaled_dot_product_attention(
+        q, torch.randn(1, 2, 5, 4), q)
+    yield "value_len", (ValueError, "value must have as many"), lambda: ops.scaled_dot_product_attention(
+        q, q, torch.randn(1, 2, 6, 8))
+    yield "mask_shape", (ValueError, "attn_mask must be broadcastable"), lambda: ops.scaled_dot_product_attention(
+        q, q, q, attn_mask=torch.ones(1, 2, 5, 4, dtype=torch.bool))
+    yield "mask_5d", (ValueError, "attn_mask must be broadcastable"), lambda: ops.scaled_dot_product_attention(
+        q, q, q, attn_mask=torch.ones(1, 1, 2, 5, 5, dtype=torch.bool))
+    yield "mask_dtype", (TypeError, "attn_mask must be bool"), lambda: ops.scaled_dot_product_attention(
+        q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.int64))
+    yield "dropout", (ValueError, "dropout_p"), lambda: ops.scaled_dot_product_attention(q, q, q, dropout_p=1.5)
+    yield "causal", (TypeError, "is_causal"), lambda: ops.scaled_dot_product_attention(q, q, q, is_causal=1)
+    yield "scale", (TypeError, "scale"), lambda: ops.scaled_dot_product_attention(q, q, q, scale="x")
+    if torch.cuda.is_available():
+        yield "device", (ValueError, "same device"), lambda: ops.scaled_dot_product_attention(q, q.cuda(), q)
+
+
+@pytest.mark.parametrize("name,expected,call", list(_bad_cases()), ids=[c[0] for c in _bad_cases()])
+def test_bad_inputs(triton_backend, name, expected, call):
+    exc, match = expected
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sdpa_gpu_real_sizes(d, causal, dtype):
+    n = 1537 if d < 256 else 1025
+    q, k, v = qkv(2, 4, n, n, d, dtype, "cuda", seed=d)
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=causal), q, k, v, causal=causal)
+    mask = torch.rand(2, 1, n, n, device="cuda") > 0.3
+    check(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v, mask=mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_sdpa_gpu_fp32(tf32_setting, allow_tf32):
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    q, k, v = qkv(2, 3, 700, 700, 128, torch.float32, "cuda", seed=1)
+    out = ops.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref = reference(q.cpu(), k.cpu(), v.cpu(), causal=True)
+    tol = 3e-3 if allow_tf32 else 1e-4
+    torch.testing.assert_close(out.cpu().double(), ref, atol=tol, rtol=tol)
+    assert math.isfinite(out.sum().item())
