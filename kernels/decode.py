@@ -2,16 +2,18 @@
 
 Two kernels:
 
-* ``_decode_split_kernel`` -- grid (num_splits, H, B * m_blocks). Program (s, h, b*m_blocks + mb) takes query rows
-  [mb*BLOCK_M, mb*BLOCK_M + BLOCK_M) of sequence b, head h, and the keys [s*split_len, (s+1)*split_len) of that
-  sequence's cache, clamped to its valid, causally visible part. It runs an online softmax over BLOCK_N keys at a
-  time. With ``SPLIT=False`` (one split) it writes the normalised output straight into ``out``; with ``SPLIT=True``
+* ``_decode_split_kernel`` -- grid (S, H, B * m_blocks), S = num_splits. Program (s, h, b*m_blocks + mb) takes
+  query rows [mb*BLOCK_M, mb*BLOCK_M + BLOCK_M) of sequence b, head h, and the s-th of S equal runs of whole
+  BLOCK_N tiles of that sequence's valid keys (run length computed on the device from cache_seqlens[b], so a
+  short sequence in a long cache still spreads over every split), cut to the causally visible part. It runs an
+  online softmax over BLOCK_N keys at a time. With ``SPLIT=False`` (one split) it writes the normalised output straight into ``out``; with ``SPLIT=True``
   it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2: log2 sum 2^(score*log2 e)).
   A split that sees no key (past cache_seqlens, or before every row's causal limit) writes zeros and lse = -inf.
 * ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps.
 
-The launcher never reads device data on the host: the split plan depends on (B, H, Tq, Tmax, D, dtype, SM count)
-only, and the scratch is allocated from those sizes, so a decode step can be captured in a CUDA graph.
+The launcher never reads device data on the host: the grid and the number of splits depend on (B, H, Tq, Tmax, D,
+dtype, SM count) only, and the scratch is allocated from those sizes, so a decode step can be captured in a CUDA
+graph; only the split boundaries move with the lengths, inside the kernel.
 cache_seqlens is clamped to [0, Tmax] inside the kernel, so no value can make it read out of bounds.
 """
 from __future__ import annotations
@@ -56,7 +58,6 @@ def _decode_split_kernel(
     qk_scale,  # softmax scale * log2(e)
     q_len,
     max_len,
-    split_len,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
@@ -86,9 +87,10 @@ def _decode_split_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < q_len
     d_valid = offs_d < HEAD_DIM
-    lo = pid_s * split_len
+    run = tl.cdiv(tl.cdiv(kv_len, BLOCK_N), num_splits) * BLOCK_N  # keys per split for this sequence
+    lo = pid_s * run
     last_row = tl.minimum(mb * BLOCK_M + BLOCK_M, q_len) - 1
-    hi = tl.minimum(tl.minimum(lo + split_len, kv_len), shift + last_row + 1)
+    hi = tl.minimum(tl.minimum(lo + run, kv_len), shift + last_row + 1)  # lo >= hi: nothing to do
 
     b64 = b.to(tl.int64)
     h64 = pid_h.to(tl.int64)
@@ -182,8 +184,7 @@ class DecodePlan:
     block_n: int
     num_warps: int
     num_stages: int
-    num_splits: int
-    split_len: int  # keys per split; num_splits * split_len >= Tmax
+    num_splits: int  # the kernel cuts each sequence's valid keys into this many runs of whole BLOCK_N tiles
 
 
 def _kernel_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -203,22 +204,19 @@ def _ctas_per_sm(block_n: int, block_d: int, elem: int, num_stages: int) -> int:
 
 
 def plan_decode(batch: int, heads: int, q_len: int, max_len: int, head_dim: int, dtype: torch.dtype, *,
-                sm_count: int, split_len: int | None = None) -> DecodePlan:
+                sm_count: int, num_splits: int | None = None) -> DecodePlan:
     """Choose BLOCK sizes and the key split from static sizes only.
 
     No split when B * H * query blocks already fills 80% of one wave (SMs x resident programs); otherwise the
     fewest splits whose grid covers the GPU in nearly whole waves (FlashAttention's efficiency rule), never
-    shorter than two BLOCK_N tiles each, at most ``MAX_SPLITS``. ``split_len`` (keys per split, >= 1)
-    overrides the choice (tests use it to exercise the combine step on tiny caches).
+    shorter than two BLOCK_N tiles each (of Tmax), at most ``MAX_SPLITS``. ``num_splits`` (1 .. 1024) overrides
+    the choice (tests use it to exercise the combine step on tiny caches).
     """
     block_d, block_n, num_warps, num_stages = _kernel_config(head_dim, dtype)
-    if split_len is not None:
-        if split_len < 1:
-            raise ValueError(f"split_len must be >= 1; got {split_len}")
-        splits = math.ceil(max_len / split_len)
-        if splits > 1024:
-            raise ValueError(f"split_len={split_len} gives {splits} splits of Tmax={max_len}; at most 1024")
-        return DecodePlan(block_d, block_n, num_warps, num_stages, max(splits, 1), split_len)
+    if num_splits is not None:
+        if not 1 <= num_splits <= 1024:
+            raise ValueError(f"num_splits must be in 1 .. 1024; got {num_splits}")
+        return DecodePlan(block_d, block_n, num_warps, num_stages, num_splits)
     n_blocks = math.ceil(max_len / block_n)
     programs = batch * heads * math.ceil(q_len / BLOCK_M)
     wave = sm_count * _ctas_per_sm(block_n, block_d, torch.empty((), dtype=dtype).element_size(), num_stages)
@@ -230,9 +228,8 @@ def plan_decode(batch: int, heads: int, q_len: int, max_len: int, head_dim: int,
     else:
         effs = [programs * s / wave / math.ceil(programs * s / wave) for s in range(1, max_splits + 1)]
         splits = next(s for s, e in zip(range(1, max_splits + 1), effs) if e >= 0.85 * max(effs))
-    blocks_per_split = math.ceil(n_blocks / splits)
-    splits = math.ceil(n_blocks / blocks_per_split)  # no split starts past Tmax
-    return DecodePlan(block_d, block_n, num_warps, num_stages, splits, blocks_per_split * block_n)
+    splits = math.ceil(n_blocks / math.ceil(n_blocks / splits))  # a full cache leaves no split empty
+    return DecodePlan(block_d, block_n, num_warps, num_stages, splits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,18 +246,18 @@ def sm_count(device: torch.device) -> int:
 
 def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          cache_seqlens: torch.Tensor, *, scale: float, out: torch.Tensor | None = None,
-                         split_len: int | None = None,
+                         num_splits: int | None = None,
                          workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Launch decode attention. Arguments must already be validated (engine.ops.decode does it).
 
     q (B, H, Tq, D); k_cache, v_cache (B, H, Tmax, D) with any strides; cache_seqlens (B,) int32 on q's device.
-    out: optional (B, H, Tq, D) result buffer in q's dtype. split_len: keys per split (default: plan_decode).
+    out: optional (B, H, Tq, D) result buffer in q's dtype. num_splits: key splits (default: plan_decode's choice).
     workspace: optional (partial (B, H, Tq, S, D) fp32, lse (B, H, Tq, S) fp32) contiguous scratch for S > 1 splits
     (S = plan_decode(...).num_splits); allocated here when omitted. Returns out (B, H, Tq, D).
     """
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
-    plan = plan_decode(B, H, Tq, Tmax, D, q.dtype, sm_count=sm_count(q.device), split_len=split_len)
+    plan = plan_decode(B, H, Tq, Tmax, D, q.dtype, sm_count=sm_count(q.device), num_splits=num_splits)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
@@ -284,7 +281,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     grid = (S, H, B * triton.cdiv(Tq, BLOCK_M))
     _decode_split_kernel[grid](
         q, k_cache, v_cache, cache_seqlens, out, opart, lse,
-        float(scale) * 1.4426950408889634, Tq, Tmax, plan.split_len,
+        float(scale) * 1.4426950408889634, Tq, Tmax,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, SPLIT=split,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -311,8 +308,7 @@ def aot_specs() -> list:
             for split in (False, True):
                 scratch = "*fp32" if split else f"*{ty}"
                 sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}",
-                       "OPART": scratch, "LSE": scratch, "qk_scale": "fp32", "q_len": "i32", "max_len": "i32",
-                       "split_len": "i32"}
+                       "OPART": scratch, "LSE": scratch, "qk_scale": "fp32", "q_len": "i32", "max_len": "i32"}
                 sig.update({f"stride_{t}{a}": "i32" for t in "qkvo" for a in ("b", "h", "t" if t in "kv" else "m",
                                                                                  "d")})
                 consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n, "SPLIT": split,

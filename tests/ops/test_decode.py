@@ -71,17 +71,17 @@ def assert_matches(out, q, k, v, lens, scale=None):
     assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g} ({q.dtype})"
 
 
-def run_kernel(q, k, v, lens, *, split_len=None, scale=None):
+def run_kernel(q, k, v, lens, *, num_splits=None, scale=None):
     """The launcher with a NaN-poisoned output and NaN-poisoned scratch (each split must write its slots)."""
     B, H, Tq, D = q.shape
     scale = scale if scale is not None else 1 / math.sqrt(D)
     plan = kdecode.plan_decode(B, H, Tq, k.shape[2], D, q.dtype, sm_count=kdecode.sm_count(q.device),
-                               split_len=split_len)
+                               num_splits=num_splits)
     S = plan.num_splits
     out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
     ws = (torch.full((B, H, Tq, S, D), float("nan"), device=q.device),
           torch.full((B, H, Tq, S), float("nan"), device=q.device)) if S > 1 else None
-    res = kdecode.decode_attention_fwd(q, k, v, lens, scale=scale, out=out, split_len=split_len, workspace=ws)
+    res = kdecode.decode_attention_fwd(q, k, v, lens, scale=scale, out=out, num_splits=num_splits, workspace=ws)
     assert res is out
     return res, S
 
@@ -101,39 +101,39 @@ def test_decode_matches_reference(triton_backend, device, dtype, Tq):
     assert_matches(ops.decode_attention(q, k, v, lens), q, k, v, lens)
 
 
-@pytest.mark.parametrize("dtype,Tq,split_len", [
-    (torch.float32, 3, 16), (torch.float16, 1, 16), (torch.bfloat16, 3, 16),
-    (torch.float32, 1, 70), (torch.float16, 3, 70), (torch.bfloat16, 1, 70),
+@pytest.mark.parametrize("dtype,Tq,num_splits", [
+    (torch.float32, 3, 2), (torch.float16, 1, 2), (torch.bfloat16, 3, 2),
+    (torch.float32, 1, 5), (torch.float16, 3, 5), (torch.bfloat16, 1, 5),
 ])
-def test_split_and_combine(triton_backend, device, dtype, Tq, split_len):
-    # 150 keys in splits of 16 (one partial tile each) or 70 (two tiles each); short rows leave whole splits
-    # past cache_seqlens, which must write lse = -inf and combine to the right answer.
+def test_split_and_combine(triton_backend, device, dtype, Tq, num_splits):
+    # BLOCK_N = 64 here: 150 keys are 3 tiles, so 2 splits take 2 + 1 tiles and 5 splits leave 2 splits empty;
+    # shorter rows leave more splits past cache_seqlens, which must write lse = -inf and combine right.
     B, H, Tmax, D = 4, 2, 150, 32
-    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=split_len)
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=num_splits)
     lens = seqlens([Tmax, Tq, 71, 140], device)
-    out, splits = run_kernel(q, k, v, lens, split_len=split_len)
-    assert splits == math.ceil(Tmax / split_len) > 1
+    out, splits = run_kernel(q, k, v, lens, num_splits=num_splits)
+    assert splits == num_splits
     assert_matches(out, q, k, v, lens)
 
 
 @pytest.mark.parametrize("D", KERNEL_HEAD_DIMS)
 def test_every_head_dim(triton_backend, device, D):
     dtype = DTYPES[KERNEL_HEAD_DIMS.index(D) % 3]
-    B, H, Tq, Tmax = 2, 2, 2, 33
+    B, H, Tq, Tmax = 2, 2, 2, 130
     q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=D)
-    lens = seqlens([Tmax, 17], device)
-    for split_len in (None, 12):  # direct kernel, then split + combine
-        out, splits = run_kernel(q, k, v, lens, split_len=split_len)
-        assert (splits > 1) == (split_len is not None)
+    lens = seqlens([Tmax, 70], device)
+    for num_splits in (None, 3):  # the planned launch, then split + combine
+        out, splits = run_kernel(q, k, v, lens, num_splits=num_splits)
+        assert splits == (num_splits or splits)
         assert_matches(out, q, k, v, lens)
 
 
-@pytest.mark.parametrize("dtype,split_len", [(torch.float32, None), (torch.float16, 16)])
-def test_more_than_one_query_block(triton_backend, device, dtype, split_len):
+@pytest.mark.parametrize("dtype,num_splits", [(torch.float32, None), (torch.float16, 3)])
+def test_more_than_one_query_block(triton_backend, device, dtype, num_splits):
     B, H, Tq, Tmax, D = 2, 1, 21, 40, 16  # Tq > BLOCK_M: two query blocks per sequence
     q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=5)
     lens = seqlens([Tmax, 29], device)
-    out, _ = run_kernel(q, k, v, lens, split_len=split_len)
+    out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
     assert_matches(out, q, k, v, lens)
 
 
@@ -144,20 +144,20 @@ def test_strided_cache(triton_backend, device, dtype):
     q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, layout="bthd", seed=7)
     assert not k.is_contiguous() and not q.is_contiguous()
     lens = seqlens([37, Tmax], device)
-    for split_len in (None, 20):
-        out, _ = run_kernel(q, k, v, lens, split_len=split_len)
+    for num_splits in (None, 3):
+        out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
         assert_matches(out, q, k, v, lens)
     dense = ops.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), lens)
     torch.testing.assert_close(ops.decode_attention(q, k, v, lens), dense, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("split_len", [None, 16])
-def test_unvalidated_lengths_clamp_and_empty_rows_are_zero(triton_backend, device, split_len):
+@pytest.mark.parametrize("num_splits", [None, 3])
+def test_unvalidated_lengths_clamp_and_empty_rows_are_zero(triton_backend, device, num_splits):
     # validate=False: 0 and 1 (< Tq) leave rows with no visible key (zeros); 60 (> Tmax) is clamped to Tmax.
     B, H, Tq, Tmax, D = 3, 2, 3, 40, 64
     q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, device, seed=11)
     lens = seqlens([0, 1, 60], device)
-    out, _ = run_kernel(q, k, v, lens, split_len=split_len)
+    out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
     ref = reference(q, k, v, lens, 1 / math.sqrt(D))
     assert torch.isfinite(out).all()
     assert (out[0] == 0).all() and (out[1, :, :2] == 0).all()
@@ -290,13 +290,13 @@ def test_bad_inputs(name, make, exc, match):
 def test_plan_fills_the_gpu_from_static_sizes():
     p = kdecode.plan_decode(1, 12, 1, 16384, 64, torch.bfloat16, sm_count=132)
     assert 12 * p.num_splits >= 132, p  # batch 1 with a 16k cache still covers every SM
-    assert p.num_splits * p.split_len >= 16384 > (p.num_splits - 1) * p.split_len
-    assert p.split_len % p.block_n == 0
+    assert p.num_splits <= kdecode.MAX_SPLITS
     assert kdecode.plan_decode(64, 12, 1, 16384, 64, torch.bfloat16, sm_count=132).num_splits == 1
     assert kdecode.plan_decode(1, 12, 1, 100, 64, torch.bfloat16, sm_count=132).num_splits == 1
     assert kdecode.plan_decode(1, 1, 1, 10**6, 64, torch.float16, sm_count=132).num_splits <= kdecode.MAX_SPLITS
-    with pytest.raises(ValueError, match="split_len must be >= 1"):
-        kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, split_len=0)
+    assert kdecode.plan_decode(16, 12, 1, 4096, 64, torch.bfloat16, sm_count=132).num_splits > 1
+    with pytest.raises(ValueError, match="num_splits must be in 1 .. 1024"):
+        kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=0)
 
 
 def test_aot_specs_cover_every_launch_configuration():
