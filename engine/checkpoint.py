@@ -30,6 +30,7 @@ from engine.models import Rename, build_model, hf_rename
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "spiece.model")
 _TIED = {"mlm.decoder", "lm_head.weight"}  # dropped silently when the model ties them to its embeddings
+_HEAD_PREFIXES = ("mlm.", "nsp.", "qa.", "classifier.", "pooler.", "sop.")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -148,11 +149,9 @@ class DictSource(TensorSource):
         return self._tensors[name].detach().to(self.device)
 
 
-def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> tuple[dict[str, list], list[str]]:
-    """engine name -> [(part, source name, transpose)], and the names of known-but-unused HF tensors.
-
-    Raises ValueError naming every tensor the family does not know.
-    """
+def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> dict[str, list]:
+    """engine name -> [(part, source name, transpose)]; raises ValueError naming every tensor the family
+    does not know."""
     plan: dict[str, list] = {}
     aliases: dict[str, list] = {}
     unknown: list[str] = []
@@ -168,7 +167,7 @@ def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> tuple[dict
         )
     for name, srcs in aliases.items():
         plan.setdefault(name, srcs)
-    return plan, []
+    return plan
 
 
 def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, torch.Size], *,
@@ -178,13 +177,19 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
 
     contiguous: make every tensor contiguous (always done off the CPU; convert needs it for saving).
     """
-    plan, _ = _plan(cfg, source, converted)
-    unused = sorted(n for n in plan if n not in expected)
-    surplus = [n for n in unused if n not in _TIED]
-    if surplus and converted:
-        raise ValueError(f"unexpected tensors in the engine checkpoint: {', '.join(surplus[:20])}")
-    if surplus:
-        srcs = sorted(s for n in surplus for _, s, _ in plan[n])
+    plan = _plan(cfg, source, converted)
+    surplus = sorted(n for n in plan if n not in expected and n not in _TIED)
+    # Weights of another head of the same family (a pre-training checkpoint loaded as BertModel, say) are
+    # dropped with a warning, as transformers does; surplus body weights (more layers than the config has)
+    # mean the config does not describe this checkpoint: an error. Engine checkpoints must match exactly.
+    heads = [n for n in surplus if n.startswith(_HEAD_PREFIXES)]
+    body = [n for n in surplus if n not in heads]
+    if (converted and surplus) or body:
+        srcs = sorted(s for n in (surplus if converted else body) for _, s, _ in plan[n])
+        raise ValueError(f"unexpected tensors in the checkpoint (no place for them in {cfg.architecture} as "
+                         f"configured): {', '.join(srcs[:20])}")
+    if heads:
+        srcs = sorted(s for n in heads for _, s, _ in plan[n])
         warnings.warn(f"{cfg.architecture} does not use these checkpoint tensors: {', '.join(srcs[:20])}",
                       stacklevel=3)
     missing = [n for n in expected if n not in plan]
@@ -195,7 +200,9 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
             continue
         parts = sorted(p for p, _, _ in srcs)
         if parts != [-1] and parts != [0, 1, 2]:
-            problems.append(f"{name} (needs query, key and value; found {[s for _, s, _ in srcs]})")
+            found = [s for _, s, _ in srcs]
+            need = "needs query, key and value" if -1 not in parts else "several source tensors map to it"
+            problems.append(f"{name} ({need}; found {found})")
             continue
         for part, src, transpose in srcs:
             want = tuple(shape)
@@ -251,7 +258,7 @@ def _read(path: str | os.PathLike, dev: torch.device) -> tuple[ModelConfig, Tens
 
 def _instantiate(cfg: ModelConfig, source: TensorSource, converted: bool, dtype: Any, progress: bool,
                  contiguous: bool = False) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    plan, _ = _plan(cfg, source, converted)
+    plan = _plan(cfg, source, converted)
     with torch.device("meta"):
         model = build_model(cfg, with_pooler=("pooler.weight" in plan) if cfg.head == "base" else None)
     expected = {k: v.shape for k, v in model.state_dict().items()}

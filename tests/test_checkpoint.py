@@ -186,3 +186,10 @@ def test_converted_gpt2_layout(tmp_path):
     save_file(extra, str(tmp_path / "out" / "model.safetensors"))
     with pytest.raises(ValueError, match=r"unexpected tensors .*blocks\.0\.attn\.extra"):
         engine.from_pretrained(tmp_path / "out")
+
+
+def test_more_layers_than_config_is_an_error(bert_dir, tmp_path):
+    cfg = json.loads((bert_dir / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1
+    with pytest.raises(ValueError, match=r"no place for them.*bert\.encoder\.layer\.1\.attention\.output\.dense"):
+        engine.from_pretrained(copy_with(bert_dir, tmp_path / "m", config=cfg))
