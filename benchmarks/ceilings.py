@@ -111,8 +111,8 @@ def load(path: str | Path, *, device: str | torch.device) -> dict[str, Any] | No
 
 
 def describe(c: dict[str, Any]) -> str:
-    return (f"ceilings on {c['name']}: copy {c['copy_GB/s']:.0f} GB/s (read+write, {c['copy_bytes'] >> 20} MiB), "
-            f"matmul {c['matmul_TFLOP/s']:.1f} TFLOP/s ({c['matmul_dtype']} {c['matmul_n']}^3)")
+    return (f"ceilings on {c['name']}: copy {c['copy_GB/s']:.4g} GB/s (read+write, {c['copy_bytes'] >> 20} MiB), "
+            f"matmul {c['matmul_TFLOP/s']:.4g} TFLOP/s ({c['matmul_dtype']} {c['matmul_n']}^3)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -204,6 +204,13 @@ def bench(benchmark, ceilings):
     return run
 
 
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    """Record the environment (GPU, versions, command) and the ceilings in --benchmark-json output, so
+    `python benchmarks/report.py BENCH.json` can rebuild the report anywhere."""
+    output_json["engine_meta"] = report.environment()
+    output_json["engine_ceilings"] = config.stash.get(CEILINGS_KEY, None)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = getattr(config, "_benchmarksession", None)

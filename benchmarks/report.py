@@ -20,6 +20,7 @@ import json
 import math
 import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -194,12 +195,27 @@ def format_table(summary: list[dict[str, Any]], *, title: str | None = None) -> 
     return "\n".join(out)
 
 
+def _command() -> str:
+    prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    first = f"python -m {prog.parent.name}" if prog.name == "__main__.py" else prog.name
+    return " ".join([first, *sys.argv[1:]])
+
+
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment() -> dict[str, Any]:
     """Date, Python, torch, triton, GPU and CUDA versions (what is importable), and the command line."""
     env: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
-        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+        "command": _command(),
     }
     try:
         import torch
@@ -207,6 +223,7 @@ def environment() -> dict[str, Any]:
         env["torch"] = torch.__version__
         env["cuda"] = torch.version.cuda
         env["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+        env["driver"] = _driver() if torch.cuda.is_available() else None
     except Exception as exc:  # pragma: no cover - torch is a dependency
         env["torch"] = f"unavailable: {exc}"
     try:
@@ -220,11 +237,12 @@ def environment() -> dict[str, Any]:
 
 def to_markdown(summary: list[dict[str, Any]], *, meta: dict[str, Any], ceilings: dict[str, Any] | None) -> str:
     lines = [f"Measured {meta.get('date', '?')} on {meta.get('device', '?')}; torch {meta.get('torch')}, "
-             f"triton {meta.get('triton')}, CUDA {meta.get('cuda')}, Python {meta.get('python')}.",
+             f"triton {meta.get('triton')}, CUDA {meta.get('cuda')}, driver {meta.get('driver')}, "
+             f"Python {meta.get('python')}.",
              f"Command: `{meta.get('command', '?')}`", ""]
     if ceilings:
-        lines += [f"Ceilings (measured): copy {ceilings['copy_GB/s']:.0f} GB/s read+write, matmul "
-                  f"{ceilings['matmul_TFLOP/s']:.1f} TFLOP/s ({ceilings.get('matmul_dtype', '?')} "
+        lines += [f"Ceilings (measured): copy {_num(ceilings['copy_GB/s'])} GB/s read+write, matmul "
+                  f"{_num(ceilings['matmul_TFLOP/s'])} TFLOP/s ({ceilings.get('matmul_dtype', '?')} "
                   f"{ceilings.get('matmul_n', '?')}^3).", ""]
     head, rows = table_rows(summary)
     lines.append("| " + " | ".join(head) + " |")
@@ -314,14 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-md", default=None, help="also put the markdown table into this RESULTS.md")
     args = parser.parse_args(argv)
     data = json.loads(Path(args.bench_json).read_text())
-    ceilings = json.loads(Path(args.ceilings).read_text()) if args.ceilings else data.get("ceilings")
+    saved = data.get("ceilings") or data.get("engine_ceilings")
+    ceilings = json.loads(Path(args.ceilings).read_text()) if args.ceilings else saved
     if "rows" in data:  # our own results.json
         rows, meta = data["rows"], data.get("meta") or environment()
-    else:
-        rows, meta = make_rows(data.get("benchmarks", [])), environment()
-        info = data.get("machine_info") or {}
-        meta["date"] = str(data.get("datetime", meta["date"]))[:16].replace("T", " ") + " UTC"
-        meta["python"] = info.get("python_version", meta["python"])
+    else:  # pytest-benchmark's JSON; benchmarks/conftest.py adds engine_meta (GPU, versions, command)
+        rows, meta = make_rows(data.get("benchmarks", [])), data.get("engine_meta")
+        if not meta:  # not recorded: say so rather than describe the machine running this command
+            meta = {"date": str(data.get("datetime", "?"))[:16].replace("T", " ") + " UTC",
+                    "python": (data.get("machine_info") or {}).get("python_version"),
+                    "device": "(not recorded)", "command": "(not recorded)"}
     add_peak_fractions(rows, ceilings)
     summary = summarize(rows)
     if args.out:

@@ -137,7 +137,7 @@ def test_text_and_markdown_tables(results):
     table = [l for l in md.splitlines() if l.startswith("|")]
     assert len(table) == 2 + len(summary)
     assert len({l.count("|") for l in table}) == 1
-    assert "Fake GPU" in md and "3917 GB/s" in md and "771.5 TFLOP/s" in md and "`pytest benchmarks/`" in md
+    assert "Fake GPU" in md and "3917 GB/s" in md and "772 TFLOP/s" in md and "`pytest benchmarks/`" in md
     assert report.format_table([]) == "(no benchmark results)"
 
 
@@ -189,7 +189,7 @@ def test_cli_reads_pytest_benchmark_json(tmp_path, results, capsys):
     out = capsys.readouterr().out
     assert "attention d64 causal N=512" in out and "layer_norm 65537x768 bf16" in out
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert doc["meta"]["date"] == "2026-01-02 03:04 UTC"
+    assert doc["meta"]["date"] == "2026-01-02 03:04 UTC" and doc["meta"]["device"] == "(not recorded)"
     assert all("frac_peak" in r for r in doc["rows"] if r.get("TFLOP/s") or r.get("GB/s"))
 
 
@@ -272,6 +272,9 @@ def test_bench_fixture_end_to_end(tmp_path):
         rate = info.get("TFLOP/s") or info.get("GB/s")
         assert rate > 0 and 0 < info["frac_peak"] and info["calls_per_round"] >= 1
         assert info["median_s"] == pytest.approx(b["stats"]["median"] / info["calls_per_round"], rel=1e-12)
+    meta = bench_json["engine_meta"]  # recorded by the conftest for `report.py BENCH.json` elsewhere
+    assert "pytest" in meta["command"] and meta["torch"] == torch.__version__
+    assert bench_json["engine_ceilings"]["copy_GB/s"] > 0
     doc = json.loads((tmp_path / "report" / "results.json").read_text())
     attn = [r for r in doc["rows"] if r["group"].startswith("attn")]
     assert len(attn) == 4 and all(r["area"] == "attention" and r["head_dim"] == 16 for r in attn)
