@@ -59,6 +59,9 @@ def _layer_norm_fwd_kernel(
     if not LOOPED:
         col_mask = cols < N
         mask = row_mask[:, None] & col_mask[None, :]
+        # weight and bias first: their loads are in flight while the row loads and reduces.
+        w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
         v = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             v += tl.load(r_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -66,8 +69,6 @@ def _layer_norm_fwd_kernel(
         mean = tl.sum(v, axis=1) / N
         d = tl.where(mask, v - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + eps)
-        w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
         y = d * rstd[:, None] * w[None, :] + b[None, :]
         tl.store(y_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     else:
