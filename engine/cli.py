@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model, streaming the text")
     p.add_argument("model", metavar="MODEL", help="model folder (Hugging Face or engine convert output)")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: 64, or fewer when the model's positions run out")
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=50, help="0 means off (default 50)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass, 1 means off (default 1)")
@@ -149,8 +150,11 @@ def _generate_impl(args: argparse.Namespace) -> int:
     if not isinstance(eos, int) or not 0 <= eos < vocab:
         eos = _special_id(tok, EOS_TOKENS)
         eos = eos if eos is not None and eos < vocab else None
+    max_new = args.max_new_tokens
+    if max_new is None:
+        max_new = max(1, min(64, model.config.max_position_embeddings - len(ids)))
     sample = args.temperature > 0
-    steps = stream(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens, do_sample=sample,
+    steps = stream(model, torch.tensor([ids]), max_new_tokens=max_new, do_sample=sample,
                    temperature=args.temperature if sample else 1.0, top_k=args.top_k, top_p=args.top_p,
                    min_p=args.min_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos,
                    seed=args.seed)

@@ -1,0 +1,230 @@
+"""``python -m engine`` generate / embed / fill-mask / classify, end to end, on tiny random models saved to tmp_path
+(GPT-2 with a byte-level BPE tokenizer trained here, BERT MLM and a BERT classifier with a WordPiece vocab.txt)
+and embed on the real all-MiniLM-L6-v2; printed numbers are checked against transformers; user errors exit 2
+with one line on stderr."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from engine.__main__ import main
+from engine.cli import EXAMPLE_SENTENCES, default_embed_model
+
+CORPUS = ["the cat sat on the mat", "a dog ran in the park", "the sky is blue and the sea is green",
+          "Paris is the capital of France", "we like small fast models", "one two three four five six"] * 4
+WORDS = ("the a is of and in on to paris france capital city river blue sky cat dog sat ran mat park "
+         "good bad great terrible movie film loved hated it was i this").split()
+LABELS = {0: "negative", 1: "positive", 2: "neutral"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def perturb(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("gpt2_cli")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.save(str(d / "tokenizer.json"))
+    cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=tok.get_vocab_size(), n_positions=64,
+                       eos_token_id=0, bos_token_id=0)
+    torch.manual_seed(0)
+    perturb(T.GPT2LMHeadModel(cfg), 1, 0.5).save_pretrained(d)
+    return d
+
+
+def bert_dir(root: Path, name: str, arch: str) -> Path:
+    d = root / name
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
+    cfg = T.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=37, max_position_embeddings=32, architectures=[arch],
+                       id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    torch.manual_seed(0)
+    perturb(getattr(T, arch)(cfg), 2, 0.3).save_pretrained(d)
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    return d
+
+
+@pytest.fixture(scope="module")
+def mlm_dir(tmp_path_factory) -> Path:
+    return bert_dir(tmp_path_factory.mktemp("bert"), "mlm", "BertForMaskedLM")
+
+
+@pytest.fixture(scope="module")
+def cls_dir(tmp_path_factory) -> Path:
+    return bert_dir(tmp_path_factory.mktemp("bert"), "cls", "BertForSequenceClassification")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_generate_greedy_streams_transformers_text(gpt2_dir, capsys):
+    prompt = "the cat sat on"
+    rc, out, err = run(capsys, "generate", gpt2_dir, "--prompt", prompt, "--max-new-tokens", 30,
+                       "--temperature", 0, "--device", "cpu")
+    assert rc == 0, err
+    tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))
+    ids = torch.tensor([tok.encode(prompt).ids])
+    hf = T.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
+                          eos_token_id=0, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    new = ref[:ref.index(0)] if 0 in ref else ref
+    assert len(new) > 3
+    assert out == prompt + tok.decode(new) + "\n"
+    assert re.search(rf"\[{len(new)} new tokens in [\d.]+ s", err)
+
+
+def test_generate_sampling_is_seeded(gpt2_dir, capsys):
+    argv = ("generate", gpt2_dir, "--prompt", "a dog", "--max-new-tokens", 20, "--top-p", 0.9, "--seed")
+    outs = [run(capsys, *argv, seed)[1] for seed in (3, 3, 4)]
+    assert outs[0] == outs[1] and outs[0].startswith("a dog")
+    assert outs[0] != outs[2]
+
+
+def test_fill_mask_top5_matches_transformers(mlm_dir, capsys):
+    text = "Paris is the [MASK] of France."
+    rc, out, err = run(capsys, "fill-mask", mlm_dir, text)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == text and len(lines) == 6
+    hf = T.BertForMaskedLM.from_pretrained(mlm_dir).eval()
+    hf_tok = T.BertTokenizerFast(str(mlm_dir / "vocab.txt"), do_lower_case=True)
+    enc = hf_tok(text, return_tensors="pt")
+    pos = int((enc["input_ids"][0] == hf_tok.mask_token_id).nonzero())
+    with torch.no_grad():
+        probs = torch.softmax(hf(**enc).logits[0, pos], -1)
+    top = torch.topk(probs, 5)
+    for rank, (line, p, i) in enumerate(zip(lines[1:], top.values.tolist(), top.indices.tolist()), 1):
+        m = re.fullmatch(r"\s+(\d)\. (\S+)\s+([\d.]+)\s+(.*)", line)
+        assert m, line
+        word = hf_tok.convert_ids_to_tokens(i)
+        assert (int(m[1]), m[2]) == (rank, word)
+        assert abs(float(m[3]) - p) < 1e-4
+        assert m[4] == text.replace("[MASK]", word)
+
+
+def test_classify_matches_transformers(cls_dir, capsys):
+    texts = ["i loved this movie.", "it was terrible", "the film was good and the river blue"]
+    rc, out, err = run(capsys, "classify", cls_dir, *texts)
+    assert rc == 0, err
+    hf = T.BertForSequenceClassification.from_pretrained(cls_dir).eval()
+    hf_tok = T.BertTokenizerFast(str(cls_dir / "vocab.txt"), do_lower_case=True)
+    with torch.no_grad():
+        probs = torch.softmax(hf(**hf_tok(texts, padding=True, return_tensors="pt")).logits, -1)
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for line, text, row in zip(lines, texts, probs.tolist()):
+        assert line.endswith(text)
+        found = dict((lab, float(p)) for lab, p in re.findall(r"(negative|positive|neutral) ([\d.]+)", line))
+        assert set(found) == set(LABELS.values())
+        for j, lab in LABELS.items():
+            assert abs(found[lab] - row[j]) < 1e-4
+        assert line.startswith(LABELS[max(range(3), key=lambda j: row[j])])
+
+
+def similarity_matrix(out: str, n: int) -> torch.Tensor:
+    rows = [line for line in out.splitlines() if re.match(r"\s+\[\d+\]\s+-?\d", line)]
+    assert len(rows) == n, out
+    return torch.tensor([[float(x) for x in line.split()[1:]] for line in rows])
+
+
+def test_embed_default_minilm_matches_transformers(capsys):
+    texts = ["A man is eating food.", "A man eats pasta.", "The sky is blue."]
+    rc, out, err = run(capsys, "embed", *texts)
+    assert rc == 0, err
+    path = default_embed_model()
+    assert "all_minilm" in str(path).lower() and str(path) in out
+    assert "(3, 384)" in out
+    sims = similarity_matrix(out, 3)
+    hf = T.BertModel.from_pretrained(path).eval()
+    hf_tok = T.BertTokenizerFast.from_pretrained(path)
+    enc = hf_tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = hf(**enc).last_hidden_state
+    m = enc["attention_mask"][..., None].float()
+    v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    torch.testing.assert_close(sims, (v @ v.T).float(), atol=1e-4, rtol=0)
+    assert sims[0, 1] > sims[0, 2] + 0.3  # eating ~ eating, not sky
+
+
+def test_embed_builtin_examples_and_explicit_model(capsys):
+    rc, out, _ = run(capsys, "embed")
+    assert rc == 0 and similarity_matrix(out, len(EXAMPLE_SENTENCES)).shape == (5, 5)
+    rc, out2, _ = run(capsys, "embed", "--model", default_embed_model(), "Two words.", "Three more words.")
+    assert rc == 0 and similarity_matrix(out2, 2).shape == (2, 2)
+    rc, out3, _ = run(capsys, "embed", default_embed_model(), "Two words.", "Three more words.")
+    assert rc == 0 and similarity_matrix(out3, 2).tolist() == similarity_matrix(out2, 2).tolist()
+
+
+def errors(tmp: Path, gpt2: Path, mlm: Path, cls: Path) -> list[tuple[list, str]]:
+    no_tok = tmp / "no_tokenizer"
+    no_tok.mkdir(exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        (no_tok / f).write_bytes((gpt2 / f).read_bytes())
+    return [
+        (["generate", tmp / "missing", "--prompt", "hi"], "model directory .* not found"),
+        (["generate", no_tok, "--prompt", "hi"], "no tokenizer"),
+        (["generate", mlm, "--prompt", "hi"], "generate needs a GPT-2 causal LM .* BertForMaskedLM"),
+        (["generate", gpt2, "--prompt", "hi", "--max-new-tokens", "500"], "exceeds this model's maximum"),
+        (["generate", gpt2, "--prompt", ""], "prompt is empty"),
+        (["generate", gpt2, "--prompt", "hi", "--top-p", "0", "--max-new-tokens", "5"], "top_p"),
+        (["generate", gpt2, "--prompt", "hi " * 70], "exceeds this model's maximum"),
+        (["fill-mask", gpt2, "a [MASK]"], "fill-mask needs a masked LM .* GPT2LMHeadModel"),
+        (["fill-mask", mlm, "no mask here"], r"no \[MASK\] token"),
+        (["classify", mlm, "text"], "classify needs a sequence classifier .* BertForMaskedLM"),
+        (["embed", cls, "text"], "embed needs a base encoder .* BertForSequenceClassification"),
+        (["embed", "--model", tmp / "missing", "text"], "model directory .* not found"),
+        (["embed", "./not/a/dir", "text"], "model directory .* not found"),
+    ]
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, gpt2_dir, mlm_dir, cls_dir, capsys):
+    for argv, pattern in errors(tmp_path, gpt2_dir, mlm_dir, cls_dir):
+        rc, out, err = run(capsys, *argv)
+        cmd = argv[0]
+        assert rc == 2, (argv, err)
+        assert err.count("\n") == 1 and err.startswith(f"engine {cmd}: error: "), err
+        assert re.search(pattern, err), (pattern, err)
+        assert "Traceback" not in err and out == ""
+
+
+def test_subprocess_console(gpt2_dir, tmp_path):
+    """A real process: streamed output and exit 0, then a user error: exit 2, one line, no traceback."""
+    env_cmd = [sys.executable, "-m", "engine"]
+    ok = subprocess.run(env_cmd + ["generate", str(gpt2_dir), "--prompt", "one two", "--max-new-tokens", "8",
+                                   "--temperature", "0"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("one two") and ok.stdout.endswith("\n")
+    bad = subprocess.run(env_cmd + ["fill-mask", str(tmp_path / "nope"), "a [MASK]"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr and "not found" in bad.stderr
