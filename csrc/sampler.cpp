@@ -1,3 +1,432 @@
-// Placeholder module so the package builds; the sampler itself lands with the sampler issue.
+// engine._sampler: next-token probabilities and draws with Hugging Face's logits-processor semantics.
+//
+// Per row, in HF's order: repetition penalty (tokens of prev_tokens; positive logits divided, negative multiplied),
+// temperature (x / T in float32; T == 0 is greedy), top-k (keep every logit >= the k-th largest), top-p (keep the
+// smallest prefix of the (logit desc, id asc) order whose mass reaches top_p), min-p (keep p >= min_p * p_max).
+// No full sort of the vocabulary: top-k uses per-block maxima as a threshold pre-filter, top-p a log-spaced mass
+// histogram; only the few candidates near a cut are sorted. Softmax subtracts the max and sums in double. Every sum
+// has a fixed order (no -ffast-math, no FP contraction), and row b's uniform comes from splitmix64(seed, b), so a
+// seed gives the same ids on every run, thread count and platform. The GIL is released; rows run on std::threads.
+// Python (engine/sampling.py) checks types and shapes, passes raw pointers + strides, and formats errors.
 #include <pybind11/pybind11.h>
-PYBIND11_MODULE(_sampler, m) { m.doc() = "engine sampler (not built yet)"; }
+
+#include "sampler_simd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+using sampler_simd::kInf;
+constexpr int64_t kBlock = 64;      // block of the per-block maxima (top-k pre-filter)
+constexpr int64_t kWalk = 256;      // block of the kept-mass sums (sampling walk)
+constexpr int kBins = 4096;         // top-p histogram: bin = floor((max - x) * kBinScale)
+constexpr float kBinScale = 64.0f;  // 1/64 nat per bin, 64 nats in all (the last bin takes the rest)
+
+enum DType { kF32 = 0, kF16 = 1, kBF16 = 2 };
+enum Status {
+  kOk = 0, kBadTemperature, kBadTopK, kBadTopP, kBadMinP, kBadPenalty, kBadPrevToken, kNonFinite, kAllNegInf,
+  kOverflow
+};
+
+using sampler_simd::bits_to_float;
+using sampler_simd::exp_nonpos;
+using sampler_simd::float_to_bits;
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t em = h & 0x7fffu;
+  uint32_t r = float_to_bits(bits_to_float(em << 13) * 0x1p112f);  // rebias; handles subnormals
+  if (em >= 0x7c00u) r |= 0x7f800000u;                             // inf / nan
+  return bits_to_float(r | (static_cast<uint32_t>(h & 0x8000u) << 16));
+}
+
+inline uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [0, 1) for row b: depends on (seed, b) only.
+inline double row_uniform(uint64_t seed, int64_t b) {
+  const uint64_t z = splitmix64(splitmix64(seed) ^ (static_cast<uint64_t>(b) * 0xD1B54A32D192ED03ull));
+  return static_cast<double>(z >> 11) * 0x1p-53;
+}
+
+template <class T>
+struct RowParam {  // a scalar, or one value per row (contiguous, length B)
+  const T* ptr;
+  T value;
+  T at(int64_t b) const { return ptr ? ptr[b] : value; }
+};
+
+struct Job {
+  const void* logits; int dtype; int64_t B, V, sb, sv;     // logits (B, V), strides in elements
+  RowParam<double> temperature, top_p, min_p, penalty;
+  RowParam<int64_t> top_k;
+  const int64_t* prev; const int64_t* prev_offsets;        // (B, T) with strides, or CSR by offsets (B + 1)
+  int64_t prev_T, prev_sb, prev_sv;
+  float* probs; int64_t* ids; uint64_t seed;               // one of probs (B, V) / ids (B,) is set
+};
+
+struct Cand { float v; int32_t id; float y; };
+inline bool before(const Cand& a, const Cand& b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
+
+struct Scratch {
+  std::vector<float> x, y, bmax, tmp;
+  std::vector<int32_t> bin;
+  std::vector<double> wsum, hist;
+  std::vector<Cand> cand;
+  void fit(int64_t V) {
+    if (static_cast<int64_t>(x.size()) >= V) return;
+    x.resize(V); y.resize(V); tmp.resize(V); bin.resize(V);
+    bmax.resize((V + kBlock - 1) / kBlock);
+    wsum.resize((V + kWalk - 1) / kWalk);
+  }
+};
+
+class ScratchPool {  // reuses buffers across calls and threads (no page faults per call)
+ public:
+  std::unique_ptr<Scratch> get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<Scratch>();
+    auto s = std::move(free_.back());
+    free_.pop_back();
+    return s;
+  }
+  void put(std::unique_ptr<Scratch> s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < 64) free_.push_back(std::move(s));
+  }
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Scratch>> free_;
+};
+
+ScratchPool& pool() { static ScratchPool* p = new ScratchPool(); return *p; }  // never destroyed: safe at exit
+
+inline float load_one(const Job& j, int64_t b, int64_t i) {
+  const int64_t off = b * j.sb + i * j.sv;
+  if (j.dtype == kF32) return static_cast<const float*>(j.logits)[off];
+  const uint16_t h = static_cast<const uint16_t*>(j.logits)[off];
+  return j.dtype == kF16 ? half_to_float(h) : bits_to_float(static_cast<uint32_t>(h) << 16);
+}
+
+void load_row(const Job& j, int64_t b, float* x) {
+  const int64_t V = j.V, sv = j.sv;
+  if (j.dtype == kF32) {
+    const float* p = static_cast<const float*>(j.logits) + b * j.sb;
+    if (sv == 1) std::memcpy(x, p, V * sizeof(float));
+    else for (int64_t i = 0; i < V; ++i) x[i] = p[i * sv];
+    return;
+  }
+  const uint16_t* p = static_cast<const uint16_t*>(j.logits) + b * j.sb;
+  if (j.dtype == kF16) {
+    if (sv == 1) for (int64_t i = 0; i < V; ++i) x[i] = half_to_float(p[i]);
+    else for (int64_t i = 0; i < V; ++i) x[i] = half_to_float(p[i * sv]);
+  } else {
+    if (sv == 1) for (int64_t i = 0; i < V; ++i) x[i] = bits_to_float(static_cast<uint32_t>(p[i]) << 16);
+    else for (int64_t i = 0; i < V; ++i) x[i] = bits_to_float(static_cast<uint32_t>(p[i * sv]) << 16);
+  }
+}
+
+// Smallest float f with (double)f >= m + log(min_p): the min-p cut as a threshold on the logits.
+inline float min_p_threshold(float m, double min_p) {
+  const double t = static_cast<double>(m) + std::log(min_p);
+  float f = static_cast<float>(t);
+  if (static_cast<double>(f) < t) f = std::nextafter(f, kInf);
+  return f;
+}
+
+// Writes one-hot probs or the id for a chosen token.
+inline void emit_single(const Job& j, int64_t b, int64_t id) {
+  if (j.ids) { j.ids[b] = id; return; }
+  float* out = j.probs + b * j.V;
+  std::fill(out, out + j.V, 0.0f);
+  out[id] = 1.0f;
+}
+
+// Top-p, min-p and the output for a small candidate list (the top-k survivors).
+void finish_candidates(const Job& j, int64_t b, Scratch& s, float m, double top_p, double min_p) {
+  auto& c = s.cand;
+  for (auto& e : c) e.y = exp_nonpos(e.v - m);
+  std::sort(c.begin(), c.end(), before);
+  size_t keep = c.size();
+  if (top_p < 1.0) {
+    double z = 0.0;
+    for (const auto& e : c) z += e.y;
+    const double target = top_p * z;
+    double acc = 0.0;
+    for (size_t d = 0; d < c.size(); ++d) {
+      if (!(acc < target)) { keep = d; break; }
+      acc += c[d].y;
+    }
+  }
+  if (min_p > 0.0) {
+    const float th = min_p_threshold(m, min_p);
+    size_t d = 0;
+    while (d < keep && c[d].v >= th) ++d;
+    keep = d;
+  }
+  double z = 0.0;
+  for (size_t d = 0; d < keep; ++d) z += c[d].y;
+  if (j.ids) {
+    const double target = row_uniform(j.seed, b) * z;
+    double acc = 0.0;
+    int64_t pick = -1;
+    for (size_t d = 0; d < keep; ++d) {
+      if (c[d].y <= 0.0f) continue;
+      acc += c[d].y;
+      pick = c[d].id;
+      if (acc > target) break;
+    }
+    j.ids[b] = pick;
+    return;
+  }
+  float* out = j.probs + b * j.V;
+  std::fill(out, out + j.V, 0.0f);
+  const double inv = 1.0 / z;
+  for (size_t d = 0; d < keep; ++d) out[c[d].id] = static_cast<float>(c[d].y * inv);
+}
+
+int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
+  const int64_t V = j.V;
+  const double temperature = j.temperature.at(b), top_p = j.top_p.at(b), min_p = j.min_p.at(b);
+  const double penalty = j.penalty.at(b);
+  const int64_t top_k = j.top_k.at(b);
+  if (!(temperature >= 0.0)) { *bad_value = temperature; return kBadTemperature; }
+  if (top_k < 0) { *bad_value = static_cast<double>(top_k); return kBadTopK; }
+  if (!(top_p > 0.0 && top_p <= 1.0)) { *bad_value = top_p; return kBadTopP; }
+  if (!(min_p >= 0.0 && min_p <= 1.0)) { *bad_value = min_p; return kBadMinP; }
+  if (!(penalty > 0.0)) { *bad_value = penalty; return kBadPenalty; }
+
+  int64_t n_prev = 0, prev_step = 1;
+  const int64_t* prev = nullptr;
+  if (j.prev) {
+    if (j.prev_offsets) { prev = j.prev + j.prev_offsets[b]; n_prev = j.prev_offsets[b + 1] - j.prev_offsets[b]; }
+    else { prev = j.prev + b * j.prev_sb; n_prev = j.prev_T; prev_step = j.prev_sv; }
+    for (int64_t t = 0; t < n_prev; ++t) {
+      const int64_t id = prev[t * prev_step];
+      if (id < 0 || id >= V) { *bad_value = static_cast<double>(id); return kBadPrevToken; }
+    }
+  }
+
+  float* x = s.x.data();
+  load_row(j, b, x);
+  int64_t bad = 0;
+  if (sampler_simd::scan(x, V, 1.0f, &bad) == -kInf && bad == 0) return kAllNegInf;
+  if (bad) return kNonFinite;
+
+  if (penalty != 1.0 && n_prev) {  // idempotent per id, so a repeated token counts once
+    const float pf = static_cast<float>(penalty);
+    for (int64_t t = 0; t < n_prev; ++t) {
+      const int64_t id = prev[t * prev_step];
+      const float v = load_one(j, b, id);
+      x[id] = v < 0.0f ? v * pf : v / pf;
+    }
+  }
+
+  if (temperature == 0.0) {  // greedy: first maximum
+    const float best = sampler_simd::scan(x, V, 1.0f, &bad);
+    if (bad || best == -kInf) { *bad_value = penalty; return kOverflow; }
+    emit_single(j, b, sampler_simd::find_float(x, V, best));
+    return kOk;
+  }
+  const float tf = static_cast<float>(temperature);
+
+  // Max, per-block maxima, and overflow (+inf / NaN from the penalty or the temperature).
+  const int64_t nblocks = (V + kBlock - 1) / kBlock;
+  float m = -kInf;
+  bad = 0;
+  for (int64_t k = 0; k < nblocks; ++k) {
+    const int64_t i0 = k * kBlock;
+    const float bm = sampler_simd::scan(x + i0, std::min(kBlock, V - i0), tf, &bad);
+    s.bmax[k] = bm;
+    m = bm > m ? bm : m;
+  }
+  if (bad || m == -kInf) { *bad_value = temperature; return kOverflow; }
+
+  const int64_t k = (top_k > 0 && top_k < V) ? top_k : 0;
+  float theta = -kInf;  // kept: x >= theta (less the top-p ties dropped below)
+  if (k > 0 && k * 4 <= nblocks) {
+    // Pre-filter: the k-th largest block maximum is <= the k-th largest logit.
+    float* t = s.tmp.data();
+    std::copy(s.bmax.begin(), s.bmax.begin() + nblocks, t);
+    std::nth_element(t, t + (k - 1), t + nblocks, [](float a, float c) { return a > c; });
+    const float tau = t[k - 1];
+    s.cand.clear();
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      if (s.bmax[blk] < tau) continue;
+      for (int64_t i = blk * kBlock, e = std::min(V, i + kBlock); i < e; ++i)
+        if (x[i] >= tau) s.cand.push_back({x[i], static_cast<int32_t>(i), 0.0f});
+    }
+    auto& c = s.cand;
+    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), [](const Cand& a, const Cand& d) { return a.v > d.v; });
+    const float vk = c[k - 1].v;
+    c.erase(std::remove_if(c.begin(), c.end(), [vk](const Cand& e) { return e.v < vk; }), c.end());
+    finish_candidates(j, b, s, m, top_p, min_p);
+    return kOk;
+  }
+  if (k > 0) {  // large k: exact k-th largest by selection on a copy
+    float* t = s.tmp.data();
+    std::copy(x, x + V, t);
+    std::nth_element(t, t + (k - 1), t + V, [](float a, float c) { return a > c; });
+    theta = t[k - 1];
+  }
+
+  // Unnormalized probabilities y = exp(x - max) of the tokens that survive top-k.
+  float* y = s.y.data();
+  sampler_simd::exp_masked(x, y, V, m, theta);
+
+  if (top_p < 1.0) {
+    // Mass per log-spaced bin (bins are monotone in x), then sort only the bin where the cut falls.
+    s.hist.assign(2 * kBins, 0.0);
+    double* h0 = s.hist.data();
+    double* h1 = h0 + kBins;
+    int32_t* bin = s.bin.data();
+    sampler_simd::bins(x, bin, V, m, kBinScale, static_cast<float>(kBins - 1));
+    int64_t i = 0;
+    for (; i + 2 <= V; i += 2) { h0[bin[i]] += y[i]; h1[bin[i + 1]] += y[i + 1]; }
+    if (i < V) h0[bin[i]] += y[i];
+    double z = 0.0;
+    for (int q = 0; q < kBins; ++q) { h0[q] += h1[q]; z += h0[q]; }
+    const double target = top_p * z;
+    double acc = 0.0;
+    int kb = 0;
+    for (; kb < kBins - 1; ++kb) {
+      if (acc + h0[kb] >= target) break;
+      acc += h0[kb];
+    }
+    auto& c = s.cand;
+    c.clear();
+    for (int64_t q = sampler_simd::find_int(bin, 0, V, kb); q < V; q = sampler_simd::find_int(bin, q + 1, V, kb))
+      if (x[q] >= theta) c.push_back({x[q], static_cast<int32_t>(q), y[q]});
+    std::sort(c.begin(), c.end(), before);
+    size_t d = 0;
+    while (d < c.size() && acc < target) acc += c[d++].y;
+    if (d > 0) {
+      const float cut = c[d - 1].v;
+      if (cut > theta) theta = cut;
+      for (size_t e = d; e < c.size() && c[e].v == cut; ++e) y[c[e].id] = 0.0f;  // ties past the cut
+    }
+  }
+  if (min_p > 0.0) theta = std::max(theta, min_p_threshold(m, min_p));
+
+  // Kept mass per walk block, in a fixed order.
+  const int64_t nwalk = (V + kWalk - 1) / kWalk;
+  double z = 0.0;
+  for (int64_t w = 0; w < nwalk; ++w) {
+    const int64_t i0 = w * kWalk;
+    const double part = sampler_simd::masked_sum(x + i0, y + i0, std::min(kWalk, V - i0), theta);
+    s.wsum[w] = part;
+    z += part;
+  }
+
+  if (j.ids) {
+    const double target = row_uniform(j.seed, b) * z;
+    double acc = 0.0;
+    int64_t w = 0, last = -1;
+    for (; w < nwalk; ++w) {
+      if (s.wsum[w] > 0.0) last = w;
+      if (acc + s.wsum[w] > target) break;
+      acc += s.wsum[w];
+    }
+    if (w == nwalk) { w = last; acc = target; }  // rounding past the end: the last block with mass
+    int64_t pick = -1;
+    for (int64_t i = w * kWalk, e = std::min(V, i + kWalk); i < e; ++i) {
+      if (!(x[i] >= theta) || y[i] <= 0.0f) continue;
+      acc += y[i];
+      pick = i;
+      if (acc > target) break;
+    }
+    j.ids[b] = pick;
+    return kOk;
+  }
+  float* out = j.probs + b * V;
+  const float inv = static_cast<float>(1.0 / z);
+  sampler_simd::write_probs(x, y, out, V, theta, inv);
+  return kOk;
+}
+
+int auto_threads(int64_t B, int64_t V) {
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t by_work = std::max<int64_t>(1, B * V / (1 << 16));
+  return static_cast<int>(std::min({hw, B, by_work}));
+}
+
+py::tuple run(uintptr_t logits, int dtype, int64_t B, int64_t V, int64_t sb, int64_t sv,
+              double temperature, uintptr_t temperature_ptr, int64_t top_k, uintptr_t top_k_ptr,
+              double top_p, uintptr_t top_p_ptr, double min_p, uintptr_t min_p_ptr,
+              double penalty, uintptr_t penalty_ptr,
+              uintptr_t prev, uintptr_t prev_offsets, int64_t prev_T, int64_t prev_sb, int64_t prev_sv,
+              uintptr_t probs_out, uintptr_t ids_out, uint64_t seed, int num_threads) {
+  if (dtype < kF32 || dtype > kBF16) throw std::invalid_argument("dtype code must be 0 (f32), 1 (f16) or 2 (bf16)");
+  if (B < 0 || V <= 0 || V > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("need B >= 0 and 0 < V < 2**31");
+  if ((probs_out == 0) == (ids_out == 0)) throw std::invalid_argument("exactly one of probs_out / ids_out is needed");
+  Job j{reinterpret_cast<const void*>(logits), dtype, B, V, sb, sv,
+        {reinterpret_cast<const double*>(temperature_ptr), temperature},
+        {reinterpret_cast<const double*>(top_p_ptr), top_p},
+        {reinterpret_cast<const double*>(min_p_ptr), min_p},
+        {reinterpret_cast<const double*>(penalty_ptr), penalty},
+        {reinterpret_cast<const int64_t*>(top_k_ptr), top_k},
+        reinterpret_cast<const int64_t*>(prev), reinterpret_cast<const int64_t*>(prev_offsets),
+        prev_T, prev_sb, prev_sv,
+        reinterpret_cast<float*>(probs_out), reinterpret_cast<int64_t*>(ids_out), seed};
+  std::vector<int> status(B, kOk);
+  std::vector<double> bad(B, 0.0);
+  {
+    py::gil_scoped_release nogil;
+    const int n = std::max(1, std::min<int>(num_threads > 0 ? num_threads : auto_threads(B, V),
+                                            static_cast<int>(std::max<int64_t>(B, 1))));
+    std::vector<std::exception_ptr> errors(n);
+    auto work = [&](int t) {
+      try {
+        auto s = pool().get();
+        s->fit(V);
+        for (int64_t b = B * t / n, e = B * (t + 1) / n; b < e; ++b) status[b] = process_row(j, b, *s, &bad[b]);
+        pool().put(std::move(s));
+      } catch (...) {
+        errors[t] = std::current_exception();
+      }
+    };
+    if (n == 1) {
+      work(0);
+    } else {
+      std::vector<std::thread> threads;
+      for (int t = 1; t < n; ++t) threads.emplace_back(work, t);
+      work(0);
+      for (auto& th : threads) th.join();
+    }
+    for (auto& e : errors) if (e) std::rethrow_exception(e);
+  }
+  for (int64_t b = 0; b < B; ++b)
+    if (status[b] != kOk) return py::make_tuple(status[b], b, bad[b]);
+  return py::make_tuple(0, -1, 0.0);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_sampler, m) {
+  m.doc() = "engine's C++ sampler: HF-order logits processing, probabilities and seeded draws (see engine.sampling)";
+  m.def("run", &run, py::arg("logits"), py::arg("dtype"), py::arg("B"), py::arg("V"), py::arg("stride_b"),
+        py::arg("stride_v"), py::arg("temperature"), py::arg("temperature_ptr"), py::arg("top_k"),
+        py::arg("top_k_ptr"), py::arg("top_p"), py::arg("top_p_ptr"), py::arg("min_p"), py::arg("min_p_ptr"),
+        py::arg("repetition_penalty"), py::arg("repetition_penalty_ptr"), py::arg("prev"),
+        py::arg("prev_offsets"), py::arg("prev_T"), py::arg("prev_stride_b"), py::arg("prev_stride_t"),
+        py::arg("probs_out"), py::arg("ids_out"), py::arg("seed"), py::arg("num_threads"),
+        "Process B rows of logits at raw pointers; writes probs_out (B, V) float32 or ids_out (B,) int64.\n"
+        "Returns (status, row, value): status 0 when every row is fine, else the first bad row's code.");
+  m.attr("STATUS") = py::make_tuple("ok", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                                    "prev_tokens", "nonfinite", "all_neg_inf", "overflow");
+}

@@ -6,9 +6,9 @@
 
 Hot ops are Triton kernels on CUDA (PyTorch's own ops elsewhere, same results); sampling is a C++ extension.
 """
-from engine import backend, ops
+from engine import backend, ops, sampling
 from engine.checkpoint import from_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backend", "from_pretrained", "ops"]
+__all__ = ["__version__", "backend", "from_pretrained", "ops", "sampling"]

@@ -1,0 +1,189 @@
+// Vector loops of the sampler (csrc/sampler.cpp): SSE2 on x86, plain C++ elsewhere. Both paths run the same IEEE
+// float/double operations in the same order (max, compare, add, mul, truncating converts; sums in 8 fixed lanes),
+// so their results are bit-identical: a seed draws the same ids on every platform.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define ENGINE_SAMPLER_SSE2 1
+#endif
+
+namespace sampler_simd {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kExpMin = -87.0f;  // exp of anything lower is taken as 0 (2^n stays a normal float above it)
+
+inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// exp(d) for d <= 0: Cephes' range reduction and polynomial (~1 ulp); 0 below kExpMin and for -inf.
+inline float exp_nonpos(float d) {
+  const float c = d > kExpMin ? d : kExpMin;
+  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest integer
+  float r = c - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return d < kExpMin ? 0.0f : p * scale;
+}
+
+#ifdef ENGINE_SAMPLER_SSE2
+inline __m128 exp_nonpos(__m128 d) {
+  const __m128 c = _mm_max_ps(d, _mm_set1_ps(kExpMin));
+  const __m128 magic = _mm_set1_ps(12582912.0f);
+  const __m128 n = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(c, _mm_set1_ps(1.44269504088896341f)), magic), magic);
+  __m128 r = _mm_sub_ps(c, _mm_mul_ps(n, _mm_set1_ps(0.693359375f)));
+  r = _mm_sub_ps(r, _mm_mul_ps(n, _mm_set1_ps(-2.12194440e-4f)));
+  __m128 p = _mm_set1_ps(1.9875691500e-4f);
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
+  p = _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_mul_ps(p, r), r), r), _mm_set1_ps(1.0f));
+  const __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvttps_epi32(n), _mm_set1_epi32(127)), 23);
+  return _mm_andnot_ps(_mm_cmplt_ps(d, _mm_set1_ps(kExpMin)), _mm_mul_ps(p, _mm_castsi128_ps(e)));
+}
+#endif
+
+// x[i] /= div (when div != 1); returns max(x) and adds the count of NaN / +inf entries to *bad.
+inline float scan(float* x, int64_t n, float div, int64_t* bad) {
+  const bool divide = div != 1.0f;
+  int64_t i = 0, count = 0;
+  float m = -kInf;
+#ifdef ENGINE_SAMPLER_SSE2
+  __m128 mv = _mm_set1_ps(-kInf);
+  __m128i nb = _mm_setzero_si128();
+  const __m128 dv = _mm_set1_ps(div), inf = _mm_set1_ps(kInf);
+  for (; i + 4 <= n; i += 4) {
+    __m128 v = _mm_loadu_ps(x + i);
+    if (divide) { v = _mm_div_ps(v, dv); _mm_storeu_ps(x + i, v); }
+    mv = _mm_max_ps(v, mv);
+    nb = _mm_sub_epi32(nb, _mm_castps_si128(_mm_cmpnlt_ps(v, inf)));
+  }
+  float ml[4];
+  int32_t cl[4];
+  _mm_storeu_ps(ml, mv);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(cl), nb);
+  for (int l = 0; l < 4; ++l) { m = ml[l] > m ? ml[l] : m; count += cl[l]; }
+#endif
+  for (; i < n; ++i) {
+    const float v = divide ? x[i] / div : x[i];
+    x[i] = v;
+    m = v > m ? v : m;
+    count += !(v < kInf);
+  }
+  *bad += count;
+  return m;
+}
+
+// y[i] = x[i] >= theta ? exp(x[i] - m) : 0.
+inline void exp_masked(const float* x, float* y, int64_t n, float m, float theta) {
+  int64_t i = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128 mv = _mm_set1_ps(m), tv = _mm_set1_ps(theta);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    _mm_storeu_ps(y + i, _mm_and_ps(_mm_cmpge_ps(v, tv), exp_nonpos(_mm_sub_ps(v, mv))));
+  }
+#endif
+  for (; i < n; ++i) y[i] = x[i] >= theta ? exp_nonpos(x[i] - m) : 0.0f;
+}
+
+// Sum of y[i] over x[i] >= theta in double: element i goes to lane i % 8 (from i0), then lanes 0..7, then the tail.
+inline double masked_sum(const float* x, const float* y, int64_t n, float theta) {
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128 tv = _mm_set1_ps(theta);
+  __m128d a0 = _mm_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128 y0 = _mm_and_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i), tv), _mm_loadu_ps(y + i));
+    const __m128 y1 = _mm_and_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 4), tv), _mm_loadu_ps(y + i + 4));
+    a0 = _mm_add_pd(a0, _mm_cvtps_pd(y0));
+    a1 = _mm_add_pd(a1, _mm_cvtps_pd(_mm_movehl_ps(y0, y0)));
+    a2 = _mm_add_pd(a2, _mm_cvtps_pd(y1));
+    a3 = _mm_add_pd(a3, _mm_cvtps_pd(_mm_movehl_ps(y1, y1)));
+  }
+  _mm_storeu_pd(lanes, a0);
+  _mm_storeu_pd(lanes + 2, a1);
+  _mm_storeu_pd(lanes + 4, a2);
+  _mm_storeu_pd(lanes + 6, a3);
+#else
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] += x[i + l] >= theta ? static_cast<double>(y[i + l]) : 0.0;
+#endif
+  double s = 0.0;
+  for (int l = 0; l < 8; ++l) s += lanes[l];
+  for (; i < n; ++i) s += x[i] >= theta ? static_cast<double>(y[i]) : 0.0;
+  return s;
+}
+
+// out[i] = x[i] >= theta ? y[i] * inv : 0.
+inline void write_probs(const float* x, const float* y, float* out, int64_t n, float theta, float inv) {
+  int64_t i = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128 tv = _mm_set1_ps(theta), iv = _mm_set1_ps(inv);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    _mm_storeu_ps(out + i, _mm_and_ps(_mm_cmpge_ps(v, tv), _mm_mul_ps(_mm_loadu_ps(y + i), iv)));
+  }
+#endif
+  for (; i < n; ++i) out[i] = x[i] >= theta ? y[i] * inv : 0.0f;
+}
+
+// bin[i] = (int)min((m - x[i]) * scale, top): log-spaced and monotone in x (ties share a bin).
+inline void bins(const float* x, int32_t* bin, int64_t n, float m, float scale, float top) {
+  int64_t i = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128 mv = _mm_set1_ps(m), sv = _mm_set1_ps(scale), tv = _mm_set1_ps(top);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 d = _mm_min_ps(_mm_mul_ps(_mm_sub_ps(mv, _mm_loadu_ps(x + i)), sv), tv);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bin + i), _mm_cvttps_epi32(d));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float d = (m - x[i]) * scale;
+    bin[i] = static_cast<int32_t>(d < top ? d : top);
+  }
+}
+
+// First index i >= from with a[i] == v, or n.
+inline int64_t find_int(const int32_t* a, int64_t from, int64_t n, int32_t v) {
+  int64_t i = from;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128i vv = _mm_set1_epi32(v);
+  for (; i + 4 <= n; i += 4) {
+    const int mask = _mm_movemask_epi8(_mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)), vv));
+    if (mask) return i + __builtin_ctz(static_cast<unsigned>(mask)) / 4;
+  }
+#endif
+  for (; i < n; ++i) if (a[i] == v) return i;
+  return n;
+}
+
+// First index i with x[i] == v, or n.
+inline int64_t find_float(const float* x, int64_t n, float v) {
+  int64_t i = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128 vv = _mm_set1_ps(v);
+  for (; i + 4 <= n; i += 4) {
+    const int mask = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(x + i), vv));
+    if (mask) return i + __builtin_ctz(static_cast<unsigned>(mask));
+  }
+#endif
+  for (; i < n; ++i) if (x[i] == v) return i;
+  return n;
+}
+
+}  // namespace sampler_simd
