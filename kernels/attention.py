@@ -27,17 +27,37 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
-# Per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages). Short on purpose: each entry costs a compile
-# (a few seconds) on the first call of each (head dim, dtype, causal, mask kind, seqlen bucket) key.
+# Per padded head dim, 16-bit inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages), autotuned per key. Short on
+# purpose: each entry costs a compile (seconds) on the first call of each (head dim, dtype, causal, mask kind)
+# key, and a few timed runs per sequence-length bucket.
 CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
-    16: [(128, 64, 4, 3), (64, 64, 4, 3)],
+    16: [(128, 64, 4, 3)],
     32: [(128, 64, 4, 3), (64, 64, 4, 3)],
     64: [(128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
-    128: [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
-    256: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
+    128: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    256: [(128, 64, 8, 2), (64, 64, 4, 2)],
+}
+# fp32 is not autotuned: full-precision ("ieee") dots run on FMA units, not tensor cores, and big tiles take
+# a minute each to compile. One modest tile per head dim.
+FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {
+    16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2), 256: (32, 32, 4, 2),
 }
 # One small configuration for Triton's CPU interpreter (autotuning there would be slow).
 INTERPRETER_CONFIG = (32, 16, 4, 1)
+
+
+@triton.jit
+def _load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
+    """tl.load with only the masks that are needed (an unmasked load vectorises best); masked-off values are 0."""
+    if USE_A and USE_B:
+        x = tl.load(ptrs, mask=mask_a & mask_b, other=0.0)
+    elif USE_A:
+        x = tl.load(ptrs, mask=mask_a, other=0.0)
+    elif USE_B:
+        x = tl.load(ptrs, mask=mask_b, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
 
 
 @triton.jit
@@ -51,69 +71,47 @@ def _attn_fwd_inner(
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
-    # Rows can be all -inf inside a tile only with a mask or at the boundary: guard exp2 against -inf - -inf.
-    SAFE_MAX: tl.constexpr = BOUNDARY or (MASK_KIND != 0)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if BOUNDARY:
-            col_ok = cols < n_k
-            if EVEN_D:
-                k = tl.load(k_ptrs + start_n * stride_kn, mask=col_ok[None, :], other=0.0)
-            else:
-                k = tl.load(k_ptrs + start_n * stride_kn, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM),
-                            other=0.0)
-        else:
-            if EVEN_D:
-                k = tl.load(k_ptrs + start_n * stride_kn)
-            else:
-                k = tl.load(k_ptrs + start_n * stride_kn, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+        col_ok = cols < n_k
+        k = _load(k_ptrs + start_n * stride_kn, col_ok[None, :], offs_d[:, None] < HEAD_DIM, BOUNDARY, not EVEN_D)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        if MASK_KIND != 0:
-            if MASK_PER_ROW:
-                if BOUNDARY:
-                    mval = tl.load(mask_ptrs + cols[None, :] * stride_mn, mask=col_ok[None, :], other=0)
-                else:
-                    mval = tl.load(mask_ptrs + cols[None, :] * stride_mn)
-            else:
-                if BOUNDARY:
-                    mval = tl.load(mask_ptrs + cols * stride_mn, mask=col_ok, other=0)[None, :]
-                else:
-                    mval = tl.load(mask_ptrs + cols * stride_mn)[None, :]
-            if MASK_KIND == 1:
-                s = tl.where(mval != 0, s, float("-inf"))
-            else:
-                bias = mval.to(tl.float32)
-                # Clamp before scaling so float32 min stays finite (as in PyTorch: such rows average all keys),
-                # while a true -inf stays -inf.
-                bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -2.0e38) * 1.4426950408889634)
-                s = s + bias
-        if BOUNDARY:
-            ok = cols[None, :] < n_k
-            if IS_CAUSAL:
-                ok = ok & (cols[None, :] <= offs_m[:, None] + causal_shift)
-            s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if SAFE_MAX:
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        qk = tl.dot(q, k, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        if (MASK_KIND == 0) and (not BOUNDARY):
+            # Hot path: scale the row max, not every score, so the exponent is one FMA (needs qk_scale > 0).
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
         else:
-            m_use = m_new
-        p = tl.math.exp2(s - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
+            s = qk * qk_scale  # log2 units
+            if MASK_KIND != 0:
+                if MASK_PER_ROW:
+                    mval = _load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY,
+                                 False)
+                else:
+                    mval = _load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
+                if MASK_KIND == 1:
+                    s = tl.where(mval != 0, s, float("-inf"))
+                else:
+                    bias = mval.to(tl.float32)
+                    # Clamp before scaling so float32 min stays finite (as in PyTorch: such rows average all
+                    # keys), while a true -inf stays -inf.
+                    bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -2.0e38) * 1.4426950408889634)
+                    s = s + bias
+            if BOUNDARY:
+                ok = cols[None, :] < n_k
+                if IS_CAUSAL:
+                    ok = ok & (cols[None, :] <= offs_m[:, None] + causal_shift)
+                s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # A row can be all -inf here: keep exp2 away from (-inf) - (-inf).
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if BOUNDARY:
-            if EVEN_D:
-                v = tl.load(v_ptrs + start_n * stride_vn, mask=col_ok[:, None], other=0.0)
-            else:
-                v = tl.load(v_ptrs + start_n * stride_vn, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
-                            other=0.0)
-        else:
-            if EVEN_D:
-                v = tl.load(v_ptrs + start_n * stride_vn)
-            else:
-                v = tl.load(v_ptrs + start_n * stride_vn, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        v = _load(v_ptrs + start_n * stride_vn, col_ok[:, None], offs_d[None, :] < HEAD_DIM, BOUNDARY, not EVEN_D)
         p = p.to(v.dtype)
         if DOT_UPCAST:
             p = p.to(tl.float32)
@@ -176,10 +174,7 @@ def _attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_q
     q_ptrs = Q + q_off + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
-    if HEAD_DIM == BLOCK_D:
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-    else:
-        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q = _load(q_ptrs, row_ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
     if DOT_UPCAST:
         q = q.to(tl.float32)
     k_ptrs = K + k_off + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kk
@@ -303,6 +298,8 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
                  MASK_PER_ROW=mask_per_row, PRECISION=precision)
     if config is None and _interpreting():
         config = INTERPRETER_CONFIG
+    elif config is None and q.dtype == torch.float32:
+        config = FP32_CONFIGS[block_d]
     if config is not None:
         bm, bn, warps, stages = config
         if _interpreting() and q.dtype == torch.bfloat16:
@@ -401,18 +398,47 @@ def _spec(name, dtype, block_d, bm, bn, warps, stages, *, head_dim=None, causal=
                       num_stages=stages)
 
 
+def _cfg_name(block_d, dtype, cfg, tag=""):
+    bm, bn, w, st = cfg
+    return f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{w}s{st}{tag}"
+
+
 def aot_specs() -> list:
-    """Every configuration the autotuner can pick on an H200 (per padded head dim and element size), compiled
-    with the common flags (causal, no mask); plus each feature flag (masks, varlen, padded head dim, fp16,
-    ieee fp32) on the configuration of its head dim that uses the most shared memory."""
+    """What the launchers can run on an H200, for ``engine.kernels.aot``:
+
+    - every 16-bit configuration the autotuner keeps on an H200 (per padded head dim), causal, no mask;
+    - the fixed fp32 configuration of each head dim, full precision (ieee), plus tf32 for D <= 128;
+    - per head dim, the kept 16-bit configuration with the largest tiles under the heaviest mask (a per-row
+      fp32 additive mask, whose tiles are pipelined through shared memory too);
+    - the other feature flags once: bool and key-padding masks, varlen (causal and not), a padded head dim
+      (80 in a 128 tile), fp16, bidirectional.
+    """
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     specs = []
-    for block_d, table in CONFIGS.items():
-        for dtype in (torch.bfloat16, torch.float32):
-            elem = 2 if dtype == torch.bfloat16 else 4
-            cfgs = prune_configs(_configs(block_d), block_d=block_d, elem=elem, bucket=16384, smem_limit=H200_SMEM)
-            prec = "ieee" if dtype == torch.float32 else "tf32"
-            for c in cfgs:
-                bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-                specs.append(_spec(f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{c.num_warps}s{c.num_stages}",
-                                   dtype, block_d, bm, bn, c.num_warps, c.num_stages, precision=prec))
+    for block_d in CONFIGS:
+        kept = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384,
+                                       smem_limit=H200_SMEM)]
+        for cfg in kept:
+            specs.append(_spec(_cfg_name(block_d, bf16, cfg), bf16, block_d, *cfg))
+        big = kept[0]
+        masked = prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384, smem_limit=H200_SMEM,
+                               mask_elem=4, mask_per_row=True)[0]
+        mcfg = (masked.kwargs["BLOCK_M"], masked.kwargs["BLOCK_N"], masked.num_warps, masked.num_stages)
+        specs.append(_spec(_cfg_name(block_d, bf16, mcfg, "_addmask"), bf16, block_d, *mcfg, mask_kind=2,
+                           mask_per_row=True, mask_dtype=fp32))
+        fcfg = FP32_CONFIGS[block_d]
+        specs.append(_spec(_cfg_name(block_d, fp32, fcfg, "_ieee"), fp32, block_d, *fcfg, precision="ieee"))
+        if block_d <= 128:
+            specs.append(_spec(_cfg_name(block_d, fp32, fcfg, "_tf32"), fp32, block_d, *fcfg, precision="tf32"))
+        if block_d == 64:
+            specs.append(_spec(_cfg_name(64, fp16, big, "_boolmask"), fp16, 64, *big, mask_kind=1,
+                               mask_per_row=True, mask_dtype=torch.uint8))
+            specs.append(_spec(_cfg_name(64, bf16, big, "_keypad"), bf16, 64, *big, mask_kind=1,
+                               mask_per_row=False, mask_dtype=torch.uint8, causal=False))
+            specs.append(_spec(_cfg_name(64, bf16, big, "_varlen"), bf16, 64, *big, varlen=True, causal=False))
+        if block_d == 128:
+            specs.append(_spec(_cfg_name(128, bf16, big, "_d80_varlen"), bf16, 128, *big, head_dim=80,
+                               varlen=True))
+            specs.append(_spec(_cfg_name(128, bf16, big, "_bidir"), bf16, 128, *big, causal=False))
     return specs

@@ -127,6 +127,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
 
     supported = (
         q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
+        and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
         and min(b, h, n_q, n_k) > 0 and b * h <= _MAX_GRID_Y
         and (mask is None or mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES)
     )
@@ -237,7 +238,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         _validate_cu_values(cu_q, cu_k, total_q, k.shape[0], max_q, max_k)
 
     batch = cu_q.shape[0] - 1
-    supported = q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y
+    supported = q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0
     if not backend.use_triton(q, k, v, cu_q, cu_k, supported=supported, op="varlen_attention"):
         return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -1,0 +1,124 @@
+"""Attention benchmarks: engine vs PyTorch SDPA in the same run; every benchmark checks its result.
+
+    attention   the FlashAttention-paper grid on CUDA: bf16, hidden 2048 (head dim 64 -> 32 heads, 128 -> 16
+                heads), B x N = 16k tokens, N in {512, 1k, 2k, 4k, 8k, 16k}, causal and not. Providers: engine
+                (ops.scaled_dot_product_attention), torch-flash and torch-cudnn (F.scaled_dot_product_attention
+                pinned to one backend with torch.nn.attention.sdpa_kernel; cuDNN only where it runs).
+                TFLOP/s = 4 * B * H * N^2 * D / t, halved when causal.
+    varlen      a BERT batch: B=32, H=12, D=64, N=512, random lengths averaging ~60% of N. engine packs the real
+                tokens (ops.varlen_attention) against torch SDPA on the padded batch with a boolean key-padding
+                mask. extra_info "tokens/s" counts useful (non-padding) tokens; TFLOP/s counts useful FLOPs.
+
+Targets on the H200 (see the task notes): >= 1.2x torch-flash at every N >= 1k; at head dim 64 at least as
+fast as cuDNN; >= 450 TFLOP/s at head dim 128, N >= 4k, non-causal; varlen >= 2x the masked SDPA's tokens/s.
+On CPU the sizes are tiny (CI runs this suite) and engine runs PyTorch's op there.
+"""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import ops
+
+CUDA = torch.cuda.is_available()
+DTYPE = torch.bfloat16
+HIDDEN = 2048 if CUDA else 128
+TOKENS = 16384 if CUDA else 256
+SEQLENS = (512, 1024, 2048, 4096, 8192, 16384) if CUDA else (64, 128)
+HEAD_DIMS = (64, 128)
+
+
+def _sdpa_backends():
+    """Provider name -> context manager pinning torch's SDPA backend (only those this torch knows)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # very old torch: no pinning
+        return {"torch": contextlib.nullcontext}
+    out = {"torch-flash": lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)}
+    if CUDA and hasattr(SDPBackend, "CUDNN_ATTENTION"):
+        out["torch-cudnn"] = lambda: sdpa_kernel(SDPBackend.CUDNN_ATTENTION)
+    if not CUDA:  # the CPU has no flash/cuDNN kernels worth pinning: torch's default choice
+        out = {"torch": contextlib.nullcontext}
+    return out
+
+
+TORCH_PROVIDERS = _sdpa_backends()
+PROVIDERS = ("engine", *TORCH_PROVIDERS)
+
+
+def _run_torch(provider, fn):
+    """Call fn under the provider's backend pin; skip when that backend cannot run these inputs."""
+    try:
+        with TORCH_PROVIDERS[provider]():
+            return fn()
+    except RuntimeError as exc:  # e.g. "No available kernel" for cuDNN on this build / GPU
+        pytest.skip(f"{provider} cannot run this case: {str(exc).splitlines()[0]}")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("causal", (False, True), ids=("full", "causal"))
+@pytest.mark.parametrize("n", SEQLENS)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_attention(bench, device, provider, causal, n, d):
+    b, h = TOKENS // n, HIDDEN // d
+    g = torch.Generator(device=device).manual_seed(n + d)
+    q, k, v = (torch.randn(b, h, n, d, device=device, dtype=DTYPE, generator=g) for _ in range(3))
+    flops = 4 * b * h * n * n * d / (2 if causal else 1)
+    group = f"attention d{d} {'causal' if causal else 'full'} N={n}"
+    extra = {"area": "attention", "n": n, "head_dim": d, "causal": causal}
+    if provider == "engine":
+        fn = lambda: ops.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+        out = bench(fn, provider=provider, group=group, flops=flops, extra=extra)
+    else:
+        call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+        _run_torch(provider, call)  # skips here when the backend cannot run the case
+        out = bench(lambda: _run_torch(provider, call), provider=provider, group=group, flops=flops, extra=extra)
+    # Check against a float32 reference on the last sequences of the batch (a full fp32 pass would be slow).
+    sl = slice(max(b - 1, 0), b)
+    ref = F.scaled_dot_product_attention(q[sl].float(), k[sl].float(), v[sl].float(), is_causal=causal)
+    torch.testing.assert_close(out[sl].float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def _bert_batch(device):
+    b, h, d, n = (32, 12, 64, 512) if CUDA else (4, 2, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    lens = torch.randint(int(0.2 * n), n + 1, (b,), generator=g)  # mean ~0.6 n
+    mask = torch.arange(n)[None, :] < lens[:, None]  # (B, N) True = real token
+    x = torch.randn(b, n, 3, h, d, generator=g).to(device=device, dtype=DTYPE)
+    return x, mask.to(device), lens
+
+
+@pytest.mark.parametrize("provider", ("engine", "torch-masked"))
+def test_varlen_bert(bench, benchmark, device, provider):
+    x, mask, lens = _bert_batch(device)
+    b, n, _, h, d = x.shape
+    useful = int(lens.sum())
+    flops = sum(4 * h * int(ln) ** 2 * d for ln in lens)
+    group = f"varlen bert B={b} N={n} d{d} (mean len {useful / b:.0f})"
+    extra = {"area": "varlen", "head_dim": d, "causal": False, "useful_tokens": useful}
+    if provider == "engine":
+        packed, idx, cu, max_len = ops.unpad_input(x, mask)  # once per batch in a model: outside the timing
+        q, k, v = packed.unbind(1)  # each (total, H, D)
+
+        def fn():
+            return ops.varlen_attention(q, k, v, cu, cu, max_len, max_len, validate=False)
+
+        out = ops.pad_input(bench(fn, provider=provider, group=group, flops=flops, extra=extra), idx, b, n)
+    else:
+        q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D), views of the packed projection
+        keypad = mask[:, None, None, :]
+
+        def fn():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keypad).transpose(1, 2)
+
+        out = bench(fn, provider=provider, group=group, flops=flops, extra=extra)
+    median = benchmark.extra_info.get("median_s")
+    if median:
+        benchmark.extra_info["tokens/s"] = useful / median
+    # Check the real tokens of two sequences against float32.
+    for i in (0, b - 1):
+        ln = int(lens[i])
+        qi, ki, vi = (x[i, :ln, j].transpose(0, 1).float() for j in range(3))
+        ref = F.scaled_dot_product_attention(qi, ki, vi).transpose(0, 1)
+        torch.testing.assert_close(out[i, :ln].float(), ref, atol=2e-2, rtol=2e-2)
