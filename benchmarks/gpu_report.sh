@@ -17,19 +17,21 @@
 #   python benchmarks/report.py OUTDIR/results.json --results-md benchmarks/RESULTS.md
 set -u -o pipefail
 
-# name:limit seconds:kind (check = a failure there is a correctness failure; info = context only)
-STAGES="versions:20:info build:100:check ceilings:40:info engine-bench:45:check gpu-tests:110:check benchmarks:170:check"
+# name:limit seconds:kind:kept seconds. kind check = a failure there is a correctness failure, info = context
+# only. "kept": the stages before this one end early enough to leave it at least that much of the budget.
+STAGES="versions:20:info:0 build:100:check:0 ceilings:40:info:0 engine-bench:45:check:0 gpu-tests:110:check:0
+benchmarks:170:check:150"
 BUDGET=${ENGINE_REPORT_BUDGET:-330}
 MIN_START=10  # do not start a stage with less than this many seconds of budget left
 
 if [ "${1:-}" = "--list" ]; then
     total=0
     for s in $STAGES; do
-        IFS=: read -r name limit kind <<<"$s"
-        printf '%-14s %4s s  %s\n' "$name" "$limit" "$kind"
+        IFS=: read -r name limit kind keep <<<"$s"
+        printf '%-14s %4s s  %-5s  guaranteed %s s\n' "$name" "$limit" "$kind" "$keep"
         total=$((total + limit))
     done
-    echo "budget ${BUDGET} s (sum of stage limits ${total} s; later stages get what is left)"
+    echo "budget ${BUDGET} s (sum of stage limits ${total} s: each stage gets what is left, less what later stages are guaranteed)"
     exit 0
 fi
 
@@ -46,7 +48,15 @@ unset TRITON_INTERPRET
 START=$SECONDS
 STATUS=""   # lines "name status seconds"
 STAGE_TMP=$(mktemp)
+STAGE_PID=""
 trap 'rm -f "$STAGE_TMP"' EXIT
+# If this script is stopped, stop the running stage too (timeout runs it in its own process group).
+on_signal() {
+    [ -n "$STAGE_PID" ] && kill -TERM -- "-$STAGE_PID" 2>/dev/null
+    echo "gpu_report: interrupted" >&2
+    exit 130
+}
+trap on_signal INT TERM
 
 say() { echo "$@" | tee -a "$LOG"; }
 
@@ -104,8 +114,8 @@ stage_benchmarks() {
         --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 }
 
-run_stage() {  # name limit kind
-    local name=$1 limit=$2 kind=$3 left=$((BUDGET - (SECONDS - START))) t0 rc st
+run_stage() {  # name limit kind seconds-to-leave-for-later-stages
+    local name=$1 limit=$2 kind=$3 later=$4 left=$((BUDGET - (SECONDS - START))) t0 rc st
     if [[ ",${ENGINE_REPORT_SKIP:-}," == *",$name,"* ]]; then
         say "== $name: skipped (ENGINE_REPORT_SKIP)"; STATUS+="$name skipped($kind) 0"$'\n'; return
     fi
@@ -113,12 +123,19 @@ run_stage() {  # name limit kind
         say "== $name: skipped (budget spent: ${left}s left of ${BUDGET}s)"; STATUS+="$name skipped($kind) 0"$'\n'
         return
     fi
-    [ "$limit" -gt "$left" ] && limit=$left
+    [ "$limit" -gt "$((left - later))" ] && limit=$((left - later))
+    if [ "$limit" -lt "$MIN_START" ]; then
+        say "== $name: skipped (${left}s left, ${later}s of it kept for later stages)"
+        STATUS+="$name skipped($kind) 0"$'\n'; return
+    fi
     say "== $name (limit ${limit}s, $(date -u +%H:%M:%S))"
     t0=$SECONDS
     # SIGINT first, so pytest still writes its JSON and our report for what finished; KILL 20 s later.
-    timeout -s INT -k 20 "$limit" bash -c "stage_${name//-/_}" >"$STAGE_TMP" 2>&1
+    timeout -s INT -k 20 "$limit" bash -c "stage_${name//-/_}" >"$STAGE_TMP" 2>&1 &
+    STAGE_PID=$!
+    wait "$STAGE_PID"
     rc=$?
+    STAGE_PID=""
     cat "$STAGE_TMP" >>"$LOG"
     if [ $rc -eq 0 ]; then st=ok
     elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
@@ -138,9 +155,16 @@ run_stage() {  # name limit kind
 export PY OUTDIR
 export -f stage_versions stage_build stage_ceilings stage_engine_bench stage_gpu_tests stage_benchmarks
 say "gpu_report: out=$OUTDIR python=$PY budget=${BUDGET}s"
-for s in $STAGES; do
-    IFS=: read -r name limit kind <<<"$s"
-    run_stage "$name" "$limit" "$kind"
+stages=($STAGES)
+for i in "${!stages[@]}"; do
+    IFS=: read -r name limit kind _ <<<"${stages[$i]}"
+    later=0  # the most any later stage asks to be kept
+    for s in "${stages[@]:$((i + 1))}"; do
+        IFS=: read -r sname _ _ keep <<<"$s"
+        [[ ",${ENGINE_REPORT_SKIP:-}," == *",$sname,"* ]] && continue  # a skipped stage keeps nothing
+        [ "$keep" -gt "$later" ] && later=$keep
+    done
+    run_stage "$name" "$limit" "$kind" "$later"
 done
 
 if [ ! -f "$OUTDIR/summary.txt" ] && [ -s "$OUTDIR/benchmarks.json" ]; then  # pytest was cut short: rebuild

@@ -149,7 +149,8 @@ def test_gpu_report_stage_list_is_sane():
     proc = subprocess.run(["bash", str(SCRIPT), "--list"], capture_output=True, text=True, timeout=30,
                           env={**_clean_env(), "ENGINE_REPORT_BUDGET": "330"})
     assert proc.returncode == 0, proc.stderr
-    stages = [l.split() for l in proc.stdout.splitlines() if re.match(r"^\S+\s+\d+ s\s+(check|info)$", l)]
+    stages = [l.split() for l in proc.stdout.splitlines()
+              if re.match(r"^\S+\s+\d+ s\s+(check|info)\s+guaranteed \d+ s$", l)]
     names = [s[0] for s in stages]
     assert names == ["versions", "build", "ceilings", "engine-bench", "gpu-tests", "benchmarks"]
     limits = {s[0]: int(s[1]) for s in stages}
@@ -158,6 +159,9 @@ def test_gpu_report_stage_list_is_sane():
     assert {k for k, v in kinds.items() if v == "check"} == {"build", "engine-bench", "gpu-tests", "benchmarks"}
     budget = int(re.search(r"budget (\d+) s", proc.stdout).group(1))
     assert budget <= 360  # six minutes for everything, inside a 15-minute lease that includes the start
+    guaranteed = {s[0]: int(s[5]) for s in stages}
+    assert guaranteed["benchmarks"] >= 120 and sum(guaranteed.values()) < budget
+    assert guaranteed["benchmarks"] <= limits["benchmarks"]
     text = SCRIPT.read_text()
     for needle in ("pip install --no-build-isolation --no-deps", "pytest -m gpu tests/", "--benchmark-json",
                    "--engine-report", "timeout -s INT", "/opt/torch/.venv/bin/python3"):
