@@ -9,7 +9,8 @@ Two kernels:
   online softmax over BLOCK_N keys at a time. With ``SPLIT=False`` (one split) it writes the normalised output straight into ``out``; with ``SPLIT=True``
   it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2: log2 sum 2^(score*log2 e)).
   A split that sees no key (past cache_seqlens, or before every row's causal limit) writes zeros and lse = -inf.
-* ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps.
+* ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps,
+  BLOCK_S splits per (parallel) load, skipping splits that saw no key.
 
 The launcher never reads device data on the host: the grid and the number of splits depend on (B, H, Tq, Tmax, D,
 dtype, SM count) only, and the scratch is allocated from those sizes, so a decode step can be captured in a CUDA
@@ -31,7 +32,7 @@ HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 BLOCK_M = 16  # query rows per program: the smallest tl.dot tile; Tq = 1 pads to it (decode is memory-bound)
 MAX_SPLITS = 64
 _TILE_BYTES = 16384  # bytes of one K (or V) tile: BLOCK_N * BLOCK_D * element size, at most
-_COMBINE_WARPS = 1
+_COMBINE_WARPS = 4
 _H200_SMS = 132  # stands in for the SM count when the kernels run in the interpreter
 _TL_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -147,6 +148,7 @@ def _decode_combine_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     m = tl.program_id(0)
     h = tl.program_id(1)
@@ -160,20 +162,28 @@ def _decode_combine_kernel(
     m_run = tl.full([], float("-inf"), tl.float32)
     l_run = tl.zeros([], tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    for s in range(0, num_splits):
-        slot = row * num_splits + s
-        lse = tl.load(LSE + slot)
-        o = tl.load(OPART + slot * HEAD_DIM + offs_d, mask=d_valid, other=0.0)
-        m_new = tl.maximum(m_run, lse)
+    for s0 in range(0, num_splits, BLOCK_S):  # BLOCK_S splits per load: usually a single pass
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        slot = row * num_splits + offs_s
+        lse = tl.load(LSE + slot, mask=offs_s < num_splits, other=float("-inf"))
+        live = lse > float("-inf")  # splits that saw no key are not read at all
+        o = tl.load(OPART + slot[:, None] * HEAD_DIM + offs_d[None, :], mask=live[:, None] & d_valid[None, :],
+                    other=0.0)
+        m_new = tl.maximum(m_run, tl.max(lse, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_run - m_safe)
-        w = tl.exp2(lse - m_safe)
-        acc = acc * alpha + tl.where(w > 0.0, w * o, 0.0)
-        l_run = l_run * alpha + w
+        w = tl.where(live, tl.exp2(lse - m_safe), 0.0)
+        acc = acc * alpha + tl.sum(w[:, None] * o, 0)
+        l_run = l_run * alpha + tl.sum(w, 0)
         m_run = m_new
     acc = acc / tl.where(l_run == 0.0, 1.0, l_run)  # a row with no visible key anywhere: zeros
     o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + m * stride_om + offs_d * stride_od
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=d_valid)
+
+
+def _combine_block_s(block_d: int) -> int:
+    """Splits merged per load in the combine kernel: a (BLOCK_S, BLOCK_D) fp32 tile of at most 8192 values."""
+    return max(16, min(MAX_SPLITS, 8192 // block_d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +208,9 @@ def _kernel_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, in
 
 
 def _ctas_per_sm(block_n: int, block_d: int, elem: int, num_stages: int) -> int:
-    """Rough residency (shared memory bound) used to size waves."""
-    smem = num_stages * 2 * block_n * block_d * elem + 4096
+    """Rough residency (shared memory bound) used to size waves: the software pipeline buffers K and V tiles for
+    num_stages - 1 iterations ahead, plus a few KiB of layout conversions (matches the sm_90 builds)."""
+    smem = max(1, num_stages - 1) * 2 * block_n * block_d * elem + 6144
     return max(1, min(8, (228 * 1024) // smem))
 
 
@@ -290,7 +301,8 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     )
     if split:
         _decode_combine_kernel[(Tq, H, B)](
-            opart, lse, out, S, *out.stride(), HEAD_DIM=D, BLOCK_D=plan.block_d, num_warps=_COMBINE_WARPS,
+            opart, lse, out, S, *out.stride(), HEAD_DIM=D, BLOCK_D=plan.block_d,
+            BLOCK_S=_combine_block_s(plan.block_d), num_warps=_COMBINE_WARPS,
         )
     return out
 
@@ -318,7 +330,7 @@ def aot_specs() -> list:
                                         _decode_split_kernel, sig, consts, warps, stages))
             sig = {"OPART": "*fp32", "LSE": "*fp32", "OUT": f"*{ty}", "num_splits": "i32"}
             sig.update({f"stride_o{a}": "i32" for a in "bhmd"})
-            consts = {"HEAD_DIM": d, "BLOCK_D": block_d}
+            consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_S": _combine_block_s(block_d)}
             sig.update({k: "constexpr" for k in consts})
             specs.append(KernelSpec(f"decode_combine_{ty}_d{d}", _decode_combine_kernel, sig, consts,
                                     _COMBINE_WARPS, 3))

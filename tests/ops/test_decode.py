@@ -116,6 +116,19 @@ def test_split_and_combine(triton_backend, device, dtype, Tq, num_splits):
     assert_matches(out, q, k, v, lens)
 
 
+def test_combine_merges_splits_across_several_loads(triton_backend, device):
+    # fp32, D=256: BLOCK_N = 16 and the combine reads 32 splits per load; 40 splits of a 540-key cache give
+    # 34 live one-tile splits spread over two loads, then 6 empty ones (13 live for the 200-key sequence).
+    B, H, Tq, Tmax, D = 2, 1, 1, 540, 256
+    assert kdecode._combine_block_s(256) == 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, device, seed=8)
+    k[:, :, 512:] *= 4  # the largest log-sum-exps sit in the second load: the running max must rescale
+    lens = seqlens([Tmax, 200], device)
+    out, splits = run_kernel(q, k, v, lens, num_splits=40)
+    assert splits == 40
+    assert_matches(out, q, k, v, lens)
+
+
 @pytest.mark.parametrize("D", KERNEL_HEAD_DIMS)
 def test_every_head_dim(triton_backend, device, D):
     dtype = DTYPES[KERNEL_HEAD_DIMS.index(D) % 3]
