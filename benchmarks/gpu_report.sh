@@ -35,9 +35,12 @@ if [ "${1:-}" = "--list" ]; then
     exit 0
 fi
 
-cd "$(dirname "$0")/.." || exit 1
-OUTDIR=${1:-${OUT:-benchmarks/out/$(date -u +%Y%m%d-%H%M%S)}}
+ROOT=$(cd "$(dirname "$0")/.." && pwd) || exit 1
+OUTDIR=${1:-${OUT:-$ROOT/benchmarks/out/$(date -u +%Y%m%d-%H%M%S)}}  # relative to the caller's directory
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd) || exit 1
+cd "$ROOT" || exit 1
+# Files of an earlier run in the same OUTDIR must not pass for this run's results.
+rm -f "$OUTDIR"/{report.log,ceilings.json,benchmarks.json,results.json,summary.md,summary.txt,attention.png}
 LOG="$OUTDIR/report.log"
 : >"$LOG"
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON

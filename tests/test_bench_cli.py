@@ -174,6 +174,8 @@ def test_gpu_report_runs_its_cpu_stages(tmp_path):
     env = {**_clean_env(), "PYTHON": sys.executable, "ENGINE_REPORT_SKIP": "build,engine-bench,gpu-tests,benchmarks",
            "ENGINE_REPORT_BUDGET": "120"}
     env.pop("OUT", None)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.txt").write_text("stale table of an earlier run\n")
     proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True,
                           timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -181,4 +183,5 @@ def test_gpu_report_runs_its_cpu_stages(tmp_path):
     assert "== build: skipped (ENGINE_REPORT_SKIP)" in out and "-- ceilings: ok" in out
     assert re.search(r"torch \d", out) and "RESULT: INCOMPLETE" in out.splitlines()[-1]
     assert (tmp_path / "out" / "ceilings.json").exists() and (tmp_path / "out" / "report.log").exists()
-    assert "(no benchmark summary was written)" in out
+    assert "(no benchmark summary was written)" in out and "stale" not in out
+    assert not (tmp_path / "out" / "summary.txt").exists()
