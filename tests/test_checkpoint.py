@@ -193,3 +193,23 @@ def test_more_layers_than_config_is_an_error(bert_dir, tmp_path):
     cfg["num_hidden_layers"] = 1
     with pytest.raises(ValueError, match=r"no place for them.*bert\.encoder\.layer\.1\.attention\.output\.dense"):
         engine.from_pretrained(copy_with(bert_dir, tmp_path / "m", config=cfg))
+
+
+def test_sharded_pytorch_bin(tmp_path):
+    hf = make_hf("AlbertForSequenceClassification")
+    hf.save_pretrained(tmp_path / "hf")
+    sd = {k: v.clone() for k, v in hf.state_dict().items()}
+    names = sorted(sd)
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    shards = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+    for file, keys in shards.items():
+        torch.save({k: sd[k] for k in keys}, d / file)
+    index = {"weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    x = inputs("AlbertForSequenceClassification")
+    with torch.no_grad():
+        ref = hf(**x).logits
+    out = engine.from_pretrained(d)(**x)
+    assert ((out - ref).abs().max() / ref.abs().max()) < 1e-4

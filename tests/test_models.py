@@ -221,3 +221,17 @@ def test_gpt2_cache_hook_matches_full_forward(arch, tmp_path_factory):
     assert_close_valid(torch.cat(steps, 1), full, torch.ones(2, 8))
     with pytest.raises(ValueError, match="position_ids"):
         model(ids, cache=_ListCache())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 5e-3), (torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "BertForPreTraining", "AlbertForMaskedLM",
+                                  "RobertaForSequenceClassification"])
+def test_cuda_kernels_match_transformers(arch, dtype, rtol, tmp_path_factory):
+    """On CUDA: weights straight to the GPU (safe_open), our kernels (packed varlen for padded encoders)."""
+    src, x, ref, _ = reference(arch, tmp_path_factory)
+    model = engine.from_pretrained(src, device="cuda", dtype=dtype)
+    assert all(p.is_cuda and p.dtype == dtype for p in model.parameters())
+    out = model(**{k: v.cuda() for k, v in x.items()})
+    out = tuple(o.float().cpu() for o in out) if isinstance(out, tuple) else out.float().cpu()
+    assert_close_valid(out, ref, x["attention_mask"], rtol=rtol)
