@@ -73,6 +73,7 @@ class Case:
     reference: Callable[[], Any]
     tensors: tuple = ()
     note: str = ""
+    backend: str | None = None  # fixed backend name for ops that do not dispatch through engine.backend
 
 
 @dataclass
@@ -146,11 +147,13 @@ def _sizes(device: torch.device, quick: bool) -> dict[str, tuple]:
             "vocab": (8, 50257)}
 
 
-def _cases(device: torch.device, dtype: torch.dtype, quick: bool, gen: torch.Generator) -> list[Case]:
+def _cases(device: torch.device, dtype: torch.dtype, quick: bool, seed: int) -> list[Case]:
     sz = _sizes(device, quick)
+    gens: dict[torch.device, torch.Generator] = {}
 
     def rand(*shape: int, scale: float = 1.0, on: torch.device = device, dt: torch.dtype = dtype) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen, dtype=torch.float32) * scale).to(device=on, dtype=dt)
+        g = gens.setdefault(on, torch.Generator(device=on).manual_seed(seed))  # made where the data lives
+        return (torch.randn(*shape, generator=g, device=on, dtype=torch.float32) * scale).to(dtype=dt)
 
     def f64(t: torch.Tensor) -> torch.Tensor:
         return t.to(torch.float64)
@@ -205,7 +208,7 @@ def _cases(device: torch.device, dtype: torch.dtype, quick: bool, gen: torch.Gen
     bsz, heads, tmax, hd = sz["decode"]
     dq = rand(bsz, heads, 1, hd)
     kc, vc = rand(bsz, heads, tmax, hd), rand(bsz, heads, tmax, hd)
-    lens = torch.randint(1, tmax + 1, (bsz,), generator=gen, dtype=torch.int32)
+    lens = torch.randint(1, tmax + 1, (bsz,), generator=torch.Generator().manual_seed(seed), dtype=torch.int32)
     lens[0] = tmax  # one full row
     lens = lens.to(device)
     keep = (torch.arange(tmax, device=device)[None, :] < lens[:, None].long())[:, None, None, :]  # (B, 1, 1, Tmax)
@@ -228,7 +231,7 @@ def _cases(device: torch.device, dtype: torch.dtype, quick: bool, gen: torch.Gen
     cases.append(Case(
         "sampling.probs", f"{bsz}x{vocab} T=0.8 top_k=50", torch.float32,
         (lambda: probs(logits, temperature=0.8, top_k=50)) if probs else None,
-        lambda: probs_ref(logits), lambda: probs_ref(f64(logits)), (logits,), note="cpu"))
+        lambda: probs_ref(logits), lambda: probs_ref(f64(logits)), (logits,), note="cpu", backend="c++"))
     return cases
 
 
@@ -237,7 +240,7 @@ def _run_case(case: Case, device: torch.device, reps: int) -> Row:
     if case.engine is None:
         row.note = "not available"
         return row
-    row.backend = _dispatch(case.tensors, case.op.split()[0])
+    row.backend = case.backend or _dispatch(case.tensors, case.op.split()[0])
     where = case.tensors[0].device if case.tensors else device
     try:
         ref = case.reference()
@@ -293,10 +296,9 @@ def run(device: str | torch.device | None = None, *, quick: bool = False, seed: 
     """Check and time every op on ``device``; returns the rows (printing nothing)."""
     dev = _resolve_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    gen = torch.Generator().manual_seed(seed)
     reps = (5 if quick else 20) if dev.type == "cuda" else (3 if quick else 7)
     with torch.inference_mode():
-        return [_run_case(case, dev, reps) for case in _cases(dev, dtype, quick, gen)]
+        return [_run_case(case, dev, reps) for case in _cases(dev, dtype, quick, seed)]
 
 
 def _header(dev: torch.device) -> str:

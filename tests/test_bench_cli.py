@@ -18,7 +18,6 @@ from engine import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_report.sh"
-OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "scaled_dot_product_attention", "decode_attention")
 
 
 def _clean_env() -> dict[str, str]:
@@ -36,8 +35,9 @@ def test_cli_quick_runs_and_exits_zero():
     assert {"layer_norm", "add_layer_norm", "gelu", "bias_gelu", "sdpa", "decode_attention",
             "sampling.probs"} <= rows
     assert re.match(r"\d+ passed, 0 failed, \d+ not available", lines[-1])
-    for line in lines[3:-1]:  # every op either ran on the torch path (CPU, auto) and passed, or is missing
-        assert (" torch " in line and re.search(r"\sOK(\s|$)", line)) or "not available" in line, line
+    for line in lines[3:-1]:  # each op ran on the torch path (CPU, auto; the sampler is C++) and passed, or is missing
+        backend = "c++" if line.startswith("sampling") else "torch"
+        assert (f" {backend} " in line and re.search(r"\sOK(\s|$)", line)) or "not available" in line, line
 
 
 def _fake_ops(monkeypatch) -> None:
