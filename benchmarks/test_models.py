@@ -19,7 +19,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import engine  # noqa: E402
 from engine.checkpoint import from_transformers  # noqa: E402
 
 CUDA = torch.cuda.is_available()

@@ -304,6 +304,8 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, force: boo
     Refuses a non-empty ``out_dir`` unless ``force``. Tokenizer files are copied along.
     """
     out = Path(out_dir)
+    if out.resolve() == Path(hf_dir).resolve():
+        raise ValueError("OUT_DIR must differ from HF_DIR (the source is read while the output is written)")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"OUT_DIR {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
