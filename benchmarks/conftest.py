@@ -14,8 +14,9 @@ Use the `bench` fixture:
   (e.g. extra={"area": "attention", "n": 1024, "head_dim": 64, "causal": True}) and otherwise parses the group.
 - On CUDA one untimed warm-up call runs first (compilation, autotuning and allocator growth stay out of the
   numbers), and each timed round synchronizes the device at its end. Calls shorter than ~1 ms are repeated
-  back to back within a round (extra_info "calls_per_round"), so the sync does not dominate; extra_info
-  "median_s" and the rates are per call (pytest-benchmark's own table shows per-round times).
+  back to back within a round (extra_info "calls_per_round"), so the sync does not dominate; the recorded
+  times (pytest-benchmark's table and JSON, `benchmark.stats`, extra_info "median_s") are per call.
+  ENGINE_BENCH_CALLS=K fixes the calls per round (any device).
 - Memory-bound cases whose data fits in L2 (60 MB on the H200) should rotate inputs with the `rotating`
   fixture: `sets = rotating(make_inputs, nbytes=bytes_per_set)`, then `bench(lambda: op(*sets()), ...)`;
   `sets.last` is the input set of the most recent call (to check the returned output against).
@@ -160,6 +161,24 @@ def _calls_per_round(fn: Callable[[], Any]) -> int:
     return max(1, min(MAX_CALLS_PER_ROUND, math.ceil(ROUND_MIN_S / once)))
 
 
+def _per_call_stats(metadata: Any, calls: int) -> bool:
+    """Rescale pytest-benchmark's recorded round times to per-call times when a round made ``calls`` calls, so
+    its table, its JSON and ``benchmark.stats.stats.median`` all read per call. True when the stats are per call."""
+    if metadata is None or calls == 1:
+        return True
+    st = getattr(metadata, "stats", None)
+    data = getattr(st, "data", None)
+    if not isinstance(data, list):
+        return False
+    data[:] = [d / calls for d in data]
+    for name in list(vars(st)):
+        if name != "data":  # drop cached statistics computed from the old data
+            delattr(st, name)
+    if isinstance(getattr(metadata, "iterations", None), int):
+        metadata.iterations *= calls
+    return True
+
+
 @pytest.fixture
 def bench(benchmark, ceilings):
     def run(fn: Callable[[], Any], *, provider: str, group: str, nbytes: float | None = None,
@@ -169,23 +188,22 @@ def bench(benchmark, ceilings):
         benchmark.extra_info["device"] = "cuda" if CUDA else "cpu"
         if extra:
             benchmark.extra_info.update(extra)
-        calls = 1
-        if CUDA:
-            fn()  # warm-up, untimed: compilation, autotuning, allocator growth
-            calls = _calls_per_round(fn)
+        fn()  # warm-up, untimed: compilation, autotuning, allocator growth
+        forced = int(os.environ.get("ENGINE_BENCH_CALLS", "0") or 0)
+        calls = forced if forced > 0 else (_calls_per_round(fn) if CUDA else 1)
 
-            def timed():
-                for _ in range(calls - 1):
-                    fn()
-                out = fn()
+        def timed():
+            for _ in range(calls - 1):
+                fn()
+            out = fn()
+            if CUDA:
                 torch.cuda.synchronize()
-                return out
-        else:
-            fn()  # warm-up, untimed
-            timed = fn
+            return out
+
         out = benchmark(timed)
         stats = getattr(benchmark, "stats", None)
-        median = stats.stats.median / calls if stats is not None else None
+        per_call = _per_call_stats(stats, calls)
+        median = stats.stats.median / (1 if per_call else calls) if stats is not None else None
         if median:
             info = benchmark.extra_info
             info["median_s"] = median

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -243,7 +244,7 @@ def test_norm(bench, provider):
 '''
 
 
-def _run_fake_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+def _run_fake_suite(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     d = tmp_path / "benchmarks"
     d.mkdir()
     for name in ("conftest.py", "report.py", "ceilings.py"):
@@ -254,7 +255,7 @@ def _run_fake_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedPro
         [sys.executable, "-m", "pytest", str(d), "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio",
          "--engine-report", str(out),
          "--benchmark-json", str(tmp_path / "bench.json"), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads((tmp_path / "bench.json").read_text())
 
@@ -271,7 +272,7 @@ def test_bench_fixture_end_to_end(tmp_path):
         info = b["extra_info"]
         rate = info.get("TFLOP/s") or info.get("GB/s")
         assert rate > 0 and 0 < info["frac_peak"] and info["calls_per_round"] >= 1
-        assert info["median_s"] == pytest.approx(b["stats"]["median"] / info["calls_per_round"], rel=1e-12)
+        assert info["median_s"] == pytest.approx(b["stats"]["median"], rel=1e-12)
     meta = bench_json["engine_meta"]  # recorded by the conftest for `report.py BENCH.json` elsewhere
     assert "pytest" in meta["command"] and meta["torch"] == torch.__version__
     assert bench_json["engine_ceilings"]["copy_GB/s"] > 0
@@ -282,8 +283,14 @@ def test_bench_fixture_end_to_end(tmp_path):
     assert (tmp_path / "report" / "summary.md").exists() and (tmp_path / "report" / "summary.txt").exists()
 
 
-def test_bench_options_given_by_the_user_are_kept(tmp_path):
-    _, bench_json = _run_fake_suite(tmp_path, "--benchmark-max-time=0.02", "--benchmark-min-rounds=4", "-k", "norm")
+def test_bench_options_given_by_the_user_are_kept_and_times_are_per_call(tmp_path):
+    _, bench_json = _run_fake_suite(tmp_path, "--benchmark-max-time=0.02", "--benchmark-min-rounds=4", "-k", "norm",
+                                    env={"ENGINE_BENCH_CALLS": "3"})
     assert len(bench_json["benchmarks"]) == 2
     for b in bench_json["benchmarks"]:
         assert float(b["options"]["max_time"]) == 0.02 and b["options"]["min_rounds"] == 4
+        # Three calls per timed round: pytest-benchmark's own numbers are rescaled to one call.
+        info, st = b["extra_info"], b["stats"]
+        assert info["calls_per_round"] == 3 and st["iterations"] % 3 == 0
+        assert info["median_s"] == pytest.approx(st["median"], rel=1e-12)
+        assert st["min"] <= st["median"] <= st["max"] and st["rounds"] >= 4
