@@ -12,6 +12,7 @@ ext_modules = [
     Pybind11Extension(
         "engine._sampler",
         ["csrc/sampler.cpp"],
+        depends=["csrc/sampler_simd.h"],
         cxx_std=17,
         extra_compile_args=_cxx_flags,
     ),

@@ -66,6 +66,9 @@ _RULES = {
 def _param(name: str, value: Param, B: int, keep: list) -> tuple[float | int, int]:
     """(scalar, 0) or (0, pointer to B contiguous float64 / int64 values); checks scalars here, rows in C++."""
     integer, ok, expected = _RULES[name]
+    kind = type(value)
+    if (kind is int or (kind is float and not integer)) and ok(value):  # the common case, kept cheap
+        return value, 0
     if isinstance(value, (list, tuple)):
         value = torch.tensor(value)
     if isinstance(value, torch.Tensor):
@@ -143,15 +146,17 @@ def _run(logits: torch.Tensor, *, temperature: Param, top_k: Param, top_p: Param
         raise ValueError(f"logits must have at least one token (V > 0); got shape {tuple(logits.shape)}")
     one_dim = logits.dim() == 1
     device = logits.device
-    x = logits.detach().unsqueeze(0) if one_dim else logits.detach()
-    if x.device.type != "cpu":
+    x = logits.unsqueeze(0) if one_dim else logits
+    if device.type != "cpu":
         x = x.cpu()
     B, V = x.shape
-    keep: list = []
-    params = {name: _param(name, value, B, keep) for name, value in (
-        ("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
-        ("repetition_penalty", repetition_penalty))}
-    prev = _prev(prev_tokens, B, one_dim, keep)
+    keep: list = []  # per-row tensors made here stay alive until the extension returns
+    t, t_ptr = _param("temperature", temperature, B, keep)
+    k, k_ptr = _param("top_k", top_k, B, keep)
+    p, p_ptr = _param("top_p", top_p, B, keep)
+    mp, mp_ptr = _param("min_p", min_p, B, keep)
+    rp, rp_ptr = _param("repetition_penalty", repetition_penalty, B, keep)
+    prev = _prev(prev_tokens, B, one_dim, keep) if prev_tokens is not None else (0, 0, 0, 0, 0)
     if seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (1,)).item()) if want_ids else 0
     elif isinstance(seed, bool) or not isinstance(seed, int):
@@ -159,10 +164,13 @@ def _run(logits: torch.Tensor, *, temperature: Param, top_k: Param, top_p: Param
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be an int >= 1 or None; got {num_threads!r}")
-    out = torch.empty((B,) if want_ids else (B, V), dtype=torch.int64 if want_ids else torch.float32)
-    (t, t_ptr), (k, k_ptr), (p, p_ptr), (mp, mp_ptr), (rp, rp_ptr) = params.values()
+    if want_ids:
+        out = torch.empty((1,) if one_dim else (B, 1), dtype=torch.int64)
+    else:
+        out = torch.empty((V,) if one_dim else (B, V), dtype=torch.float32)
+    sb, sv = x.stride()
     status, row, value = ext.run(
-        x.data_ptr(), _DTYPE_CODES[x.dtype], B, V, x.stride(0), x.stride(1),
+        x.data_ptr(), _DTYPE_CODES[x.dtype], B, V, sb, sv,
         float(t), t_ptr, int(k), k_ptr, float(p), p_ptr, float(mp), mp_ptr, float(rp), rp_ptr,
         *prev, 0 if want_ids else out.data_ptr(), out.data_ptr() if want_ids else 0,
         seed % 2**64, num_threads or 0)
@@ -171,10 +179,6 @@ def _run(logits: torch.Tensor, *, temperature: Param, top_k: Param, top_p: Param
         if what in _RULES:
             raise ValueError(f"{what} must be {_RULES[what][2]}; got {value!r} at row {row}")
         raise ValueError(_MESSAGES[what].format(V=V, row=row, value=value))
-    if want_ids:
-        out = out.view(1) if one_dim else out.view(B, 1)
-    elif one_dim:
-        out = out.view(V)
     return out if device.type == "cpu" else out.to(device)
 
 
