@@ -120,7 +120,7 @@ class Rotation:
     Call the object to get the next set; ``last`` is the set the latest call returned.
     """
 
-    def __init__(self, make: Callable[[], Any], *, nbytes: float, max_sets: int = 64) -> None:
+    def __init__(self, make: Callable[[], Any], *, nbytes: float, max_sets: int = 256) -> None:
         if not nbytes or nbytes <= 0:
             raise ValueError(f"nbytes must be a positive byte count per input set; got {nbytes!r}")
         count = 1

@@ -294,3 +294,41 @@ def test_bench_options_given_by_the_user_are_kept_and_times_are_per_call(tmp_pat
         assert info["calls_per_round"] == 3 and st["iterations"] % 3 == 0
         assert info["median_s"] == pytest.approx(st["median"], rel=1e-12)
         assert st["min"] <= st["median"] <= st["max"] and st["rounds"] >= 4
+
+
+def _bench_conftest():
+    spec = importlib.util.spec_from_file_location("_test_bench_conftest", BENCH_DIR / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rotation_cycles_through_input_sets():
+    conf = _bench_conftest()
+    made = []
+    rot = conf.Rotation(lambda: made.append(object()) or made[-1], nbytes=1 << 10)
+    expected = 1 if not torch.cuda.is_available() else min(256, math.ceil(4 * 60e6 / 1024))
+    assert len(rot) == len(made) and (len(rot) == 1 or len(rot) >= expected // 2)
+    seen = [rot() for _ in range(2 * len(rot) + 1)]
+    assert seen[: len(rot)] == made and seen[len(rot): 2 * len(rot)] == made and rot.last is seen[-1]
+    with pytest.raises(ValueError, match="nbytes"):
+        conf.Rotation(lambda: None, nbytes=0)
+
+
+def test_per_call_stats_rescales_pytest_benchmark_stats():
+    from pytest_benchmark.stats import Stats
+
+    conf = _bench_conftest()
+
+    class Meta:  # the two attributes of pytest-benchmark's Metadata that the rescale touches
+        def __init__(self, data):
+            self.stats, self.iterations = Stats(), 2
+            self.stats.data.extend(data)
+
+    m = Meta([0.3, 0.9, 0.6])
+    assert m.stats.median == pytest.approx(0.6)  # cached before the rescale
+    assert conf._per_call_stats(m, 3) is True
+    assert (m.stats.median, m.stats.min, m.stats.max) == (pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.3))
+    assert m.iterations == 6
+    assert conf._per_call_stats(None, 3) is True and conf._per_call_stats(m, 1) is True
+    assert m.stats.median == pytest.approx(0.2)
