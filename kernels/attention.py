@@ -19,7 +19,7 @@ lengths are equal.
 from __future__ import annotations
 
 import functools
-import math
+import os
 
 import torch
 import triton
@@ -32,8 +32,8 @@ LOG2E = 1.4426950408889634
 # key, and a few timed runs per sequence-length bucket.
 CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
     16: [(128, 64, 4, 3)],
-    32: [(128, 64, 4, 3), (64, 64, 4, 3)],
-    64: [(128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
+    32: [(128, 64, 4, 3)],
+    64: [(128, 128, 8, 3), (128, 64, 4, 3)],
     128: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
     256: [(128, 64, 8, 2), (64, 64, 4, 2)],
 }
@@ -236,9 +236,10 @@ def seqlen_bucket(n: int) -> int:
 
 def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
                   mask_elem: int = 0, mask_per_row: bool = False) -> int:
-    """Bytes of shared memory a configuration needs (Q tile + pipelined K/V tiles + pipelined mask tiles)."""
-    kv = 2 * block_n * block_d * elem * max(num_stages - 1, 1)
-    mask = mask_elem * block_n * (block_m if mask_per_row else 1) * max(num_stages - 1, 1)
+    """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles
+    (and of the mask tile) for the pipelined key loop (compiles for sm_90 agree; see aot_specs)."""
+    kv = 2 * block_n * block_d * elem * num_stages
+    mask = mask_elem * block_n * (block_m if mask_per_row else 1) * num_stages
     return block_m * block_d * elem + kv + mask
 
 
@@ -285,8 +286,6 @@ def _tuned_kernel(block_d: int):
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0", "false", "False")
 
 
@@ -376,24 +375,19 @@ def _spec(name, dtype, block_d, bm, bn, warps, stages, *, head_dim=None, causal=
     const = dict(HEAD_DIM=head_dim or block_d, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen,
                  MASK_KIND=mask_kind, MASK_PER_ROW=mask_per_row, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
                  DOT_UPCAST=False)
-    # The launcher specialises unit strides (the head-dim stride of contiguous tensors) as constants.
-    const.update(stride_qk=1, stride_kk=1, stride_vk=1, stride_ok=1)
-    if mask_kind:
-        const["stride_mn"] = 1
-    sig = {}
-    for arg in _attn_fwd_kernel.arg_names:
-        if arg in const:
-            sig[arg] = "constexpr"
-        elif arg in ("Q", "K", "V", "Out"):
-            sig[arg] = ty
-        elif arg == "Mask":
-            sig[arg] = mty
-        elif arg in ("CU_Q", "CU_K"):
-            sig[arg] = "*i32"
-        elif arg == "qk_scale":
-            sig[arg] = "fp32"
-        else:
-            sig[arg] = "i32"
+    # At launch Triton specialises strides of 1 as constants and marks the others that are multiples of 16
+    # as such; that alignment is what lets the loops pipeline K/V through shared memory (cp.async), so it
+    # decides the shared-memory use. engine.kernels.aot only marks pointers, so the strides of contiguous
+    # tensors (H=16, N=4096; varlen: packed (total, H, D)) are given here as constants.
+    h, n, d = 16, 4096, head_dim or block_d
+    zs, hs, ms = (0, d, h * d) if varlen else (h * n * d, n * d, d)
+    for t in "qkvo":
+        const.update({f"stride_{t}z": zs, f"stride_{t}h": hs, f"stride_{t}m" if t in "qo" else f"stride_{t}n": ms,
+                      f"stride_{t}k": 1})
+    mz, mh, mm = (h * n * n, n * n, n) if mask_per_row else (n, 0, 0)
+    const.update(stride_mz=mz, stride_mh=mh, stride_mm=mm, stride_mn=1)
+    kinds = {"Q": ty, "K": ty, "V": ty, "Out": ty, "Mask": mty, "CU_Q": "*i32", "CU_K": "*i32", "qk_scale": "fp32"}
+    sig = {a: "constexpr" if a in const else kinds.get(a, "i32") for a in _attn_fwd_kernel.arg_names}
     return KernelSpec(name=name, fn=_attn_fwd_kernel, signature=sig, constexprs=const, num_warps=warps,
                       num_stages=stages)
 
@@ -404,12 +398,12 @@ def _cfg_name(block_d, dtype, cfg, tag=""):
 
 
 def aot_specs() -> list:
-    """What the launchers can run on an H200, for ``engine.kernels.aot``:
+    """What the launchers can run on an H200, for ``engine.kernels.aot`` (about 20 compiles):
 
     - every 16-bit configuration the autotuner keeps on an H200 (per padded head dim), causal, no mask;
-    - the fixed fp32 configuration of each head dim, full precision (ieee), plus tf32 for D <= 128;
-    - per head dim, the kept 16-bit configuration with the largest tiles under the heaviest mask (a per-row
-      fp32 additive mask, whose tiles are pipelined through shared memory too);
+    - the fixed fp32 configuration of each head dim, full precision (ieee), and tf32 at D=128;
+    - for D >= 64, the largest configuration kept under the heaviest mask (a per-row fp32 additive mask,
+      whose tiles are pipelined through shared memory too);
     - the other feature flags once: bool and key-padding masks, varlen (causal and not), a padded head dim
       (80 in a 128 tile), fp16, bidirectional.
     """
@@ -419,26 +413,24 @@ def aot_specs() -> list:
         kept = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
                 for c in prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384,
                                        smem_limit=H200_SMEM)]
-        for cfg in kept:
-            specs.append(_spec(_cfg_name(block_d, bf16, cfg), bf16, block_d, *cfg))
-        big = kept[0]
-        masked = prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384, smem_limit=H200_SMEM,
-                               mask_elem=4, mask_per_row=True)[0]
-        mcfg = (masked.kwargs["BLOCK_M"], masked.kwargs["BLOCK_N"], masked.num_warps, masked.num_stages)
-        specs.append(_spec(_cfg_name(block_d, bf16, mcfg, "_addmask"), bf16, block_d, *mcfg, mask_kind=2,
-                           mask_per_row=True, mask_dtype=fp32))
+        specs += [_spec(_cfg_name(block_d, bf16, cfg), bf16, block_d, *cfg) for cfg in kept]
         fcfg = FP32_CONFIGS[block_d]
         specs.append(_spec(_cfg_name(block_d, fp32, fcfg, "_ieee"), fp32, block_d, *fcfg, precision="ieee"))
-        if block_d <= 128:
-            specs.append(_spec(_cfg_name(block_d, fp32, fcfg, "_tf32"), fp32, block_d, *fcfg, precision="tf32"))
+        if block_d >= 64:
+            c = prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384, smem_limit=H200_SMEM,
+                              mask_elem=4, mask_per_row=True)[0]
+            mcfg = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+            specs.append(_spec(_cfg_name(block_d, bf16, mcfg, "_addmask"), bf16, block_d, *mcfg, mask_kind=2,
+                               mask_per_row=True, mask_dtype=fp32))
+        big = kept[0]
         if block_d == 64:
             specs.append(_spec(_cfg_name(64, fp16, big, "_boolmask"), fp16, 64, *big, mask_kind=1,
                                mask_per_row=True, mask_dtype=torch.uint8))
-            specs.append(_spec(_cfg_name(64, bf16, big, "_keypad"), bf16, 64, *big, mask_kind=1,
+            specs.append(_spec(_cfg_name(64, bf16, big, "_keypad_bidir"), bf16, 64, *big, mask_kind=1,
                                mask_per_row=False, mask_dtype=torch.uint8, causal=False))
             specs.append(_spec(_cfg_name(64, bf16, big, "_varlen"), bf16, 64, *big, varlen=True, causal=False))
         if block_d == 128:
+            specs.append(_spec(_cfg_name(128, fp32, fcfg, "_tf32"), fp32, 128, *fcfg, precision="tf32"))
             specs.append(_spec(_cfg_name(128, bf16, big, "_d80_varlen"), bf16, 128, *big, head_dim=80,
                                varlen=True))
-            specs.append(_spec(_cfg_name(128, bf16, big, "_bidir"), bf16, 128, *big, causal=False))
     return specs

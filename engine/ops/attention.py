@@ -9,6 +9,11 @@ and PyTorch otherwise (float64, dropout, head dims above 256, requires-grad, CPU
 * Causal alignment: ``scaled_dot_product_attention`` is top-left aligned like PyTorch (query i sees keys j <= i);
   ``varlen_attention`` is bottom-right aligned per sequence like FlashAttention >= 2.1 (query i sees keys
   j <= i + len_k - len_q). They agree when the query and key lengths are equal.
+* Host syncs: none in ``scaled_dot_product_attention``; ``varlen_attention`` makes one (a single copy of a few
+  cu_seqlens statistics) to validate its inputs unless ``validate=False``; ``unpad_input`` makes one to return
+  ``max_seqlen`` as an int.
+* The first CUDA call of each (head dim, dtype, causal, mask kind, sequence-length bucket) autotunes over at most
+  three configurations (each compiled once, a few seconds each); fp32 uses one fixed configuration.
 """
 from __future__ import annotations
 

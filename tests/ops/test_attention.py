@@ -223,6 +223,18 @@ def test_autotune_pruning_fits_and_shortens():
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short)
 
 
+def test_autotuned_launch_path(monkeypatch, device):
+    """The launcher's autotuned branch (grid from the chosen config, pruning hook): head dim 16 keeps a single
+    configuration, so the autotuner runs it without timing; the interpreter runs it like any kernel."""
+    if device == "cpu":
+        monkeypatch.setattr(kattn, "_interpreting", lambda: False)
+        monkeypatch.setattr(kattn, "_device_smem", lambda index: kattn.H200_SMEM)
+    q, k, v = qkv(1, 2, 70, 70, 16, torch.float16, device, seed=11)
+    out = torch.full_like(q, float("nan"))
+    kattn.attention_fwd(q, k, v, out, mask=None, causal=True, scale=0.25)
+    check(out, q, k, v, causal=True, scale=0.25)
+
+
 def _bad_cases():
     q = torch.randn(1, 2, 5, 8)
     yield "query", (TypeError, "query must be a torch.Tensor"), lambda: ops.scaled_dot_product_attention(
