@@ -6,8 +6,7 @@ Two kernels:
   query rows [mb*BLOCK_M, mb*BLOCK_M + BLOCK_M) of sequence b, head h, and the s-th of S equal runs of whole
   BLOCK_N tiles of that sequence's valid keys (run length computed on the device from cache_seqlens[b], so a
   short sequence in a long cache still spreads over every split), cut to the causally visible part. It runs an
-  online softmax over BLOCK_N keys at a time. With ``SPLIT=False`` (one split) it writes the normalised output straight into ``out``; with ``SPLIT=True``
-  it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2: log2 sum 2^(score*log2 e)).
+  online softmax over BLOCK_N keys at a time. With one split it writes the normalised output straight into ``out``; with more it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2: log2 sum 2^(score*log2 e)).
   A split that sees no key (past cache_seqlens, or before every row's causal limit) writes zeros and lse = -inf.
 * ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps,
   BLOCK_S splits per (parallel) load, skipping splits that saw no key.
@@ -53,9 +52,9 @@ def _decode_split_kernel(
     K,  # (B, H, Tmax, D) any strides
     V,  # (B, H, Tmax, D) any strides
     SEQLENS,  # (B,) int32: valid cache length per sequence, the Tq new tokens included
-    OUT,  # (B, H, Tq, D) in q's dtype; written when SPLIT is False
-    OPART,  # (B, H, Tq, num_splits, D) fp32 contiguous; written when SPLIT is True
-    LSE,  # (B, H, Tq, num_splits) fp32 contiguous, base-2 log-sum-exp; written when SPLIT is True
+    OUT,  # (B, H, Tq, D) in q's dtype; written when num_splits == 1
+    OPART,  # (B, H, Tq, num_splits, D) fp32 contiguous; written when num_splits > 1
+    LSE,  # (B, H, Tq, num_splits) fp32 contiguous, base-2 log-sum-exp; written when num_splits > 1
     qk_scale,  # softmax scale * log2(e)
     q_len,
     max_len,
@@ -67,7 +66,6 @@ def _decode_split_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
@@ -128,7 +126,7 @@ def _decode_split_kernel(
     empty = l_i == 0.0  # no visible key in this split (l_i >= 1 as soon as one key is seen)
     l_safe = tl.where(empty, 1.0, l_i)
     acc = acc / l_safe[:, None]
-    if SPLIT:
+    if num_splits > 1:  # a uniform branch: one build serves both launches
         row = (b64 * num_heads + h64) * q_len + offs_m  # (BLOCK_M,) int64 row of (B, H, Tq)
         slot = row * num_splits + pid_s
         lse = tl.where(empty, float("-inf"), m_i + tl.log2(l_safe))
@@ -277,8 +275,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if B == 0 or H == 0:
         return out
     S = plan.num_splits
-    split = S > 1
-    if split:
+    if S > 1:
         if workspace is None:
             workspace = (torch.empty((B, H, Tq, S, D), device=q.device, dtype=torch.float32),
                          torch.empty((B, H, Tq, S), device=q.device, dtype=torch.float32))
@@ -287,19 +284,19 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
             if tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous() or t.device != q.device:
                 raise ValueError(f"{name} must be a contiguous float32 tensor of shape {shape} on {q.device}; "
                                  f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-    else:
-        opart, lse = out, out  # unused by the SPLIT=False kernel
+    else:  # unused with one split; fp32 so both launches share one build
+        opart = lse = torch.empty(1, device=q.device, dtype=torch.float32)
     grid = (S, H, B * triton.cdiv(Tq, BLOCK_M))
     _decode_split_kernel[grid](
         q, k_cache, v_cache, cache_seqlens, out, opart, lse,
         float(scale) * 1.4426950408889634, Tq, Tmax,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
-        HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, SPLIT=split,
+        HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    if split:
+    if S > 1:
         _decode_combine_kernel[(Tq, H, B)](
             opart, lse, out, S, *out.stride(), HEAD_DIM=D, BLOCK_D=plan.block_d,
             BLOCK_S=_combine_block_s(plan.block_d), num_warps=_COMBINE_WARPS,
@@ -309,25 +306,21 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def aot_specs() -> list:
-    """Every configuration the launcher can pick: per dtype and head dim, the split kernel with SPLIT off and
-    on, and the combine kernel."""
+    """Every configuration the launcher can pick: per dtype and head dim, the split kernel (one build for one
+    split and for several) and the combine kernel."""
     from engine.kernels.aot import KernelSpec
 
     specs = []
     for dtype, ty in _TL_DTYPES.items():
         for d in HEAD_DIMS:
             block_d, block_n, warps, stages = _kernel_config(d, dtype)
-            for split in (False, True):
-                scratch = "*fp32" if split else f"*{ty}"
-                sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}",
-                       "OPART": scratch, "LSE": scratch, "qk_scale": "fp32", "q_len": "i32", "max_len": "i32"}
-                sig.update({f"stride_{t}{a}": "i32" for t in "qkvo" for a in ("b", "h", "t" if t in "kv" else "m",
-                                                                                 "d")})
-                consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n, "SPLIT": split,
-                          "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "DOT_UPCAST": False}
-                sig.update({k: "constexpr" for k in consts})
-                specs.append(KernelSpec(f"decode_split_{ty}_d{d}_{'split' if split else 'direct'}",
-                                        _decode_split_kernel, sig, consts, warps, stages))
+            sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}", "OPART": "*fp32",
+                   "LSE": "*fp32", "qk_scale": "fp32", "q_len": "i32", "max_len": "i32"}
+            sig.update({f"stride_{t}{a}": "i32" for t in "qkvo" for a in ("b", "h", "t" if t in "kv" else "m", "d")})
+            consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n,
+                      "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "DOT_UPCAST": False}
+            sig.update({k: "constexpr" for k in consts})
+            specs.append(KernelSpec(f"decode_split_{ty}_d{d}", _decode_split_kernel, sig, consts, warps, stages))
             sig = {"OPART": "*fp32", "LSE": "*fp32", "OUT": f"*{ty}", "num_splits": "i32"}
             sig.update({f"stride_o{a}": "i32" for a in "bhmd"})
             consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_S": _combine_block_s(block_d)}

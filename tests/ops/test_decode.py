@@ -321,9 +321,11 @@ def test_aot_specs_cover_every_launch_configuration():
             for B, T in ((1, 16384), (64, 4096), (2, 30)):
                 p = kdecode.plan_decode(B, 12, 1, T, D, dtype, sm_count=132)
                 consts = {"HEAD_DIM": D, "BLOCK_D": p.block_d, "BLOCK_M": kdecode.BLOCK_M, "BLOCK_N": p.block_n,
-                          "SPLIT": p.num_splits > 1, "DOT_UPCAST": False,
-                          "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
+                          "DOT_UPCAST": False, "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
                 key = ("_decode_split_kernel", tuple(sorted(consts.items())), p.num_warps, p.num_stages)
+                assert key in built, key
+                consts = {"HEAD_DIM": D, "BLOCK_D": p.block_d, "BLOCK_S": kdecode._combine_block_s(p.block_d)}
+                key = ("_decode_combine_kernel", tuple(sorted(consts.items())), kdecode._COMBINE_WARPS, 3)
                 assert key in built, key
 
 
