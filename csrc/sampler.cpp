@@ -28,7 +28,7 @@ namespace py = pybind11;
 namespace {
 
 using sampler_simd::kInf;
-constexpr int64_t kBlock = 64;      // block of the per-block maxima (top-k pre-filter)
+constexpr int64_t kBlock = sampler_simd::kBlockMax;  // block of the per-block maxima (top-k pre-filter)
 constexpr int64_t kWalk = 256;      // block of the kept-mass sums (sampling walk)
 constexpr int kBins = 4096;         // top-p histogram: bin = floor((max - x) * kBinScale)
 constexpr float kBinScale = 64.0f;  // 1/64 nat per bin, 64 nats in all (the last bin takes the rest)
@@ -224,7 +224,8 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
   float* x = s.x.data();
   load_row(j, b, x);
   int64_t bad = 0;
-  if (sampler_simd::scan(x, V, 1.0f, &bad) == -kInf && bad == 0) return kAllNegInf;
+  const float top = sampler_simd::scan(x, V, 1.0f, &bad);
+  if (top == -kInf && bad == 0) return kAllNegInf;
   if (bad) return kNonFinite;
 
   if (penalty != 1.0 && n_prev) {  // idempotent per id, so a repeated token counts once
@@ -237,23 +238,18 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
   }
 
   if (temperature == 0.0) {  // greedy: first maximum
-    const float best = sampler_simd::scan(x, V, 1.0f, &bad);
+    const float best = penalty != 1.0 && n_prev ? sampler_simd::scan(x, V, 1.0f, &bad) : top;
     if (bad || best == -kInf) { *bad_value = penalty; return kOverflow; }
     emit_single(j, b, sampler_simd::find_float(x, V, best));
     return kOk;
   }
   const float tf = static_cast<float>(temperature);
+  if (tf == 0.0f) { *bad_value = temperature; return kOverflow; }  // a temperature below float32's range
 
   // Max, per-block maxima, and overflow (+inf / NaN from the penalty or the temperature).
   const int64_t nblocks = (V + kBlock - 1) / kBlock;
-  float m = -kInf;
   bad = 0;
-  for (int64_t k = 0; k < nblocks; ++k) {
-    const int64_t i0 = k * kBlock;
-    const float bm = sampler_simd::scan(x + i0, std::min(kBlock, V - i0), tf, &bad);
-    s.bmax[k] = bm;
-    m = bm > m ? bm : m;
-  }
+  const float m = sampler_simd::block_max(x, V, tf, s.bmax.data(), &bad);
   if (bad || m == -kInf) { *bad_value = temperature; return kOverflow; }
 
   const int64_t k = (top_k > 0 && top_k < V) ? top_k : 0;

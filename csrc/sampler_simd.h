@@ -92,6 +92,18 @@ inline float scan_base(float* x, int64_t n, float div, int64_t* bad) {
   return m;
 }
 
+// x[i] /= div (when div != 1); bmax[k] = max of block k (kBlockMax entries each); returns the overall max.
+constexpr int64_t kBlockMax = 64;
+inline float block_max_base(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
+  float m = -kInf;
+  for (int64_t i = 0, k = 0; i < n; i += kBlockMax, ++k) {
+    const float b = scan_base(x + i, n - i < kBlockMax ? n - i : kBlockMax, div, bad);
+    bmax[k] = b;
+    m = b > m ? b : m;
+  }
+  return m;
+}
+
 // y[i] = x[i] >= theta ? exp(x[i] - m) : 0.
 inline void exp_masked_base(const float* x, float* y, int64_t n, float m, float theta) {
   int64_t i = 0;
@@ -242,6 +254,39 @@ ENGINE_AVX2 inline float scan_avx2(float* x, int64_t n, float div, int64_t* bad)
   return rest > m ? rest : m;
 }
 
+ENGINE_AVX2 inline float block_max_avx2(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
+  const bool divide = div != 1.0f;
+  const __m256 dv = _mm256_set1_ps(div), inf = _mm256_set1_ps(kInf);
+  __m256i nb = _mm256_setzero_si256();
+  float m = -kInf;
+  int64_t i = 0, k = 0;
+  for (; i + kBlockMax <= n; i += kBlockMax, ++k) {
+    __m256 v[8];
+    for (int q = 0; q < 8; ++q) {
+      v[q] = _mm256_loadu_ps(x + i + 8 * q);
+      if (divide) { v[q] = _mm256_div_ps(v[q], dv); _mm256_storeu_ps(x + i + 8 * q, v[q]); }
+      nb = _mm256_sub_epi32(nb, _mm256_castps_si256(_mm256_cmp_ps(v[q], inf, _CMP_NLT_UQ)));
+    }
+    const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
+                                   _mm256_max_ps(_mm256_max_ps(v[4], v[5]), _mm256_max_ps(v[6], v[7])));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    const float b = _mm_cvtss_f32(h);
+    bmax[k] = b;
+    m = b > m ? b : m;
+  }
+  int32_t cl[8];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(cl), nb);
+  for (int l = 0; l < 8; ++l) *bad += cl[l];
+  if (i < n) {
+    const float b = scan_base(x + i, n - i, div, bad);
+    bmax[k] = b;
+    m = b > m ? b : m;
+  }
+  return m;
+}
+
 ENGINE_AVX2 inline void exp_masked_avx2(const float* x, float* y, int64_t n, float m, float theta) {
   int64_t i = 0;
   const __m256 mv = _mm256_set1_ps(m), tv = _mm256_set1_ps(theta);
@@ -303,6 +348,9 @@ inline bool use_avx2() {  // ENGINE_SAMPLER_NO_AVX2=1 forces the base loops (tes
 
 // Entry points: the AVX2 twin where the CPU has it (identical results), else the base loop.
 inline float scan(float* x, int64_t n, float div, int64_t* bad) { ENGINE_DISPATCH(scan, x, n, div, bad); }
+inline float block_max(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
+  ENGINE_DISPATCH(block_max, x, n, div, bmax, bad);
+}
 inline void exp_masked(const float* x, float* y, int64_t n, float m, float theta) {
   ENGINE_DISPATCH(exp_masked, x, y, n, m, theta);
 }

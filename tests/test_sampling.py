@@ -22,6 +22,15 @@ from engine import sampling
 ATOL = 1e-6  # distributions: absolute, per entry
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The references are many small torch ops: one intra-op thread is faster on a small, shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _logits(B: int, V: int, seed: int, *, scales=(0.5, 2.0, 6.0)) -> torch.Tensor:
     """Random (B, V) float32 logits, each row with its own spread (flat to peaked), never all equal."""
     g = torch.Generator().manual_seed(seed)
