@@ -259,8 +259,11 @@ def _bad_cases():
     yield "dropout", (ValueError, "dropout_p"), lambda: ops.scaled_dot_product_attention(q, q, q, dropout_p=1.5)
     yield "causal", (TypeError, "is_causal"), lambda: ops.scaled_dot_product_attention(q, q, q, is_causal=1)
     yield "scale", (TypeError, "scale"), lambda: ops.scaled_dot_product_attention(q, q, q, scale="x")
-    if torch.cuda.is_available():
-        yield "device", (ValueError, "same device"), lambda: ops.scaled_dot_product_attention(q, q.cuda(), q)
+    meta = torch.randn(1, 2, 5, 8, device="meta")  # a second device on any machine
+    yield "device", (ValueError, "same device"), lambda: ops.scaled_dot_product_attention(q, meta, q)
+    yield "mask_device", (ValueError, "attn_mask must be on the query's device"), \
+        lambda: ops.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool,
+                                                                               device="meta"))
 
 
 @pytest.mark.parametrize("name,expected,call", list(_bad_cases()), ids=[c[0] for c in _bad_cases()])

@@ -147,6 +147,9 @@ def _bad_cases():
         q, q, q, cu, cu, 5, 6)
     yield "max_type", (TypeError, "max_seqlen_k must be a non-negative int"), lambda: va(q, q, q, cu, cu, 6, 6.0)
     yield "causal", (TypeError, "causal must be a bool"), lambda: va(q, q, q, cu, cu, 6, 6, causal=None)
+    yield "device", (ValueError, "same device"), lambda: va(q, q.to("meta"), q, cu, cu, 6, 6)
+    yield "cu_device", (ValueError, "cu_seqlens_q must be on the query's device"), lambda: va(
+        q, q, q, cu.to("meta"), cu, 6, 6)
     yield "unpad_mask_dtype", (TypeError, "attention_mask must be bool or integer"), lambda: ops.unpad_input(
         torch.randn(2, 3, 4), torch.ones(2, 3))
     yield "unpad_shape", (ValueError, "hidden must be"), lambda: ops.unpad_input(
