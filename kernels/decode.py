@@ -316,9 +316,15 @@ def aot_specs() -> list:
             block_d, block_n, warps, stages = _kernel_config(d, dtype)
             sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}", "OPART": "*fp32",
                    "LSE": "*fp32", "qk_scale": "fp32", "q_len": "i32", "max_len": "i32"}
-            sig.update({f"stride_{t}{a}": "i32" for t in "qkvo" for a in ("b", "h", "t" if t in "kv" else "m", "d")})
             consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n,
                       "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "DOT_UPCAST": False}
+            # At launch Triton turns strides of 1 into constants and marks multiples of 16 as such; that alignment
+            # is what lets the loop pipeline K/V through shared memory (cp.async), so it decides the shared memory.
+            # engine.kernels.aot only marks pointers: give the strides of contiguous tensors (H=12, Tmax=4096).
+            for t in "qkvo":
+                rows = 4096 if t in "kv" else 1
+                consts.update({f"stride_{t}b": 12 * rows * d, f"stride_{t}h": rows * d,
+                               f"stride_{t}{'t' if t in 'kv' else 'm'}": d, f"stride_{t}d": 1})
             sig.update({k: "constexpr" for k in consts})
             specs.append(KernelSpec(f"decode_split_{ty}_d{d}", _decode_split_kernel, sig, consts, warps, stages))
             sig = {"OPART": "*fp32", "LSE": "*fp32", "OUT": f"*{ty}", "num_splits": "i32"}

@@ -314,8 +314,8 @@ def test_plan_fills_the_gpu_from_static_sizes():
 
 def test_aot_specs_cover_every_launch_configuration():
     assert KERNEL_HEAD_DIMS == kdecode.HEAD_DIMS
-    built = {(s.fn.__name__, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages)
-             for s in kdecode.aot_specs()}
+    built = {(s.fn.__name__, tuple(sorted((k, v) for k, v in s.constexprs.items() if not k.startswith("stride"))),
+              s.num_warps, s.num_stages) for s in kdecode.aot_specs()}
     for dtype in DTYPES:
         for D in KERNEL_HEAD_DIMS:
             for B, T in ((1, 16384), (64, 4096), (2, 30)):
