@@ -280,17 +280,17 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
     theta = t[k - 1];
   }
 
-  // Unnormalized probabilities y = exp(x - max) of the tokens that survive top-k.
+  // Unnormalized probabilities y = exp(x - max) of the tokens that survive top-k (and log-spaced bins for top-p).
   float* y = s.y.data();
-  sampler_simd::exp_masked(x, y, V, m, theta);
+  int32_t* bin = s.bin.data();
+  if (top_p < 1.0) sampler_simd::exp_bins(x, y, bin, V, m, theta, kBinScale, static_cast<float>(kBins - 1));
+  else sampler_simd::exp_masked(x, y, V, m, theta);
 
   if (top_p < 1.0) {
     // Mass per log-spaced bin (bins are monotone in x), then sort only the bin where the cut falls.
     s.hist.assign(2 * kBins, 0.0);
     double* h0 = s.hist.data();
     double* h1 = h0 + kBins;
-    int32_t* bin = s.bin.data();
-    sampler_simd::bins(x, bin, V, m, kBinScale, static_cast<float>(kBins - 1));
     int64_t i = 0;
     for (; i + 2 <= V; i += 2) { h0[bin[i]] += y[i]; h1[bin[i + 1]] += y[i + 1]; }
     if (i < V) h0[bin[i]] += y[i];

@@ -175,8 +175,15 @@ inline void bins_base(const float* x, int32_t* bin, int64_t n, float m, float sc
   }
 }
 
+// exp_masked and bins in one pass (top-p).
+inline void exp_bins_base(const float* x, float* y, int32_t* bin, int64_t n, float m, float theta, float scale,
+                          float top) {
+  exp_masked_base(x, y, n, m, theta);
+  bins_base(x, bin, n, m, scale, top);
+}
+
 // First index i >= from with a[i] == v, or n.
-inline int64_t find_int(const int32_t* a, int64_t from, int64_t n, int32_t v) {
+inline int64_t find_int_base(const int32_t* a, int64_t from, int64_t n, int32_t v) {
   int64_t i = from;
 #ifdef ENGINE_SAMPLER_SSE2
   const __m128i vv = _mm_set1_epi32(v);
@@ -315,6 +322,31 @@ ENGINE_AVX2 inline double masked_sum_avx2(const float* x, const float* y, int64_
   return s;
 }
 
+ENGINE_AVX2 inline void exp_bins_avx2(const float* x, float* y, int32_t* bin, int64_t n, float m, float theta,
+                                      float scale, float top) {
+  int64_t i = 0;
+  const __m256 mv = _mm256_set1_ps(m), tv = _mm256_set1_ps(theta), sv = _mm256_set1_ps(scale),
+               topv = _mm256_set1_ps(top);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    _mm256_storeu_ps(y + i, _mm256_and_ps(_mm256_cmp_ps(v, tv, _CMP_GE_OQ), exp_nonpos8(_mm256_sub_ps(v, mv))));
+    const __m256 d = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(mv, v), sv), topv);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bin + i), _mm256_cvttps_epi32(d));
+  }
+  exp_bins_base(x + i, y + i, bin + i, n - i, m, theta, scale, top);
+}
+
+ENGINE_AVX2 inline int64_t find_int_avx2(const int32_t* a, int64_t from, int64_t n, int32_t v) {
+  int64_t i = from;
+  const __m256i vv = _mm256_set1_epi32(v);
+  for (; i + 8 <= n; i += 8) {
+    const __m256i e = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)), vv);
+    const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(e));
+    if (mask) return i + __builtin_ctz(static_cast<unsigned>(mask));
+  }
+  return find_int_base(a, i, n, v);
+}
+
 ENGINE_AVX2 inline void write_probs_avx2(const float* x, const float* y, float* out, int64_t n, float theta,
                                          float inv) {
   int64_t i = 0;
@@ -325,16 +357,6 @@ ENGINE_AVX2 inline void write_probs_avx2(const float* x, const float* y, float* 
                                             _mm256_mul_ps(_mm256_loadu_ps(y + i), iv)));
   }
   write_probs_base(x + i, y + i, out + i, n - i, theta, inv);
-}
-
-ENGINE_AVX2 inline void bins_avx2(const float* x, int32_t* bin, int64_t n, float m, float scale, float top) {
-  int64_t i = 0;
-  const __m256 mv = _mm256_set1_ps(m), sv = _mm256_set1_ps(scale), tv = _mm256_set1_ps(top);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 d = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(mv, _mm256_loadu_ps(x + i)), sv), tv);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bin + i), _mm256_cvttps_epi32(d));
-  }
-  bins_base(x + i, bin + i, n - i, m, scale, top);
 }
 
 inline bool use_avx2() {  // ENGINE_SAMPLER_NO_AVX2=1 forces the base loops (tests compare the two)
@@ -360,8 +382,12 @@ inline double masked_sum(const float* x, const float* y, int64_t n, float theta)
 inline void write_probs(const float* x, const float* y, float* out, int64_t n, float theta, float inv) {
   ENGINE_DISPATCH(write_probs, x, y, out, n, theta, inv);
 }
-inline void bins(const float* x, int32_t* bin, int64_t n, float m, float scale, float top) {
-  ENGINE_DISPATCH(bins, x, bin, n, m, scale, top);
+inline void exp_bins(const float* x, float* y, int32_t* bin, int64_t n, float m, float theta, float scale,
+                     float top) {
+  ENGINE_DISPATCH(exp_bins, x, y, bin, n, m, theta, scale, top);
+}
+inline int64_t find_int(const int32_t* a, int64_t from, int64_t n, int32_t v) {
+  ENGINE_DISPATCH(find_int, a, from, n, v);
 }
 
 }  // namespace sampler_simd
