@@ -6,8 +6,10 @@ Two kernels:
   query rows [mb*BLOCK_M, mb*BLOCK_M + BLOCK_M) of sequence b, head h, and the s-th of S equal runs of whole
   BLOCK_N tiles of that sequence's valid keys (run length computed on the device from cache_seqlens[b], so a
   short sequence in a long cache still spreads over every split), cut to the causally visible part. It runs an
-  online softmax over BLOCK_N keys at a time. With one split it writes the normalised output straight into ``out``; with more it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2: log2 sum 2^(score*log2 e)).
-  A split that sees no key (past cache_seqlens, or before every row's causal limit) writes zeros and lse = -inf.
+  online softmax over BLOCK_N keys at a time. With one split it writes the normalised output straight into
+  ``out``; with more it writes a normalised partial output (fp32) and its log-sum-exp (fp32, base 2:
+  log2 sum 2^(score * log2 e)). A split that sees no key (past cache_seqlens, or before every row's causal
+  limit) does no loads and writes zeros and lse = -inf.
 * ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps,
   BLOCK_S splits per (parallel) load, skipping splits that saw no key.
 
