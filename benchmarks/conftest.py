@@ -44,7 +44,7 @@ CUDA = torch.cuda.is_available()
 HERE = Path(__file__).resolve().parent
 # pytest-benchmark options applied on CPU unless the user passed their own.
 CPU_DEFAULTS = {"benchmark_max_time": ("--benchmark-max-time", "0.05"),
-                "benchmark_min_rounds": ("--benchmark-min-rounds", 5)}
+                "benchmark_min_rounds": ("--benchmark-min-rounds", 3)}
 # CUDA rounds: short calls are repeated back to back (one sync per round); median_s is per call.
 ROUND_MIN_S, MAX_CALLS_PER_ROUND = 1e-3, 100
 ROTATE_L2_MULTIPLE = 4  # rotate until the sets together are this many times the L2 size
