@@ -366,10 +366,11 @@ _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 H200_SMEM = 232448  # engine.kernels.aot.H200_MAX_SHARED_BYTES (not imported: keep this module light)
 
 
-def _spec(name, dtype, block_d, bm, bn, warps, stages, *, head_dim=None, causal=True, varlen=False, mask_kind=0,
+def _spec(dtype, block_d, cfg, tag="", *, head_dim=None, causal=True, varlen=False, mask_kind=0,
           mask_per_row=False, mask_dtype=None, precision="tf32"):
     from engine.kernels.aot import KernelSpec
 
+    bm, bn, warps, stages = cfg
     ty = "*" + _TRITON_DTYPE[dtype]
     mty = "*" + _TRITON_DTYPE[mask_dtype] if mask_kind else ty
     const = dict(HEAD_DIM=head_dim or block_d, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen,
@@ -388,17 +389,13 @@ def _spec(name, dtype, block_d, bm, bn, warps, stages, *, head_dim=None, causal=
     const.update(stride_mz=mz, stride_mh=mh, stride_mm=mm, stride_mn=1)
     kinds = {"Q": ty, "K": ty, "V": ty, "Out": ty, "Mask": mty, "CU_Q": "*i32", "CU_K": "*i32", "qk_scale": "fp32"}
     sig = {a: "constexpr" if a in const else kinds.get(a, "i32") for a in _attn_fwd_kernel.arg_names}
+    name = f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{warps}s{stages}{tag}"
     return KernelSpec(name=name, fn=_attn_fwd_kernel, signature=sig, constexprs=const, num_warps=warps,
                       num_stages=stages)
 
 
-def _cfg_name(block_d, dtype, cfg, tag=""):
-    bm, bn, w, st = cfg
-    return f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{w}s{st}{tag}"
-
-
 def aot_specs() -> list:
-    """What the launchers can run on an H200, for ``engine.kernels.aot`` (about 20 compiles):
+    """What the launchers can run on an H200, for ``engine.kernels.aot`` (22 compiles):
 
     - every 16-bit configuration the autotuner keeps on an H200 (per padded head dim), causal, no mask;
     - the fixed fp32 configuration of each head dim, full precision (ieee), and tf32 at D=128;
@@ -407,30 +404,24 @@ def aot_specs() -> list:
     - the other feature flags once: bool and key-padding masks, varlen (causal and not), a padded head dim
       (80 in a 128 tile), fp16, bidirectional.
     """
-    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    bf16, fp16, fp32, u8 = torch.bfloat16, torch.float16, torch.float32, torch.uint8
+    as_tuple = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
     specs = []
-    for block_d in CONFIGS:
-        kept = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-                for c in prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384,
-                                       smem_limit=H200_SMEM)]
-        specs += [_spec(_cfg_name(block_d, bf16, cfg), bf16, block_d, *cfg) for cfg in kept]
-        fcfg = FP32_CONFIGS[block_d]
-        specs.append(_spec(_cfg_name(block_d, fp32, fcfg, "_ieee"), fp32, block_d, *fcfg, precision="ieee"))
-        if block_d >= 64:
-            c = prune_configs(_configs(block_d), block_d=block_d, elem=2, bucket=16384, smem_limit=H200_SMEM,
-                              mask_elem=4, mask_per_row=True)[0]
-            mcfg = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-            specs.append(_spec(_cfg_name(block_d, bf16, mcfg, "_addmask"), bf16, block_d, *mcfg, mask_kind=2,
-                               mask_per_row=True, mask_dtype=fp32))
-        big = kept[0]
-        if block_d == 64:
-            specs.append(_spec(_cfg_name(64, fp16, big, "_boolmask"), fp16, 64, *big, mask_kind=1,
-                               mask_per_row=True, mask_dtype=torch.uint8))
-            specs.append(_spec(_cfg_name(64, bf16, big, "_keypad_bidir"), bf16, 64, *big, mask_kind=1,
-                               mask_per_row=False, mask_dtype=torch.uint8, causal=False))
-            specs.append(_spec(_cfg_name(64, bf16, big, "_varlen"), bf16, 64, *big, varlen=True, causal=False))
-        if block_d == 128:
-            specs.append(_spec(_cfg_name(128, fp32, fcfg, "_tf32"), fp32, 128, *fcfg, precision="tf32"))
-            specs.append(_spec(_cfg_name(128, bf16, big, "_d80_varlen"), bf16, 128, *big, head_dim=80,
-                               varlen=True))
+    for bd in CONFIGS:
+        kept = [as_tuple(c) for c in prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384,
+                                                    smem_limit=H200_SMEM)]
+        specs += [_spec(bf16, bd, cfg) for cfg in kept]
+        specs.append(_spec(fp32, bd, FP32_CONFIGS[bd], "_ieee", precision="ieee"))
+        if bd >= 64:
+            masked = prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384, smem_limit=H200_SMEM,
+                                   mask_elem=4, mask_per_row=True)[0]
+            specs.append(_spec(bf16, bd, as_tuple(masked), "_addmask", mask_kind=2, mask_per_row=True,
+                               mask_dtype=fp32))
+        if bd == 64:
+            specs += [_spec(fp16, 64, kept[0], "_boolmask", mask_kind=1, mask_per_row=True, mask_dtype=u8),
+                      _spec(bf16, 64, kept[0], "_keypad_bidir", mask_kind=1, mask_dtype=u8, causal=False),
+                      _spec(bf16, 64, kept[0], "_varlen", varlen=True, causal=False)]
+        if bd == 128:
+            specs += [_spec(fp32, 128, FP32_CONFIGS[128], "_tf32", precision="tf32"),
+                      _spec(bf16, 128, kept[0], "_d80_varlen", head_dim=80, varlen=True)]
     return specs
