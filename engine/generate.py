@@ -70,7 +70,7 @@ class StaticKVCache:
             return blocks.sdpa(q, k, v, mask=None, causal=True, scale=scale)
         kc.scatter_(2, self._index, k)
         vc.scatter_(2, self._index, v)
-        return ops.decode_attention(q, kc, vc, self.seqlens, scale=scale)
+        return ops.decode_attention(q, kc, vc, self.seqlens, scale=scale, validate=False)  # 1 <= seqlens <= Tmax
 
 
 @dataclass
@@ -109,10 +109,10 @@ class _Session:
         self.eos = torch.full((MAX_EOS_IDS,), -1, **long)
         self.pad = torch.zeros((), **long)
         self.logits = torch.zeros(B, cfg.vocab_size, dtype=w.dtype, device=dev)
-        self.host_logits = torch.empty_like(self.logits, device="cpu", pin_memory=True) if w.is_cuda else None
+        self.host_logits = (torch.empty(B, cfg.vocab_size, dtype=w.dtype, pin_memory=True) if w.is_cuda
+                            else None)  # pinned: the sampler's logits come back asynchronously
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
         self.warmups: dict[str, int] = {}
-        self.pool = None
 
     # ---- the pieces of a step (each touches only preallocated tensors: capturable) --------------------------
     def _forward(self) -> None:
@@ -149,20 +149,12 @@ class _Session:
         g = self.graphs.get(name)
         if g is None:
             if self.warmups.get(name, 0) < 2:  # compile kernels, set up cuBLAS, outside the capture
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    fn()
-                torch.cuda.current_stream().wait_stream(side)
+                _on_side_stream(fn)
                 self.warmups[name] = self.warmups.get(name, 0) + 1
                 return
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
-                fn()  # recorded, not run
-            self.graphs[name] = g
+            g = self.graphs[name] = _capture(fn)  # recorded, not run
         g.replay()
+
 
     # ---- one request -----------------------------------------------------------------------------------------
     def start(self, req: _Request) -> None:
@@ -207,6 +199,23 @@ class _Session:
         ids = sampling.sample(logits, **params, seed=seed).view(-1).cpu()  # (B,)
         self.next.copy_(ids)
         return ids
+
+
+def _on_side_stream(fn) -> None:
+    """Run ``fn`` on a side stream (CUDA graph warm-up, as PyTorch's graph docs prescribe)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def _capture(fn) -> torch.cuda.CUDAGraph:
+    """Record ``fn``'s kernels into a CUDA graph (with a private memory pool) without running them."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g
 
 
 def _session_key(model: torch.nn.Module, batch_size: int, max_len: int) -> tuple:

@@ -228,6 +228,36 @@ def test_static_cache_matches_full_forward_each_step(models, backend, monkeypatc
     assert s.cache.positions[:, 0].tolist() == [7 + steps, 5 + steps, 2 + steps]
 
 
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_graph_orchestration_on_cpu(models, monkeypatch, do_sample):
+    """The CUDA-graph control flow with stand-ins (capture records without running, replay runs): two eager
+    warm-up steps, one capture, replays after; no step lost or repeated, same tokens as the eager path."""
+    _, m = models
+    log = []
+
+    def capture(fn):
+        log.append("capture")
+        return type("Graph", (), {"replay": staticmethod(lambda: (log.append("replay"), fn()))})()
+
+    monkeypatch.setattr(gen, "_on_side_stream", lambda fn: (log.append("warmup"), fn()))
+    monkeypatch.setattr(gen, "_capture", capture)
+    ids, mask = prompts(3, 8, seed=43, pads=(0, 5, 2))
+    kw = dict(attention_mask=mask, max_new_tokens=20, do_sample=do_sample, temperature=1.0, top_k=0, top_p=0.9,
+              min_p=0.0, repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, seed=5, cuda_graph=False)
+    want = m.generate(ids, **{k: v for k, v in kw.items() if k != "cuda_graph"})
+    for call in range(2):  # the second call replays the graphs captured by the first
+        s, req = gen._start(m, ids, kw)
+        req.cuda_graph = True
+        for _ in gen._steps(s, req, streaming=False):
+            pass
+        assert torch.equal(s.out[:, :8 + int(s.n_new)], want)
+    # greedy: one graph (the whole step) run 19 times a call (the first token comes from the prefill);
+    # sampling: a forward graph (19 runs) and a commit graph (20 runs: the prefill's token too)
+    names, runs = (2, 19 + 20) if do_sample else (1, 19)
+    assert log.count("warmup") == 2 * names and log.count("capture") == names
+    assert log.count("replay") == 2 * runs - 2 * names
+
+
 @pytest.mark.gpu
 def test_cuda_graph_equals_eager_and_transformers():
     torch.manual_seed(2)
