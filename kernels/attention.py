@@ -245,8 +245,12 @@ def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, ele
 
 @functools.lru_cache(maxsize=None)
 def _device_smem(index: int) -> int:
-    props = torch.cuda.get_device_properties(index)
-    return int(getattr(props, "shared_memory_per_block_optin", 0) or 101376)
+    """Shared memory one block may opt into on CUDA device ``index`` (Triton's driver, else PyTorch's)."""
+    try:
+        return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+    except Exception:  # noqa: BLE001 - older drivers: ask PyTorch, else assume the smallest common value
+        props = torch.cuda.get_device_properties(index)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or 101376)
 
 
 def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int,

@@ -292,6 +292,6 @@ def test_sdpa_gpu_fp32(tf32_setting, allow_tf32):
     q, k, v = qkv(2, 3, 700, 700, 128, torch.float32, "cuda", seed=1)
     out = ops.scaled_dot_product_attention(q, k, v, is_causal=True)
     ref = reference(q.cpu(), k.cpu(), v.cpu(), causal=True)
-    tol = 3e-3 if allow_tf32 else 1e-4
+    tol = 1e-2 if allow_tf32 else 1e-4  # tf32 keeps 10 mantissa bits of each operand
     torch.testing.assert_close(out.cpu().double(), ref, atol=tol, rtol=tol)
     assert math.isfinite(out.sum().item())
