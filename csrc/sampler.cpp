@@ -221,13 +221,19 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
     }
   }
 
+  // The NaN / +inf / all -inf checks ride on the first pass over the transformed row; only a failing row is
+  // scanned again, raw, to tell bad input from an overflow of the penalty or the temperature.
+  auto fail = [&](double value) {
+    int64_t raw_bad = 0;
+    load_row(j, b, s.tmp.data());
+    const float raw_max = sampler_simd::scan(s.tmp.data(), V, 1.0f, &raw_bad);
+    if (raw_bad) return static_cast<int>(kNonFinite);
+    if (raw_max == -kInf) return static_cast<int>(kAllNegInf);
+    *bad_value = value;
+    return static_cast<int>(kOverflow);
+  };
   float* x = s.x.data();
   load_row(j, b, x);
-  int64_t bad = 0;
-  const float top = sampler_simd::scan(x, V, 1.0f, &bad);
-  if (top == -kInf && bad == 0) return kAllNegInf;
-  if (bad) return kNonFinite;
-
   if (penalty != 1.0 && n_prev) {  // idempotent per id, so a repeated token counts once
     const float pf = static_cast<float>(penalty);
     for (int64_t t = 0; t < n_prev; ++t) {
@@ -236,21 +242,19 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
       x[id] = v < 0.0f ? v * pf : v / pf;
     }
   }
-
+  int64_t bad = 0;
   if (temperature == 0.0) {  // greedy: first maximum
-    const float best = penalty != 1.0 && n_prev ? sampler_simd::scan(x, V, 1.0f, &bad) : top;
-    if (bad || best == -kInf) { *bad_value = penalty; return kOverflow; }
+    const float best = sampler_simd::scan(x, V, 1.0f, &bad);
+    if (bad || best == -kInf) return fail(penalty);
     emit_single(j, b, sampler_simd::find_float(x, V, best));
     return kOk;
   }
   const float tf = static_cast<float>(temperature);
-  if (tf == 0.0f) { *bad_value = temperature; return kOverflow; }  // a temperature below float32's range
 
-  // Max, per-block maxima, and overflow (+inf / NaN from the penalty or the temperature).
+  // x /= T in place; max, per-block maxima, and the count of NaN / +inf.
   const int64_t nblocks = (V + kBlock - 1) / kBlock;
-  bad = 0;
-  const float m = sampler_simd::block_max(x, V, tf, s.bmax.data(), &bad);
-  if (bad || m == -kInf) { *bad_value = temperature; return kOverflow; }
+  const float m = sampler_simd::block_max(x, V, tf == 0.0f ? 1.0f : tf, s.bmax.data(), &bad);
+  if (bad || m == -kInf || tf == 0.0f) return fail(temperature);  // tf == 0: T below float32's range
 
   const int64_t k = (top_k > 0 && top_k < V) ? top_k : 0;
   float theta = -kInf;  // kept: x >= theta (less the top-p ties dropped below)
