@@ -105,15 +105,17 @@ stage_gpu_tests() {
 }
 
 stage_benchmarks() {
-    # The attention grid first (the plot), then every other benchmark file.
-    local files=() f
+    # Kernel grids first (attention feeds the plot), then every other benchmark file: if the stage runs out
+    # of time, what finished is still reported.
+    local files=() f first="attention layernorm gelu decode"
     shopt -s nullglob
-    [ -f benchmarks/test_attention.py ] && files+=(benchmarks/test_attention.py)
-    for f in benchmarks/test_*.py; do [ "$f" != benchmarks/test_attention.py ] && files+=("$f"); done
+    for f in $first; do [ -f "benchmarks/test_$f.py" ] && files+=("benchmarks/test_$f.py"); done
+    for f in benchmarks/test_*.py; do [[ " ${files[*]} " == *" $f "* ]] || files+=("$f"); done
     if [ ${#files[@]} -eq 0 ]; then echo "no benchmark files"; return 1; fi
+    echo "benchmark files in order: ${files[*]}"
     "$PY" -m pytest "${files[@]}" -q -p no:cacheprovider -rfE \
         --benchmark-json="$OUTDIR/benchmarks.json" --engine-report "$OUTDIR" \
-        --benchmark-max-time=0.1 --benchmark-min-rounds=5 --benchmark-warmup=off \
+        --benchmark-max-time=0.1 --benchmark-min-rounds=3 --benchmark-warmup=off \
         --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 }
 
