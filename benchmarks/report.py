@@ -164,7 +164,7 @@ def _fmt_rate(e: dict[str, Any]) -> str:
 
 
 def table_rows(summary: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    head = ("group", "engine ms", "rate", "% peak", "speedup vs reference (ref ms / engine ms)")
+    head = ("group", "engine ms", "rate", "% peak", "speedup (ref ms / engine ms)")
     lines = []
     for e in summary:
         eng = e["engine"]
