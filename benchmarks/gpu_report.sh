@@ -181,7 +181,13 @@ echo
 echo "==================== engine GPU report ($((SECONDS - START)) s) ===================="
 [ -f "$OUTDIR/ceilings.json" ] && "$PY" -c "import json,sys; sys.path.insert(0,'benchmarks'); import ceilings; \
 print(ceilings.describe(json.load(open('$OUTDIR/ceilings.json'))))" 2>/dev/null
-if [ -f "$OUTDIR/summary.txt" ]; then cat "$OUTDIR/summary.txt"; else echo "(no benchmark summary was written)"; fi
+if [ ! -f "$OUTDIR/summary.txt" ]; then echo "(no benchmark summary was written)"
+elif [ "$(wc -c <"$OUTDIR/summary.txt")" -le 9000 ]; then cat "$OUTDIR/summary.txt"
+else  # keep the end of the output under the device tool's 12k characters: first rows, then the geo-means
+    head -c 8000 "$OUTDIR/summary.txt" | sed '$d'
+    echo "... (rows cut here; the full table is in summary.txt)"
+    tail -n 1 "$OUTDIR/summary.txt"
+fi
 [ -f "$OUTDIR/attention.png" ] || echo "(no attention plot: matplotlib missing or no attention rows)"
 echo "files: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
 printf '%s' "$STATUS" | awk '{printf "  %-14s %-16s %5s s\n", $1, $2, $3}' | tee -a "$LOG"
