@@ -3,7 +3,8 @@
     ops.layer_norm, ops.add_layer_norm          (engine/ops/norm.py)
     ops.gelu, ops.bias_gelu                     (engine/ops/activation.py)
     ops.scaled_dot_product_attention,
-    ops.varlen_attention, ops.decode_attention  (engine/ops/attention.py)
+    ops.varlen_attention, unpad/pad helpers     (engine/ops/attention.py)
+    ops.decode_attention                        (engine/ops/decode.py)
 """
 from engine.ops.activation import bias_gelu, gelu
 from engine.ops.attention import pad_input, scaled_dot_product_attention, unpad_input, varlen_attention
