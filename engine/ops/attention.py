@@ -247,7 +247,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     if not backend.use_triton(q, k, v, cu_q, cu_k, supported=supported, op="varlen_attention"):
         return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    if total_q == 0 or max_q == 0:
+    if total_q == 0 or max_q == 0 or k.shape[0] == 0:  # nothing to attend (and no empty pointers to launch)
         return out.zero_()
     from engine.kernels.attention import varlen_fwd
 

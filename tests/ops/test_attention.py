@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import ops
 from engine.kernels import attention as kattn
@@ -221,6 +223,25 @@ def test_autotune_pruning_fits_and_shortens():
                             <= kattn.H200_SMEM for c in kept)
     short = kattn.prune_configs(cfgs, block_d=128, elem=2, bucket=64, smem_limit=kattn.H200_SMEM)
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short)
+
+
+@settings(max_examples=8, deadline=None, database=None)
+@given(n_q=st.integers(1, 70), n_k=st.integers(1, 70), d=st.sampled_from([8, 24, 40, 72]), causal=st.booleans(),
+       mask=st.sampled_from([None, "bool", "additive"]), seed=st.integers(0, 2**31 - 1))
+def test_random_shapes(n_q, n_k, d, causal, mask, seed):
+    """Random lengths, odd head dims and masks through the kernel (hypothesis: no fixtures; force Triton here)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = qkv(1, 2, n_q, n_k, d, torch.float32, device, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    m = None
+    if mask == "bool":
+        m = (torch.rand(1, 2, n_q, n_k, generator=g) > 0.3).to(device)
+    elif mask == "additive":
+        m = (torch.randn(1, 1, 1, n_k, generator=g) * 3).to(device)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_BACKEND", "triton")
+        out = ops.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+    check(out, q, k, v, mask=m, causal=causal)
 
 
 def test_autotuned_launch_path(monkeypatch, device):

@@ -5,6 +5,8 @@ boundaries +/- 1 and 70 spans more than two blocks. Causal varlen is bottom-righ
 """
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import ops
 from engine.kernels import attention as kattn
@@ -59,6 +61,22 @@ def test_varlen_matches_float64(triton_backend, device, lens_q, lens_k, d, causa
     assert out.shape == q.shape and out.dtype == dtype and torch.isfinite(out).all()
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(out.cpu().double(), ref, atol=atol, rtol=rtol)
+
+
+@settings(max_examples=8, deadline=None, database=None)
+@given(lens_q=st.lists(st.integers(0, 50), min_size=1, max_size=4), data=st.data(), d=st.sampled_from([16, 48]),
+       causal=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_random_lengths(lens_q, data, d, causal, seed):
+    """Random batches of lengths (0 included; key lengths may differ) through the kernel."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lens_k = data.draw(st.lists(st.integers(0, 50), min_size=len(lens_q), max_size=len(lens_q)))
+    q, k, v = packed(lens_q, lens_k, 2, d, torch.float32, device, seed=seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_BACKEND", "triton")
+        out = ops.varlen_attention(q, k, v, cu_of(lens_q, device), cu_of(lens_k, device), max(lens_q),
+                                   max(lens_k), causal=causal)
+    ref = reference(q.cpu(), k.cpu(), v.cpu(), lens_q, lens_k, causal)
+    torch.testing.assert_close(out.cpu().double(), ref, atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.parametrize("causal", [True, False])
