@@ -31,7 +31,8 @@ if [ "${1:-}" = "--list" ]; then
         printf '%-14s %4s s  %-5s  guaranteed %s s\n' "$name" "$limit" "$kind" "$keep"
         total=$((total + limit))
     done
-    echo "budget ${BUDGET} s (sum of stage limits ${total} s: each stage gets what is left, less what later stages are guaranteed)"
+    echo "budget ${BUDGET} s (sum of stage limits ${total} s: each stage gets what is left," \
+        "less what later stages are guaranteed)"
     exit 0
 fi
 

@@ -252,7 +252,8 @@ def _run_fake_suite(tmp_path: Path, *args: str, env: dict | None = None) -> tupl
     (d / "test_fake.py").write_text(FAKE_BENCH)
     out = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(d), "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio",
+        [sys.executable, "-m", "pytest", str(d), "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+         "-p", "no:anyio",
          "--engine-report", str(out),
          "--benchmark-json", str(tmp_path / "bench.json"), *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
