@@ -18,7 +18,12 @@ float16 or bfloat16 and non-contiguous; they are read in place (no copy). CUDA l
 
 Determinism: with ``seed``, row b draws from a generator keyed by (seed, b) only: the same ids on every run, thread
 count and platform. Without one, a seed is drawn from torch's default generator, so ``torch.manual_seed`` repeats runs.
-Calls are thread-safe and release the GIL; rows of a large batch run on several threads.
+Calls are thread-safe and release the GIL; rows of a large batch run on several threads (``num_threads`` overrides
+the choice). On x86 CPUs with AVX2 the hot loops use it (bit-identical to the SSE2 / portable loops, which
+``ENGINE_SAMPLER_NO_AVX2=1`` forces).
+
+Cost: no full sort of the vocabulary. Top-k pre-filters with per-block maxima and sorts only about k candidates;
+top-p bins the row's mass on a log scale and sorts only the bin where the cut falls; softmax sums in double.
 """
 from __future__ import annotations
 
@@ -168,6 +173,8 @@ def _run(logits: torch.Tensor, *, temperature: Param, top_k: Param, top_p: Param
         out = torch.empty((1,) if one_dim else (B, 1), dtype=torch.int64)
     else:
         out = torch.empty((V,) if one_dim else (B, V), dtype=torch.float32)
+    if B == 0:
+        return out if device.type == "cpu" else out.to(device)
     sb, sv = x.stride()
     status, row, value = ext.run(
         x.data_ptr(), _DTYPE_CODES[x.dtype], B, V, sb, sv,

@@ -132,6 +132,12 @@ def test_non_contiguous_and_one_dimensional_logits():
     assert sampling.sample(v[None], seed=0).shape == (1, 1)
 
 
+def test_empty_batch():
+    x = torch.empty(0, 17)
+    assert sampling.probs(x, top_p=0.5).shape == (0, 17)
+    assert sampling.sample(x, top_k=3, seed=1).shape == (0, 1)
+
+
 def test_per_row_parameters_equal_scalar_calls():
     x, prev = _logits(4, 513, 11), _prev(4, 513, 5, 12)
     rows = dict(temperature=[0.5, 1.0, 0.0, 1.7], top_k=torch.tensor([0, 5, 3, 40]),
