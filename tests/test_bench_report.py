@@ -333,3 +333,18 @@ def test_per_call_stats_rescales_pytest_benchmark_stats():
     assert m.iterations == 6
     assert conf._per_call_stats(None, 3) is True and conf._per_call_stats(m, 1) is True
     assert m.stats.median == pytest.approx(0.2)
+
+
+def test_results_md_has_the_markers_the_report_fills(tmp_path, results):
+    p = tmp_path / "RESULTS.md"
+    shutil.copy(BENCH_DIR / "RESULTS.md", p)
+    before = p.read_text()
+    assert "No GPU measurement has been recorded yet" in before
+    src = tmp_path / "bench.json"
+    src.write_text(json.dumps({"benchmarks": results, "engine_meta": {"date": "2026-01-02 03:04 UTC",
+                                                                        "device": "NVIDIA H200", "command": "x"}}))
+    assert report.main([str(src), "--results-md", str(p)]) == 0
+    after = p.read_text()
+    assert "No GPU measurement has been recorded yet" not in after and "on NVIDIA H200" in after
+    head, tail = before.split(report.RESULTS_START)[0], before.split(report.RESULTS_END)[1]
+    assert after.startswith(head) and after.endswith(tail)
