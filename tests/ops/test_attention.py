@@ -18,7 +18,8 @@ from engine import ops
 from engine.kernels import attention as kattn
 
 # (atol, rtol) vs the float64 reference; for fp16 / bf16 also "at most 2x torch's own error + FLOOR".
-TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
+TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 4e-3),
+       torch.bfloat16: (3e-2, 3e-2)}
 FLOOR = {torch.float32: 0.0, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
