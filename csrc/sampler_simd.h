@@ -61,18 +61,32 @@ inline __m128 exp_nonpos(__m128 d) {
 }
 #endif
 
+// x / div as float32 division rounds it, computed as (float)((double)x * (1.0 / div)): the double product is within
+// 2^-52 of x / div, closer than x / div can come to a float32 rounding midpoint, so the result is bit-identical to
+// division (and to torch's `scores / temperature`), and cheaper than vdivps.
+inline float div_float(float v, double r) { return static_cast<float>(static_cast<double>(v) * r); }
+#ifdef ENGINE_SAMPLER_SSE2
+inline __m128 div_float(__m128 v, __m128d r) {
+  const __m128 lo = _mm_cvtpd_ps(_mm_mul_pd(_mm_cvtps_pd(v), r));
+  const __m128 hi = _mm_cvtpd_ps(_mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), r));
+  return _mm_movelh_ps(lo, hi);
+}
+#endif
+
 // x[i] /= div (when div != 1); returns max(x) and adds the count of NaN / +inf entries to *bad.
 inline float scan_base(float* x, int64_t n, float div, int64_t* bad) {
   const bool divide = div != 1.0f;
+  const double rdiv = 1.0 / static_cast<double>(div);
   int64_t i = 0, count = 0;
   float m = -kInf;
 #ifdef ENGINE_SAMPLER_SSE2
   __m128 mv = _mm_set1_ps(-kInf);
   __m128i nb = _mm_setzero_si128();
-  const __m128 dv = _mm_set1_ps(div), inf = _mm_set1_ps(kInf);
+  const __m128d dv = _mm_set1_pd(rdiv);
+  const __m128 inf = _mm_set1_ps(kInf);
   for (; i + 4 <= n; i += 4) {
     __m128 v = _mm_loadu_ps(x + i);
-    if (divide) { v = _mm_div_ps(v, dv); _mm_storeu_ps(x + i, v); }
+    if (divide) { v = div_float(v, dv); _mm_storeu_ps(x + i, v); }
     mv = _mm_max_ps(v, mv);
     nb = _mm_sub_epi32(nb, _mm_castps_si128(_mm_cmpnlt_ps(v, inf)));
   }
@@ -83,7 +97,7 @@ inline float scan_base(float* x, int64_t n, float div, int64_t* bad) {
   for (int l = 0; l < 4; ++l) { m = ml[l] > m ? ml[l] : m; count += cl[l]; }
 #endif
   for (; i < n; ++i) {
-    const float v = divide ? x[i] / div : x[i];
+    const float v = divide ? div_float(x[i], rdiv) : x[i];
     x[i] = v;
     m = v > m ? v : m;
     count += !(v < kInf);
@@ -230,17 +244,24 @@ ENGINE_AVX2 inline __m256 exp_nonpos8(__m256 d) {
                           _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+ENGINE_AVX2 inline __m256 div_float8(__m256 v, __m256d r) {
+  const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), r));
+  const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), r));
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
 ENGINE_AVX2 inline float scan_avx2(float* x, int64_t n, float div, int64_t* bad) {
   const bool divide = div != 1.0f;
+  const __m256d rv = _mm256_set1_pd(1.0 / static_cast<double>(div));
   int64_t i = 0;
   __m256 m0 = _mm256_set1_ps(-kInf), m1 = m0;
   __m256i nb = _mm256_setzero_si256();
-  const __m256 dv = _mm256_set1_ps(div), inf = _mm256_set1_ps(kInf);
+  const __m256 inf = _mm256_set1_ps(kInf);
   for (; i + 16 <= n; i += 16) {
     __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
     if (divide) {
-      v0 = _mm256_div_ps(v0, dv);
-      v1 = _mm256_div_ps(v1, dv);
+      v0 = div_float8(v0, rv);
+      v1 = div_float8(v1, rv);
       _mm256_storeu_ps(x + i, v0);
       _mm256_storeu_ps(x + i + 8, v1);
     }
@@ -263,7 +284,8 @@ ENGINE_AVX2 inline float scan_avx2(float* x, int64_t n, float div, int64_t* bad)
 
 ENGINE_AVX2 inline float block_max_avx2(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
   const bool divide = div != 1.0f;
-  const __m256 dv = _mm256_set1_ps(div), inf = _mm256_set1_ps(kInf);
+  const __m256d rv = _mm256_set1_pd(1.0 / static_cast<double>(div));
+  const __m256 inf = _mm256_set1_ps(kInf);
   __m256i nb = _mm256_setzero_si256();
   float m = -kInf;
   int64_t i = 0, k = 0;
@@ -271,7 +293,7 @@ ENGINE_AVX2 inline float block_max_avx2(float* x, int64_t n, float div, float* b
     __m256 v[8];
     for (int q = 0; q < 8; ++q) {
       v[q] = _mm256_loadu_ps(x + i + 8 * q);
-      if (divide) { v[q] = _mm256_div_ps(v[q], dv); _mm256_storeu_ps(x + i + 8 * q, v[q]); }
+      if (divide) { v[q] = div_float8(v[q], rv); _mm256_storeu_ps(x + i + 8 * q, v[q]); }
       nb = _mm256_sub_epi32(nb, _mm256_castps_si256(_mm256_cmp_ps(v[q], inf, _CMP_NLT_UQ)));
     }
     const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
