@@ -22,6 +22,7 @@ How it works (gpt-fast style, Hugging Face ``generate`` semantics):
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -313,16 +314,12 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
              cuda_graph: object) -> _Request:
     check_model(model)
     cfg, dev = model.config, model.wte.weight.device
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a torch.Tensor of token ids; got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor; got {input_ids.dtype}")
-    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
-        raise ValueError(f"input_ids must have shape (batch, seq_len); got {tuple(input_ids.shape)}")
-    B, T = input_ids.shape
-    if T < 1:
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
         raise ValueError(f"input_ids holds an empty prompt (shape {tuple(input_ids.shape)}); generate needs at "
                          "least one prompt token per row")
+    ids, mask, _ = blocks.check_inputs(input_ids, attention_mask, None, vocab_size=cfg.vocab_size,
+                                       max_len=cfg.max_position_embeddings, type_vocab_size=None, device=dev)
+    B, T = ids.shape
     max_new = _number("max_new_tokens", max_new_tokens, lambda v: v >= 1, "an integer >= 1", integer=True)
     limit = cfg.max_position_embeddings
     if T + max_new > limit:
@@ -361,30 +358,16 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
         raise TypeError(f"cuda_graph must be a bool or None; got {type(cuda_graph).__name__}")
     elif cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {dev}")
-    ids = input_ids.to(device=dev, dtype=torch.long)
-    lo, hi = torch.aminmax(ids)
-    if int(lo) < 0 or int(hi) >= cfg.vocab_size:
-        raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}) (the vocabulary); got values in "
-                         f"[{int(lo)}, {int(hi)}]")
-    if attention_mask is None:
+    if mask is None:  # no mask, or all ones
         lengths = torch.full((B,), T, dtype=torch.long, device=dev)
     else:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(f"attention_mask must be a torch.Tensor or None; got {type(attention_mask).__name__}")
-        if tuple(attention_mask.shape) != (B, T):
-            raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}; "
-                             f"got {tuple(attention_mask.shape)}")
-        m = attention_mask.to(device=dev)
-        if not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError("attention_mask values must be 0 or 1")
-        m = m.long()
-        if T > 1 and not bool((m[:, 1:] >= m[:, :-1]).all()):
+        if T > 1 and not bool((mask[:, 1:] >= mask[:, :-1]).all()):
             raise ValueError("attention_mask must be left-padded (zeros, then ones, in every row): generate "
                              "continues each row after its last token, as HF's decoder-only generate expects")
-        if not bool(m[:, -1].all()):
+        if not bool(mask[:, -1].all()):
             raise ValueError("attention_mask has a row with no real token (all zeros): each prompt needs at "
                              "least one token")
-        lengths = m.sum(1)
+        lengths = mask.sum(1)
     host = do_sample or params["repetition_penalty"] != 1.0
     return _Request(ids, lengths, max_new, do_sample, params, host, eos, pad, int(seed), cuda_graph)
 
@@ -428,9 +411,7 @@ def stream(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs) -> Iterato
     ``generate``'s result. Arguments are checked by this call, before any work; the model must not run another
     generation until the iterator is exhausted or closed (they share its cache).
     """
-    kw = dict(attention_mask=None, max_new_tokens=32, do_sample=False, temperature=1.0, top_k=0, top_p=1.0,
-              min_p=0.0, repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, seed=None,
-              cuda_graph=None)
+    kw = {k: p.default for k, p in inspect.signature(generate).parameters.items() if p.kind == p.KEYWORD_ONLY}
     unknown = sorted(set(kwargs) - set(kw))
     if unknown:
         raise TypeError(f"stream() got unexpected keyword arguments: {', '.join(unknown)}")

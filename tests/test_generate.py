@@ -324,8 +324,8 @@ def test_bad_arguments_raise_before_work(models, monkeypatch, kw, exc, match):
 
 @pytest.mark.parametrize("ids,exc,match", [
     (torch.zeros(1, 0, dtype=torch.long), ValueError, "empty prompt"),
-    (torch.tensor([[3, V, 4]]), ValueError, r"input_ids must lie in \[0, 97\)"),
-    (torch.tensor([[3, -1, 4]]), ValueError, r"input_ids must lie in \[0, 97\)"),
+    (torch.tensor([[3, V, 4]]), ValueError, r"input_ids values must lie in \[0, 97\)"),
+    (torch.tensor([[3, -1, 4]]), ValueError, r"input_ids values must lie in \[0, 97\)"),
     (torch.tensor([[1.0, 2.0]]), TypeError, "integer"),
     (torch.tensor([3, 4]), ValueError, "shape"),
     ([[3, 4]], TypeError, "torch.Tensor"),
