@@ -197,7 +197,7 @@ def errors(tmp: Path, gpt2: Path, mlm: Path, cls: Path) -> list[tuple[list, str]
         (["generate", gpt2, "--prompt", "hi", "--max-new-tokens", "500"], "exceeds this model's maximum"),
         (["generate", gpt2, "--prompt", ""], "prompt is empty"),
         (["generate", gpt2, "--prompt", "hi", "--top-p", "0", "--max-new-tokens", "5"], "top_p"),
-        (["generate", gpt2, "--prompt", "hi " * 70], "exceeds this model's maximum"),
+        (["generate", gpt2, "--prompt", "hi " * 70], "longer than this model's maximum 64"),
         (["fill-mask", gpt2, "a [MASK]"], "fill-mask needs a masked LM .* GPT2LMHeadModel"),
         (["fill-mask", mlm, "no mask here"], r"no \[MASK\] token"),
         (["classify", mlm, "text"], "classify needs a sequence classifier .* BertForMaskedLM"),
