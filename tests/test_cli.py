@@ -151,6 +151,19 @@ def test_classify_matches_transformers(cls_dir, capsys):
         assert line.startswith(LABELS[max(range(3), key=lambda j: row[j])])
 
 
+def test_classify_on_converted_dir_keeps_labels(cls_dir, tmp_path, capsys):
+    texts = ["i loved this movie.", "it was terrible"]
+    rc, direct, err = run(capsys, "classify", cls_dir, *texts)
+    assert rc == 0, err
+    out_dir = tmp_path / "converted"
+    rc, _, err = run(capsys, "convert", cls_dir, out_dir)
+    assert rc == 0, err
+    rc, converted, err = run(capsys, "classify", out_dir, *texts)
+    assert rc == 0, err
+    assert "LABEL_" not in converted
+    assert converted == direct
+
+
 def similarity_matrix(out: str, n: int) -> torch.Tensor:
     rows = [line for line in out.splitlines() if re.match(r"\s+\[\d+\]\s+-?\d", line)]
     assert len(rows) == n, out
