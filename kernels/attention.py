@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.aot import TRITON_DTYPES
+
 LOG2E = 1.4426950408889634
 
 # Per padded head dim, 16-bit inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages), autotuned per key. Short on
@@ -366,7 +368,7 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
                    config=config)
 
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8"}
+_TRITON_DTYPE = {**TRITON_DTYPES, torch.uint8: "u8"}  # uint8: boolean masks
 H200_SMEM = 232448  # engine.kernels.aot.H200_MAX_SHARED_BYTES (not imported: keep this module light)
 
 

@@ -37,7 +37,6 @@ MAX_SPLITS = 64
 _TILE_BYTES = 16384  # bytes of one K (or V) tile: BLOCK_N * BLOCK_D * element size, at most
 _COMBINE_WARPS = 4
 _H200_SMS = 132  # stands in for the SM count when the kernels run in the interpreter
-_TL_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @triton.jit
@@ -312,10 +311,10 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 def aot_specs() -> list:
     """Every configuration the launcher can pick: per dtype and head dim, the split kernel (one build for one
     split and for several) and the combine kernel."""
-    from engine.kernels.aot import KernelSpec
+    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
 
     specs = []
-    for dtype, ty in _TL_DTYPES.items():
+    for dtype, ty in TRITON_DTYPES.items():
         for d in HEAD_DIMS:
             block_d, block_n, warps, stages = _kernel_config(d, dtype)
             sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}", "OPART": "*fp32",

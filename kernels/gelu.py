@@ -24,7 +24,6 @@ NUM_WARPS = 8
 MIN_BLOCK_N = 256
 MAX_BLOCK_N = 1024
 
-_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
@@ -119,10 +118,10 @@ def gelu_fwd(
 
 def aot_specs() -> list:
     """One spec per (tile, bias or not, erf or tanh, dtype) the launcher can pick, for ``engine.kernels.aot``."""
-    from engine.kernels.aot import KernelSpec
+    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
 
     specs = []
-    for dtype in _TRITON_DTYPES.values():
+    for dtype in TRITON_DTYPES.values():
         signature = {"X": f"*{dtype}", "BIAS": f"*{dtype}", "Y": f"*{dtype}"}
         signature.update(n_rows="i32", n_cols="i32", stride_x_row="i32", stride_y_row="i32")
         signature.update(BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_BIAS="constexpr", APPROX_TANH="constexpr")

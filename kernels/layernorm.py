@@ -25,7 +25,6 @@ MIN_BLOCK_N = 128
 # Elements one program works on (rows per program = TILE // BLOCK_N for short rows).
 TILE = 4096
 
-_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
@@ -171,10 +170,10 @@ def layer_norm_fwd(
 
 def aot_specs() -> list:
     """One spec per (configuration, residual or not, dtype) the launcher can pick, for ``engine.kernels.aot``."""
-    from engine.kernels.aot import KernelSpec
+    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
 
     specs = []
-    for dtype in _TRITON_DTYPES.values():
+    for dtype in TRITON_DTYPES.values():
         ptr = f"*{dtype}"
         signature = {name: ptr for name in ("X", "R", "W", "B", "Y", "S")}
         signature.update({name: "i32" for name in ("stride_x_row", "stride_r_row", "stride_y_row", "stride_s_row")})
