@@ -32,6 +32,7 @@ constexpr int64_t kBlock = sampler_simd::kBlockMax;  // block of the per-block m
 constexpr int64_t kWalk = 256;      // block of the kept-mass sums (sampling walk)
 constexpr int kBins = 4096;         // top-p histogram: bin = floor((max - x) * kBinScale)
 constexpr float kBinScale = 64.0f;  // 1/64 nat per bin, 64 nats in all (the last bin takes the rest)
+constexpr float kSpan = 10.0f;      // top-p first tries the candidates within 10 nats of the max
 
 enum DType { kF32 = 0, kF16 = 1, kBF16 = 2 };
 enum Status {
@@ -83,13 +84,13 @@ struct Cand { float v; int32_t id; float y; };
 inline bool before(const Cand& a, const Cand& b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
 
 struct Scratch {
-  std::vector<float> x, y, bmax, tmp;
-  std::vector<int32_t> bin;
+  std::vector<float> x, y, bmax, tmp, cx, cy;  // cx, cy, cid: the top-p candidates (x, y, token id)
+  std::vector<int32_t> bin, cid;
   std::vector<double> wsum, hist;
   std::vector<Cand> cand;
   void fit(int64_t V) {
     if (static_cast<int64_t>(x.size()) >= V) return;
-    x.resize(V); y.resize(V); tmp.resize(V); bin.resize(V);
+    x.resize(V); y.resize(V); tmp.resize(V); bin.resize(V); cx.resize(V); cy.resize(V); cid.resize(V);
     bmax.resize((V + kBlock - 1) / kBlock);
     wsum.resize((V + kWalk - 1) / kWalk);
   }
@@ -199,6 +200,101 @@ void finish_candidates(const Job& j, int64_t b, Scratch& s, float m, double top_
   for (size_t d = 0; d < keep; ++d) out[c[d].id] = static_cast<float>(c[d].y * inv);
 }
 
+// Top-p over n entries in token order (x, y, bin[e] = the log-spaced bin of x[e], clamped to nb): keeps the smallest
+// prefix of the (x desc, token asc) order whose mass reaches top_p * z (z < 0: the sum of y), summing whole bins and
+// sorting only the bin where the cut falls. Bin nb takes the rest; when it may be incomplete (!last_complete) and the
+// cut falls in it, returns false. Else raises *theta to the cut value and zeroes y of the ties past the cut.
+bool top_p_cut(const float* x, float* y, const int32_t* bin, int64_t n, int nb, bool last_complete, double top_p,
+               double z, float* theta, Scratch& s) {
+  s.hist.assign(2 * (nb + 1), 0.0);
+  double* h0 = s.hist.data();
+  double* h1 = h0 + nb + 1;
+  int64_t i = 0;
+  for (; i + 2 <= n; i += 2) { h0[bin[i]] += y[i]; h1[bin[i + 1]] += y[i + 1]; }
+  if (i < n) h0[bin[i]] += y[i];
+  double sum = 0.0;
+  for (int q = 0; q <= nb; ++q) { h0[q] += h1[q]; sum += h0[q]; }
+  const double target = top_p * (z < 0.0 ? sum : z);
+  double acc = 0.0;
+  int kb = 0;
+  for (; kb < nb; ++kb) {
+    if (acc + h0[kb] >= target) break;
+    acc += h0[kb];
+  }
+  if (kb == nb && !last_complete) return false;
+  auto& c = s.cand;
+  c.clear();
+  for (int64_t q = sampler_simd::find_int(bin, 0, n, kb); q < n; q = sampler_simd::find_int(bin, q + 1, n, kb))
+    if (x[q] >= *theta) c.push_back({x[q], static_cast<int32_t>(q), y[q]});
+  std::sort(c.begin(), c.end(), before);  // entries are in token order, so entry order breaks ties as ids do
+  size_t d = 0;
+  while (d < c.size() && acc < target) acc += c[d++].y;
+  if (d > 0) {
+    const float cut = c[d - 1].v;
+    if (cut > *theta) *theta = cut;
+    for (size_t e = d; e < c.size() && c[e].v == cut; ++e) y[c[e].id] = 0.0f;  // ties past the cut
+  }
+  return true;
+}
+
+// Draws from (or writes the probs of) the entries with x >= theta, weights y; entry e is token ids[e] (or e).
+void emit_kept(const Job& j, int64_t b, Scratch& s, const float* x, const float* y, const int32_t* ids, int64_t n,
+               float theta) {
+  const int64_t nwalk = (n + kWalk - 1) / kWalk;  // kept mass per walk block, in a fixed order
+  double z = 0.0;
+  for (int64_t w = 0; w < nwalk; ++w) {
+    const int64_t i0 = w * kWalk;
+    const double part = sampler_simd::masked_sum(x + i0, y + i0, std::min(kWalk, n - i0), theta);
+    s.wsum[w] = part;
+    z += part;
+  }
+  if (j.ids) {
+    const double target = row_uniform(j.seed, b) * z;
+    double acc = 0.0;
+    int64_t w = 0, last = -1;
+    for (; w < nwalk; ++w) {
+      if (s.wsum[w] > 0.0) last = w;
+      if (acc + s.wsum[w] > target) break;
+      acc += s.wsum[w];
+    }
+    if (w == nwalk) { w = last; acc = target; }  // rounding past the end: the last block with mass
+    int64_t pick = -1;
+    for (int64_t i = w * kWalk, e = std::min(n, i + kWalk); i < e; ++i) {
+      if (!(x[i] >= theta) || y[i] <= 0.0f) continue;
+      acc += y[i];
+      pick = i;
+      if (acc > target) break;
+    }
+    j.ids[b] = ids && pick >= 0 ? ids[pick] : pick;
+    return;
+  }
+  float* out = j.probs + b * j.V;
+  const float inv = static_cast<float>(1.0 / z);
+  if (!ids) { sampler_simd::write_probs(x, y, out, n, theta, inv); return; }
+  std::fill(out, out + j.V, 0.0f);
+  for (int64_t e = 0; e < n; ++e)
+    if (x[e] >= theta) out[ids[e]] = y[e] * inv;
+}
+
+// Top-p without top-k (m: the max after the temperature): one pass computes y = exp(x - m), their sum, and the
+// candidates x >= m - kSpan; the cut is searched among them. Returns false (nothing written) when their whole bins
+// hold less than the top-p mass: the caller then runs the full-row path.
+bool top_p_fast(const Job& j, int64_t b, Scratch& s, const float* src, float tf, float m, double top_p,
+                double min_p) {
+  const float lo = m - kSpan;
+  int64_t nc = 0;
+  float* cx = s.cx.data();
+  float* cy = s.cy.data();
+  const double z = sampler_simd::exp_select(src, j.V, tf, m, lo, cx, cy, s.cid.data(), &nc);
+  const float top = std::min((m - lo) * kBinScale, static_cast<float>(kBins - 1));
+  sampler_simd::bins_base(cx, s.bin.data(), nc, m, kBinScale, top);
+  float theta = -kInf;
+  if (!top_p_cut(cx, cy, s.bin.data(), nc, static_cast<int>(top), false, top_p, z, &theta, s)) return false;
+  if (min_p > 0.0) theta = std::max(theta, min_p_threshold(m, min_p));
+  emit_kept(j, b, s, cx, cy, s.cid.data(), nc, theta);
+  return true;
+}
+
 int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
   const int64_t V = j.V;
   const double temperature = j.temperature.at(b), top_p = j.top_p.at(b), min_p = j.min_p.at(b);
@@ -226,37 +322,52 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
   auto fail = [&](double value) {
     int64_t raw_bad = 0;
     load_row(j, b, s.tmp.data());
-    const float raw_max = sampler_simd::scan(s.tmp.data(), V, 1.0f, &raw_bad);
+    const float raw_max = sampler_simd::scan(s.tmp.data(), V, &raw_bad);
     if (raw_bad) return static_cast<int>(kNonFinite);
     if (raw_max == -kInf) return static_cast<int>(kAllNegInf);
     *bad_value = value;
     return static_cast<int>(kOverflow);
   };
-  float* x = s.x.data();
-  load_row(j, b, x);
-  if (penalty != 1.0 && n_prev) {  // idempotent per id, so a repeated token counts once
-    const float pf = static_cast<float>(penalty);
-    for (int64_t t = 0; t < n_prev; ++t) {
-      const int64_t id = prev[t * prev_step];
-      const float v = load_one(j, b, id);
-      x[id] = v < 0.0f ? v * pf : v / pf;
+  // The row: read in place when it is contiguous float32 and the penalty leaves it alone, else a float32 copy.
+  const bool edit = penalty != 1.0 && n_prev;
+  const float* src = static_cast<const float*>(j.logits) + b * j.sb;
+  if (j.dtype != kF32 || j.sv != 1 || edit) {
+    float* x = s.x.data();
+    load_row(j, b, x);
+    if (edit) {  // idempotent per id, so a repeated token counts once
+      const float pf = static_cast<float>(penalty);
+      for (int64_t t = 0; t < n_prev; ++t) {
+        const int64_t id = prev[t * prev_step];
+        const float v = load_one(j, b, id);
+        x[id] = v < 0.0f ? v * pf : v / pf;
+      }
     }
+    src = x;
   }
   int64_t bad = 0;
   if (temperature == 0.0) {  // greedy: first maximum
-    const float best = sampler_simd::scan(x, V, 1.0f, &bad);
+    const float best = sampler_simd::scan(src, V, &bad);
     if (bad || best == -kInf) return fail(penalty);
-    emit_single(j, b, sampler_simd::find_float(x, V, best));
+    emit_single(j, b, sampler_simd::find_float(src, V, best));
     return kOk;
   }
   const float tf = static_cast<float>(temperature);
-
-  // x /= T in place; max, per-block maxima, and the count of NaN / +inf.
-  const int64_t nblocks = (V + kBlock - 1) / kBlock;
-  const float m = sampler_simd::block_max(x, V, tf == 0.0f ? 1.0f : tf, s.bmax.data(), &bad);
-  if (bad || m == -kInf || tf == 0.0f) return fail(temperature);  // tf == 0: T below float32's range
-
+  if (tf == 0.0f) return fail(temperature);  // T below float32's range
   const int64_t k = (top_k > 0 && top_k < V) ? top_k : 0;
+  if (top_p < 1.0 && k == 0) {  // x / T is monotone in x: its max is the max of the row over T
+    const float raw = sampler_simd::scan(src, V, &bad);
+    if (bad || raw == -kInf) return fail(temperature);
+    const float m = sampler_simd::div_float(raw, 1.0 / static_cast<double>(tf));
+    if (!(m > -kInf && m < kInf)) return fail(temperature);
+    if (top_p_fast(j, b, s, src, tf, m, top_p, min_p)) return kOk;
+  }
+
+  // x = row / T; max, per-block maxima, and the count of NaN / +inf.
+  float* x = s.x.data();
+  const int64_t nblocks = (V + kBlock - 1) / kBlock;
+  const float m = sampler_simd::block_max(src, x, V, tf, s.bmax.data(), &bad);
+  if (bad || m == -kInf) return fail(temperature);
+
   float theta = -kInf;  // kept: x >= theta (less the top-p ties dropped below)
   if (k > 0 && k * 4 <= nblocks) {
     // Pre-filter: the k-th largest block maximum is <= the k-th largest logit.
@@ -286,80 +397,19 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
 
   // Unnormalized probabilities y = exp(x - max) of the tokens that survive top-k (and log-spaced bins for top-p).
   float* y = s.y.data();
-  int32_t* bin = s.bin.data();
-  if (top_p < 1.0) sampler_simd::exp_bins(x, y, bin, V, m, theta, kBinScale, static_cast<float>(kBins - 1));
-  else sampler_simd::exp_masked(x, y, V, m, theta);
-
   if (top_p < 1.0) {
-    // Mass per log-spaced bin (bins are monotone in x), then sort only the bin where the cut falls.
-    s.hist.assign(2 * kBins, 0.0);
-    double* h0 = s.hist.data();
-    double* h1 = h0 + kBins;
-    int64_t i = 0;
-    for (; i + 2 <= V; i += 2) { h0[bin[i]] += y[i]; h1[bin[i + 1]] += y[i + 1]; }
-    if (i < V) h0[bin[i]] += y[i];
-    double z = 0.0;
-    for (int q = 0; q < kBins; ++q) { h0[q] += h1[q]; z += h0[q]; }
-    const double target = top_p * z;
-    double acc = 0.0;
-    int kb = 0;
-    for (; kb < kBins - 1; ++kb) {
-      if (acc + h0[kb] >= target) break;
-      acc += h0[kb];
-    }
-    auto& c = s.cand;
-    c.clear();
-    for (int64_t q = sampler_simd::find_int(bin, 0, V, kb); q < V; q = sampler_simd::find_int(bin, q + 1, V, kb))
-      if (x[q] >= theta) c.push_back({x[q], static_cast<int32_t>(q), y[q]});
-    std::sort(c.begin(), c.end(), before);
-    size_t d = 0;
-    while (d < c.size() && acc < target) acc += c[d++].y;
-    if (d > 0) {
-      const float cut = c[d - 1].v;
-      if (cut > theta) theta = cut;
-      for (size_t e = d; e < c.size() && c[e].v == cut; ++e) y[c[e].id] = 0.0f;  // ties past the cut
-    }
+    sampler_simd::exp_bins(x, y, s.bin.data(), V, m, theta, kBinScale, static_cast<float>(kBins - 1));
+    top_p_cut(x, y, s.bin.data(), V, kBins - 1, true, top_p, -1.0, &theta, s);
+  } else {
+    sampler_simd::exp_masked(x, y, V, m, theta);
   }
   if (min_p > 0.0) theta = std::max(theta, min_p_threshold(m, min_p));
-
-  // Kept mass per walk block, in a fixed order.
-  const int64_t nwalk = (V + kWalk - 1) / kWalk;
-  double z = 0.0;
-  for (int64_t w = 0; w < nwalk; ++w) {
-    const int64_t i0 = w * kWalk;
-    const double part = sampler_simd::masked_sum(x + i0, y + i0, std::min(kWalk, V - i0), theta);
-    s.wsum[w] = part;
-    z += part;
-  }
-
-  if (j.ids) {
-    const double target = row_uniform(j.seed, b) * z;
-    double acc = 0.0;
-    int64_t w = 0, last = -1;
-    for (; w < nwalk; ++w) {
-      if (s.wsum[w] > 0.0) last = w;
-      if (acc + s.wsum[w] > target) break;
-      acc += s.wsum[w];
-    }
-    if (w == nwalk) { w = last; acc = target; }  // rounding past the end: the last block with mass
-    int64_t pick = -1;
-    for (int64_t i = w * kWalk, e = std::min(V, i + kWalk); i < e; ++i) {
-      if (!(x[i] >= theta) || y[i] <= 0.0f) continue;
-      acc += y[i];
-      pick = i;
-      if (acc > target) break;
-    }
-    j.ids[b] = pick;
-    return kOk;
-  }
-  float* out = j.probs + b * V;
-  const float inv = static_cast<float>(1.0 / z);
-  sampler_simd::write_probs(x, y, out, V, theta, inv);
+  emit_kept(j, b, s, x, y, nullptr, V, theta);
   return kOk;
 }
 
 int auto_threads(int64_t B, int64_t V) {
-  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  static const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());  // a syscall: ask once
   const int64_t by_work = std::max<int64_t>(1, B * V / (1 << 16));
   return static_cast<int>(std::min({hw, B, by_work}));
 }

@@ -73,20 +73,16 @@ inline __m128 div_float(__m128 v, __m128d r) {
 }
 #endif
 
-// x[i] /= div (when div != 1); returns max(x) and adds the count of NaN / +inf entries to *bad.
-inline float scan_base(float* x, int64_t n, float div, int64_t* bad) {
-  const bool divide = div != 1.0f;
-  const double rdiv = 1.0 / static_cast<double>(div);
+// Returns max(x) and adds the count of NaN / +inf entries to *bad (reads only).
+inline float scan_base(const float* x, int64_t n, int64_t* bad) {
   int64_t i = 0, count = 0;
   float m = -kInf;
 #ifdef ENGINE_SAMPLER_SSE2
   __m128 mv = _mm_set1_ps(-kInf);
   __m128i nb = _mm_setzero_si128();
-  const __m128d dv = _mm_set1_pd(rdiv);
   const __m128 inf = _mm_set1_ps(kInf);
   for (; i + 4 <= n; i += 4) {
-    __m128 v = _mm_loadu_ps(x + i);
-    if (divide) { v = div_float(v, dv); _mm_storeu_ps(x + i, v); }
+    const __m128 v = _mm_loadu_ps(x + i);
     mv = _mm_max_ps(v, mv);
     nb = _mm_sub_epi32(nb, _mm_castps_si128(_mm_cmpnlt_ps(v, inf)));
   }
@@ -97,21 +93,34 @@ inline float scan_base(float* x, int64_t n, float div, int64_t* bad) {
   for (int l = 0; l < 4; ++l) { m = ml[l] > m ? ml[l] : m; count += cl[l]; }
 #endif
   for (; i < n; ++i) {
-    const float v = divide ? div_float(x[i], rdiv) : x[i];
-    x[i] = v;
-    m = v > m ? v : m;
-    count += !(v < kInf);
+    m = x[i] > m ? x[i] : m;
+    count += !(x[i] < kInf);
   }
   *bad += count;
   return m;
 }
 
-// x[i] /= div (when div != 1); bmax[k] = max of block k (kBlockMax entries each); returns the overall max.
+// dst[i] = src[i] / div (a copy when div == 1; src == dst is fine); returns max(dst), adds the NaN / +inf count.
+inline float div_scan_base(const float* src, float* dst, int64_t n, float div, int64_t* bad) {
+  const double rdiv = 1.0 / static_cast<double>(div);
+  int64_t i = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128d dv = _mm_set1_pd(rdiv);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(src + i);
+    _mm_storeu_ps(dst + i, div != 1.0f ? div_float(v, dv) : v);
+  }
+#endif
+  for (; i < n; ++i) dst[i] = div != 1.0f ? div_float(src[i], rdiv) : src[i];
+  return scan_base(dst, n, bad);
+}
+
+// dst[i] = src[i] / div; bmax[k] = max of block k (kBlockMax entries each); returns the overall max.
 constexpr int64_t kBlockMax = 64;
-inline float block_max_base(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
+inline float block_max_base(const float* src, float* dst, int64_t n, float div, float* bmax, int64_t* bad) {
   float m = -kInf;
   for (int64_t i = 0, k = 0; i < n; i += kBlockMax, ++k) {
-    const float b = scan_base(x + i, n - i < kBlockMax ? n - i : kBlockMax, div, bad);
+    const float b = div_scan_base(src + i, dst + i, n - i < kBlockMax ? n - i : kBlockMax, div, bad);
     bmax[k] = b;
     m = b > m ? b : m;
   }
@@ -196,6 +205,76 @@ inline void exp_bins_base(const float* x, float* y, int32_t* bin, int64_t n, flo
   bins_base(x, bin, n, m, scale, top);
 }
 
+// The top-p pass: x = src[i] / div, y = exp(x - m); returns the sum of y in double (element i to lane i % 8, then
+// lanes 0..7, then the tail in order) and appends (x, y, i) of every entry with x >= lo to cx, cy, cid (in index
+// order; they need room for n + 8 entries), setting *nc to their count. src holds no NaN / +inf.
+inline void exp_select_tail(const float* src, int64_t i, int64_t n, double rdiv, bool divide, float m, float lo,
+                            float* cx, float* cy, int32_t* cid, int64_t* nc, double* sum) {
+  int64_t c = *nc;
+  double s = *sum;
+  for (; i < n; ++i) {
+    const float x = divide ? div_float(src[i], rdiv) : src[i];
+    const float y = exp_nonpos(x - m);
+    s += static_cast<double>(y);
+    cx[c] = x; cy[c] = y; cid[c] = static_cast<int32_t>(i);
+    c += x >= lo;
+  }
+  *nc = c;
+  *sum = s;
+}
+
+inline double exp_select_base(const float* src, int64_t n, float div, float m, float lo, float* cx, float* cy,
+                              int32_t* cid, int64_t* nc) {
+  const bool divide = div != 1.0f;
+  const double rdiv = 1.0 / static_cast<double>(div);
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0, c = 0;
+#ifdef ENGINE_SAMPLER_SSE2
+  const __m128d dv = _mm_set1_pd(rdiv);
+  const __m128 mv = _mm_set1_ps(m), lov = _mm_set1_ps(lo);
+  __m128d a0 = _mm_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 8 <= n; i += 8) {
+    __m128 x0 = _mm_loadu_ps(src + i), x1 = _mm_loadu_ps(src + i + 4);
+    if (divide) { x0 = div_float(x0, dv); x1 = div_float(x1, dv); }
+    const __m128 y0 = exp_nonpos(_mm_sub_ps(x0, mv)), y1 = exp_nonpos(_mm_sub_ps(x1, mv));
+    a0 = _mm_add_pd(a0, _mm_cvtps_pd(y0));
+    a1 = _mm_add_pd(a1, _mm_cvtps_pd(_mm_movehl_ps(y0, y0)));
+    a2 = _mm_add_pd(a2, _mm_cvtps_pd(y1));
+    a3 = _mm_add_pd(a3, _mm_cvtps_pd(_mm_movehl_ps(y1, y1)));
+    unsigned mask = static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(x0, lov)) |
+                                          (_mm_movemask_ps(_mm_cmpge_ps(x1, lov)) << 4));
+    if (mask) {
+      float xs[8], ys[8];
+      _mm_storeu_ps(xs, x0); _mm_storeu_ps(xs + 4, x1);
+      _mm_storeu_ps(ys, y0); _mm_storeu_ps(ys + 4, y1);
+      for (; mask; mask &= mask - 1) {
+        const int l = __builtin_ctz(mask);
+        cx[c] = xs[l]; cy[c] = ys[l]; cid[c] = static_cast<int32_t>(i + l); ++c;
+      }
+    }
+  }
+  _mm_storeu_pd(lanes, a0);
+  _mm_storeu_pd(lanes + 2, a1);
+  _mm_storeu_pd(lanes + 4, a2);
+  _mm_storeu_pd(lanes + 6, a3);
+#else
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const float x = divide ? div_float(src[i + l], rdiv) : src[i + l];
+      const float y = exp_nonpos(x - m);
+      lanes[l] += static_cast<double>(y);
+      cx[c] = x; cy[c] = y; cid[c] = static_cast<int32_t>(i + l);
+      c += x >= lo;
+    }
+  }
+#endif
+  double s = 0.0;
+  for (int l = 0; l < 8; ++l) s += lanes[l];
+  exp_select_tail(src, i, n, rdiv, divide, m, lo, cx, cy, cid, &c, &s);
+  *nc = c;
+  return s;
+}
+
 // First index i >= from with a[i] == v, or n.
 inline int64_t find_int_base(const int32_t* a, int64_t from, int64_t n, int32_t v) {
   int64_t i = from;
@@ -250,21 +329,13 @@ ENGINE_AVX2 inline __m256 div_float8(__m256 v, __m256d r) {
   return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
 
-ENGINE_AVX2 inline float scan_avx2(float* x, int64_t n, float div, int64_t* bad) {
-  const bool divide = div != 1.0f;
-  const __m256d rv = _mm256_set1_pd(1.0 / static_cast<double>(div));
+ENGINE_AVX2 inline float scan_avx2(const float* x, int64_t n, int64_t* bad) {
   int64_t i = 0;
   __m256 m0 = _mm256_set1_ps(-kInf), m1 = m0;
   __m256i nb = _mm256_setzero_si256();
   const __m256 inf = _mm256_set1_ps(kInf);
   for (; i + 16 <= n; i += 16) {
-    __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
-    if (divide) {
-      v0 = div_float8(v0, rv);
-      v1 = div_float8(v1, rv);
-      _mm256_storeu_ps(x + i, v0);
-      _mm256_storeu_ps(x + i + 8, v1);
-    }
+    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
     m0 = _mm256_max_ps(v0, m0);
     m1 = _mm256_max_ps(v1, m1);
     nb = _mm256_sub_epi32(nb, _mm256_castps_si256(_mm256_cmp_ps(v0, inf, _CMP_NLT_UQ)));
@@ -278,11 +349,12 @@ ENGINE_AVX2 inline float scan_avx2(float* x, int64_t n, float div, int64_t* bad)
   int64_t count = 0;
   for (int l = 0; l < 8; ++l) { m = ml[l] > m ? ml[l] : m; count += cl[l]; }
   *bad += count;
-  const float rest = scan_base(x + i, n - i, div, bad);
+  const float rest = scan_base(x + i, n - i, bad);
   return rest > m ? rest : m;
 }
 
-ENGINE_AVX2 inline float block_max_avx2(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
+ENGINE_AVX2 inline float block_max_avx2(const float* src, float* dst, int64_t n, float div, float* bmax,
+                                        int64_t* bad) {
   const bool divide = div != 1.0f;
   const __m256d rv = _mm256_set1_pd(1.0 / static_cast<double>(div));
   const __m256 inf = _mm256_set1_ps(kInf);
@@ -292,8 +364,9 @@ ENGINE_AVX2 inline float block_max_avx2(float* x, int64_t n, float div, float* b
   for (; i + kBlockMax <= n; i += kBlockMax, ++k) {
     __m256 v[8];
     for (int q = 0; q < 8; ++q) {
-      v[q] = _mm256_loadu_ps(x + i + 8 * q);
-      if (divide) { v[q] = div_float8(v[q], rv); _mm256_storeu_ps(x + i + 8 * q, v[q]); }
+      v[q] = _mm256_loadu_ps(src + i + 8 * q);
+      if (divide) v[q] = div_float8(v[q], rv);
+      _mm256_storeu_ps(dst + i + 8 * q, v[q]);
       nb = _mm256_sub_epi32(nb, _mm256_castps_si256(_mm256_cmp_ps(v[q], inf, _CMP_NLT_UQ)));
     }
     const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
@@ -309,7 +382,7 @@ ENGINE_AVX2 inline float block_max_avx2(float* x, int64_t n, float div, float* b
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(cl), nb);
   for (int l = 0; l < 8; ++l) *bad += cl[l];
   if (i < n) {
-    const float b = scan_base(x + i, n - i, div, bad);
+    const float b = div_scan_base(src + i, dst + i, n - i, div, bad);
     bmax[k] = b;
     m = b > m ? b : m;
   }
@@ -358,6 +431,54 @@ ENGINE_AVX2 inline void exp_bins_avx2(const float* x, float* y, int32_t* bin, in
   exp_bins_base(x + i, y + i, bin + i, n - i, m, theta, scale, top);
 }
 
+// Byte j of kCompact[mask] is the lane of the j-th set bit of mask: a permutation that packs the selected lanes.
+struct CompactTable {
+  uint64_t v[256];
+  constexpr CompactTable() : v() {
+    for (int mask = 0; mask < 256; ++mask) {
+      uint64_t p = 0;
+      for (int l = 0, j = 0; l < 8; ++l)
+        if (mask >> l & 1) p |= static_cast<uint64_t>(l) << (8 * j++);
+      v[mask] = p;
+    }
+  }
+};
+constexpr CompactTable kCompact{};
+
+ENGINE_AVX2 inline double exp_select_avx2(const float* src, int64_t n, float div, float m, float lo, float* cx,
+                                          float* cy, int32_t* cid, int64_t* nc) {
+  const bool divide = div != 1.0f;
+  const double rdiv = 1.0 / static_cast<double>(div);
+  const __m256 dv = _mm256_set1_ps(div);  // correctly rounded, so equal to div_float (and cheaper here)
+  const __m256 mv = _mm256_set1_ps(m), lov = _mm256_set1_ps(lo);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+  __m256i id = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i eight = _mm256_set1_epi32(8);
+  int64_t i = 0, c = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps(src + i);
+    if (divide) x = _mm256_div_ps(x, dv);
+    const __m256 y = exp_nonpos8(_mm256_sub_ps(x, mv));
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(y)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)));
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, lov, _CMP_GE_OQ));
+    const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kCompact.v + mask)));
+    _mm256_storeu_ps(cx + c, _mm256_permutevar8x32_ps(x, perm));
+    _mm256_storeu_ps(cy + c, _mm256_permutevar8x32_ps(y, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cid + c), _mm256_permutevar8x32_epi32(id, perm));
+    c += __builtin_popcount(static_cast<unsigned>(mask));
+    id = _mm256_add_epi32(id, eight);
+  }
+  double lanes[8];
+  _mm256_storeu_pd(lanes, a0);
+  _mm256_storeu_pd(lanes + 4, a1);
+  double s = 0.0;
+  for (int l = 0; l < 8; ++l) s += lanes[l];
+  exp_select_tail(src, i, n, rdiv, divide, m, lo, cx, cy, cid, &c, &s);
+  *nc = c;
+  return s;
+}
+
 ENGINE_AVX2 inline int64_t find_int_avx2(const int32_t* a, int64_t from, int64_t n, int32_t v) {
   int64_t i = from;
   const __m256i vv = _mm256_set1_epi32(v);
@@ -391,9 +512,9 @@ inline bool use_avx2() {  // ENGINE_SAMPLER_NO_AVX2=1 forces the base loops (tes
 #endif
 
 // Entry points: the AVX2 twin where the CPU has it (identical results), else the base loop.
-inline float scan(float* x, int64_t n, float div, int64_t* bad) { ENGINE_DISPATCH(scan, x, n, div, bad); }
-inline float block_max(float* x, int64_t n, float div, float* bmax, int64_t* bad) {
-  ENGINE_DISPATCH(block_max, x, n, div, bmax, bad);
+inline float scan(const float* x, int64_t n, int64_t* bad) { ENGINE_DISPATCH(scan, x, n, bad); }
+inline float block_max(const float* src, float* dst, int64_t n, float div, float* bmax, int64_t* bad) {
+  ENGINE_DISPATCH(block_max, src, dst, n, div, bmax, bad);
 }
 inline void exp_masked(const float* x, float* y, int64_t n, float m, float theta) {
   ENGINE_DISPATCH(exp_masked, x, y, n, m, theta);
@@ -407,6 +528,10 @@ inline void write_probs(const float* x, const float* y, float* out, int64_t n, f
 inline void exp_bins(const float* x, float* y, int32_t* bin, int64_t n, float m, float theta, float scale,
                      float top) {
   ENGINE_DISPATCH(exp_bins, x, y, bin, n, m, theta, scale, top);
+}
+inline double exp_select(const float* src, int64_t n, float div, float m, float lo, float* cx, float* cy,
+                         int32_t* cid, int64_t* nc) {
+  ENGINE_DISPATCH(exp_select, src, n, div, m, lo, cx, cy, cid, nc);
 }
 inline int64_t find_int(const int32_t* a, int64_t from, int64_t n, int32_t v) {
   ENGINE_DISPATCH(find_int, a, from, n, v);

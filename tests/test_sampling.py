@@ -90,6 +90,19 @@ def test_matches_hf_large_vocab(top_k):
         _check(x, prev, temperature=0.8, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=1.2)
 
 
+def test_top_p_cut_far_below_the_max():
+    # Top-p first searches the tokens within 10 nats of the max and falls back to the whole row when their mass is
+    # short of top_p: a spike over a flat tail puts the cut inside the tail (d ~ -12: fallback; d ~ -9: no fallback).
+    V = 20011
+    x = _logits(4, V, 31, scales=(0.3,))
+    x[:, 5] += torch.tensor([12.0, 9.0, 10.0, 14.0])
+    for temperature, top_p in itertools.product([1.0, 0.8], [0.5, 0.9, 0.95, 0.999]):
+        got = _check(x, None, temperature=temperature, top_p=top_p)
+        for seed in range(3):
+            ids = sampling.sample(x, seed=seed, temperature=temperature, top_p=top_p)
+            assert (got.gather(1, ids) > 0).all()
+
+
 def test_ties_follow_the_documented_rules():
     # Ties: top-k keeps every logit >= the k-th; min-p keeps ties; a top-p cut inside a tie keeps the lower ids.
     g = torch.Generator().manual_seed(5)
@@ -308,15 +321,18 @@ def test_base_loops_equal_avx2_loops(tmp_path):
     script.write_text(
         "import sys, torch\nfrom engine import sampling\n"
         "x = torch.randn(5, 20011, generator=torch.Generator().manual_seed(21)) * 2.5\n"
+        "x[4] = x[4] * 0.12; x[4, 7] = 12.0\n"
         "kws = [dict(temperature=0.8, top_p=0.9), dict(top_k=40, min_p=0.05), dict(top_k=5000, top_p=0.7),\n"
-        "       dict(temperature=1.3)]\n"
+        "       dict(temperature=1.3), dict(top_p=0.95, min_p=1e-6)]\n"
         "out = [(sampling.probs(x, **kw), sampling.sample(x, seed=4, **kw)) for kw in kws]\n"
         "torch.save(out, sys.argv[1])\n")
     env = dict(os.environ, ENGINE_SAMPLER_NO_AVX2="1")
     subprocess.run([sys.executable, str(script), str(tmp_path / "base.pt")], env=env, check=True, timeout=300)
     base = torch.load(tmp_path / "base.pt")
     x = torch.randn(5, 20011, generator=torch.Generator().manual_seed(21)) * 2.5
+    x[4] = x[4] * 0.12
+    x[4, 7] = 12.0  # top-p's cut lies in the flat tail, 12 nats below the max: the full-row path
     kws = [dict(temperature=0.8, top_p=0.9), dict(top_k=40, min_p=0.05), dict(top_k=5000, top_p=0.7),
-           dict(temperature=1.3)]
+           dict(temperature=1.3), dict(top_p=0.95, min_p=1e-6)]
     for (p, ids), kw in zip(base, kws):
         assert torch.equal(p, sampling.probs(x, **kw)) and torch.equal(ids, sampling.sample(x, seed=4, **kw))
