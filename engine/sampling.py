@@ -137,56 +137,74 @@ _MESSAGES = {
 }
 
 
+def _plain(t: Param, k: Param, p: Param, mp: Param, rp: Param) -> bool:
+    """True when every option is a plain, in-range Python number (the common case; anything else takes _param)."""
+    return (type(k) is int and k >= 0 and type(t) in _NUMBER and t >= 0 and type(p) in _NUMBER and 0 < p <= 1
+            and type(mp) in _NUMBER and 0 <= mp <= 1 and type(rp) in _NUMBER and rp > 0)
+
+
+_NUMBER = (float, int)
+
+
 def _run(logits: torch.Tensor, *, temperature: Param, top_k: Param, top_p: Param, min_p: Param,
          repetition_penalty: Param, prev_tokens: PrevTokens, want_ids: bool, seed: int | None,
          num_threads: int | None) -> torch.Tensor:
-    ext = _extension()
+    # Kept lean: at B = 1 this wrapper costs about as much as the C++ work on a small vocabulary.
+    ext = _ext if _ext is not None else _extension()
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor; got {type(logits).__name__}")
-    if logits.dtype not in _DTYPE_CODES:
+    code = _DTYPE_CODES.get(logits.dtype)
+    if code is None:
         raise TypeError(f"logits must be float32, float16 or bfloat16; got {logits.dtype}")
-    if logits.dim() not in (1, 2):
-        raise ValueError(f"logits must have shape (B, V) or (V,); got {tuple(logits.shape)}")
-    if logits.shape[-1] == 0:
-        raise ValueError(f"logits must have at least one token (V > 0); got shape {tuple(logits.shape)}")
-    one_dim = logits.dim() == 1
-    device = logits.device
-    x = logits.unsqueeze(0) if one_dim else logits
-    if device.type != "cpu":
-        x = x.cpu()
-    B, V = x.shape
+    shape = logits.shape
+    one_dim = len(shape) == 1
+    if not one_dim and len(shape) != 2:
+        raise ValueError(f"logits must have shape (B, V) or (V,); got {tuple(shape)}")
+    if shape[-1] == 0:
+        raise ValueError(f"logits must have at least one token (V > 0); got shape {tuple(shape)}")
+    on_cpu = logits.is_cpu
+    x = logits if on_cpu else logits.cpu()
+    if one_dim:
+        B, V = 1, shape[0]
+        sb, sv = 0, x.stride(0)
+    else:
+        B, V = shape
+        sb, sv = x.stride()
     keep: list = []  # per-row tensors made here stay alive until the extension returns
-    t, t_ptr = _param("temperature", temperature, B, keep)
-    k, k_ptr = _param("top_k", top_k, B, keep)
-    p, p_ptr = _param("top_p", top_p, B, keep)
-    mp, mp_ptr = _param("min_p", min_p, B, keep)
-    rp, rp_ptr = _param("repetition_penalty", repetition_penalty, B, keep)
+    if _plain(temperature, top_k, top_p, min_p, repetition_penalty):
+        t, k, p, mp, rp = temperature, top_k, top_p, min_p, repetition_penalty
+        t_ptr = k_ptr = p_ptr = mp_ptr = rp_ptr = 0
+    else:
+        t, t_ptr = _param("temperature", temperature, B, keep)
+        k, k_ptr = _param("top_k", top_k, B, keep)
+        p, p_ptr = _param("top_p", top_p, B, keep)
+        mp, mp_ptr = _param("min_p", min_p, B, keep)
+        rp, rp_ptr = _param("repetition_penalty", repetition_penalty, B, keep)
     prev = _prev(prev_tokens, B, one_dim, keep) if prev_tokens is not None else (0, 0, 0, 0, 0)
     if seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (1,)).item()) if want_ids else 0
-    elif isinstance(seed, bool) or not isinstance(seed, int):
+    elif type(seed) is not int and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None; got {type(seed).__name__}")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be an int >= 1 or None; got {num_threads!r}")
     if want_ids:
         out = torch.empty((1,) if one_dim else (B, 1), dtype=torch.int64)
+        probs_ptr, ids_ptr = 0, out.data_ptr()
     else:
         out = torch.empty((V,) if one_dim else (B, V), dtype=torch.float32)
+        probs_ptr, ids_ptr = out.data_ptr(), 0
     if B == 0:
-        return out if device.type == "cpu" else out.to(device)
-    sb, sv = x.stride()
+        return out if on_cpu else out.to(logits.device)
     status, row, value = ext.run(
-        x.data_ptr(), _DTYPE_CODES[x.dtype], B, V, sb, sv,
-        float(t), t_ptr, int(k), k_ptr, float(p), p_ptr, float(mp), mp_ptr, float(rp), rp_ptr,
-        *prev, 0 if want_ids else out.data_ptr(), out.data_ptr() if want_ids else 0,
-        seed % 2**64, num_threads or 0)
+        x.data_ptr(), code, B, V, sb, sv, float(t), t_ptr, int(k), k_ptr, float(p), p_ptr, float(mp), mp_ptr,
+        float(rp), rp_ptr, *prev, probs_ptr, ids_ptr, seed % 2**64, num_threads or 0)
     if status:
         what = ext.STATUS[status]
         if what in _RULES:
             raise ValueError(f"{what} must be {_RULES[what][2]}; got {value!r} at row {row}")
         raise ValueError(_MESSAGES[what].format(V=V, row=row, value=value))
-    return out if device.type == "cpu" else out.to(device)
+    return out if on_cpu else out.to(logits.device)
 
 
 def probs(logits: torch.Tensor, *, temperature: Param = 1.0, top_k: Param = 0, top_p: Param = 1.0,
