@@ -6,6 +6,7 @@ the `triton_backend` fixture (ENGINE_BACKEND=triton for that test), so a silent 
 error, not a pass. Tests marked `gpu` run only where CUDA is available.
 """
 import os
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,53 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _interpreter_loop_probe() -> str | None:
+    """None when Triton's interpreter runs a loop with a runtime bound, else why it cannot.
+
+    Triton 3.6's interpreter converts a scalar tensor to a loop bound with ``int()`` of a shape-(1,) numpy array,
+    which numpy >= 2.4 rejects (triton-lang/triton#9171; Triton 3.9's interpreter squeezes first). Every kernel
+    whose loop bound is an argument (attention, decode, looped layer norm) then fails with an opaque
+    InterpreterError. Compiled kernels on a GPU are not affected; this is a CPU test-environment problem.
+    """
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _count(X, n):
+        acc = 0
+        for _ in range(0, n):
+            acc += 1
+        tl.store(X, acc)
+
+    x = torch.zeros(1, dtype=torch.int32)
+    try:
+        with warnings.catch_warnings():  # numpy 1.25 - 2.3 warn about the same conversion: not news here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _count[(1,)](x, 3)
+    except Exception as exc:  # noqa: BLE001 - report any failure of the probe as the reason
+        return f"{type(exc).__name__}: {exc}"
+    return None if int(x[0]) == 3 else f"the probe loop counted {int(x[0])}, not 3"
+
+
+def pytest_configure(config):
+    from engine.backend import interpreting
+
+    if HAS_CUDA or not interpreting():
+        return
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return  # no Triton: the kernel tests say so themselves
+    why = _interpreter_loop_probe()
+    if why is not None:
+        raise pytest.UsageError(
+            f"Triton {triton.__version__}'s interpreter cannot run our kernels with numpy {numpy.__version__} "
+            f"({why}). Triton 3.6's interpreter needs numpy < 2.4 (triton-lang/triton#9171): "
+            "pip install 'numpy<2.4', or use a newer Triton."
+        )
 
 
 def pytest_collection_modifyitems(config, items):
