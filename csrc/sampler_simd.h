@@ -1,6 +1,7 @@
-// Vector loops of the sampler (csrc/sampler.cpp): SSE2 on x86, plain C++ elsewhere. Both paths run the same IEEE
-// float/double operations in the same order (max, compare, add, mul, truncating converts; sums in 8 fixed lanes),
-// so their results are bit-identical: a seed draws the same ids on every platform.
+// Vector loops of the sampler (csrc/sampler.cpp): SSE2 on x86, plain C++ elsewhere, with AVX2 / AVX-512 twins
+// chosen at run time. All paths run the same IEEE float/double operations in the same order (max, compare, add, mul,
+// correctly rounded divides, truncating converts; sums in 8 fixed lanes), so their results are bit-identical: a seed
+// draws the same ids on every platform.
 #pragma once
 
 #include <cstdint>
@@ -479,6 +480,66 @@ ENGINE_AVX2 inline double exp_select_avx2(const float* src, int64_t n, float div
   return s;
 }
 
+// AVX-512F twin of exp_select (the top-p pass, the hottest loop): 16 lanes, the same operations in the same order.
+#define ENGINE_AVX512 __attribute__((target("avx2,avx512f")))
+ENGINE_AVX512 inline __m512 exp_nonpos16(__m512 d) {
+  const __m512 c = _mm512_max_ps(d, _mm512_set1_ps(kExpMin));
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)), magic), magic);
+  __m512 r = _mm512_sub_ps(c, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __mmask16 low = _mm512_cmp_ps_mask(d, _mm512_set1_ps(kExpMin), _CMP_LT_OQ);
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~low), p, _mm512_castsi512_ps(e));
+}
+
+ENGINE_AVX512 inline double exp_select_avx512(const float* src, int64_t n, float div, float m, float lo, float* cx,
+                                              float* cy, int32_t* cid, int64_t* nc) {
+  const bool divide = div != 1.0f;
+  const __m512 dv = _mm512_set1_ps(div), mv = _mm512_set1_ps(m), lov = _mm512_set1_ps(lo);
+  __m512d acc = _mm512_setzero_pd();  // lane l sums elements i % 8 == l in index order, as the 8-lane loops do
+  __m512i id = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t i = 0, c = 0;
+  for (; i + 8 <= n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(0xff);
+    __m512 x = _mm512_maskz_loadu_ps(in, src + i);
+    if (divide) x = _mm512_div_ps(x, dv);
+    const __m512 y = exp_nonpos16(_mm512_sub_ps(x, mv));
+    const __m512 yh = _mm512_castpd_ps(_mm512_shuffle_f64x2(_mm512_castps_pd(y), _mm512_castps_pd(y), 0xee));
+    acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));
+    if (in == 0xffff) acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(yh)));
+    const __mmask16 k = static_cast<__mmask16>(_mm512_cmp_ps_mask(x, lov, _CMP_GE_OQ) & in);
+    const int count = __builtin_popcount(static_cast<unsigned>(k));
+    const __mmask16 out = static_cast<__mmask16>((1u << count) - 1u);
+    _mm512_mask_storeu_ps(cx + c, out, _mm512_maskz_compress_ps(k, x));
+    _mm512_mask_storeu_ps(cy + c, out, _mm512_maskz_compress_ps(k, y));
+    _mm512_mask_storeu_epi32(cid + c, out, _mm512_maskz_compress_epi32(k, id));
+    c += count;
+    id = _mm512_add_epi32(id, _mm512_set1_epi32(16));
+    if (in != 0xffff) { i += 8; break; }
+  }
+  double lanes[8];
+  _mm512_storeu_pd(lanes, acc);
+  double s = 0.0;
+  for (int l = 0; l < 8; ++l) s += lanes[l];
+  exp_select_tail(src, i, n, 1.0 / static_cast<double>(div), divide, m, lo, cx, cy, cid, &c, &s);
+  *nc = c;
+  return s;
+}
+
+inline bool use_avx512() {  // ENGINE_SAMPLER_NO_AVX512=1 keeps the AVX2 loops (tests compare the three)
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+                          !std::getenv("ENGINE_SAMPLER_NO_AVX2") && !std::getenv("ENGINE_SAMPLER_NO_AVX512");
+  return yes;
+}
+
 ENGINE_AVX2 inline int64_t find_int_avx2(const int32_t* a, int64_t from, int64_t n, int32_t v) {
   int64_t i = from;
   const __m256i vv = _mm256_set1_epi32(v);
@@ -531,6 +592,9 @@ inline void exp_bins(const float* x, float* y, int32_t* bin, int64_t n, float m,
 }
 inline double exp_select(const float* src, int64_t n, float div, float m, float lo, float* cx, float* cy,
                          int32_t* cid, int64_t* nc) {
+#ifdef ENGINE_SAMPLER_AVX2
+  if (use_avx512()) return exp_select_avx512(src, n, div, m, lo, cx, cy, cid, nc);
+#endif
   ENGINE_DISPATCH(exp_select, src, n, div, m, lo, cx, cy, cid, nc);
 }
 inline int64_t find_int(const int32_t* a, int64_t from, int64_t n, int32_t v) {

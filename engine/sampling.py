@@ -19,11 +19,13 @@ float16 or bfloat16 and non-contiguous; they are read in place (no copy). CUDA l
 Determinism: with ``seed``, row b draws from a generator keyed by (seed, b) only: the same ids on every run, thread
 count and platform. Without one, a seed is drawn from torch's default generator, so ``torch.manual_seed`` repeats runs.
 Calls are thread-safe and release the GIL; rows of a large batch run on several threads (``num_threads`` overrides
-the choice). On x86 CPUs with AVX2 the hot loops use it (bit-identical to the SSE2 / portable loops, which
-``ENGINE_SAMPLER_NO_AVX2=1`` forces).
+the choice). On x86 CPUs with AVX2 the hot loops use it, and AVX-512 for the top-p pass, all bit-identical to the
+SSE2 / portable loops (``ENGINE_SAMPLER_NO_AVX512=1`` stops at AVX2; ``ENGINE_SAMPLER_NO_AVX2=1`` forces the base).
 
 Cost: no full sort of the vocabulary. Top-k pre-filters with per-block maxima and sorts only about k candidates;
-top-p bins the row's mass on a log scale and sorts only the bin where the cut falls; softmax sums in double.
+top-p computes exp once per token in one pass that also sums the mass and gathers the tokens within 10 nats of the
+max, then bins those on a log scale and sorts only the bin where the cut falls (the whole row only when they hold
+less than top_p of the mass); softmax sums in double.
 """
 from __future__ import annotations
 

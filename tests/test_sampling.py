@@ -315,8 +315,10 @@ def test_cuda_logits_come_back_on_cuda():
     assert ids.device.type == "cuda" and torch.equal(ids.cpu(), sampling.sample(x.cpu(), seed=1, top_k=5))
 
 
-def test_base_loops_equal_avx2_loops(tmp_path):
-    # The AVX2 twins must give bit-identical probs and ids to the base (SSE2 / plain C++) loops.
+@pytest.mark.parametrize("off", ["ENGINE_SAMPLER_NO_AVX2", "ENGINE_SAMPLER_NO_AVX512"])
+def test_base_loops_equal_avx2_loops(tmp_path, off):
+    # The AVX2 / AVX-512 twins must give bit-identical probs and ids to the base (SSE2 / plain C++) loops: a child
+    # process with the wider loops turned off must agree with this one (which uses the widest the CPU has).
     script = tmp_path / "child.py"
     script.write_text(
         "import sys, torch\nfrom engine import sampling\n"
@@ -326,7 +328,7 @@ def test_base_loops_equal_avx2_loops(tmp_path):
         "       dict(temperature=1.3), dict(top_p=0.95, min_p=1e-6)]\n"
         "out = [(sampling.probs(x, **kw), sampling.sample(x, seed=4, **kw)) for kw in kws]\n"
         "torch.save(out, sys.argv[1])\n")
-    env = dict(os.environ, ENGINE_SAMPLER_NO_AVX2="1")
+    env = {**os.environ, off: "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path / "base.pt")], env=env, check=True, timeout=300)
     base = torch.load(tmp_path / "base.pt")
     x = torch.randn(5, 20011, generator=torch.Generator().manual_seed(21)) * 2.5
