@@ -12,7 +12,7 @@ ext_modules = [
     Pybind11Extension(
         "engine._sampler",
         ["csrc/sampler.cpp"],
-        depends=["csrc/sampler_simd.h", "csrc/sampler_avx.h"],
+        depends=["csrc/sampler_row.h", "csrc/sampler_simd.h", "csrc/sampler_avx.h"],
         cxx_std=17,
         extra_compile_args=_cxx_flags,
     ),
