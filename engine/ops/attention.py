@@ -30,9 +30,18 @@ MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
 _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
 
 
-def _check_dims(name: str, t: torch.Tensor, ndim: int, layout: str) -> None:
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}; got shape {tuple(t.shape)}")
+def _check_qkv(layout: str, **tensors: object) -> list[torch.Tensor]:
+    """q, k, v (given by their argument names): floating, ``layout``'s rank, one device, one dtype."""
+    ndim = layout.count(",") + 1
+    out = []
+    for name, t in tensors.items():
+        t = check_floating(name, t)
+        if t.dim() != ndim:
+            raise ValueError(f"{name} must be {ndim}-D {layout}; got shape {tuple(t.shape)}")
+        out.append(t)
+    check_same_device(**dict(zip(tensors, out)))
+    check_same_dtype(**dict(zip(tensors, out)))
+    return out
 
 
 def _check_scale(scale: object) -> float | None:
@@ -105,13 +114,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
     D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
     """
-    q = check_floating("query", query)
-    k = check_floating("key", key)
-    v = check_floating("value", value)
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        _check_dims(name, t, 4, "(B, H, N, D)")
-    check_same_device(query=q, key=k, value=v)
-    check_same_dtype(query=q, key=k, value=v)
+    q, k, v = _check_qkv("(B, H, N, D)", query=query, key=key, value=value)
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     if k.shape[0] != b or v.shape[0] != b:
@@ -214,13 +217,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
     devices are always checked.
     """
-    q = check_floating("q", q)
-    k = check_floating("k", k)
-    v = check_floating("v", v)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_dims(name, t, 3, "(total_tokens, H, D)")
-    check_same_device(q=q, k=k, v=v)
-    check_same_dtype(q=q, k=k, v=v)
+    q, k, v = _check_qkv("(total_tokens, H, D)", q=q, k=k, v=v)
     total_q, h, d = q.shape
     if k.shape[1] != h or v.shape[1] != h:
         raise ValueError(f"q, k and v must have the same number of heads; got {h}, {k.shape[1]}, {v.shape[1]}")
