@@ -99,7 +99,11 @@ stage_ceilings() { "$PY" benchmarks/ceilings.py --json "$OUTDIR/ceilings.json"; 
 stage_engine_bench() { "$PY" -m engine bench; }
 
 stage_gpu_tests() {
-    "$PY" -m pytest -m gpu tests/ --ignore=tests/kernels/test_aot.py -q -rfE -p no:cacheprovider
+    # Most of this stage is Triton compiling kernels on first use; with pytest-xdist (on the H200 image) the
+    # compiles run in parallel on the host's cores while the tests share the one GPU.
+    local par=()
+    "$PY" -c "import xdist" 2>/dev/null && par=(-n "${ENGINE_REPORT_WORKERS:-8}")
+    "$PY" -m pytest -m gpu tests/ --ignore=tests/kernels/test_aot.py -q -rfE -p no:cacheprovider "${par[@]}"
     local rc=$?
     if [ $rc -eq 5 ]; then echo "no GPU-marked tests were collected"; return 0; fi
     return $rc
