@@ -325,11 +325,12 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, force: boo
 
 
 def convert_main(hf_dir: str, out_dir: str, *, force: bool = False, dtype: str | None = None) -> int:
-    """``python -m engine convert`` entry point: 0 on success, 1 with a message on stderr otherwise."""
+    """``python -m engine convert`` entry point: 0 on success; 2 with one line on stderr for a user error (as
+    every other command). The progress line is shown on a terminal only."""
     try:
-        out = convert(hf_dir, out_dir, force=force, dtype=dtype, progress=True)
+        out = convert(hf_dir, out_dir, force=force, dtype=dtype, progress=sys.stderr.isatty())
     except (FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
         print(f"engine convert: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -163,16 +163,16 @@ def test_convert_cli_refuses_non_empty_dir(bert_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert cli(["convert", str(bert_dir), str(out)]) == 1
+    assert cli(["convert", str(bert_dir), str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
     assert cli(["convert", str(bert_dir), str(out), "--force", "--dtype", "bfloat16"]) == 0
     model = engine.from_pretrained(out)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     names = set(load_file(out / "model.safetensors"))
     assert "layers.0.attn.qkv.weight" in names and not any(n.startswith("bert.") for n in names)
-    assert cli(["convert", str(bert_dir), str(bert_dir), "--force"]) == 1
+    assert cli(["convert", str(bert_dir), str(bert_dir), "--force"]) == 2
     assert "must differ" in capsys.readouterr().err
-    assert cli(["convert", str(out), str(tmp_path / "again")]) == 1  # already converted
+    assert cli(["convert", str(out), str(tmp_path / "again")]) == 2  # already converted
     assert "already in engine's format" in capsys.readouterr().err
 
 
