@@ -5,7 +5,8 @@
 // smallest prefix of the (logit desc, id asc) order whose mass reaches top_p), min-p (keep p >= min_p * p_max).
 // No full sort of the vocabulary: top-k uses per-block maxima as a threshold pre-filter; top-p computes exp once per
 // token in a pass that also sums the mass and gathers the tokens within kSpan nats of the max, then bins those on a
-// log scale (the whole row only if they hold too little mass); only the few candidates near a cut are sorted.
+// log scale (the whole row only if they hold too little mass); only the few candidates near a cut are sorted. When
+// a sample says most of the row lies within kSpan (flat logits), one pass computes x, y, bins and bin masses instead.
 // Softmax subtracts the max and sums in double. Every sum has a fixed order (no -ffast-math, no FP contraction), and
 // row b's uniform comes from splitmix64(seed, b), so a seed gives the same ids on every run, thread count and
 // platform. The GIL is released; rows run on std::threads.
@@ -36,7 +37,7 @@ using namespace sampler_row;
 void finish_candidates(const Job& j, int64_t b, Scratch& s, float m, double top_p, double min_p) {
   auto& c = s.cand;
   for (auto& e : c) e.y = exp_nonpos(e.v - m);
-  std::sort(c.begin(), c.end(), before);
+  std::sort(c.begin(), c.end(), [](const Cand& a, const Cand& d) { return before(a, d); });
   size_t keep = c.size();
   if (top_p < 1.0) {
     double z = 0.0;
@@ -79,14 +80,19 @@ void finish_candidates(const Job& j, int64_t b, Scratch& s, float m, double top_
 // prefix of the (x desc, token asc) order whose mass reaches top_p * z (z < 0: the sum of y), summing whole bins and
 // sorting only the bin where the cut falls. Bin nb takes the rest; when it may be incomplete (!last_complete) and the
 // cut falls in it, returns false. Else raises *theta to the cut value and zeroes y of the ties past the cut.
+// With filled, s.hist already holds those two half-histograms (even / odd entries, as below).
 bool top_p_cut(const float* x, float* y, const int32_t* bin, int64_t n, int nb, bool last_complete, double top_p,
-               double z, float* theta, Scratch& s) {
-  s.hist.assign(2 * (nb + 1), 0.0);
+               double z, float* theta, Scratch& s, bool filled = false) {
   double* h0 = s.hist.data();
   double* h1 = h0 + nb + 1;
-  int64_t i = 0;
-  for (; i + 2 <= n; i += 2) { h0[bin[i]] += y[i]; h1[bin[i + 1]] += y[i + 1]; }
-  if (i < n) h0[bin[i]] += y[i];
+  if (!filled) {
+    s.hist.assign(2 * (nb + 1), 0.0);
+    h0 = s.hist.data();
+    h1 = h0 + nb + 1;
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) { h0[bin[i]] += y[i]; h1[bin[i + 1]] += y[i + 1]; }
+    if (i < n) h0[bin[i]] += y[i];
+  }
   double sum = 0.0;
   for (int q = 0; q <= nb; ++q) { h0[q] += h1[q]; sum += h0[q]; }
   const double target = top_p * (z < 0.0 ? sum : z);
@@ -101,7 +107,7 @@ bool top_p_cut(const float* x, float* y, const int32_t* bin, int64_t n, int nb, 
   c.clear();
   for (int64_t q = sampler_simd::find_int(bin, 0, n, kb); q < n; q = sampler_simd::find_int(bin, q + 1, n, kb))
     if (x[q] >= *theta) c.push_back({x[q], static_cast<int32_t>(q), y[q]});
-  std::sort(c.begin(), c.end(), before);  // entries are in token order, so entry order breaks ties as ids do
+  std::sort(c.begin(), c.end(), [](const Cand& a, const Cand& d) { return before(a, d); });  // entries are in token order, so entry order breaks ties as ids do
   size_t d = 0;
   while (d < c.size() && acc < target) acc += c[d++].y;
   if (d > 0) {
@@ -170,6 +176,16 @@ bool top_p_fast(const Job& j, int64_t b, Scratch& s, const float* src, float tf,
   return true;
 }
 
+// Whether most of the row lies within kSpan nats of the max (a strided sample of 256 entries against a rough bound,
+// raw >= lo * T): then the candidate list would hold most of the row and the full-row path is cheaper.
+bool dense_row(const float* src, int64_t V, float raw_lo) {
+  constexpr int64_t kSample = 256;
+  if (V < 4 * kSample) return false;
+  int64_t hits = 0;
+  for (int64_t k = 0; k < kSample; ++k) hits += src[k * V / kSample] >= raw_lo;
+  return hits * 4 > kSample * 3;
+}
+
 int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
   const int64_t V = j.V;
   const double temperature = j.temperature.at(b), top_p = j.top_p.at(b), min_p = j.min_p.at(b);
@@ -234,6 +250,18 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
     if (bad || raw == -kInf) return fail(temperature);
     const float m = sampler_simd::div_float(raw, 1.0 / static_cast<double>(tf));
     if (!(m > -kInf && m < kInf)) return fail(temperature);
+    if (dense_row(src, V, (m - kSpan) * tf)) {  // one pass: x, y, bins and their masses over the whole row
+      float* x = s.x.data();
+      float* y = s.y.data();
+      s.hist.assign(2 * kBins, 0.0);
+      sampler_simd::exp_hist(src, V, tf, m, kBinScale, static_cast<float>(kBins - 1), x, y, s.bin.data(),
+                             s.hist.data(), s.hist.data() + kBins);
+      float theta = -kInf;
+      top_p_cut(x, y, s.bin.data(), V, kBins - 1, true, top_p, -1.0, &theta, s, true);
+      if (min_p > 0.0) theta = std::max(theta, min_p_threshold(m, min_p));
+      emit_kept(j, b, s, x, y, nullptr, V, theta);
+      return kOk;
+    }
     if (top_p_fast(j, b, s, src, tf, m, top_p, min_p)) return kOk;
   }
 

@@ -235,6 +235,41 @@ ENGINE_AVX512 inline double exp_select_avx512(const float* src, int64_t n, float
   return s;
 }
 
+// AVX-512F twin of exp_hist: the scalar scatter of each 16 lanes runs beside the next vectors' exp.
+ENGINE_AVX512 inline void exp_hist_avx512(const float* src, int64_t n, float div, float m, float scale, float top,
+                                          float* x, float* y, int32_t* bin, double* h0, double* h1) {
+  const bool divide = div != 1.0f;
+  const __m512 dv = _mm512_set1_ps(div), mv = _mm512_set1_ps(m), sv = _mm512_set1_ps(scale),
+               tv = _mm512_set1_ps(top);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(src + i);
+    if (divide) v = _mm512_div_ps(v, dv);
+    _mm512_storeu_ps(x + i, v);
+    const __m512 yv = exp_nonpos16(_mm512_sub_ps(v, mv));
+    _mm512_storeu_ps(y + i, yv);
+    const __m512i bv = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(mv, v), sv), tv));
+    _mm512_storeu_si512(bin + i, bv);
+    // scatter the block two back (its stores have left the store buffer: no failed forwarding from 64-byte stores)
+    for (int64_t q = i - 32, l = 0; q >= 0 && l < 16; l += 2) {
+      h0[bin[q + l]] += static_cast<double>(y[q + l]);
+      h1[bin[q + l + 1]] += static_cast<double>(y[q + l + 1]);
+    }
+  }
+  for (int64_t q = i < 32 ? 0 : i - 32; q < i; q += 2) {
+    h0[bin[q]] += static_cast<double>(y[q]);
+    h1[bin[q + 1]] += static_cast<double>(y[q + 1]);
+  }
+  const double rdiv = 1.0 / static_cast<double>(div);
+  for (; i < n; ++i) {
+    x[i] = divide ? div_float(src[i], rdiv) : src[i];
+    y[i] = exp_nonpos(x[i] - m);
+    const float d = (m - x[i]) * scale;
+    bin[i] = static_cast<int32_t>(d < top ? d : top);
+    (i & 1 ? h1 : h0)[bin[i]] += static_cast<double>(y[i]);
+  }
+}
+
 inline bool use_avx512() {  // ENGINE_SAMPLER_NO_AVX512=1 keeps the AVX2 loops (tests compare the three)
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
                           !std::getenv("ENGINE_SAMPLER_NO_AVX2") && !std::getenv("ENGINE_SAMPLER_NO_AVX512");

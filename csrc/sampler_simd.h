@@ -347,4 +347,31 @@ inline int64_t find_int(const int32_t* a, int64_t from, int64_t n, int32_t v) {
   ENGINE_DISPATCH(find_int, a, from, n, v);
 }
 
+// The dense top-p pass (most of the row near the max): x[i] = src[i] / div, y[i] = exp(x[i] - m),
+// bin[i] = (int)min((m - x[i]) * scale, top), and the bin masses h0[bin[i]] += y[i] (even i) / h1 (odd i), each in
+// index order. Chunks of 256 keep the scatter in L1; the AVX-512 twin scatters inside its exp loop.
+inline void exp_hist(const float* src, int64_t n, float div, float m, float scale, float top, float* x, float* y,
+                     int32_t* bin, double* h0, double* h1) {
+#ifdef ENGINE_SAMPLER_AVX2
+  if (use_avx512()) { exp_hist_avx512(src, n, div, m, scale, top, x, y, bin, h0, h1); return; }
+#endif
+  const bool divide = div != 1.0f;
+  const double rdiv = 1.0 / static_cast<double>(div);
+  constexpr int64_t kChunk = 256;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t e = n - i0 < kChunk ? n : i0 + kChunk;
+    int64_t i = i0;
+#ifdef ENGINE_SAMPLER_SSE2
+    const __m128d dv = _mm_set1_pd(rdiv);
+    for (; i + 4 <= e; i += 4) {
+      const __m128 v = _mm_loadu_ps(src + i);
+      _mm_storeu_ps(x + i, divide ? div_float(v, dv) : v);
+    }
+#endif
+    for (; i < e; ++i) x[i] = divide ? div_float(src[i], rdiv) : src[i];
+    exp_bins(x + i0, y + i0, bin + i0, e - i0, m, -kInf, scale, top);
+    for (i = i0; i < e; ++i) (i & 1 ? h1 : h0)[bin[i]] += y[i];
+  }
+}
+
 }  // namespace sampler_simd
