@@ -241,25 +241,28 @@ ENGINE_AVX512 inline void exp_hist_avx512(const float* src, int64_t n, float div
   const bool divide = div != 1.0f;
   const __m512 dv = _mm512_set1_ps(div), mv = _mm512_set1_ps(m), sv = _mm512_set1_ps(scale),
                tv = _mm512_set1_ps(top);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  auto block = [&](int64_t i) ENGINE_AVX512 {
     __m512 v = _mm512_loadu_ps(src + i);
     if (divide) v = _mm512_div_ps(v, dv);
     _mm512_storeu_ps(x + i, v);
-    const __m512 yv = exp_nonpos16(_mm512_sub_ps(v, mv));
-    _mm512_storeu_ps(y + i, yv);
-    const __m512i bv = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(mv, v), sv), tv));
-    _mm512_storeu_si512(bin + i, bv);
-    // scatter the block two back (its stores have left the store buffer: no failed forwarding from 64-byte stores)
-    for (int64_t q = i - 32, l = 0; q >= 0 && l < 16; l += 2) {
-      h0[bin[q + l]] += static_cast<double>(y[q + l]);
-      h1[bin[q + l + 1]] += static_cast<double>(y[q + l + 1]);
+    _mm512_storeu_ps(y + i, exp_nonpos16(_mm512_sub_ps(v, mv)));
+    _mm512_storeu_si512(bin + i, _mm512_cvttps_epi32(_mm512_min_ps(_mm512_mul_ps(_mm512_sub_ps(mv, v), sv), tv)));
+  };
+  auto scatter = [&](int64_t q, int64_t e) {
+    for (; q < e; q += 2) {
+      h0[bin[q]] += static_cast<double>(y[q]);
+      h1[bin[q + 1]] += static_cast<double>(y[q + 1]);
     }
+  };
+  // 32 entries a step (two independent exp chains); the scalar scatter trails two steps behind, so its loads never
+  // wait on a failed forward from a 64-byte store.
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    block(i);
+    block(i + 16);
+    if (i >= 64) scatter(i - 64, i - 32);
   }
-  for (int64_t q = i < 32 ? 0 : i - 32; q < i; q += 2) {
-    h0[bin[q]] += static_cast<double>(y[q]);
-    h1[bin[q + 1]] += static_cast<double>(y[q + 1]);
-  }
+  scatter(i < 64 ? 0 : i - 64, i);
   const double rdiv = 1.0 / static_cast<double>(div);
   for (; i < n; ++i) {
     x[i] = divide ? div_float(src[i], rdiv) : src[i];
