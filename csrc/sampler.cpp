@@ -253,16 +253,19 @@ int process_row(const Job& j, int64_t b, Scratch& s, double* bad_value) {
     if (dense_row(src, V, (m - kSpan) * tf)) {  // one pass: x, y, bins and their masses over the whole row
       float* x = s.x.data();
       float* y = s.y.data();
-      s.hist.assign(2 * kBins, 0.0);
-      sampler_simd::exp_hist(src, V, tf, m, kBinScale, static_cast<float>(kBins - 1), x, y, s.bin.data(),
-                             s.hist.data(), s.hist.data() + kBins);
+      constexpr int kDense = 20 * static_cast<int>(kBinScale);  // 20 nats of bins, the last takes the rest
+      s.hist.assign(2 * kDense, 0.0);
+      sampler_simd::exp_hist(src, V, tf, m, kBinScale, static_cast<float>(kDense - 1), x, y, s.bin.data(),
+                             s.hist.data(), s.hist.data() + kDense);
       float theta = -kInf;
-      top_p_cut(x, y, s.bin.data(), V, kBins - 1, true, top_p, -1.0, &theta, s, true);
-      if (min_p > 0.0) theta = std::max(theta, min_p_threshold(m, min_p));
-      emit_kept(j, b, s, x, y, nullptr, V, theta);
+      if (top_p_cut(x, y, s.bin.data(), V, kDense - 1, false, top_p, -1.0, &theta, s, true)) {
+        if (min_p > 0.0) theta = std::max(theta, min_p_threshold(m, min_p));
+        emit_kept(j, b, s, x, y, nullptr, V, theta);
+        return kOk;
+      }  // the cut lies more than 20 nats down: the full-row path below
+    } else if (top_p_fast(j, b, s, src, tf, m, top_p, min_p)) {
       return kOk;
     }
-    if (top_p_fast(j, b, s, src, tf, m, top_p, min_p)) return kOk;
   }
 
   // x = row / T; max, per-block maxima, and the count of NaN / +inf.
