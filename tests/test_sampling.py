@@ -90,6 +90,18 @@ def test_matches_hf_large_vocab(top_k):
         _check(x, prev, temperature=0.8, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=1.2)
 
 
+@pytest.mark.parametrize("V", [1031, 4099, 50257])
+def test_matches_hf_on_flat_rows(V):
+    # Flat rows (most of the vocabulary within 10 nats of the max, V >= 1024) take the sampler's dense top-p pass:
+    # x, exp, bins and bin masses in one sweep, with the full-row path as fallback.
+    x, prev = _logits(2, V, 41, scales=(0.5, 1.0)), _prev(2, V, 17, 42)
+    for temperature, top_p, min_p in [(0.8, 0.9, 0.0), (1.0, 0.5, 0.0), (0.8, 0.999, 0.0), (1.3, 0.95, 0.01)]:
+        got = _check(x, prev, temperature=temperature, top_p=top_p, min_p=min_p, repetition_penalty=1.1)
+        ids = sampling.sample(x, prev_tokens=prev, seed=7, temperature=temperature, top_p=top_p, min_p=min_p,
+                              repetition_penalty=1.1)
+        assert (got.gather(1, ids) > 0).all()
+
+
 def test_top_p_cut_far_below_the_max():
     # Top-p first searches the tokens within 10 nats of the max and falls back to the whole row when their mass is
     # short of top_p: a spike over a flat tail puts the cut inside the tail (d ~ -12: fallback; d ~ -9: no fallback).
@@ -322,8 +334,8 @@ def test_base_loops_equal_avx2_loops(tmp_path, off):
     script = tmp_path / "child.py"
     script.write_text(
         "import sys, torch\nfrom engine import sampling\n"
-        "x = torch.randn(5, 20011, generator=torch.Generator().manual_seed(21)) * 2.5\n"
-        "x[4] = x[4] * 0.12; x[4, 7] = 12.0\n"
+        "x = torch.randn(6, 20011, generator=torch.Generator().manual_seed(21)) * 2.5\n"
+        "x[4] = x[4] * 0.12; x[4, 7] = 12.0; x[5] = x[5] * 0.2\n"
         "kws = [dict(temperature=0.8, top_p=0.9), dict(top_k=40, min_p=0.05), dict(top_k=5000, top_p=0.7),\n"
         "       dict(temperature=1.3), dict(top_p=0.95, min_p=1e-6)]\n"
         "out = [(sampling.probs(x, **kw), sampling.sample(x, seed=4, **kw)) for kw in kws]\n"
@@ -331,9 +343,10 @@ def test_base_loops_equal_avx2_loops(tmp_path, off):
     env = {**os.environ, off: "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path / "base.pt")], env=env, check=True, timeout=300)
     base = torch.load(tmp_path / "base.pt")
-    x = torch.randn(5, 20011, generator=torch.Generator().manual_seed(21)) * 2.5
+    x = torch.randn(6, 20011, generator=torch.Generator().manual_seed(21)) * 2.5
     x[4] = x[4] * 0.12
     x[4, 7] = 12.0  # top-p's cut lies in the flat tail, 12 nats below the max: the full-row path
+    x[5] = x[5] * 0.2  # flat row: the dense top-p pass
     kws = [dict(temperature=0.8, top_p=0.9), dict(top_k=40, min_p=0.05), dict(top_k=5000, top_p=0.7),
            dict(temperature=1.3), dict(top_p=0.95, min_p=1e-6)]
     for (p, ids), kw in zip(base, kws):
