@@ -91,3 +91,13 @@ def triton_backend(monkeypatch):
 def torch_backend(monkeypatch):
     monkeypatch.setenv("ENGINE_BACKEND", "torch")
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread avoids OpenMP hand-off costs on a small shared machine (speed only).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,12 +24,7 @@ WORDS = ("the a is of and in on to paris france capital city river blue sky cat 
 LABELS = {0: "negative", 1: "positive", 2: "neutral"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def perturb(model: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
