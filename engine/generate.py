@@ -330,11 +330,10 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
     params = {
         "temperature": _number("temperature", temperature, lambda v: v > 0 or (v == 0 and not do_sample),
                                "a number > 0 when sampling (do_sample=False is greedy)"),
-        "top_k": _number("top_k", top_k, lambda v: v >= 0, "an integer >= 0 (0 means off)", integer=True),
-        "top_p": _number("top_p", top_p, lambda v: 0 < v <= 1, "a number in (0, 1] (1 means off)"),
-        "min_p": _number("min_p", min_p, lambda v: 0 <= v <= 1, "a number in [0, 1] (0 means off)"),
-        "repetition_penalty": _number("repetition_penalty", repetition_penalty, lambda v: v > 0,
-                                      "a number > 0 (1 means off)"),
+        "top_k": sampling.check_scalar("top_k", top_k),
+        "top_p": sampling.check_scalar("top_p", top_p),
+        "min_p": sampling.check_scalar("min_p", min_p),
+        "repetition_penalty": sampling.check_scalar("repetition_penalty", repetition_penalty),
     }
     if not do_sample:  # as HF: greedy ignores the warpers, keeps the repetition penalty
         params.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)

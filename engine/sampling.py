@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import numbers
 from collections.abc import Sequence
 from typing import Union
 
 import torch
 
-__all__ = ["probs", "sample", "probs_reference"]
+__all__ = ["check_scalar", "probs", "sample", "probs_reference"]
 
 Param = Union[float, int, torch.Tensor, Sequence[float]]
 PrevTokens = Union[torch.Tensor, Sequence[Sequence[int]], Sequence[int], None]
@@ -68,6 +69,19 @@ _RULES = {
     "min_p": (False, lambda v: 0 <= v <= 1, "a number in [0, 1] (0 means off)"),
     "repetition_penalty": (False, lambda v: v > 0, "a number > 0 (1 means off)"),
 }
+
+
+def check_scalar(name: str, value: object) -> float | int:
+    """One scalar option (top_k, top_p, min_p, repetition_penalty, temperature) checked by the rule ``probs`` and
+    ``sample`` apply; any real number (integer for top_k) is accepted. TypeError for a non-number, ValueError out of
+    range. Returns it as an int (top_k) or a float. For callers that validate before doing work (generate)."""
+    integer, ok, expected = _RULES[name]
+    kinds = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {expected}; got {type(value).__name__} {value!r}")
+    if not ok(value):
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    return int(value) if integer else float(value)
 
 
 def _param(name: str, value: Param, B: int, keep: list) -> tuple[float | int, int]:
