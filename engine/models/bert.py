@@ -140,7 +140,7 @@ class EncoderModel(nn.Module):
             x = self.emb_proj(x)
         B, N, _ = x.shape
         has_padding = attention_mask is not None
-        packed = self.packed if self.packed is not None else (x.is_cuda and blocks.varlen_available())
+        packed = self.packed if self.packed is not None else x.is_cuda
         if has_padding and packed:
             x, layout = blocks.unpad(x, attention_mask)
         else:

@@ -16,63 +16,35 @@ from torch import nn
 from engine import ops
 
 
-# ---- op wrappers (one per op; switching an op is a one-line change here) -------------------------------------
+# ---- op wrappers: the model's call sites in the shape it uses (nn.LayerNorm modules, packed qkv) -------------
 def layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
     """LayerNorm over the last dim of ``x`` (..., C) with ``ln``'s weight, bias and eps."""
-    f = getattr(ops, "layer_norm", None) or F.layer_norm
-    return f(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
+    return ops.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
 
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(LayerNorm(x + residual), x + residual); x, residual (..., C)."""
-    f = getattr(ops, "add_layer_norm", None)
-    if f is not None:
-        return f(x, residual, ln.weight, ln.bias, ln.eps)
-    s = x + residual
-    return F.layer_norm(s, (s.shape[-1],), ln.weight, ln.bias, ln.eps), s
+    return ops.add_layer_norm(x, residual, ln.weight, ln.bias, ln.eps)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
     """gelu(x + bias); x (..., F), bias (F,); approximate "none" (erf) or "tanh"."""
-    f = getattr(ops, "bias_gelu", None)
-    if f is not None:
-        return f(x, bias, approximate=approximate)
-    return F.gelu(x + bias, approximate=approximate)
+    return ops.bias_gelu(x, bias, approximate=approximate)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, causal: bool,
          scale: float) -> torch.Tensor:
     """Attention on (B, H, N, D) tensors; ``mask`` additive (B, 1, 1 or N, N) or None."""
-    f = getattr(ops, "scaled_dot_product_attention", None) or F.scaled_dot_product_attention
-    return f(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    return ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
 def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
            causal: bool, scale: float) -> torch.Tensor:
-    """Attention on packed (total, H, D) tokens of sequences delimited by int32 ``cu_seqlens`` (B + 1,)."""
-    f = getattr(ops, "varlen_attention", None)
-    if f is not None:  # cu_seqlens come from unpad: known good, so skip the op's value check (a device sync)
-        return f(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal, scale=scale,
-                 validate=False)
-    out = torch.empty_like(q)  # PyTorch fallback: one sequence at a time
-    bounds = cu_seqlens.tolist()
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[s:e].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
-        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale).transpose(0, 1)
-    return out
+    """Attention on packed (total, H, D) tokens of sequences delimited by int32 ``cu_seqlens`` (B + 1,).
 
-
-def _attention_helper(name: str):
-    """engine.ops.attention's unpad_input / pad_input when that module exists, else None (ours below)."""
-    try:
-        from engine.ops import attention
-    except ImportError:
-        return None
-    return getattr(attention, name, None)
-
-
-def varlen_available() -> bool:
-    return getattr(ops, "varlen_attention", None) is not None
+    cu_seqlens come from ``unpad``: known good, so the op's value check (a device sync) is skipped."""
+    return ops.varlen_attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal,
+                                scale=scale, validate=False)
 
 
 # ---- how one forward pass lays out its tokens --------------------------------------------------------------
@@ -125,27 +97,13 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype, *, causal: bo
 
 def unpad(x: torch.Tensor, attention_mask: torch.Tensor, *, causal: bool = False) -> tuple[torch.Tensor, TokenLayout]:
     """(B, N, C) padded tokens -> (T, C) real tokens and the packed layout (sequences must be left-aligned)."""
-    helper = _attention_helper("unpad_input")
-    if helper is not None:
-        packed, indices, cu, max_seqlen = helper(x, attention_mask)
-        return packed, TokenLayout(causal=causal, cu_seqlens=cu, max_seqlen=max_seqlen, indices=indices)
-    B, N, C = x.shape
-    keep = attention_mask.bool()
-    lens = keep.sum(1, dtype=torch.int32)  # (B,)
-    indices = keep.flatten().nonzero().squeeze(1)  # (T,)
-    cu = torch.zeros(B + 1, dtype=torch.int32, device=x.device)
-    cu[1:] = lens.cumsum(0)
-    layout = TokenLayout(causal=causal, cu_seqlens=cu, max_seqlen=int(lens.max()), indices=indices)
-    return x.reshape(B * N, C).index_select(0, indices), layout
+    packed, indices, cu, max_seqlen = ops.unpad_input(x, attention_mask)
+    return packed, TokenLayout(causal=causal, cu_seqlens=cu, max_seqlen=max_seqlen, indices=indices)
 
 
 def pad(x: torch.Tensor, layout: TokenLayout, B: int, N: int) -> torch.Tensor:
     """(T, C) packed tokens back to (B, N, C); padded positions are zeros."""
-    helper = _attention_helper("pad_input")
-    if helper is not None:
-        return helper(x, layout.indices, B, N)
-    out = x.new_zeros(B * N, x.shape[-1])
-    return out.index_copy_(0, layout.indices, x).view(B, N, -1)
+    return ops.pad_input(x, layout.indices, B, N)
 
 
 # ---- modules ------------------------------------------------------------------------------------------------
