@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 import engine
 from engine.__main__ import main as cli
+from engine.models import blocks
 from models_util import assert_close_valid, family, hf_main, inputs, make_hf
 
 ARCHS = [
@@ -75,6 +76,29 @@ def test_packed_path_matches(arch, tmp_path_factory):
     model = engine.from_pretrained(src)
     model.packed = True
     assert_close_valid(model(**x), ref, x["attention_mask"])
+
+
+@pytest.mark.parametrize("arch", ["BertForMaskedLM", "AlbertModel", "RobertaForSequenceClassification"])
+def test_padding_mask_path_matches(arch, tmp_path_factory):
+    """The padded path (a key-padding mask over the whole batch), forced, gives the same real-token outputs."""
+    src, x, ref, _ = reference(arch, tmp_path_factory)
+    model = engine.from_pretrained(src)
+    model.packed = False
+    assert_close_valid(model(**x), ref, x["attention_mask"])
+
+
+def test_cpu_packs_padded_batches_by_default(monkeypatch, tmp_path_factory):
+    """On the CPU a batch with enough padding runs packed unless the user chose; a full batch never packs."""
+    src, x, ref, _ = reference("BertModel", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    packs = []
+    real_unpad = blocks.unpad
+    monkeypatch.setattr(blocks, "unpad", lambda *a, **k: packs.append(1) or real_unpad(*a, **k))
+    assert_close_valid(model(**x), ref, x["attention_mask"])
+    assert packs and x["attention_mask"].eq(0).float().mean() >= 1 / 16
+    packs.clear()
+    model(x["input_ids"], attention_mask=torch.ones_like(x["attention_mask"]))
+    assert not packs
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])

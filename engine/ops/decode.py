@@ -94,6 +94,12 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
+    if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
+        hi = int(lens.max())
+        if Tq == 1 and hi > 0 and int(lens.min()) == hi:  # one new token, equal lengths: every key visible, no mask
+            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], scale=scale)
+        Tmax = max(hi, 1)
+        k_cache, v_cache = k_cache[:, :, :Tmax], v_cache[:, :, :Tmax]
     rows = torch.arange(Tq, device=q.device)
     cols = torch.arange(Tmax, device=q.device)
     visible = cols[None, None, :] <= (lens[:, None, None] - Tq + rows[None, :, None])  # (B, Tq, Tmax)

@@ -221,6 +221,22 @@ def test_torch_path_empty_rows_and_clamping(torch_backend, device):
     torch.testing.assert_close(out.double(), reference(q, k, v, lens, 1 / math.sqrt(D)), atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("values,Tq", [([17, 17, 17], 1), ([17, 17, 17], 4), ([30, 5, 12], 1), ([0, 0, 0], 2),
+                                       ([3, 0, 9], 3)])
+def test_torch_path_on_cpu_reads_only_the_filled_cache(torch_backend, values, Tq):
+    # On CPU the PyTorch path attends over the first max(cache_seqlens) keys only (and with no mask at all when
+    # Tq == 1 and every row has the same length): keys past every row's length are NaN here and must not matter.
+    B, H, Tmax, D = 3, 2, 30, 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, "cpu", seed=31 + Tq)
+    hi = max(values)
+    k[:, :, hi:] = float("nan")
+    v[:, :, hi:] = float("nan")
+    lens = seqlens(values, "cpu")
+    out = ops.decode_attention(q, k, v, lens, validate=False)
+    ref = reference(q, k.nan_to_num(0.0), v.nan_to_num(0.0), lens, 1 / math.sqrt(D))
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+
+
 def test_grad_goes_to_torch_and_stays_finite(device):
     # Inputs that require grad run the differentiable PyTorch path; empty rows must not poison the gradients.
     B, H, Tq, Tmax, D = 2, 2, 3, 20, 32
