@@ -299,6 +299,15 @@ def _token_ids(name: str, value: object, vocab: int) -> list[int]:
     return [int(v) for v in vals]
 
 
+def _config_eos(value: int | list[int] | None, vocab: int) -> list[int]:
+    ids = [] if value is None else [value] if isinstance(value, int) else list(value)
+    return [i for i in ids if 0 <= i < vocab]
+
+
+def _is_empty(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and not value or isinstance(value, torch.Tensor) and value.numel() == 0
+
+
 def check_model(model: object) -> None:
     """Raise TypeError unless ``model`` is an engine GPT-2 model with an LM head (GPT2LMHeadModel)."""
     from engine.models.gpt2 import GPT2
@@ -337,7 +346,10 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
     }
     if not do_sample:  # as HF: greedy ignores the warpers, keeps the repetition penalty
         params.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
-    eos = [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id, cfg.vocab_size)
+    if eos_token_id is None:  # as HF: the model's own EOS id(s) from its config (ids outside the vocabulary, as
+        eos = _config_eos(cfg.eos_token_id, cfg.vocab_size)  # tiny test models carry, are dropped)
+    else:
+        eos = [] if _is_empty(eos_token_id) else _token_ids("eos_token_id", eos_token_id, cfg.vocab_size)
     if len(eos) > MAX_EOS_IDS:
         raise ValueError(f"eos_token_id holds {len(eos)} ids; at most {MAX_EOS_IDS} are supported")
     if pad_token_id is None:
@@ -390,8 +402,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask:
     input_ids: (B, T) prompts; attention_mask: (B, T) of 0/1, left padding only. Greedy unless ``do_sample``;
     sampling follows HF's processors (repetition penalty, then temperature, top-k, top-p, min-p; top_k=0 is off,
     unlike HF's default of 50). ``eos_token_id`` (an id or a list) stops a row, which is then padded with
-    ``pad_token_id`` (default: the first EOS id); ``new`` is smaller than max_new_tokens only when every row
-    stopped early. ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA
+    ``pad_token_id`` (default: the first EOS id); None (the default) takes the model config's EOS id(s), as HF
+    does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens only when every row stopped early. ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA
     graph (default: on for CUDA models).
     """
     kw = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,

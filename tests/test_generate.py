@@ -72,6 +72,24 @@ def test_greedy_left_padded_batch_equals_transformers(models):
         assert torch.equal(alone[0, 11 - n:], got[b, 11:])
 
 
+def test_default_eos_comes_from_the_config(models, monkeypatch):
+    # As HF: eos_token_id=None takes the config's EOS id(s) (ids outside the vocabulary are dropped); [] is none.
+    import dataclasses
+
+    hf, m = models
+    ids, mask = prompts(2, 6, seed=11, pads=(0, 2))
+    free = m.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=[])
+    eos = free[0, 6 + 4].item()  # a token row 0 produces
+    assert free.shape == (2, 36)
+    monkeypatch.setattr(m, "config", dataclasses.replace(m.config, eos_token_id=[eos, V + 5]))
+    got = m.generate(ids, attention_mask=mask, max_new_tokens=30)
+    assert torch.equal(got, hf_generate(hf, ids, mask, max_new_tokens=30, do_sample=False, eos_token_id=eos,
+                                        pad_token_id=eos))
+    first = free[0, 6:].tolist().index(eos)
+    assert (got[0, 6 + first:] == eos).all()  # row 0 stopped at its first EOS and is padded with it
+    assert torch.equal(m.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=[]), free)
+
+
 @pytest.mark.parametrize("pad_token_id", [None, 5])
 def test_eos_stops_each_row_and_pads(models, pad_token_id):
     hf, m = models
