@@ -69,21 +69,14 @@ def test_matches_transformers(arch, route, tmp_path, tmp_path_factory):
     assert_close_valid(model(**x), ref, x["attention_mask"])
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padding-mask"])
 @pytest.mark.parametrize("arch", ["BertForMaskedLM", "AlbertModel", "RobertaForSequenceClassification"])
-def test_packed_path_matches(arch, tmp_path_factory):
-    """The varlen (unpadded tokens) path, forced on the CPU, gives the same real-token outputs."""
+def test_forced_paths_match(arch, packed, tmp_path_factory):
+    """Both encoder paths, forced on the CPU: packed real tokens (varlen) and the padded batch with a key-padding
+    mask give the same real-token outputs."""
     src, x, ref, _ = reference(arch, tmp_path_factory)
     model = engine.from_pretrained(src)
-    model.packed = True
-    assert_close_valid(model(**x), ref, x["attention_mask"])
-
-
-@pytest.mark.parametrize("arch", ["BertForMaskedLM", "AlbertModel", "RobertaForSequenceClassification"])
-def test_padding_mask_path_matches(arch, tmp_path_factory):
-    """The padded path (a key-padding mask over the whole batch), forced, gives the same real-token outputs."""
-    src, x, ref, _ = reference(arch, tmp_path_factory)
-    model = engine.from_pretrained(src)
-    model.packed = False
+    model.packed = packed
     assert_close_valid(model(**x), ref, x["attention_mask"])
 
 
