@@ -130,21 +130,16 @@ def _generate(args: argparse.Namespace) -> int:
 def _generate_impl(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.generate import stream
+    from engine.generate import config_eos_ids, stream
 
     model, tok = _load(args.model, "generate", args)
     ids = tok.encode(args.prompt)
     if not ids:
         raise CommandError("the prompt is empty after tokenization; give some text with --prompt")
-    vocab = model.config.vocab_size
-    eos = model.config.eos_token_id
-    if isinstance(eos, list):
-        eos = [e for e in eos if 0 <= e < vocab] or None
-    elif eos is not None and not 0 <= eos < vocab:
-        eos = None
-    if eos is None:
-        eos = _special_id(tok, EOS_TOKENS)
-        eos = eos if eos is not None and eos < vocab else None
+    eos = config_eos_ids(model.config)
+    if not eos:  # no EOS in the config: the tokenizer's
+        special = _special_id(tok, EOS_TOKENS)
+        eos = [special] if special is not None and special < model.config.vocab_size else []
     max_new = args.max_new_tokens
     if max_new is None:
         max_new = max(1, min(64, model.config.max_position_embeddings - len(ids)))
@@ -161,7 +156,7 @@ def _generate_impl(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for step in steps:
         t = int(step[0])
-        if eos is not None and t == eos:
+        if t in eos:
             break
         new.append(t)
         text = tok.decode(new)

@@ -253,26 +253,26 @@ def _number(name: str, value: object, ok, expected: str, *, integer: bool = Fals
     return int(value) if integer else float(value)
 
 
-def _token_ids(name: str, value: object, vocab: int) -> list[int]:
+def _token_ids(name: str, value: object, vocab: int, *, allow_empty: bool = False) -> list[int]:
     vals = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     if isinstance(vals, torch.Tensor):
         vals = vals.flatten().tolist()
-    if not isinstance(vals, Sequence) or isinstance(vals, str) or not vals or not all(
+    if not isinstance(vals, Sequence) or isinstance(vals, str) or not (vals or allow_empty) or not all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in vals):
-        raise TypeError(f"{name} must be None, a token id or a non-empty list of token ids; got {value!r}")
+        what = "a list" if allow_empty else "a non-empty list"
+        raise TypeError(f"{name} must be None, a token id or {what} of token ids; got {value!r}")
     bad = [int(v) for v in vals if not 0 <= int(v) < vocab]
     if bad:
         raise ValueError(f"{name} must lie in [0, {vocab}) (the vocabulary); got {bad[0]}")
     return [int(v) for v in vals]
 
 
-def _config_eos(value: int | list[int] | None, vocab: int) -> list[int]:
+def config_eos_ids(cfg) -> list[int]:
+    """The config's EOS id(s) that lie in the vocabulary: HF's default stop tokens (tiny test models carry
+    GPT-2's 50256 with a small vocabulary; such ids are dropped)."""
+    value = cfg.eos_token_id
     ids = [] if value is None else [value] if isinstance(value, int) else list(value)
-    return [i for i in ids if 0 <= i < vocab]
-
-
-def _is_empty(value: object) -> bool:
-    return isinstance(value, (list, tuple)) and not value or isinstance(value, torch.Tensor) and value.numel() == 0
+    return [i for i in ids if 0 <= i < cfg.vocab_size]
 
 
 def check_model(model: object) -> None:
@@ -313,10 +313,10 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
     }
     if not do_sample:  # as HF: greedy ignores the warpers, keeps the repetition penalty
         params.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
-    if eos_token_id is None:  # as HF: the model's own EOS id(s) from its config (ids outside the vocabulary, as
-        eos = _config_eos(cfg.eos_token_id, cfg.vocab_size)  # tiny test models carry, are dropped)
+    if eos_token_id is None:  # as HF: the model's own EOS id(s)
+        eos = config_eos_ids(cfg)
     else:
-        eos = [] if _is_empty(eos_token_id) else _token_ids("eos_token_id", eos_token_id, cfg.vocab_size)
+        eos = _token_ids("eos_token_id", eos_token_id, cfg.vocab_size, allow_empty=True)
     if len(eos) > MAX_EOS_IDS:
         raise ValueError(f"eos_token_id holds {len(eos)} ids; at most {MAX_EOS_IDS} are supported")
     if pad_token_id is None:
@@ -370,8 +370,9 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask:
     sampling follows HF's processors (repetition penalty, then temperature, top-k, top-p, min-p; top_k=0 is off,
     unlike HF's default of 50). ``eos_token_id`` (an id or a list) stops a row, which is then padded with
     ``pad_token_id`` (default: the first EOS id); None (the default) takes the model config's EOS id(s), as HF
-    does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens only when every row stopped early. ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA
-    graph (default: on for CUDA models).
+    does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens only when every row stopped early.
+    ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA graph (default: on
+    for CUDA models).
     """
     kw = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
