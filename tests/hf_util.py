@@ -13,27 +13,27 @@ VOCAB = 61
 # One class per family, odd sizes, both GELU forms, ALBERT with grouped shared layers, GPT-2 with head dim 16 (the
 # decode kernel's smallest) and layer-wise attention scaling.
 CONFIGS = {
-    "BertForMaskedLM": lambda **o: T.BertConfig(
+    "BertForMaskedLM": (T.BertConfig, dict(
         vocab_size=VOCAB, hidden_size=36, num_attention_heads=4, intermediate_size=53, num_hidden_layers=2,
-        max_position_embeddings=32, type_vocab_size=2, hidden_act="gelu", **o),
-    "RobertaForSequenceClassification": lambda **o: T.RobertaConfig(
+        max_position_embeddings=32, type_vocab_size=2, hidden_act="gelu")),
+    "RobertaForSequenceClassification": (T.RobertaConfig, dict(
         vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, intermediate_size=45, num_hidden_layers=2,
-        max_position_embeddings=34, type_vocab_size=1, pad_token_id=1, hidden_act="gelu_new", num_labels=3, **o),
-    "AlbertForMaskedLM": lambda **o: T.AlbertConfig(
+        max_position_embeddings=34, type_vocab_size=1, pad_token_id=1, hidden_act="gelu_new", num_labels=3)),
+    "AlbertForMaskedLM": (T.AlbertConfig, dict(
         vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_attention_heads=4, intermediate_size=37,
-        num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2, max_position_embeddings=32, **o),
-    "ElectraForPreTraining": lambda **o: T.ElectraConfig(
+        num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2, max_position_embeddings=32)),
+    "ElectraForPreTraining": (T.ElectraConfig, dict(
         vocab_size=VOCAB, embedding_size=24, hidden_size=32, num_attention_heads=4, intermediate_size=40,
-        num_hidden_layers=2, max_position_embeddings=32, hidden_act="gelu", **o),
-    "DistilBertForMaskedLM": lambda **o: T.DistilBertConfig(
+        num_hidden_layers=2, max_position_embeddings=32, hidden_act="gelu")),
+    "DistilBertForMaskedLM": (T.DistilBertConfig, dict(
         vocab_size=VOCAB, dim=32, n_heads=4, hidden_dim=44, n_layers=2, max_position_embeddings=32,
-        activation="gelu", **o),
-    "GPT2LMHeadModel": lambda **o: T.GPT2Config(
+        activation="gelu")),
+    "GPT2LMHeadModel": (T.GPT2Config, dict(
         vocab_size=VOCAB, n_embd=32, n_head=2, n_layer=2, n_inner=53, n_positions=40, bos_token_id=0,
-        eos_token_id=0, scale_attn_by_inverse_layer_idx=True, **o),
-    "T5ForConditionalGeneration": lambda **o: T.T5Config(
+        eos_token_id=0, scale_attn_by_inverse_layer_idx=True)),
+    "T5ForConditionalGeneration": (T.T5Config, dict(
         vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=40, num_layers=2, relative_attention_num_buckets=8,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **o),
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)),
 }
 ENCODERS = ["BertForMaskedLM", "RobertaForSequenceClassification", "AlbertForMaskedLM", "ElectraForPreTraining",
             "DistilBertForMaskedLM"]
@@ -42,7 +42,8 @@ ENCODERS = ["BertForMaskedLM", "RobertaForSequenceClassification", "AlbertForMas
 def make(arch: str, *, seed: int = 0, attn: str = "sdpa", **overrides) -> torch.nn.Module:
     """A tiny ``arch`` with every parameter perturbed, in eval mode, with attn_implementation ``attn``."""
     torch.manual_seed(seed)
-    cfg = CONFIGS[arch](**overrides)
+    config_class, defaults = CONFIGS[arch]
+    cfg = config_class(**{**defaults, **overrides})
     cfg._attn_implementation = attn
     return perturb(getattr(T, arch)(cfg)).eval()
 
