@@ -1,4 +1,4 @@
-"""Helpers for the transformers-integration tests: tiny perturbed models of every family, padded inputs, kernel spies."""
+"""Helpers for the transformers-integration tests: tiny perturbed models of each family, padded inputs, kernel spies."""
 from __future__ import annotations
 
 import copy
@@ -35,8 +35,6 @@ CONFIGS = {
         vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=40, num_layers=2, relative_attention_num_buckets=8,
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)),
 }
-ENCODERS = ["BertForMaskedLM", "RobertaForSequenceClassification", "AlbertForMaskedLM", "ElectraForPreTraining",
-            "DistilBertForMaskedLM"]
 
 
 def make(arch: str, *, seed: int = 0, attn: str = "sdpa", **overrides) -> torch.nn.Module:

@@ -261,19 +261,6 @@ def test_interface_runs_the_kernels(arch, monkeypatch):
     assert spy.calls["attention"] == 2  # one per layer
 
 
-@pytest.mark.usefixtures("triton_backend")
-def test_generate_decode_steps_run_the_decode_kernel(monkeypatch):
-    spy = KernelSpy(monkeypatch)
-    ref = make("GPT2LMHeadModel")
-    model = twin(ref)
-    model.set_attn_implementation(NAME)
-    x = {"input_ids": batch("GPT2LMHeadModel", B=1, N=5)["input_ids"]}
-    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
-    with torch.no_grad():
-        assert torch.equal(model.generate(**x, **kw), ref.generate(**x, **kw))
-    assert spy.calls["attention"] == 2 and spy.calls["decode"] == 4  # prefill, then 2 decode steps x 2 layers
-
-
 def test_packed_mark_skips_revalidation_only_for_engines_own_cu_seqlens(monkeypatch):
     calls = []
     import engine.ops.attention as oa

@@ -1,7 +1,7 @@
 """engine inside Hugging Face transformers.
 
     import engine                                   # registers attn_implementation="engine" once transformers loads
-    model = AutoModel.from_pretrained(path, attn_implementation="engine")    # or model.set_attn_implementation("engine")
+    model = AutoModel.from_pretrained(path, attn_implementation="engine")  # or .set_attn_implementation("engine")
     report = engine.patch(model)                    # attention + fused LayerNorm / add + LayerNorm / bias + GELU
     print(report); engine.unpatch(model)            # back to plain transformers
 

@@ -68,8 +68,8 @@ def _gelu(act: object) -> str | None:
         return act.approximate
     if type(act) is A.GELUActivation:  # erf (C or Python form)
         return "none"
-    tanh = tuple(getattr(A, n) for n in ("GELUTanh", "NewGELUActivation", "FastGELUActivation", "AccurateGELUActivation")
-                 if hasattr(A, n))
+    names = ("GELUTanh", "NewGELUActivation", "FastGELUActivation", "AccurateGELUActivation")
+    tanh = tuple(getattr(A, n) for n in names if hasattr(A, n))
     return "tanh" if type(act) in tanh else None
 
 
