@@ -142,6 +142,19 @@ def test_activations_engine_does_not_fuse_are_left_alone():
         assert max_rel_err(model(**x).logits, ref(**x).logits, x["attention_mask"]) < RTOL
 
 
+def test_linear_layers_with_hooks_keep_their_forward():
+    """A hooked (or adapter-wrapped, quantised) up projection must still be called: its bias + GELU is not fused."""
+    model = make("BertForMaskedLM")
+    seen = []
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda *a: seen.append(1))
+    report = engine.patch(model)
+    assert report.patched["bias_gelu"] == ["bert.encoder.layer.1.intermediate"]
+    assert "no hooks" in report.skipped["bert.encoder.layer.0.intermediate"]
+    with torch.no_grad():
+        model(**batch("BertForMaskedLM"))
+    assert seen == [1]
+
+
 def test_unknown_families_keep_their_modules():
     model = make("T5ForConditionalGeneration")
     report = engine.patch(model)

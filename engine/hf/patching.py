@@ -82,7 +82,7 @@ def _plan(module: nn.Module) -> tuple[str, Callable, dict] | str | None:
         if cls in (f"{prefix}SelfOutput", f"{prefix}Output"):
             return "add_layer_norm", fw.output_forward, {}
         if cls == f"{prefix}Intermediate":
-            return _with_gelu("bias_gelu", fw.intermediate_forward, module.intermediate_act_fn)
+            return _with_gelu("bias_gelu", fw.intermediate_forward, module.intermediate_act_fn, module.dense)
         if cls == f"{prefix}Encoder":
             return "packing", fw.encoder_forward, {}
     elif fam == "albert":
@@ -91,7 +91,8 @@ def _plan(module: nn.Module) -> tuple[str, Callable, dict] | str | None:
         if cls == "AlbertLayer":
             if module.chunk_size_feed_forward:
                 return "chunk_size_feed_forward is set (chunked feed-forward)"
-            return _with_gelu("add_layer_norm+bias_gelu", fw.albert_layer_forward, module.activation)
+            return _with_gelu("add_layer_norm+bias_gelu", fw.albert_layer_forward, module.activation,
+                              module.ffn)
         if cls == "AlbertTransformer":
             return "packing", fw.encoder_forward, {}
     elif fam == "distilbert":
@@ -100,20 +101,27 @@ def _plan(module: nn.Module) -> tuple[str, Callable, dict] | str | None:
         if cls == "FFN":
             if module.chunk_size_feed_forward:
                 return "chunk_size_feed_forward is set (chunked feed-forward)"
-            return _with_gelu("bias_gelu", fw.distilbert_ffn_forward, module.activation)
+            return _with_gelu("bias_gelu", fw.distilbert_ffn_forward, module.activation, module.lin1)
         if cls == "Transformer":
             return "packing", fw.encoder_forward, {}
     elif fam == "gpt2" and cls == "GPT2MLP":
-        return _with_gelu("bias_gelu", fw.gpt2_mlp_forward, module.act)
+        return _with_gelu("bias_gelu", fw.gpt2_mlp_forward, module.act, module.c_fc)
     if type(module) is nn.LayerNorm:
         return "layer_norm", fw.layer_norm_forward, {}
     return None
 
 
-def _with_gelu(kind: str, forward: Callable, act: object) -> tuple[str, Callable, dict] | str:
+def _with_gelu(kind: str, forward: Callable, act: object, linear: nn.Module) -> tuple[str, Callable, dict] | str:
+    """The bias + GELU plan, when ``act`` is a GELU and ``linear`` a plain float layer the fused forward can read the
+    weight and bias of (not quantised or adapter-wrapped, no hooks that calling it would run)."""
     approximate = _gelu(act)
     if approximate is None:
         return f"activation {type(act).__name__} is not a GELU engine fuses"
+    from transformers.pytorch_utils import Conv1D
+
+    plain = type(linear) in (nn.Linear, Conv1D) and linear.bias is not None and linear.weight.is_floating_point()
+    if not plain or linear._forward_hooks or linear._forward_pre_hooks:
+        return f"{type(linear).__name__} is not a plain Linear/Conv1D with a bias and no hooks"
     return kind, forward, {"_engine_gelu": approximate}
 
 
