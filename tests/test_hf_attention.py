@@ -160,6 +160,17 @@ def test_packed_sequences_attend_within_their_own_sequence(causal):
     torch.testing.assert_close(ours, _segments_reference(q, k, v, cu, causal), rtol=1e-5, atol=1e-5)
 
 
+def test_packed_sequences_stay_apart_in_the_eager_fallback():
+    layer = make("BertForMaskedLM").bert.encoder.layer[0].attention.self  # 4 heads of 9, not causal
+    q, k, v = _qkv(1, 4, 4, 12, 12, 9)
+    cu = torch.tensor([0, 5, 6, 12], dtype=torch.int32)
+    with pytest.warns(RuntimeWarning, match="attention weights"):
+        ours, weights = attention_forward(layer, q, k, v, None, scaling=1 / 3, output_attentions=True,
+                                          cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    assert weights[..., :5, 5:].abs().max() == 0  # no weight across sequences
+    torch.testing.assert_close(ours, _segments_reference(q, k, v, cu, False), rtol=1e-5, atol=1e-5)
+
+
 def test_packed_sequences_with_dropout_use_a_block_diagonal_mask():
     q, k, v = _qkv(1, 2, 2, 9, 9, 8)
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
@@ -219,6 +230,33 @@ def test_models_with_engine_attention_match_sdpa(arch):
         err = max_rel_err(main_output(model(**x)), main_output(ref(**x)), None if arch.startswith("T5") else
                           x["attention_mask"])
     assert err < RTOL
+
+
+@pytest.mark.parametrize("name", ["LlamaForCausalLM", "MistralForCausalLM"])
+def test_decoders_with_grouped_kv_heads_and_sliding_windows(name):
+    """Families engine does not load itself but that use the interface: Llama (grouped KV heads) and Mistral
+    (grouped KV heads and a sliding window of 4, which the mask carries). Padded batch, then generation."""
+    import transformers as T
+
+    cfg = dict(vocab_size=61, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+               num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    if name.startswith("Mistral"):
+        cfg["sliding_window"] = 4
+    torch.manual_seed(0)
+    config = getattr(T, name.replace("ForCausalLM", "Config"))(**cfg)
+    config._attn_implementation = "sdpa"
+    from models_util import perturb
+
+    ref = perturb(getattr(T, name)(config)).eval()
+    model = twin(ref)
+    model.set_attn_implementation(NAME)
+    x = batch("GPT2LMHeadModel", N=9)  # left padding
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        assert max_rel_err(model(**x).logits, ref(**x).logits, x["attention_mask"]) < RTOL
+        ours, theirs = model.generate(**x, **kw), ref.generate(**x, **kw)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert max(max_rel_err(a, b) for a, b in zip(ours.scores, theirs.scores)) < RTOL
 
 
 def test_gpt2_generate_with_dynamic_cache_matches_sdpa():

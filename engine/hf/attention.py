@@ -135,14 +135,8 @@ def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_q: t
                          f"of shape {tuple(query.shape)}")
     known = getattr(cu_q, PACKED_MARK, False) and cu_k is cu_q
     cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
-    if dropout > 0.0:  # varlen has no dropout: the same attention as one masked call (block diagonal)
-        seq_q = torch.searchsorted(cu_q[1:], torch.arange(query.shape[2], device=cu_q.device), right=True)
-        seq_k = torch.searchsorted(cu_k[1:], torch.arange(key.shape[2], device=cu_k.device), right=True)
-        keep = seq_q[:, None] == seq_k[None, :]
-        if causal:
-            pos_q = torch.arange(query.shape[2], device=cu_q.device) - cu_q[seq_q] + (cu_k[seq_q + 1] - cu_q[seq_q + 1])
-            pos_k = torch.arange(key.shape[2], device=cu_k.device) - cu_k[seq_k]
-            keep &= pos_k[None, :] <= pos_q[:, None]
+    if dropout > 0.0:  # varlen has no dropout: the same attention as one masked call
+        keep = _block_mask(cu_q, cu_k, query.shape[2], key.shape[2], causal=causal)
         out = ops.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=dropout, scale=scale)
         return out.transpose(1, 2).contiguous()
     lens = [None if m is None else int(m) for m in (max_q, max_k)]
@@ -152,6 +146,20 @@ def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_q: t
     out = ops.varlen_attention(q, k, v, cu_q, cu_k, lens[0], lens[1], causal=causal, scale=scale,
                                validate=not known)
     return out[None]
+
+
+def _block_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, n_q: int, n_k: int, *, causal: bool) -> torch.Tensor:
+    """(Nq, Nk) bool: query i sees key j when both lie in the same packed sequence (and, causal, j <= i
+    bottom-right aligned within it, as varlen attention does)."""
+    seq_q = torch.searchsorted(cu_q[1:], torch.arange(n_q, dtype=cu_q.dtype, device=cu_q.device), right=True)
+    seq_k = torch.searchsorted(cu_k[1:], torch.arange(n_k, dtype=cu_k.dtype, device=cu_k.device), right=True)
+    keep = seq_q[:, None] == seq_k[None, :]
+    if causal:  # positions within the sequence; queries shifted by len_k - len_q (bottom-right)
+        shift = (cu_k[1:] - cu_k[:-1]) - (cu_q[1:] - cu_q[:-1])
+        pos_q = torch.arange(n_q, device=cu_q.device) - cu_q[seq_q] + shift[seq_q]
+        pos_k = torch.arange(n_k, device=cu_k.device) - cu_k[seq_k]
+        keep &= pos_k[None, :] <= pos_q[:, None]
+    return keep
 
 
 def _eager(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -168,7 +176,10 @@ def _eager(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     n_q, n_k = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     mask = attention_mask
-    if mask is None and causal and n_q > 1:
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if mask is None and cu_q is not None and cu_k is not None:  # packed sequences: spell them out as a mask
+        mask = _block_mask(cu_q.to(torch.int32), cu_k.to(torch.int32), n_q, n_k, causal=causal)[None, None]
+    elif mask is None and causal and n_q > 1:
         mask = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device).tril()[None, None]
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
