@@ -19,8 +19,10 @@ _WHERE = {"NAME": "attention", "attention_forward": "attention", "attention_mask
 
 
 def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'engine.hf' has no attribute {name!r}")
     import importlib
 
+    if name in ("attention", "forwards", "patching"):  # submodules, imported on first use
+        return importlib.import_module(f"engine.hf.{name}")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'engine.hf' has no attribute {name!r}")
     return getattr(importlib.import_module(f"engine.hf.{_WHERE[name]}"), name)
