@@ -103,6 +103,7 @@ CASES = {  # (H, Hkv, Nq, Nk, causal module, mask kind)
     "chunk-after-cache": (4, 4, 3, 9, True, "causal"),
     "static-cache-prefill": (4, 4, 5, 9, True, None),
     "gqa": (6, 2, 7, 7, True, None),
+    "gqa-decode": (6, 2, 1, 9, True, None),
     "gqa-decode-padding": (6, 3, 1, 9, True, "causal"),
     "additive-float": (4, 4, 5, 8, False, "float"),
 }

@@ -64,6 +64,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       is_causal=is_causal, position_bias=position_bias, **kwargs)
 
     n_q = query.shape[2]
+    if (n_q == 1 and key.shape[1] != query.shape[1] and position_bias is None
+            and (attention_mask is None or attention_mask.shape[1] == 1)):
+        return _decode_grouped(query, key, value, attention_mask, dropout=dropout, scale=scaling), None
     key, value = _expand_kv_heads(query, key, value)
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
 
@@ -124,6 +127,20 @@ def _expand_kv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         return t[:, :, None].expand(b, h_kv, r, n, d).reshape(b, h, n, d)
 
     return expand(key), expand(value)
+
+
+def _decode_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, *,
+                    dropout: float, scale: float | None) -> torch.Tensor:
+    """One new token with grouped KV heads, without copying the cache: the r query heads that share a KV head become
+    r query rows of that head (as transformers' pack_gqa). query (B, H, 1, D), key / value (B, Hkv, Nk, D), mask
+    None or (B, 1, 1 or Nq, Nk) -> (B, 1, H, Dv)."""
+    b, h, _, d = query.shape
+    h_kv = key.shape[1]
+    if h_kv == 0 or h % h_kv or value.shape[1] != h_kv:
+        _expand_kv_heads(query, key, value)  # raises the error
+    rows = query.reshape(b, h_kv, h // h_kv, d)  # query head j * r + i -> KV head j, row i
+    out = ops.scaled_dot_product_attention(rows, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out.reshape(b, 1, h, value.shape[3])
 
 
 def _packed(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
