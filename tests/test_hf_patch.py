@@ -200,6 +200,29 @@ def test_generate_with_a_patched_gpt2():
     assert max(max_rel_err(a, b) for a, b in zip(ours.scores, theirs.scores)) < RTOL
 
 
+def test_bert_as_a_decoder_generates_with_a_cache():
+    """BertLMHeadModel (is_decoder): causal attention with a DynamicCache through the patch; its encoder is not
+    packed (decoder config)."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=61, hidden_size=32, num_attention_heads=4, intermediate_size=37, num_hidden_layers=2,
+                       max_position_embeddings=32, is_decoder=True, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    cfg._attn_implementation = "sdpa"
+    from models_util import perturb
+
+    ref = perturb(T.BertLMHeadModel(cfg)).eval()
+    model = twin(ref)
+    report = engine.patch(model)
+    assert "packing" not in report.patched and "encoder-only" in report.skipped["bert.encoder"]
+    x = batch("GPT2LMHeadModel", N=7)  # left padding
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        ours, theirs = model.generate(**x, **kw), ref.generate(**x, **kw)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert max(max_rel_err(a, b) for a, b in zip(ours.scores, theirs.scores)) < RTOL
+
+
 # ---- the kernels through the patch (Triton's interpreter on CPU) ---------------------------------------------
 @pytest.mark.usefixtures("triton_backend")
 @pytest.mark.parametrize("arch, overrides, launches", [
