@@ -28,10 +28,14 @@ def hf_config(arch: str) -> T.PretrainedConfig:
 
 def make_hf(arch: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = getattr(T, arch)(hf_config(arch)).eval()
+    return perturb(getattr(T, arch)(hf_config(arch)).eval())
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.2) -> torch.nn.Module:
+    """Add noise to every parameter (in place): nothing left at its initial value, LayerNorms and biases included."""
     with torch.no_grad():
-        for p in model.parameters():  # nothing left at its initial value: LayerNorms and biases included
-            p.add_(torch.randn_like(p) * 0.2)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
     return model
 
 
