@@ -2,12 +2,12 @@
 
     ops.layer_norm, ops.add_layer_norm,
     ops.rms_norm, ops.add_rms_norm              (engine/ops/norm.py)
-    ops.gelu, ops.bias_gelu                     (engine/ops/activation.py)
+    ops.gelu, ops.bias_gelu, ops.gelu_and_mul   (engine/ops/activation.py)
     ops.scaled_dot_product_attention,
     ops.varlen_attention, unpad/pad helpers     (engine/ops/attention.py)
     ops.decode_attention                        (engine/ops/decode.py)
 """
-from engine.ops.activation import bias_gelu, gelu
+from engine.ops.activation import bias_gelu, gelu, gelu_and_mul
 from engine.ops.attention import pad_input, scaled_dot_product_attention, unpad_input, varlen_attention
 from engine.ops.decode import decode_attention
 from engine.ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
@@ -18,6 +18,7 @@ __all__ = [
     "bias_gelu",
     "decode_attention",
     "gelu",
+    "gelu_and_mul",
     "layer_norm",
     "pad_input",
     "rms_norm",
