@@ -80,11 +80,22 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
     """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros). ``bias``: a
     relative-position table (H, 2L - 1), the queries at positions q_offset + 0..Nq-1 (keys at 0..Nk-1)."""
     n_q, n_k = q.shape[2], k.shape[2]
-    if bias is not None:  # fold the (1, H, Nq, Nk) bias block and the mask into one additive fp32 mask
+    dead, dead_known = None, False  # rows that see no key, when known without scanning a full float mask
+    if bias is not None:  # fold the (1, H, Nq, Nk) bias block, the mask and causality into one additive mask
+        if is_causal:
+            keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
+            mask = keep if mask is None else mask & keep if mask.dtype == torch.bool else \
+                mask.masked_fill(~keep, float("-inf"))
+            is_causal = False
         wide = torch.float64 if q.dtype == torch.float64 else torch.float32
         add = bias_scores(bias, torch.arange(n_q, device=q.device) + q_offset, n_k, dtype=wide)[None]
-        if mask is not None:
-            add = add.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else add + mask.to(wide)
+        if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
+            dead_known = True
+            if mask is not None:
+                dead = ~mask.any(-1, keepdim=True)
+                add = add.masked_fill(~mask, float("-inf"))
+        else:
+            add = add + mask.to(wide)
         mask = add
     if is_causal and mask is not None:
         keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
@@ -96,10 +107,9 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                          scale=scale)
-    if mask is not None:
+    if mask is not None and not dead_known:
         dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, True)
-        out = out.masked_fill(dead, 0.0)
-    return out
+    return out if dead is None else out.masked_fill(dead, 0.0)
 
 
 def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) -> torch.Tensor:

@@ -103,9 +103,13 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
     if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
         hi = int(lens.max())
-        # One new token, equal lengths, no bias: every key visible, no mask.
-        if Tq == 1 and hi > 0 and int(lens.min()) == hi and bias is None:
-            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], scale=scale)
+        if Tq == 1 and hi > 0 and int(lens.min()) == hi:  # one new token, equal lengths: every key visible
+            add = None
+            if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
+                length = (bias.shape[1] + 1) // 2
+                add = bias[None, :, None, length - hi:length].to(q.dtype)  # (1, H, 1, hi)
+            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], attn_mask=add,
+                                                  scale=scale)
         Tmax = max(hi, 1)
         k_cache, v_cache = k_cache[:, :, :Tmax], v_cache[:, :, :Tmax]
     rows = torch.arange(Tq, device=q.device)
