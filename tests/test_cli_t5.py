@@ -24,6 +24,7 @@ def t5_dir(root: Path, arch: str) -> Path:
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.add_special_tokens(VOCAB[:3])  # as T5's tokenizer.json: decode skips them
     cfg = T.T5Config(vocab_size=len(VOCAB), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
                      feed_forward_proj="gated-gelu", decoder_start_token_id=0, architectures=[arch])
     torch.manual_seed(0)
