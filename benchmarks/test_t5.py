@@ -34,14 +34,7 @@ XL = dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num
 _MODELS: dict[str, tuple] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_threads():
-    """On CPU, one thread for both sides (as the GPT-2 generate benchmark): a shared box, small matrices."""
-    n = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # on CPU: one thread for both sides
 
 
 def models(size: str, arch: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:

@@ -1,8 +1,9 @@
 """``python -m engine bench``: a short self-check and timing of engine's public ops on this device.
 
 For each op (layer_norm, add_layer_norm, rms_norm, add_rms_norm, gelu, bias_gelu, gelu_and_mul,
-scaled_dot_product_attention, decode_attention, and sampling.probs when the sampler is built) it runs engine's op and PyTorch's own op on the same random inputs,
-compares both with a float64 reference, times both, and prints one table row:
+scaled_dot_product_attention, decode_attention, and sampling.probs when the sampler is built) it runs engine's op
+and PyTorch's own op on the same random inputs, compares both with a float64 reference, times both, and prints one
+table row:
 
     op | shape | dtype | backend | engine ms | torch ms | speedup | max err | OK
 

@@ -2,8 +2,9 @@
 
 ``ModelConfig.from_hf(dict)`` reads an HF config (GPT-2, BERT, ALBERT, RoBERTa, T5 / mT5 / UMT5) and refuses, with
 a clear message naming the field, anything engine cannot run exactly (BERT's relative position embeddings, decoder
-BERTs, activations engine does not have, T5 stacks used alone as decoders, unknown architectures). ``to_dict`` / ``from_dict`` round-trip engine's own config.json, the one
-``python -m engine convert`` writes (it carries ``"engine_format"`` so a loader can tell the two apart).
+BERTs, activations engine does not have, T5 stacks used alone as decoders, unknown architectures). ``to_dict`` /
+``from_dict`` round-trip engine's own config.json, the one ``python -m engine convert`` writes (it carries
+``"engine_format"`` so a loader can tell the two apart).
 """
 from __future__ import annotations
 
@@ -320,7 +321,8 @@ def _from_t5(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
         family=family, architecture=arch, vocab_size=int(d.get("vocab_size", 32128 if family == "t5" else 250112)),
         hidden_size=int(d.get("d_model", 512)), num_layers=layers, num_heads=int(d.get("num_heads", 8)),
         intermediate_size=int(d.get("d_ff", 2048 if family == "t5" else 1024)),
-        max_position_embeddings=int(d.get("n_positions") or 512), layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-6)),
+        max_position_embeddings=int(d.get("n_positions") or 512),
+        layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-6)),
         gelu=approx, activation=activation, gated_mlp=gated, pad_token_id=d.get("pad_token_id", 0),
         tie_word_embeddings=tie, d_kv=int(d.get("d_kv", 64)),
         num_decoder_layers=int(d.get("num_decoder_layers") or layers),

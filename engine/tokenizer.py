@@ -94,9 +94,10 @@ def tokenizer_problem(path: str | os.PathLike) -> str | None:
         return None
     if (p / "spiece.model").is_file():
         return (f"{str(p)!r} has only a SentencePiece spiece.model; engine reads tokenizer.json (the tokenizers "
-                "library's format). Write it once next to spiece.model with transformers (which needs the sentencepiece "
-                "and protobuf packages for this): python -c \"import sys; from transformers import AutoTokenizer; "
-                f"AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[1])\" {str(p)!r}")
+                "library's format). Write it once next to spiece.model with transformers (which needs the "
+                "sentencepiece and protobuf packages for this): python -c \"import sys; from transformers import "
+                "AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[1])\" "
+                f"{str(p)!r}")
     return f"no tokenizer.json or vocab.txt in {str(p)!r}"
 
 

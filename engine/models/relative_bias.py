@@ -34,9 +34,8 @@ def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: 
     # relative_position is now >= 0: half the buckets are exact steps, the rest logarithmic up to max_distance
     max_exact = num_buckets // 2
     is_small = relative_position < max_exact
-    large = max_exact + (
-        torch.log(relative_position.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    ).to(torch.long)
+    log_ratio = torch.log(relative_position.float() / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).to(torch.long)
     large = torch.min(large, torch.full_like(large, num_buckets - 1))
     return buckets + torch.where(is_small, relative_position, large)
 
