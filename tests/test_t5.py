@@ -126,6 +126,39 @@ def test_matches_transformers(variant, route, tmp_path, tmp_path_factory):
         assert_max_abs(model(**x), ref, valid)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padding-mask"])
+@pytest.mark.parametrize("variant", ["t5-encoder", "umt5", "mt5-model"])
+def test_forced_encoder_paths_match(variant, packed, tmp_path_factory):
+    """Both encoder paths for a padded batch: packed real tokens (varlen attention, the bias by the same distances)
+    and the padded batch with a key-padding mask."""
+    src, _, x, ref, valid = reference(variant, tmp_path_factory)
+    model = engine.from_pretrained(src)
+    model.packed = packed
+    with torch.no_grad():
+        assert_max_abs(model(**x), ref, valid)
+
+
+def test_rows_with_gaps_are_not_packed(monkeypatch, tmp_path_factory):
+    """Packing would close a gap of padding inside a row and change the distances across it: such a batch runs the
+    padding mask, and still matches transformers (which counts positions through the gap)."""
+    from engine.models import blocks
+
+    src, hf, _, _, _ = reference("t5-encoder", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    ids, mask = _gen_inputs()
+    mask[0, 3:5] = 0  # a gap inside row 0
+    packs = []
+    real_unpad = blocks.unpad
+    monkeypatch.setattr(blocks, "unpad", lambda *a, **k: packs.append(1) or real_unpad(*a, **k))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert_max_abs(model(ids, mask), ref, mask.bool())
+        assert not packs
+        mask[0, 3:5] = 1
+        assert_max_abs(model(ids, mask), hf(input_ids=ids, attention_mask=mask).last_hidden_state, mask.bool())
+        assert packs  # without the gap the same batch packs (CPU, > 1/16 padding)
+
+
 def test_bin_checkpoint_and_untied_head(tmp_path, tmp_path_factory):
     src, hf, x, ref, valid = reference("t5-v1.1", tmp_path_factory)
     (tmp_path / "config.json").write_text((src / "config.json").read_text())

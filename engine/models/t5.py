@@ -16,7 +16,10 @@ padded positions are unspecified. In float16 the residual stream is clamped afte
 transformers does (finite values kept, infinities replaced), so fp16 checkpoints that overflow stay finite.
 
 A stack pass attends through a ``Context``: full sequences (masks, causal flag) for ``model(...)``, or a KV cache
-for generation (engine/seq2seq.py), which also hands in the cross-attention keys/values computed once.
+for generation (engine/seq2seq.py), which also hands in the cross-attention keys/values computed once. A padded
+encoder batch whose rows each hold one run of real tokens runs packed on the CPU when at least 1/16 of it is padding
+(``model.packed = True / False`` forces either path): the real tokens go through varlen attention, the distances
+between them, and so the bias, unchanged. (On CUDA packing waits for the varlen kernel to gather the bias.)
 """
 from __future__ import annotations
 
@@ -53,12 +56,16 @@ class Attention(nn.Module):
         self.rel_bias = nn.Embedding(cfg.relative_attention_num_buckets, H) if has_bias else None
 
     def heads(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        """(B, T, n * H * D) -> n views (B, H, T, D)."""
+        """(B, T, n * H * D) -> n views (B, H, T, D); packed (T, n * H * D) -> n views (T, H, D)."""
+        if x.dim() == 2:
+            return x.view(x.shape[0], n, self.num_heads, self.head_dim).unbind(1)
         B, T, _ = x.shape
         return x.view(B, T, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def merge(self, y: torch.Tensor) -> torch.Tensor:
-        """Attention output (B, H, T, D) -> output projection (B, T, C)."""
+        """Attention output (B, H, T, D), or packed (T, H, D) -> output projection (B, T, C) / (T, C)."""
+        if y.dim() == 3:
+            return self.out(y.reshape(y.shape[0], -1))
         B, H, T, D = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, H * D))
 
@@ -105,10 +112,12 @@ class Layer(nn.Module):
 @dataclass
 class Context:
     """How one stack pass attends. tables: each layer's (H, 2L - 1) bias table. Full sequences: ``mask`` (B, 1, 1, N)
-    bool key padding or None, ``causal``. Generation: ``cache`` (a StaticKVCache: self-attention keys/values).
-    Decoder: ``cross_kv`` [(k, v) (B, H, Ns, D)] per layer, ``memory_mask`` (B, 1, 1, Ns) bool or None."""
+    bool key padding or None, ``causal``; or packed real tokens (``layout``, encoder only). Generation: ``cache`` (a
+    StaticKVCache: self-attention keys/values). Decoder: ``cross_kv`` [(k, v) (B, H, Ns, D)] per layer,
+    ``memory_mask`` (B, 1, 1, Ns) bool or None."""
 
     tables: list[torch.Tensor]
+    layout: blocks.TokenLayout | None = None
     mask: torch.Tensor | None = None
     causal: bool = False
     cache: Any = None
@@ -119,6 +128,9 @@ class Context:
         """q, k, v (B, H, T, D) of layer i -> (B, H, T, D)."""
         if self.cache is not None:
             return self.cache.attend(i, q, k, v, scale=1.0, relative_position_bias=self.tables[i])
+        if self.layout is not None:  # packed (T, H, D)
+            return blocks.varlen(q, k, v, self.layout.cu_seqlens, self.layout.max_seqlen, causal=False, scale=1.0,
+                                 relative_position_bias=self.tables[i])
         return blocks.sdpa(q, k, v, mask=self.mask, causal=self.causal, scale=1.0,
                            relative_position_bias=self.tables[i])
 
@@ -194,6 +206,7 @@ class T5(nn.Module):
     def __init__(self, cfg: ModelConfig, *, with_lm_head: bool | None = None) -> None:
         super().__init__()
         self.config = cfg
+        self.packed: bool | None = None  # the encoder's padded batches: None = automatic (see the module docstring)
         self.shared = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.encoder = Stack(cfg, decoder=False)
         self.decoder = Stack(cfg, decoder=True) if cfg.head != "base" else None
@@ -202,8 +215,22 @@ class T5(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Checked ids (B, N), mask (B, N) or None -> the encoder's last hidden state (B, N, C)."""
-        ctx = Context(tables=self.encoder.tables(input_ids.shape[1]), mask=key_padding(attention_mask))
-        return self.encoder(self.shared(input_ids), ctx)
+        B, N = input_ids.shape
+        tables = self.encoder.tables(N)
+        x = self.shared(input_ids)
+        if attention_mask is not None and self._pack(attention_mask):
+            x, layout = blocks.unpad(x, attention_mask)
+            return blocks.pad(self.encoder(x, Context(tables=tables, layout=layout)), layout, B, N)
+        return self.encoder(x, Context(tables=tables, mask=key_padding(attention_mask)))
+
+    def _pack(self, attention_mask: torch.Tensor) -> bool:
+        """Run this padded batch packed? Only if every row's real tokens are one run (packing keeps the distances
+        between them, so the bias); then ``packed``, or by default on the CPU with enough padding."""
+        if self.packed is False or (self.packed is None and not blocks.pack_by_default(attention_mask, cuda=False)):
+            return False
+        m = attention_mask.bool()
+        runs = m[:, 0].long() + (m[:, 1:] & ~m[:, :-1]).sum(1)  # runs of real tokens per row
+        return bool((runs <= 1).all())
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
