@@ -189,20 +189,23 @@ def test_encoder_class_from_a_full_checkpoint(tmp_path_factory):
         assert_max_abs(model(x["input_ids"], x["attention_mask"]), ref, x["attention_mask"].bool())
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("variant", ["t5-v1.1", "umt5"])
-def test_half_precision(variant, dtype, tmp_path):
+def test_half_precision(variant, dtype, device, tmp_path):
     """Engine in half precision vs the float64 result: at most 2x transformers' own error in that dtype (plus a
     small floor), the rule the kernels are held to. Milder weights than the parity models: their outputs are
-    well-conditioned enough for half precision to mean something."""
+    well-conditioned enough for half precision to mean something. (On CUDA: engine's RMSNorm / GeGLU kernels.)"""
     hf = make_hf(variant, seed=2, noise=0.05)
     src = save(hf, tmp_path)
     x = inputs()
     valid = x["decoder_attention_mask"].bool()
     with torch.no_grad():
         ref = engine.from_pretrained(src, dtype=torch.float64)(**x)
-        out = engine.from_pretrained(src, dtype=dtype)(**x).double()
-        low = copy.deepcopy(hf).to(dtype)(**x).logits.double()
+        out = engine.from_pretrained(src, dtype=dtype, device=device)(**{k: v.to(device) for k, v in x.items()})
+        out = out.double().cpu()
+        low = copy.deepcopy(hf).to(device=device, dtype=dtype)(**{k: v.to(device) for k, v in x.items()})
+        low = low.logits.double().cpu()
     scale = ref[valid].abs().max()
     err, hf_err = (out - ref)[valid].abs().max() / scale, (low - ref)[valid].abs().max() / scale
     assert err <= 2 * hf_err + 1e-3, f"relative error {err:.3g}, transformers' own {hf_err:.3g}"
@@ -227,6 +230,21 @@ def test_fp16_clamps_the_residual_stream_like_transformers(tmp_path):
     valid = mask.bool()
     err = (out - ref)[valid].abs().max() / ref[valid].abs().max()
     assert err < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["t5-v1.0", "t5-v1.1", "umt5"])
+def test_cuda_fp32_matches_transformers(variant, tmp_path_factory):
+    """On CUDA (engine's RMSNorm, GeGLU and flash kernels; the biased self-attention on PyTorch until the kernels
+    gather the bias): fp32 logits and greedy generation against transformers on the CPU."""
+    src, hf, x, ref, valid = reference(variant, tmp_path_factory)
+    model = engine.from_pretrained(src, device="cuda")
+    ids, mask = _gen_inputs()
+    with torch.no_grad():
+        assert_max_abs(model(**{k: v.cuda() for k, v in x.items()}).cpu(), ref, valid, atol=1e-3)
+        ref_ids = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=[])
+    out = model.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=12, eos_token_id=[])
+    assert torch.equal(out.cpu(), ref_ids)
 
 
 # ---- generation -----------------------------------------------------------------------------------------------

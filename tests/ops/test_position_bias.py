@@ -149,7 +149,7 @@ def test_decode_with_bias(backend, Tq, dtype):
         torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
 
 
-def test_without_bias_the_kernels_still_run(monkeypatch):
+def test_without_bias_the_kernels_still_run(monkeypatch, device):
     """The routing is per call: without a bias, ENGINE_BACKEND=triton still reaches the kernel."""
     pytest.importorskip("triton")
     import engine.kernels.attention as attn_k
@@ -159,7 +159,7 @@ def test_without_bias_the_kernels_still_run(monkeypatch):
     real = attn_k.attention_fwd
     monkeypatch.setattr(attn_k, "attention_fwd", lambda *a, **k: called.append(1) or real(*a, **k))
     gen = torch.Generator().manual_seed(13)
-    q = _rand(1, 1, 4, 16, gen=gen)
+    q = _rand(1, 1, 4, 16, gen=gen).to(device)
     out = ops.scaled_dot_product_attention(q, q, q)
     assert called and out.shape == q.shape
 
