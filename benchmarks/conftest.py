@@ -94,6 +94,17 @@ def device() -> str:
     return "cuda" if CUDA else "cpu"
 
 
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """On CPU, one torch thread for engine and its reference alike: small matrices on a shared box only lose to
+    OpenMP hand-offs. CUDA runs are left alone. Use with ``pytestmark = pytest.mark.usefixtures("one_cpu_thread")``."""
+    n = torch.get_num_threads()
+    if not CUDA:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ceilings(request: pytest.FixtureRequest) -> dict | None:
     """Measured copy bandwidth and matmul rate of this device, once per session (cheap on CPU).

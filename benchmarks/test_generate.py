@@ -33,14 +33,7 @@ CASES = ([("greedy bs1", 1, 256, (0,), False), ("greedy bs16", 16, 128, (0, 5, 1
          else [("greedy bs1", 1, 48, (0,), False), ("greedy bs4", 4, 32, (0, 5, 11, 2), False)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_threads():
-    """On CPU, one thread for both sides: tiny decode steps only lose to OpenMP hand-offs on a shared box."""
-    n = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # on CPU: one thread for both sides
 
 
 @pytest.fixture(scope="module")

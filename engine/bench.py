@@ -1,8 +1,9 @@
 """``python -m engine bench``: a short self-check and timing of engine's public ops on this device.
 
-For each op (layer_norm, add_layer_norm, gelu, bias_gelu, scaled_dot_product_attention, decode_attention, and
-sampling.probs when the sampler is built) it runs engine's op and PyTorch's own op on the same random inputs,
-compares both with a float64 reference, times both, and prints one table row:
+For each op (layer_norm, add_layer_norm, rms_norm, add_rms_norm, gelu, bias_gelu, gelu_and_mul,
+scaled_dot_product_attention, decode_attention, and sampling.probs when the sampler is built) it runs engine's op
+and PyTorch's own op on the same random inputs, compares both with a float64 reference, times both, and prints one
+table row:
 
     op | shape | dtype | backend | engine ms | torch ms | speedup | max err | OK
 
@@ -179,6 +180,14 @@ def _cases(device: torch.device, dtype: torch.dtype, quick: bool, seed: int) -> 
 
     cases.append(Case("add_layer_norm", f"{rows}x{hidden}", dtype,
                       (lambda: aln(x, r, w, b, 1e-5)) if aln else None, add_ln_torch, add_ln_ref, (x, r, w, b)))
+    rms, arms = _op("rms_norm"), _op("add_rms_norm")
+    cases.append(Case(
+        "rms_norm", f"{rows}x{hidden}", dtype, (lambda: rms(x, (hidden,), w, 1e-6)) if rms else None,
+        lambda: F.rms_norm(x, (hidden,), w, 1e-6), lambda: F.rms_norm(f64(x), (hidden,), f64(w), 1e-6), (x, w)))
+    cases.append(Case(
+        "add_rms_norm", f"{rows}x{hidden}", dtype, (lambda: arms(x, r, w, 1e-6)) if arms else None,
+        lambda: (F.rms_norm(x + r, (hidden,), w, 1e-6), x + r),
+        lambda: (F.rms_norm(f64(x) + f64(r), (hidden,), f64(w), 1e-6), f64(x) + f64(r)), (x, r, w)))
 
     n = sz["elems"]
     width = 3072 if n >= 3072 * 64 else 768
@@ -194,6 +203,14 @@ def _cases(device: torch.device, dtype: torch.dtype, quick: bool, seed: int) -> 
     cases.append(Case("bias_gelu", f"{n // width}x{width}", dtype,
                       (lambda: bias_gelu(g, gb)) if bias_gelu else None,
                       lambda: F.gelu(g + gb), lambda: F.gelu(f64(g) + f64(gb)), (g, gb)))
+    geglu, half = _op("gelu_and_mul"), width // 2  # g as [gate | up] halves
+
+    def geglu_ref(t: torch.Tensor) -> torch.Tensor:
+        return F.gelu(t[:, :half], approximate="tanh") * t[:, half:]
+
+    cases.append(Case("gelu_and_mul tanh", f"{n // width}x{width}", dtype,
+                      (lambda: geglu(g, "tanh")) if geglu else None, lambda: geglu_ref(g),
+                      lambda: geglu_ref(f64(g)), (g,)))
 
     bsz, heads, seq, hd = sz["attn"]
     q, k, v = (rand(bsz, heads, seq, hd) for _ in range(3))

@@ -30,7 +30,8 @@ from engine.models import Rename, build_model, hf_rename
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "spiece.model")
 _TIED = {"mlm.decoder", "lm_head.weight"}  # dropped silently when the model ties them to its embeddings
-_HEAD_PREFIXES = ("mlm.", "nsp.", "qa.", "classifier.", "pooler.", "sop.")
+# Weights of another head (or a T5 decoder, for an encoder-only class) are dropped with a warning, not an error.
+_HEAD_PREFIXES = ("mlm.", "nsp.", "qa.", "classifier.", "pooler.", "sop.", "decoder.")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -150,7 +151,7 @@ class DictSource(TensorSource):
 
 
 def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> dict[str, list]:
-    """engine name -> [(part, source name, transpose)]; raises ValueError naming every tensor the family
+    """engine name -> [(part, source name, transpose, parts)]; raises ValueError naming every tensor the family
     does not know."""
     plan: dict[str, list] = {}
     aliases: dict[str, list] = {}
@@ -160,7 +161,7 @@ def _plan(cfg: ModelConfig, source: TensorSource, converted: bool) -> dict[str, 
         if r is None:
             unknown.append(n)
         elif r.name:
-            (aliases if r.alias else plan).setdefault(r.name, []).append((r.part, n, r.transpose))
+            (aliases if r.alias else plan).setdefault(r.name, []).append((r.part, n, r.transpose, r.parts))
     if unknown:
         raise ValueError(
             f"unexpected tensors for a {cfg.family} checkpoint ({len(unknown)}): {', '.join(sorted(unknown)[:20])}"
@@ -185,11 +186,11 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
     heads = [n for n in surplus if n.startswith(_HEAD_PREFIXES)]
     body = [n for n in surplus if n not in heads]
     if (converted and surplus) or body:
-        srcs = sorted(s for n in (surplus if converted else body) for _, s, _ in plan[n])
+        srcs = sorted(e[1] for n in (surplus if converted else body) for e in plan[n])
         raise ValueError(f"unexpected tensors in the checkpoint (no place for them in {cfg.architecture} as "
                          f"configured): {', '.join(srcs[:20])}")
     if heads:
-        srcs = sorted(s for n in heads for _, s, _ in plan[n])
+        srcs = sorted(e[1] for n in heads for e in plan[n])
         warnings.warn(f"{cfg.architecture} does not use these checkpoint tensors: {', '.join(srcs[:20])}",
                       stacklevel=3)
     missing = [n for n in expected if n not in plan]
@@ -198,16 +199,18 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
         srcs = plan.get(name)
         if not srcs:
             continue
-        parts = sorted(p for p, _, _ in srcs)
-        if parts != [-1] and parts != [0, 1, 2]:
-            found = [s for _, s, _ in srcs]
-            need = "needs query, key and value" if -1 not in parts else "several source tensors map to it"
+        parts = sorted(e[0] for e in srcs)
+        count = 1 if parts == [-1] else srcs[0][3]
+        if parts != [-1] and parts != list(range(count)):
+            found = [e[1] for e in srcs]
+            need = ("several source tensors map to it" if -1 in parts else "needs query, key and value" if count == 3
+                    else f"needs all {count} of its stacked source tensors")
             problems.append(f"{name} ({need}; found {found})")
             continue
-        for part, src, transpose in srcs:
+        for part, src, transpose, _ in srcs:
             want = tuple(shape)
             if part >= 0:
-                want = (want[0] // 3,) + want[1:]
+                want = (want[0] // count,) + want[1:]
             if transpose:
                 want = want[::-1]
             found = source.shape(src)
@@ -217,12 +220,12 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
         raise ValueError(f"checkpoint does not fit {cfg.architecture} ({len(problems)} problems): "
                          + "; ".join(problems[:20]))
     if dtype is None:  # keep the checkpoint's own floating dtype
-        dtype = next((source.dtype(s) for srcs in plan.values() for _, s, _ in srcs
-                      if source.dtype(s).is_floating_point), torch.float32)
+        dtype = next((source.dtype(e[1]) for srcs in plan.values() for e in srcs
+                      if source.dtype(e[1]).is_floating_point), torch.float32)
     state: dict[str, torch.Tensor] = {}
     for i, (name, shape) in enumerate(expected.items()):
         pieces = []
-        for _, src, transpose in sorted(plan[name]):
+        for _, src, transpose, _ in sorted(plan[name]):
             t = source.get(src)
             t = t.to(dtype) if t.is_floating_point() else t
             pieces.append(t.t() if transpose else t)
@@ -260,7 +263,8 @@ def _instantiate(cfg: ModelConfig, source: TensorSource, converted: bool, dtype:
                  contiguous: bool = False) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     plan = _plan(cfg, source, converted)
     with torch.device("meta"):
-        model = build_model(cfg, with_pooler=("pooler.weight" in plan) if cfg.head == "base" else None)
+        model = build_model(cfg, with_pooler=("pooler.weight" in plan) if cfg.head == "base" else None,
+                            with_lm_head="lm_head.weight" in plan)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     state = load_state_dict(cfg, source, expected, converted=converted, dtype=dtype, progress=progress,
                             contiguous=contiguous)

@@ -1,6 +1,7 @@
 """The ``generate``, ``embed``, ``fill-mask`` and ``classify`` commands of ``python -m engine``.
 
     python -m engine generate MODEL --prompt "Once upon a time" --max-new-tokens 64   # streams text
+    python -m engine generate T5_MODEL --prompt "translate English to German: Hello"  # text2text
     python -m engine embed "A man is eating food." "A man eats pasta."                # default: all-MiniLM-L6-v2
     python -m engine fill-mask MODEL "Paris is the [MASK] of France."
     python -m engine classify MODEL "I loved it." "Terrible."
@@ -24,8 +25,9 @@ EXAMPLE_SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.
 MASK_TOKENS = ("[MASK]", "<mask>")
 EOS_TOKENS = ("<|endoftext|>", "</s>")
 # what each command needs: config heads it accepts, and how to say it
-NEEDS = {"generate": (("lm",), "a GPT-2 causal LM (GPT2LMHeadModel)"),
-         "embed": (("base",), "a base encoder (BertModel, RobertaModel, AlbertModel, ...)"),
+NEEDS = {"generate": (("lm",), "a GPT-2 causal LM (GPT2LMHeadModel) or a text2text model "
+                                 "(T5ForConditionalGeneration, MT5ForConditionalGeneration, ...)"),
+         "embed": (("base",), "a base encoder (BertModel, RobertaModel, AlbertModel, T5EncoderModel, ...)"),
          "fill-mask": (("mlm",), "a masked LM (BertForMaskedLM, RobertaForMaskedLM, AlbertForMaskedLM)"),
          "classify": (("seq_cls",), "a sequence classifier (*ForSequenceClassification)")}
 
@@ -41,12 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                        help="compute dtype (default: the checkpoint's)")
 
-    p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model, streaming the text")
+    p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model, or run a T5-family text2text model "
+                                        "on it, streaming the text")
     p.add_argument("model", metavar="MODEL", help="model folder (Hugging Face or engine convert output)")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: 64, or fewer when the model's positions run out")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 means greedy (default: 0.8 for GPT-2, greedy for text2text models, as HF)")
     p.add_argument("--top-k", type=int, default=50, help="0 means off (default 50)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass, 1 means off (default 1)")
     p.add_argument("--min-p", type=float, default=0.0, help="0 means off (default 0)")
@@ -93,7 +97,7 @@ def _load(path: str | Path, command: str, args: argparse.Namespace):
 
     import engine
     from engine.config import load_config
-    from engine.tokenizer import load_tokenizer
+    from engine.tokenizer import load_tokenizer, tokenizer_problem
 
     p = Path(path)
     if not p.is_dir():
@@ -104,8 +108,9 @@ def _load(path: str | Path, command: str, args: argparse.Namespace):
     heads, what = NEEDS[command]
     if cfg.head not in heads:
         raise CommandError(f"{command} needs {what}; {str(p)!r} is a {cfg.architecture}")
-    if not (p / "tokenizer.json").is_file() and not (p / "vocab.txt").is_file():
-        raise CommandError(f"no tokenizer in {str(p)!r}: {command} needs tokenizer.json or vocab.txt there")
+    problem = tokenizer_problem(p)
+    if problem:
+        raise CommandError(f"{command} needs a tokenizer: {problem}")
     tok = load_tokenizer(p)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -130,9 +135,13 @@ def _generate(args: argparse.Namespace) -> int:
 def _generate_impl(args: argparse.Namespace) -> int:
     import torch
 
+    from engine.config import T5_FAMILIES
     from engine.generate import config_eos_ids, stream
 
     model, tok = _load(args.model, "generate", args)
+    text2text = model.config.family in T5_FAMILIES  # the prompt is the source; only the output is printed
+    if text2text:
+        from engine.seq2seq import stream
     ids = tok.encode(args.prompt)
     if not ids:
         raise CommandError("the prompt is empty after tokenization; give some text with --prompt")
@@ -142,15 +151,17 @@ def _generate_impl(args: argparse.Namespace) -> int:
         eos = [special] if special is not None and special < model.config.vocab_size else []
     max_new = args.max_new_tokens
     if max_new is None:
-        max_new = max(1, min(64, model.config.max_position_embeddings - len(ids)))
-    sample = args.temperature > 0
+        max_new = 64 if text2text else max(1, min(64, model.config.max_position_embeddings - len(ids)))
+    temperature = args.temperature if args.temperature is not None else 0.0 if text2text else 0.8
+    sample = temperature > 0
     steps = stream(model, torch.tensor([ids]), max_new_tokens=max_new, do_sample=sample,
-                   temperature=args.temperature if sample else 1.0, top_k=args.top_k, top_p=args.top_p,
+                   temperature=temperature if sample else 1.0, top_k=args.top_k, top_p=args.top_p,
                    min_p=args.min_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos,
                    seed=args.seed)
     out = sys.stdout
-    out.write(args.prompt)
-    out.flush()
+    if not text2text:
+        out.write(args.prompt)
+        out.flush()
     new: list[int] = []
     shown = ""
     t0 = time.perf_counter()

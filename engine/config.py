@@ -1,9 +1,10 @@
 """One ``ModelConfig`` for every family engine runs, and the parsing of Hugging Face ``config.json`` files.
 
-``ModelConfig.from_hf(dict)`` reads an HF config (GPT-2, BERT, ALBERT, RoBERTa) and refuses, with a clear
-message, anything engine cannot run exactly (relative position embeddings, decoder BERTs, activations that are
-not GELU, unknown architectures). ``to_dict`` / ``from_dict`` round-trip engine's own config.json, the one
-``python -m engine convert`` writes (it carries ``"engine_format"`` so a loader can tell the two apart).
+``ModelConfig.from_hf(dict)`` reads an HF config (GPT-2, BERT, ALBERT, RoBERTa, T5 / mT5 / UMT5) and refuses, with
+a clear message naming the field, anything engine cannot run exactly (BERT's relative position embeddings, decoder
+BERTs, activations engine does not have, T5 stacks used alone as decoders, unknown architectures). ``to_dict`` /
+``from_dict`` round-trip engine's own config.json, the one ``python -m engine convert`` writes (it carries
+``"engine_format"`` so a loader can tell the two apart).
 """
 from __future__ import annotations
 
@@ -30,9 +31,17 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "RobertaModel": ("roberta", "base"),
     "RobertaForMaskedLM": ("roberta", "mlm"),
     "RobertaForSequenceClassification": ("roberta", "seq_cls"),
+    # T5 family: "base" = the encoder's last hidden state, "seq2seq" = the decoder's, "lm" = logits
+    **{f"{p}{cls}": (p.lower(), head) for p in ("T5", "MT5", "UMT5")
+       for cls, head in (("EncoderModel", "base"), ("Model", "seq2seq"), ("ForConditionalGeneration", "lm"))},
 }
-FAMILIES = ("gpt2", "bert", "albert", "roberta")
-_DEFAULT_ARCH = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "albert": "AlbertModel", "roberta": "RobertaModel"}
+T5_FAMILIES = ("t5", "mt5", "umt5")
+FAMILIES = ("gpt2", "bert", "albert", "roberta", *T5_FAMILIES)
+_DEFAULT_ARCH = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "albert": "AlbertModel", "roberta": "RobertaModel",
+                 "t5": "T5ForConditionalGeneration", "mt5": "MT5ForConditionalGeneration",
+                 "umt5": "UMT5ForConditionalGeneration"}
+# Longest input of a T5-family model: relative positions set no limit (transformers sets none either).
+T5_MAX_SEQ_LEN = 1 << 20
 
 # HF activation names that are exactly erf GELU ("none") or the tanh approximation ("tanh"): gelu_new,
 # gelu_fast, gelu_accurate and gelu_pytorch_tanh all compute 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
@@ -51,8 +60,8 @@ GELU_APPROXIMATION: dict[str, str] = {
 class ModelConfig:
     """Everything the model code needs, for every family (fields a family does not use keep their defaults).
 
-    family: "gpt2" | "bert" | "albert" | "roberta"; architecture: the HF class name whose main output
-    ``model(...)`` returns; gelu: "none" (erf) or "tanh" for the MLP (and the MLM head of BERT/ALBERT).
+    family: "gpt2" | "bert" | "albert" | "roberta" | "t5" | "mt5" | "umt5"; architecture: the HF class name whose
+    main output ``model(...)`` returns; gelu: "none" (erf) or "tanh" for the MLP (and the MLM head of BERT/ALBERT).
     """
 
     family: str
@@ -80,6 +89,15 @@ class ModelConfig:
     # GPT-2 attention scaling options.
     scale_attn_weights: bool = True
     scale_attn_by_inverse_layer_idx: bool = False
+    # T5 family (d_model = hidden_size, d_ff = intermediate_size, num_layers = the encoder's layers).
+    d_kv: int | None = None  # per-head width when heads * d_kv != hidden_size (None: hidden_size // num_heads)
+    num_decoder_layers: int | None = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    activation: str = "gelu"  # the MLP's activation: "gelu" (approximation in `gelu`) or "relu"
+    gated_mlp: bool = False  # act(x @ W_gate) * (x @ W_up) (T5 v1.1 "gated-gelu"), else act(x @ W_in)
+    scale_decoder_outputs: bool = False  # T5 v1.0: decoder output * d_model**-0.5 before the LM head
+    decoder_start_token_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -92,12 +110,22 @@ class ModelConfig:
             raise ValueError(f"architecture {self.architecture} does not belong to family {self.family!r}")
         if self.gelu not in ("none", "tanh"):
             raise ValueError(f"gelu must be 'none' or 'tanh'; got {self.gelu!r}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "num_hidden_groups", "inner_group_num"):
+        if self.activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu'; got {self.activation!r}")
+        positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                    "max_position_embeddings", "num_hidden_groups", "inner_group_num"]
+        if self.family in T5_FAMILIES:
+            positive += ["d_kv", "num_decoder_layers", "relative_attention_num_buckets",
+                         "relative_attention_max_distance"]
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if self.hidden_size % self.num_heads:
+        if self.family in T5_FAMILIES:
+            if self.relative_attention_num_buckets < 4:  # bidirectional: 2 signs x (exact + log) buckets
+                raise ValueError(f"relative_attention_num_buckets must be >= 4; got "
+                                 f"{self.relative_attention_num_buckets}")
+        elif self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
@@ -116,13 +144,16 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.d_kv if self.d_kv is not None else self.hidden_size // self.num_heads
 
     @property
     def max_seq_len(self) -> int:
-        """The longest input: RoBERTa's position ids start at pad_token_id + 1, so it loses that many slots."""
+        """The longest input: RoBERTa's position ids start at pad_token_id + 1, so it loses that many slots; the T5
+        family's relative positions set no limit."""
         if self.family == "roberta":
             return self.max_position_embeddings - self.pad_token_id - 1
+        if self.family in T5_FAMILIES:
+            return T5_MAX_SEQ_LEN
         return self.max_position_embeddings
 
     # ---- engine's own config.json -------------------------------------------------------------------------
@@ -164,6 +195,8 @@ class ModelConfig:
             )
         if model_type is not None and model_type != family:
             raise ValueError(f"model_type {model_type!r} does not match architecture {arch}")
+        if family in T5_FAMILIES:
+            return _from_t5(d, family, arch)
         return _from_gpt2(d, arch) if family == "gpt2" else _from_bert_like(d, family, arch)
 
 
@@ -246,6 +279,57 @@ def _from_bert_like(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
         num_hidden_groups=int(d.get("num_hidden_groups", 1)) if family == "albert" else 1,
         inner_group_num=int(d.get("inner_group_num", 1)) if family == "albert" else 1,
         id2label=_id2label(d), **_special_ids(d),
+    )
+
+
+def _t5_feed_forward(d: dict[str, Any]) -> tuple[str, str, bool]:
+    """(activation, gelu approximation, gated) of a T5 config, as transformers 5.x reads it: ``feed_forward_proj``
+    is "ACT" or "gated-ACT" ("gated-gelu" means the tanh GELU); saved configs may carry the parsed
+    ``dense_act_fn`` / ``is_gated_act``, which take precedence."""
+    proj = d.get("feed_forward_proj", "relu")
+    parts = proj.split("-") if isinstance(proj, str) else []
+    if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+        raise ValueError(f"feed_forward_proj={proj!r} is not valid: expected 'ACT' or 'gated-ACT' "
+                         "(e.g. 'relu', 'gated-gelu')")
+    act, gated = parts[-1], len(parts) == 2
+    if proj == "gated-gelu":
+        act = "gelu_new"
+    act = d.get("dense_act_fn", act)
+    gated = d.get("is_gated_act", gated)
+    if not isinstance(gated, bool):
+        raise ValueError(f"is_gated_act must be true or false; got {gated!r}")
+    if act == "relu":
+        return "relu", "none", gated
+    if act in GELU_APPROXIMATION:
+        return "gelu", GELU_APPROXIMATION[act], gated
+    field = "dense_act_fn" if "dense_act_fn" in d else "feed_forward_proj"
+    raise ValueError(f"{field}={d.get(field)!r} is not supported: the activation {act!r} is not one of relu, "
+                     f"{', '.join(GELU_APPROXIMATION)} (optionally gated, e.g. 'gated-gelu')")
+
+
+def _from_t5(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
+    if d.get("is_decoder"):
+        raise ValueError(f"{family} with is_decoder=true (a T5 stack used alone as a decoder) is not supported; "
+                         "the encoder-decoder and encoder-only classes are")
+    activation, approx, gated = _t5_feed_forward(d)
+    layers = int(d.get("num_layers", 6 if family == "t5" else 8))
+    # v1.0 checkpoints rescale the decoder output before the tied LM head; transformers 5.x keeps a saved
+    # scale_decoder_outputs, else derives it from tie_word_embeddings (mT5 never rescales).
+    tie = d.get("tie_word_embeddings", True) is not False
+    scale = False if family == "mt5" else bool(d.get("scale_decoder_outputs", tie))
+    return ModelConfig(
+        family=family, architecture=arch, vocab_size=int(d.get("vocab_size", 32128 if family == "t5" else 250112)),
+        hidden_size=int(d.get("d_model", 512)), num_layers=layers, num_heads=int(d.get("num_heads", 8)),
+        intermediate_size=int(d.get("d_ff", 2048 if family == "t5" else 1024)),
+        max_position_embeddings=int(d.get("n_positions") or 512),
+        layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-6)),
+        gelu=approx, activation=activation, gated_mlp=gated, pad_token_id=d.get("pad_token_id", 0),
+        tie_word_embeddings=tie, d_kv=int(d.get("d_kv", 64)),
+        num_decoder_layers=int(d.get("num_decoder_layers") or layers),
+        relative_attention_num_buckets=int(d.get("relative_attention_num_buckets", 32)),
+        relative_attention_max_distance=int(d.get("relative_attention_max_distance", 128)),
+        scale_decoder_outputs=scale, decoder_start_token_id=d.get("decoder_start_token_id"),
+        **_special_ids({"eos_token_id": 1, **d}),
     )
 
 

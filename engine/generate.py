@@ -163,7 +163,7 @@ class _Session:
         params = dict(req.params)
         if params["repetition_penalty"] != 1.0:
             params["prev_tokens"] = host_out[:, :col]
-        seed = (req.seed + step * _SEED_STEP) % 2**64
+        seed = step_seed(req.seed, step)
         ids = sampling.sample(logits, **params, seed=seed).view(-1).cpu()  # (B,)
         self.next.copy_(ids)
         return ids
@@ -284,23 +284,15 @@ def check_model(model: object) -> None:
         raise TypeError(f"generate needs a GPT-2 (causal LM) model, i.e. GPT2LMHeadModel; this is {arch}")
 
 
-def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: object, max_new_tokens: object,
-             do_sample: object, temperature: object, top_k: object, top_p: object, min_p: object,
-             repetition_penalty: object, eos_token_id: object, pad_token_id: object, seed: object,
-             cuda_graph: object) -> _Request:
-    check_model(model)
-    cfg, dev = model.config, model.wte.weight.device
-    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids holds an empty prompt (shape {tuple(input_ids.shape)}); generate needs at "
-                         "least one prompt token per row")
-    ids, mask, _ = blocks.check_inputs(input_ids, attention_mask, None, vocab_size=cfg.vocab_size,
-                                       max_len=cfg.max_position_embeddings, type_vocab_size=None, device=dev)
-    B, T = ids.shape
+def decoding_options(cfg, *, max_new_tokens: object, do_sample: object, temperature: object, top_k: object,
+                     top_p: object, min_p: object, repetition_penalty: object, eos_token_id: object,
+                     pad_token_id: object, seed: object,
+                     default_pad: int | None = None) -> tuple[int, dict, list[int], int, int]:
+    """Check generate's decoding keywords for a model config (also used by engine.seq2seq).
+
+    Returns (max_new_tokens, sampler params, EOS ids, pad id, seed). eos_token_id None: the config's EOS ids;
+    pad_token_id None: ``default_pad`` when given, else the first EOS id (HF's rule for GPT-2), else 0."""
     max_new = _number("max_new_tokens", max_new_tokens, lambda v: v >= 1, "an integer >= 1", integer=True)
-    limit = cfg.max_position_embeddings
-    if T + max_new > limit:
-        raise ValueError(f"prompt length {T} + max_new_tokens {max_new} = {T + max_new} exceeds this model's "
-                         f"maximum of {limit} positions (n_positions)")
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be a bool; got {type(do_sample).__name__} {do_sample!r}")
     params = {
@@ -320,7 +312,7 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
     if len(eos) > MAX_EOS_IDS:
         raise ValueError(f"eos_token_id holds {len(eos)} ids; at most {MAX_EOS_IDS} are supported")
     if pad_token_id is None:
-        pad = eos[0] if eos else 0
+        pad = default_pad if default_pad is not None else eos[0] if eos else 0
     else:
         pad = _token_ids("pad_token_id", pad_token_id, cfg.vocab_size)
         if len(pad) != 1:
@@ -330,6 +322,34 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
         seed = int(torch.randint(0, 2**63 - 1, (1,)).item())
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int or None; got {type(seed).__name__} {seed!r}")
+    return max_new, params, eos, pad, int(seed)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampler seed of decode step ``step`` of a call seeded with ``seed``."""
+    return (seed + step * _SEED_STEP) % 2**64
+
+
+def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: object, max_new_tokens: object,
+             do_sample: object, temperature: object, top_k: object, top_p: object, min_p: object,
+             repetition_penalty: object, eos_token_id: object, pad_token_id: object, seed: object,
+             cuda_graph: object) -> _Request:
+    check_model(model)
+    cfg, dev = model.config, model.wte.weight.device
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids holds an empty prompt (shape {tuple(input_ids.shape)}); generate needs at "
+                         "least one prompt token per row")
+    ids, mask, _ = blocks.check_inputs(input_ids, attention_mask, None, vocab_size=cfg.vocab_size,
+                                       max_len=cfg.max_position_embeddings, type_vocab_size=None, device=dev)
+    B, T = ids.shape
+    max_new, params, eos, pad, seed = decoding_options(
+        cfg, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+        min_p=min_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        seed=seed)
+    limit = cfg.max_position_embeddings
+    if T + max_new > limit:
+        raise ValueError(f"prompt length {T} + max_new_tokens {max_new} = {T + max_new} exceeds this model's "
+                         f"maximum of {limit} positions (n_positions)")
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda"
     elif not isinstance(cuda_graph, bool):
@@ -347,7 +367,7 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
                              "least one token")
         lengths = mask.sum(1)
     host = do_sample or params["repetition_penalty"] != 1.0
-    return _Request(ids, lengths, max_new, do_sample, params, host, eos, pad, int(seed), cuda_graph)
+    return _Request(ids, lengths, max_new, do_sample, params, host, eos, pad, seed, cuda_graph)
 
 
 # ---- public functions ----------------------------------------------------------------------------------------

@@ -31,15 +31,18 @@ class StaticKVCache:
         self._index = self.positions.view(B, 1, 1, 1).expand(B, H, 1, D)  # a view: follows positions in place
         self.prefilling = False
 
-    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-               scale: float) -> torch.Tensor:
-        """q, k, v (B, H, T, D) of the new tokens -> attention output (B, H, T, D)."""
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+               relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """q, k, v (B, H, T, D) of the new tokens -> attention output (B, H, T, D). relative_position_bias: None, or
+        T5's (H, 2L - 1) table with L >= max_len (see engine.ops.position_bias)."""
         kc, vc = self.k[layer_idx], self.v[layer_idx]
+        bias = relative_position_bias
         if self.prefilling:
             T = k.shape[2]
             kc[:, :, :T].copy_(k)
             vc[:, :, :T].copy_(v)
-            return blocks.sdpa(q, k, v, mask=None, causal=True, scale=scale)
+            return blocks.sdpa(q, k, v, mask=None, causal=True, scale=scale, relative_position_bias=bias)
         kc.scatter_(2, self._index, k)
         vc.scatter_(2, self._index, v)
-        return ops.decode_attention(q, kc, vc, self.seqlens, scale=scale, validate=False)  # 1 <= seqlens <= Tmax
+        # 1 <= seqlens <= Tmax
+        return ops.decode_attention(q, kc, vc, self.seqlens, scale=scale, validate=False, relative_position_bias=bias)

@@ -85,6 +85,22 @@ class Tokenizer:
         return out
 
 
+def tokenizer_problem(path: str | os.PathLike) -> str | None:
+    """None when ``path`` holds a tokenizer engine reads (tokenizer.json or vocab.txt), else what is wrong and how
+    to fix it (a SentencePiece-only folder, such as many T5 checkpoints, gets the command that writes
+    tokenizer.json)."""
+    p = Path(path)
+    if (p / "tokenizer.json").is_file() or (p / "vocab.txt").is_file():
+        return None
+    if (p / "spiece.model").is_file():
+        return (f"{str(p)!r} has only a SentencePiece spiece.model; engine reads tokenizer.json (the tokenizers "
+                "library's format). Write it once next to spiece.model with transformers (which needs the "
+                "sentencepiece and protobuf packages for this): python -c \"import sys; from transformers import "
+                "AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[1])\" "
+                f"{str(p)!r}")
+    return f"no tokenizer.json or vocab.txt in {str(p)!r}"
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load ``path/tokenizer.json``, else a WordPiece ``path/vocab.txt`` (lower-cased per tokenizer_config.json)."""
     p = Path(path)
@@ -98,4 +114,4 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if (p / "vocab.txt").is_file():
         wp = BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=bool(cfg.get("do_lower_case", True)))
         return Tokenizer(wp._tokenizer, model_max_length=max_len)
-    raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {str(p)!r}")
+    raise FileNotFoundError(tokenizer_problem(p))

@@ -21,7 +21,7 @@ import torch
 # Largest shared memory one block can opt into on an H100/H200 (227 KiB).
 H200_MAX_SHARED_BYTES = 232448
 
-KERNEL_MODULES = ("layernorm", "gelu", "attention", "decode")
+KERNEL_MODULES = ("norm", "gelu", "attention", "decode")
 
 # Triton's names for the floating-point dtypes our kernels take (signature strings: "*" + name for pointers).
 TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

@@ -1,14 +1,17 @@
-"""GELU and fused bias + GELU as one elementwise Triton kernel.
+"""GELU, fused bias + GELU and GeGLU as one elementwise Triton kernel family.
 
-    y = gelu(x)           exact:  0.5 * x * (1 + erf(x / sqrt(2)))
-    y = gelu(x + bias)    tanh:   0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
+    y = gelu(x)                      exact:  0.5 * x * (1 + erf(x / sqrt(2)))
+    y = gelu(x + bias)               tanh:   0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
+    y = gelu(gate) * up              GATED (GeGLU, T5 v1.1's feed-forward): x = [gate | up] along the row
 
 Math is fp32 with one cast at the store; inputs and outputs are fp32, fp16 or bf16. The tanh form is written as
 x * sigmoid(2u) = x / (1 + exp(-2u)), which is the same function, needs no tanh from libdevice (whose spelling
 differs between Triton versions and the interpreter), and saturates safely: exp overflowing to inf gives -0.0.
 
 The kernel works on a (rows, cols) view in (BLOCK_M, BLOCK_N) tiles, so the bias of a tile is loaded once and no
-per-element modulo is needed; without a bias the whole tensor is one long row. The host launcher ``gelu_fwd``
+per-element modulo is needed; without a bias the whole tensor is one long row. GATED reads both halves of each input
+row (gate at column c, up at column n_cols + c) and writes rows of n_cols: the activation and the product cost one
+read of the projection output and one write of half its size. The host launcher ``gelu_fwd``
 takes those views; argument checking and dispatch live in ``engine.ops.activation``.
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ MAX_BLOCK_N = 1024
 
 @triton.jit
 def _gelu_fwd_kernel(
-    X,  # (n_rows, n_cols) input; row stride stride_x_row, unit column stride
+    X,  # (n_rows, n_cols) input, or (n_rows, 2 * n_cols) [gate | up] when GATED; row stride stride_x_row, unit columns
     BIAS,  # (n_cols,) bias; read only when HAS_BIAS
     Y,  # (n_rows, n_cols) output; row stride stride_y_row, unit column stride
     n_rows,
@@ -39,6 +42,7 @@ def _gelu_fwd_kernel(
     BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     APPROX_TANH: tl.constexpr,  # False: erf form, True: tanh form
+    GATED: tl.constexpr,  # y = gelu(gate) * up with gate, up the two halves of each row of X
 ):
     pid = tl.program_id(0)
     n_col_blocks = tl.cdiv(n_cols, BLOCK_N)
@@ -49,7 +53,8 @@ def _gelu_fwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols - col_start
     mask = (rows < n_rows)[:, None] & col_mask[None, :]
-    v = tl.load(X + col_start + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_ptrs = X + col_start + rows[:, None] * stride_x_row + cols[None, :]
+    v = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         v += tl.load(BIAS + col_start + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if APPROX_TANH:
@@ -57,23 +62,27 @@ def _gelu_fwd_kernel(
         y = v / (1.0 + tl.exp(-2.0 * u))
     else:
         y = 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))
+    if GATED:
+        y = y * tl.load(x_ptrs + n_cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(Y + col_start + rows[:, None] * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-def config_for(n_cols: int, has_bias: bool) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for a view with rows of ``n_cols`` elements; always one of ``configs()``."""
-    if not has_bias:
+def config_for(n_cols: int, tiled: bool) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for a view with rows of ``n_cols`` output elements; ``tiled``: row-aware tiles (bias or
+    gated); otherwise the view is one long row. Always one of ``configs()``."""
+    if not tiled:
         return 1, TILE
     block_n = min(MAX_BLOCK_N, max(MIN_BLOCK_N, triton.next_power_of_2(n_cols)))
     return TILE // block_n, block_n
 
 
-def configs() -> list[tuple[int, int, bool]]:
-    """Every (BLOCK_M, BLOCK_N, HAS_BIAS) the launcher can pick."""
-    out = [(*config_for(1, False), False)]
+def configs() -> list[tuple[int, int, bool, bool]]:
+    """Every (BLOCK_M, BLOCK_N, HAS_BIAS, GATED) the launcher can pick."""
+    out = [(*config_for(1, False), False, False)]
     block_n = MIN_BLOCK_N
     while block_n <= MAX_BLOCK_N:
-        out.append((*config_for(block_n, True), True))
+        out.append((*config_for(block_n, True), True, False))
+        out.append((*config_for(block_n, True), False, True))
         block_n *= 2
     return out
 
@@ -83,56 +92,63 @@ def gelu_fwd(
     bias: torch.Tensor | None = None,
     *,
     approximate: str = "none",
+    gated: bool = False,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """gelu(x) or gelu(x + bias) over a 2-D view.
+    """gelu(x), gelu(x + bias) or (``gated``) gelu(x[:, :N]) * x[:, N:] over a 2-D view.
 
-    x: (M, N) with unit column stride (any row stride); bias: (N,) or None, x's dtype (fp32, fp16 or bf16), same
-    device. out: optional (M, N) buffer with unit column stride (contiguous is fastest without a bias).
-    approximate: "none" (erf) or "tanh".
+    x: (M, N), or (M, 2N) when gated, with unit column stride (any row stride); bias: (N,) or None (never with
+    gated), x's dtype (fp32, fp16 or bf16), same device. out: optional (M, N) buffer with unit column stride
+    (contiguous is fastest without a bias). approximate: "none" (erf) or "tanh".
     Returns y (M, N) in x's dtype. Arguments are assumed checked (engine.ops.activation does that).
     """
     m, n = x.shape
+    if gated:
+        n //= 2
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
     xv, yv = x, out
-    if bias is None:  # elementwise: one long contiguous row, whatever the row length
+    tiled = bias is not None or gated
+    if not tiled:  # elementwise: one long contiguous row, whatever the row length
         xv = x.contiguous().view(1, m * n)
         yv = out.view(1, m * n) if out.is_contiguous() else None
     if yv is None:
         y = gelu_fwd(x, bias, approximate=approximate)
         out.copy_(y)
         return out
-    block_m, block_n = config_for(yv.shape[1], bias is not None)
+    block_m, block_n = config_for(yv.shape[1], tiled)
     grid = (triton.cdiv(yv.shape[0], block_m) * triton.cdiv(yv.shape[1], block_n),)
     _gelu_fwd_kernel[grid](
         xv, bias if bias is not None else xv, yv,
         yv.shape[0], yv.shape[1], xv.stride(0), yv.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
-        num_warps=NUM_WARPS,
+        GATED=gated, num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
 
 
 def aot_specs() -> list:
-    """One spec per (tile, bias or not, erf or tanh, dtype) the launcher can pick, for ``engine.kernels.aot``."""
+    """One spec per (tile, bias / gated / plain, erf or tanh, dtype) the launcher can pick, for
+    ``engine.kernels.aot``."""
     from engine.kernels.aot import TRITON_DTYPES, KernelSpec
 
     specs = []
     for dtype in TRITON_DTYPES.values():
         signature = {"X": f"*{dtype}", "BIAS": f"*{dtype}", "Y": f"*{dtype}"}
         signature.update(n_rows="i32", n_cols="i32", stride_x_row="i32", stride_y_row="i32")
-        signature.update(BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_BIAS="constexpr", APPROX_TANH="constexpr")
-        for block_m, block_n, has_bias in configs():
+        signature.update({k: "constexpr" for k in ("BLOCK_M", "BLOCK_N", "HAS_BIAS", "APPROX_TANH", "GATED")})
+        for block_m, block_n, has_bias, gated in configs():
+            kind = "bias_gelu" if has_bias else "geglu" if gated else "gelu"
             for tanh in (False, True):
                 specs.append(
                     KernelSpec(
-                        name=f"{'bias_' if has_bias else ''}gelu{'_tanh' if tanh else ''}_{dtype}_{block_m}x{block_n}",
+                        name=f"{kind}{'_tanh' if tanh else ''}_{dtype}_{block_m}x{block_n}",
                         fn=_gelu_fwd_kernel,
                         signature=signature,
-                        constexprs=dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias, APPROX_TANH=tanh),
+                        constexprs=dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias, APPROX_TANH=tanh,
+                                        GATED=gated),
                         num_warps=NUM_WARPS,
                     )
                 )

@@ -9,6 +9,10 @@ VOCAB = {"gpt2": 97, "bert": 103, "albert": 89, "roberta": 101}
 
 def hf_config(arch: str) -> T.PretrainedConfig:
     """A tiny config for ``arch`` (odd sizes; ALBERT with shared groups; options varied across classes)."""
+    for prefix in ("UMT5", "MT5", "T5"):  # the T5 family (engine's T5 tests build their own models: tests/test_t5.py)
+        if arch.startswith(prefix):
+            return getattr(T, f"{prefix}Config")(vocab_size=61, d_model=24, d_kv=5, d_ff=37, num_layers=2,
+                                                 num_heads=3, architectures=[arch])
     if arch.startswith("GPT2"):
         extra = {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True, "n_inner": 53} \
             if arch == "GPT2Model" else {}

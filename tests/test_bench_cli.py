@@ -32,8 +32,8 @@ def test_cli_quick_runs_and_exits_zero():
     assert lines[0].startswith("engine bench on cpu") and "ENGINE_BACKEND=auto" in lines[0]
     assert re.match(r"op\s+shape\s+dtype\s+backend\s+engine ms\s+torch ms\s+speedup\s+max err\s+OK", lines[1])
     rows = {l.split()[0] for l in lines[3:-1]}
-    assert {"layer_norm", "add_layer_norm", "gelu", "bias_gelu", "sdpa", "decode_attention",
-            "sampling.probs"} <= rows
+    assert {"layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "gelu", "bias_gelu", "gelu_and_mul",
+            "sdpa", "decode_attention", "sampling.probs"} <= rows
     assert re.match(r"\d+ passed, 0 failed, \d+ not available", lines[-1])
     for line in lines[3:-1]:  # each op ran on the torch path (CPU, auto; the sampler is C++) and passed, or is missing
         backend = "c++" if line.startswith("sampling") else "torch"
@@ -61,8 +61,8 @@ def test_every_op_checked_when_present(monkeypatch, capsys):
     monkeypatch.delenv("ENGINE_BACKEND", raising=False)
     _fake_ops(monkeypatch)
     rows = {r.op: r for r in bench.run("cpu", quick=True)}
-    for op in ("layer_norm", "add_layer_norm", "gelu", "gelu tanh", "bias_gelu", "sdpa", "sdpa causal",
-               "decode_attention"):
+    for op in ("layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "gelu", "gelu tanh", "bias_gelu",
+               "gelu_and_mul tanh", "sdpa", "sdpa causal", "decode_attention"):
         r = rows[op]
         assert r.ok is True and r.backend == "torch", (op, r)
         assert r.max_err < r.tol and r.engine_ms > 0 and r.torch_ms > 0

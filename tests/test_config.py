@@ -60,8 +60,8 @@ def test_refusals_name_what_is_supported():
         ModelConfig.from_hf(T.BertConfig(position_embedding_type="relative_key").to_dict())
     with pytest.raises(ValueError, match="decoder"):
         ModelConfig.from_hf(T.BertConfig(is_decoder=True).to_dict())
-    with pytest.raises(ValueError, match="model_type 't5'"):
-        ModelConfig.from_hf({"model_type": "t5"})
+    with pytest.raises(ValueError, match="model_type 'bart'"):
+        ModelConfig.from_hf({"model_type": "bart"})
     with pytest.raises(ValueError, match="does not match"):
         ModelConfig.from_hf({"model_type": "roberta", "architectures": ["BertModel"]})
     with pytest.raises(ValueError, match="divisible by num_heads"):
@@ -97,3 +97,52 @@ def test_engine_config_refuses_unknown_fields(tmp_path):
         load_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_config(tmp_path / "nowhere")
+
+
+# ---- T5 family --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("proj,activation,gelu,gated", [
+    ("relu", "relu", "none", False), ("gated-gelu", "gelu", "tanh", True), ("gelu", "gelu", "none", False),
+    ("gated-gelu_new", "gelu", "tanh", True), ("gated-relu", "relu", "none", True), ("gelu_new", "gelu", "tanh", False),
+])
+def test_t5_feed_forward_proj(proj, activation, gelu, gated):
+    d = {"model_type": "t5", "feed_forward_proj": proj, "architectures": ["T5ForConditionalGeneration"]}
+    cfg = ModelConfig.from_hf(d)
+    assert (cfg.activation, cfg.gelu, cfg.gated_mlp) == (activation, gelu, gated)
+    hf = T.T5Config(feed_forward_proj=proj)  # transformers' own reading agrees
+    assert hf.is_gated_act == gated and hf.dense_act_fn in (("relu",) if activation == "relu" else GELU_APPROXIMATION)
+    # saved configs carry the parsed fields, which win (as in transformers)
+    assert ModelConfig.from_hf({**d, "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": False}).gated_mlp is False
+
+
+def test_t5_fields_scaling_and_defaults():
+    base = {"architectures": ["T5ForConditionalGeneration"], "d_model": 40, "d_kv": 7, "num_heads": 3,
+            "num_layers": 2, "num_decoder_layers": 5, "d_ff": 33, "vocab_size": 99}
+    cfg = ModelConfig.from_hf({"model_type": "t5", **base})
+    assert (cfg.head_dim, cfg.num_decoder_layers, cfg.intermediate_size, cfg.head) == (7, 5, 33, "lm")
+    assert cfg.scale_decoder_outputs and cfg.eos_token_id == 1 and cfg.pad_token_id == 0  # v1.0: tied, rescaled
+    assert cfg.max_seq_len > 100_000  # relative positions: no length limit
+    assert not ModelConfig.from_hf({"model_type": "t5", **base, "tie_word_embeddings": False}).scale_decoder_outputs
+    assert ModelConfig.from_hf({"model_type": "t5", **base, "tie_word_embeddings": False,
+                                "scale_decoder_outputs": True}).scale_decoder_outputs  # a saved flag wins
+    mt5 = {**base, "architectures": ["MT5ForConditionalGeneration"]}
+    assert not ModelConfig.from_hf({"model_type": "mt5", **mt5}).scale_decoder_outputs  # mT5 never rescales
+    enc = ModelConfig.from_hf({"model_type": "umt5", **base, "architectures": ["UMT5EncoderModel"],
+                               "decoder_start_token_id": 0})
+    assert (enc.family, enc.head, enc.decoder_start_token_id) == ("umt5", "base", 0)
+
+
+@pytest.mark.parametrize("change,word", [
+    ({"feed_forward_proj": "gated-silu"}, "feed_forward_proj='gated-silu' is not supported"),
+    ({"feed_forward_proj": "relu-gated"}, "feed_forward_proj='relu-gated' is not valid"),
+    ({"feed_forward_proj": "a-b-c"}, "feed_forward_proj"),
+    ({"dense_act_fn": "swish"}, "dense_act_fn='swish'"),
+    ({"is_gated_act": "yes"}, "is_gated_act"),
+    ({"is_decoder": True}, "is_decoder"),
+    ({"relative_attention_num_buckets": 3}, "relative_attention_num_buckets"),
+    ({"d_kv": 0}, "d_kv"),
+    ({"model_type": "mt5"}, "does not match"),
+])
+def test_t5_refusals_name_the_field(change, word):
+    d = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], **change}
+    with pytest.raises(ValueError, match=word):
+        ModelConfig.from_hf(d)

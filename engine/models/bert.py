@@ -72,19 +72,6 @@ class RobertaClassifier(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x[:, 0])))
 
 
-def _pack_by_default(attention_mask: torch.Tensor) -> bool:
-    """Whether a padded batch runs packed when the user has not chosen. CUDA: always (varlen attention spends no
-    FLOPs on padding). CPU: when at least 1/16 of the tokens are padding (the count costs no device sync there):
-    the linear layers then skip the padding, which outweighs one SDPA call per sequence (bert-small, 32 x 64 with
-    40% padding: 1.44x transformers packed, 0.93x with the padding mask). Other devices: the padding mask."""
-    if attention_mask.is_cuda:
-        return True
-    if attention_mask.device.type != "cpu":
-        return False
-    total = attention_mask.numel()
-    return (total - int(attention_mask.count_nonzero())) * 16 >= total
-
-
 class EncoderModel(nn.Module):
     """BERT / ALBERT / RoBERTa with the head of ``cfg.architecture``. ALBERT's shared layers exist once.
 
@@ -153,7 +140,7 @@ class EncoderModel(nn.Module):
             x = self.emb_proj(x)
         B, N, _ = x.shape
         has_padding = attention_mask is not None
-        packed = self.packed if self.packed is not None else has_padding and _pack_by_default(attention_mask)
+        packed = self.packed if self.packed is not None else has_padding and blocks.pack_by_default(attention_mask)
         if has_padding and packed:
             x, layout = blocks.unpad(x, attention_mask)
         else:

@@ -1,23 +1,27 @@
 """Torch-shaped public ops. Each validates its arguments, then `engine.backend` picks Triton or PyTorch.
 
-    ops.layer_norm, ops.add_layer_norm          (engine/ops/norm.py)
-    ops.gelu, ops.bias_gelu                     (engine/ops/activation.py)
+    ops.layer_norm, ops.add_layer_norm,
+    ops.rms_norm, ops.add_rms_norm              (engine/ops/norm.py)
+    ops.gelu, ops.bias_gelu, ops.gelu_and_mul   (engine/ops/activation.py)
     ops.scaled_dot_product_attention,
     ops.varlen_attention, unpad/pad helpers     (engine/ops/attention.py)
     ops.decode_attention                        (engine/ops/decode.py)
 """
-from engine.ops.activation import bias_gelu, gelu
+from engine.ops.activation import bias_gelu, gelu, gelu_and_mul
 from engine.ops.attention import pad_input, scaled_dot_product_attention, unpad_input, varlen_attention
 from engine.ops.decode import decode_attention
-from engine.ops.norm import add_layer_norm, layer_norm
+from engine.ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 
 __all__ = [
     "add_layer_norm",
+    "add_rms_norm",
     "bias_gelu",
     "decode_attention",
     "gelu",
+    "gelu_and_mul",
     "layer_norm",
     "pad_input",
+    "rms_norm",
     "scaled_dot_product_attention",
     "unpad_input",
     "varlen_attention",

@@ -1,7 +1,8 @@
-"""GELU and fused bias + GELU: argument checks, then the Triton kernel or PyTorch.
+"""GELU, fused bias + GELU and GeGLU: argument checks, then the Triton kernel or PyTorch.
 
     ops.gelu(input, approximate="none")               # as F.gelu; "tanh" too
     ops.bias_gelu(input, bias, approximate="none")    # F.gelu(input + bias), bias over the last dimension
+    ops.gelu_and_mul(input, approximate="none")       # F.gelu(gate) * up, input = [gate | up] (*, 2F) -> (*, F)
 
 The kernel (engine.kernels.gelu) computes in fp32 with one cast at the store, for fp32/fp16/bf16. Everything else
 (float64, inputs that require grad, ENGINE_BACKEND=torch, CPU tensors outside the interpreter) runs PyTorch.
@@ -21,7 +22,7 @@ from engine.ops._checks import (
     check_same_dtype,
 )
 
-__all__ = ["bias_gelu", "gelu"]
+__all__ = ["bias_gelu", "gelu", "gelu_and_mul"]
 
 APPROXIMATIONS = ("none", "tanh")
 
@@ -95,4 +96,40 @@ def bias_gelu(
     if x.stride(1) != 1:
         x = x.contiguous()
     gelu_fwd(x, bias.contiguous(), approximate=approximate, out=out.view(-1, n))
+    return out
+
+
+def gelu_and_mul(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """GeGLU's activation and product in one pass: ``F.gelu(gate, approximate) * up``.
+
+    input: (*, 2F), the output of one fused [gate | up] projection (gate = ``input[..., :F]``, up =
+    ``input[..., F:]``; e.g. T5 v1.1's wi_0 and wi_1 stacked into one (2F, C) weight), fp32/fp16/bf16 on the kernel
+    path. approximate: "none" (erf) or "tanh" (T5's gated-gelu uses "tanh"). out: optional contiguous (*, F)
+    buffer. Returns (*, F) in input's dtype; the GELU and the product are computed in fp32 with one rounding (the
+    PyTorch path rounds the GELU to the dtype before the product, as ``F.gelu(gate) * up`` does).
+    """
+    input = check_floating("input", input)
+    check_choice("approximate", approximate, APPROXIMATIONS)
+    if input.dim() == 0 or input.shape[-1] % 2:
+        raise ValueError(f"input must have an even last dimension (gate and up halves); got shape "
+                         f"{tuple(input.shape)}")
+    n = input.shape[-1] // 2
+    shape = (*input.shape[:-1], n)
+    if out is not None:
+        out = check_out("out", out, shape=shape, dtype=input.dtype, device=input.device)
+
+    if not backend.use_triton(input, supported=input.dtype in KERNEL_DTYPES, op="gelu_and_mul"):
+        y = F.gelu(input[..., :n], approximate=approximate).mul_(input[..., n:])
+        return out.copy_(y) if out is not None else y
+
+    if out is None:
+        out = torch.empty(shape, dtype=input.dtype, device=input.device)
+    if out.numel() == 0:
+        return out
+    from engine.kernels.gelu import gelu_fwd
+
+    x = input.reshape(-1, 2 * n)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    gelu_fwd(x, None, approximate=approximate, gated=True, out=out.view(-1, n))
     return out

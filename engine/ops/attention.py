@@ -14,6 +14,9 @@ and PyTorch otherwise (float64, dropout, head dims above 256, requires-grad, CPU
   ``max_seqlen`` as an int.
 * The first CUDA call of each (head dim, dtype, causal, mask kind, sequence-length bucket) autotunes over at most
   three configurations (each compiled once, a few seconds each); fp32 uses one fixed configuration.
+* ``relative_position_bias`` (T5's learned bias by distance, a (H, 2L - 1) table: see engine.ops.position_bias) is
+  added to the scores after the scale. Until the flash kernels gather it themselves, calls that pass it run the
+  PyTorch path, which builds only the (H, Nq, Nk) block the call needs.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
+from engine.ops.position_bias import bias_scores, check_relative_position_bias
 
 MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
 _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
@@ -72,9 +76,27 @@ def _causal_keep(n_q: int, n_k: int, device: torch.device, *, bottom_right: bool
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q if bottom_right else 0)
 
 
-def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale):
-    """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros)."""
+def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=0):
+    """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros). ``bias``: a
+    relative-position table (H, 2L - 1), the queries at positions q_offset + 0..Nq-1 (keys at 0..Nk-1)."""
     n_q, n_k = q.shape[2], k.shape[2]
+    dead, dead_known = None, False  # rows that see no key, when known without scanning a full float mask
+    if bias is not None:  # fold the (1, H, Nq, Nk) bias block, the mask and causality into one additive mask
+        if is_causal:
+            keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
+            mask = keep if mask is None else mask & keep if mask.dtype == torch.bool else \
+                mask.masked_fill(~keep, float("-inf"))
+            is_causal = False
+        wide = torch.float64 if q.dtype == torch.float64 else torch.float32
+        add = bias_scores(bias, torch.arange(n_q, device=q.device) + q_offset, n_k, dtype=wide)[None]
+        if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
+            dead_known = True
+            if mask is not None:
+                dead = ~mask.any(-1, keepdim=True)
+                add = add.masked_fill(~mask, float("-inf"))
+        else:
+            add = add + mask.to(wide)
+        mask = add
     if is_causal and mask is not None:
         keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
         mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
@@ -85,10 +107,9 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale):
         mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                          scale=scale)
-    if mask is not None:
+    if mask is not None and not dead_known:
         dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, True)
-        out = out.masked_fill(dead, 0.0)
-    return out
+    return out if dead is None else out.masked_fill(dead, 0.0)
 
 
 def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -102,14 +123,17 @@ def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) ->
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+                                 is_causal: bool = False, scale: float | None = None, *,
+                                 relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
 
     query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
     place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
     (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
     stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
-    scale: default 1 / sqrt(D). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
+    scale: default 1 / sqrt(D). relative_position_bias: None, or a (H, 2L - 1) table with L >= max(Nq, Nk):
+    ``table[h, L - 1 + j - i]`` is added to the score of query i and key j after the scale (T5; see
+    engine.ops.position_bias). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
     D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
@@ -132,15 +156,17 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         raise TypeError(f"is_causal must be a bool; got {type(is_causal).__name__}")
     scale = _check_scale(scale)
     mask = _check_mask(attn_mask, (b, h, n_q, n_k), q.device)
+    bias = check_relative_position_bias(relative_position_bias, heads=h, min_length=max(n_q, n_k), device=q.device)
 
     supported = (
-        q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
+        bias is None  # the flash kernel does not gather the bias table yet: the PyTorch path honours it
+        and q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
         and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
         and min(b, h, n_q, n_k) > 0 and b * h <= _MAX_GRID_Y
         and (mask is None or mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES)
     )
     if not backend.use_triton(q, k, v, mask, supported=supported, op="scaled_dot_product_attention"):
-        return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale)
+        return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
 
     from engine.kernels.attention import attention_fwd
 
@@ -188,8 +214,8 @@ def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, to
             raise ValueError(f"{mname} must be >= the longest sequence ({dmax}); got {mx}")
 
 
-def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale):
-    """Reference path: one SDPA call per sequence (bottom-right causal; rows with no visible key -> zeros)."""
+def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale, bias=None):
+    """Reference path: one SDPA call per sequence (bottom-right causal and bias; rows with no visible key -> 0)."""
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
     for (qs, qe), (ks, ke) in zip(zip(cu_q[:-1].tolist(), cu_q[1:].tolist()),
                                   zip(cu_k[:-1].tolist(), cu_k[1:].tolist())):
@@ -197,21 +223,25 @@ def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale):
             continue
         mask = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
         o = _sdpa_torch(q[qs:qe].transpose(0, 1)[None], k[ks:ke].transpose(0, 1)[None],
-                        v[ks:ke].transpose(0, 1)[None], mask, 0.0, False, scale)
+                        v[ks:ke].transpose(0, 1)[None], mask, 0.0, False, scale, bias, (ke - ks) - (qe - qs))
         out[qs:qe] = o[0].transpose(0, 1)
     return out
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
-                     scale: float | None = None, validate: bool = True) -> torch.Tensor:
+                     scale: float | None = None, validate: bool = True,
+                     relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention over packed sequences of different lengths (FlashAttention's varlen API); no FLOPs on padding.
 
     q: (total_q, H, D); k, v: (total_k, H, D); sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and
     cu_seqlens_k[b]:cu_seqlens_k[b+1] of k/v. cu_seqlens_*: (B + 1,) int32, starting at 0, non-decreasing, ending
     at total_*. max_seqlen_*: ints >= the longest sequence (sizes the launch grid). causal: bottom-right aligned
     per sequence (FlashAttention >= 2.1: query i sees keys j <= i + len_k - len_q); a query that sees no key
-    returns zeros. scale: default 1 / sqrt(D). Returns (total_q, H, D).
+    returns zeros. scale: default 1 / sqrt(D). relative_position_bias: None, or a (H, 2L - 1) table with
+    L >= max(max_seqlen_q, max_seqlen_k), added to the score of query i and key j of a sequence at
+    ``table[h, L - 1 + j - (i + len_k - len_q)]`` (the causal mask's bottom-right alignment; see
+    engine.ops.position_bias). Returns (total_q, H, D).
 
     validate: check the contents of cu_seqlens and max_seqlen (one device-to-host sync per call on CUDA). Pass
     False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
@@ -236,13 +266,16 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
     scale = _check_scale(scale)
     scale = scale if scale is not None else d ** -0.5
+    bias = check_relative_position_bias(relative_position_bias, heads=h, min_length=max(max_q, max_k),
+                                        device=q.device)
     if validate:
         _validate_cu_values(cu_q, cu_k, total_q, k.shape[0], max_q, max_k)
 
     batch = cu_q.shape[0] - 1
-    supported = q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0
+    supported = (bias is None  # the varlen kernel does not gather the bias table yet
+                 and q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0)
     if not backend.use_triton(q, k, v, cu_q, cu_k, supported=supported, op="varlen_attention"):
-        return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale)
+        return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale, bias)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if total_q == 0 or max_q == 0 or k.shape[0] == 0:  # nothing to attend (and no empty pointers to launch)
         return out.zero_()

@@ -15,6 +15,10 @@ the cache) and a length below Tq leaves its first rows with no visible key: thos
 The Triton kernel takes Tq of any size (query rows in blocks of 16; it is built for decode, Tq <= 16, and stays
 correct beyond), head dims 16, 32, 64, 80, 96, 128, 256 and fp16 / bf16 / fp32 (fp32 dots in full IEEE precision,
 never tf32). Other head dims or dtypes, grad-recording inputs and ENGINE_BACKEND=torch run the PyTorch path.
+
+``relative_position_bias`` (T5's bias by distance, a (H, 2L - 1) table with L >= Tmax; see
+engine.ops.position_bias) adds ``table[h, L - 1 + j - (cache_seqlens[b] - Tq + i)]`` to the score of query i and
+key j. Until the decode kernel gathers it itself, calls that pass it run the PyTorch path.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
+from engine.ops.position_bias import bias_scores, check_relative_position_bias
 
 KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 
@@ -86,50 +91,69 @@ def _check_seqlens(cache_seqlens: torch.Tensor, q_len: int, max_len: int) -> Non
 
 
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           cache_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+                           cache_seqlens: torch.Tensor, scale: float,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
     """PyTorch path (same semantics as the kernel, differentiable): a boolean mask from cache_seqlens + SDPA.
 
-    q (B, H, Tq, D); caches (B, H, Tmax, D); cache_seqlens (B,) int32, clamped to [0, Tmax]. -> (B, H, Tq, D).
+    q (B, H, Tq, D); caches (B, H, Tmax, D); cache_seqlens (B,) int32, clamped to [0, Tmax]; bias: None or a
+    (H, 2L - 1) relative-position table, L >= Tmax. -> (B, H, Tq, D).
     """
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
     if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
         hi = int(lens.max())
-        if Tq == 1 and hi > 0 and int(lens.min()) == hi:  # one new token, equal lengths: every key visible, no mask
-            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], scale=scale)
+        if Tq == 1 and hi > 0 and int(lens.min()) == hi:  # one new token, equal lengths: every key visible
+            add = None
+            if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
+                length = (bias.shape[1] + 1) // 2
+                add = bias[None, :, None, length - hi:length].to(q.dtype)  # (1, H, 1, hi)
+            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], attn_mask=add,
+                                                  scale=scale)
         Tmax = max(hi, 1)
         k_cache, v_cache = k_cache[:, :, :Tmax], v_cache[:, :, :Tmax]
     rows = torch.arange(Tq, device=q.device)
     cols = torch.arange(Tmax, device=q.device)
-    visible = cols[None, None, :] <= (lens[:, None, None] - Tq + rows[None, :, None])  # (B, Tq, Tmax)
+    q_pos = lens[:, None] - Tq + rows[None, :]  # (B, Tq) each query's position in its row
+    visible = cols[None, None, :] <= q_pos[..., None]  # (B, Tq, Tmax)
     has_key = visible.any(-1)  # (B, Tq)
     # A fully masked row would make SDPA return NaN (and NaN gradients): let it see everything, then zero it.
-    mask = visible | ~has_key[..., None]
-    out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask[:, None], scale=scale)
+    mask = (visible | ~has_key[..., None])[:, None]  # (B, 1, Tq, Tmax)
+    if bias is not None:  # one additive mask: the (B, H, Tq, Tmax) bias block, -inf where hidden
+        add = bias_scores(bias, q_pos, Tmax, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        if torch.finfo(q.dtype).max < torch.finfo(add.dtype).max:  # narrowing: keep finite biases finite
+            add.clamp_(-torch.finfo(q.dtype).max, torch.finfo(q.dtype).max)
+        mask = add.masked_fill_(~mask, float("-inf")).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale)
     return torch.where(has_key[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-                     scale: float | None = None, *, validate: bool | None = None) -> torch.Tensor:
+                     scale: float | None = None, *, validate: bool | None = None,
+                     relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of Tq new tokens over a KV cache with per-sequence valid lengths (bottom-right causal).
 
     q: (B, H, Tq, D); k_cache, v_cache: (B, H, Tmax, D), any strides; cache_seqlens: (B,) int32, the Tq new tokens
     included. scale: softmax scale (default 1/sqrt(D)). validate: check cache_seqlens lies in [Tq, Tmax]
     (None: only for CPU tensors, where it costs no device sync; True: always; False: never, values are clamped
-    to [0, Tmax] and rows that see no key return zeros). Returns (B, H, Tq, D) in q's dtype.
+    to [0, Tmax] and rows that see no key return zeros). relative_position_bias: None, or a (H, 2L - 1) table with
+    L >= Tmax whose entry L - 1 + j - pos is added to the score of key j for the query at position pos =
+    cache_seqlens[b] - Tq + i (T5's self-attention bias; see engine.ops.position_bias).
+    Returns (B, H, Tq, D) in q's dtype.
     """
     _check_args(q, k_cache, v_cache, cache_seqlens, scale)
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
+    bias = check_relative_position_bias(relative_position_bias, heads=H, min_length=Tmax, device=q.device)
     if validate is None:
         validate = not q.is_cuda
     if validate:
         _check_seqlens(cache_seqlens, Tq, Tmax)
     sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
-    supported = q.dtype in KERNEL_DTYPES and D in KERNEL_HEAD_DIMS
+    # The decode kernel does not gather the bias table yet: calls with it run the PyTorch path.
+    supported = bias is None and q.dtype in KERNEL_DTYPES and D in KERNEL_HEAD_DIMS
     if backend.use_triton(q, k_cache, v_cache, cache_seqlens, supported=supported, op="decode_attention"):
         from engine.kernels.decode import decode_attention_fwd
 
         return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale)
-    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale)
+    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale, bias)

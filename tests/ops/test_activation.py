@@ -1,4 +1,5 @@
-"""ops.gelu and ops.bias_gelu against float64 references (F.gelu in float64, both the erf and the tanh form).
+"""ops.gelu, ops.bias_gelu and ops.gelu_and_mul against float64 references (F.gelu in float64, both the erf and the
+tanh form).
 
 Kernel tests force ENGINE_BACKEND=triton (`triton_backend`): on a CPU they run the real kernel in Triton's
 interpreter, and a silent fallback is an error. Outputs are NaN-poisoned `out=` buffers the kernel must fill.
@@ -166,6 +167,11 @@ def _bad_calls():
         ("out shape", lambda: ops.gelu(x, out=torch.empty(8, 4)), ValueError, "out"),
         ("out dtype", lambda: ops.bias_gelu(x, b, out=torch.empty(4, 8, dtype=torch.float64)), TypeError, "out"),
         ("out device", lambda: ops.gelu(x, out=torch.empty(4, 8, device="meta")), ValueError, "out"),
+        ("geglu odd width", lambda: ops.gelu_and_mul(torch.randn(4, 7)), ValueError, "even"),
+        ("geglu 0-d", lambda: ops.gelu_and_mul(torch.tensor(1.0)), ValueError, "even"),
+        ("geglu int", lambda: ops.gelu_and_mul(torch.ones(4, 8, dtype=torch.int64)), TypeError, "input"),
+        ("geglu approximate", lambda: ops.gelu_and_mul(torch.randn(4, 8), "sigmoid"), ValueError, "approximate"),
+        ("geglu out shape", lambda: ops.gelu_and_mul(torch.randn(4, 8), out=torch.empty(4, 8)), ValueError, "out"),
     ]
 
 
@@ -180,14 +186,74 @@ def test_bad_input_is_a_clear_error(request, backend_fixture, case):
 
 def test_every_launcher_configuration_is_compiled_ahead_of_time():
     sizes = set(range(1, 300)) | {2**k + d for k in range(8, 16) for d in (-1, 0, 1)} | {3072, 1_000_000}
-    picked = {(*gelu_kernels.config_for(n, has_bias), has_bias) for n in sizes for has_bias in (False, True)}
+    # (has_bias, gated) pairs the launcher passes: plain, bias + GELU, GeGLU
+    kinds = ((False, False), (True, False), (False, True))
+    picked = {(*gelu_kernels.config_for(n, bias or gated), bias, gated) for n in sizes for bias, gated in kinds}
     assert picked == set(gelu_kernels.configs())
     specs = gelu_kernels.aot_specs()
-    compiled = {(s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.constexprs["HAS_BIAS"],
+    compiled = {(s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.constexprs["HAS_BIAS"], s.constexprs["GATED"],
                  s.constexprs["APPROX_TANH"], s.num_warps, s.signature["X"]) for s in specs}
     wanted = {(*c, tanh, gelu_kernels.NUM_WARPS, f"*{dt}") for c in picked for tanh in (False, True)
               for dt in ("fp32", "fp16", "bf16")}
     assert compiled == wanted and len(specs) == len(wanted)
+
+
+# ---- GeGLU: gelu(gate) * up from one [gate | up] tensor -------------------------------------------------------
+def _ref_geglu(x, approximate):
+    n = x.shape[-1] // 2
+    xd = x.double()
+    return F.gelu(xd[..., :n], approximate=approximate) * xd[..., n:]
+
+
+# (rows, F, dtypes, forms): F around the column blocks (256..1024, and past the largest), odd sizes.
+GEGLU_CASES = [(1, 1, ALL, APPROX), (3, 33, ALL, APPROX), (5, 300, ALL, ("tanh",)), (2, 1029, (F32, BF16), APPROX),
+               (1000, 37, (F16,), ("tanh",))]
+GEGLU_PARAMS = [pytest.param(m, n, dt, ap, id=f"{m}x{n}-{str(dt)[6:]}-{ap}")
+                for m, n, dts, aps in GEGLU_CASES for dt in dts for ap in aps]
+
+
+@pytest.mark.parametrize("m, n, dtype, approximate", GEGLU_PARAMS)
+def test_gelu_and_mul_matches_float64(triton_backend, device, m, n, dtype, approximate):
+    gen = torch.Generator().manual_seed(m * 41 + n)
+    x = _rand((m, 2 * n), dtype, device, gen)
+    out = _poisoned((m, n), dtype, device)
+    y = ops.gelu_and_mul(x, approximate, out=out)
+    assert y is out
+    _assert_close(y, _ref_geglu(x, approximate), dtype)
+
+
+def test_gelu_and_mul_layouts(triton_backend, device):
+    gen = torch.Generator().manual_seed(53)
+    x = _rand((2, 3, 2 * 45), BF16, device, gen)
+    y = ops.gelu_and_mul(x, "tanh")  # leading dims kept
+    assert y.shape == (2, 3, 45)
+    _assert_close(y, _ref_geglu(x, "tanh"), BF16)
+    base = _rand((4, 2 * 90), F32, device, gen)
+    for v in (base[:, :90], base[:, ::2], base.t()[:90].t()):  # row-strided (in place), column-strided, transposed
+        _assert_close(ops.gelu_and_mul(v), _ref_geglu(v, "none"), F32)
+    empty = torch.randn(0, 8, device=device, dtype=F16)
+    assert ops.gelu_and_mul(empty).shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_gelu_and_mul_torch_path(torch_backend, device, dtype):
+    gen = torch.Generator().manual_seed(59)
+    x = _rand((9, 2 * 65), dtype, device, gen)
+    out = _poisoned((9, 65), dtype, device)
+    assert ops.gelu_and_mul(x, "tanh", out=out) is out
+    # PyTorch rounds the GELU to the dtype before the product: compare against that.
+    ref = F.gelu(x[:, :65], approximate="tanh").double() * x[:, 65:].double()
+    _assert_close(out, ref, dtype)
+
+
+def test_gelu_and_mul_grad_goes_to_pytorch(triton_backend, device):
+    gen = torch.Generator().manual_seed(61)
+    x = _rand((5, 2 * 20), F32, device, gen).requires_grad_()
+    g = _rand((5, 20), F32, device, gen)
+    (ops.gelu_and_mul(x, "tanh") * g).sum().backward()
+    xd = x.detach().double().requires_grad_()
+    (_ref_geglu(xd, "tanh") * g.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xd.grad, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.gpu
@@ -201,3 +267,13 @@ def test_full_size_on_gpu(triton_backend, n, dtype, approximate):
     _assert_close(y, F.gelu(x.double() + b.double(), approximate=approximate), dtype)
     y0 = ops.gelu(x, approximate, out=_poisoned(x.shape, dtype, "cuda"))
     _assert_close(y0, F.gelu(x.double(), approximate=approximate), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1024, 2816, 5120, 1001])
+@pytest.mark.parametrize("dtype", ALL)
+def test_gelu_and_mul_full_size_on_gpu(triton_backend, n, dtype):
+    gen = torch.Generator().manual_seed(n + 7)
+    x = _rand((4099, 2 * n), dtype, "cuda", gen)
+    y = ops.gelu_and_mul(x, "tanh", out=_poisoned((4099, n), dtype, "cuda"))
+    _assert_close(y, _ref_geglu(x, "tanh"), dtype)

@@ -1,4 +1,4 @@
-"""ops.layer_norm and ops.add_layer_norm against float64 references.
+"""ops.layer_norm, ops.add_layer_norm, ops.rms_norm and ops.add_rms_norm against float64 references.
 
 Kernel tests force ENGINE_BACKEND=triton (`triton_backend`), so on a CPU they run the real kernels in Triton's
 interpreter and a silent fallback to PyTorch is an error. Outputs are NaN-poisoned buffers passed as `out=`, so
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import ops
-from engine.kernels import layernorm as ln_kernels
+from engine.kernels import norm as norm_kernels
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # (atol, rtol) per dtype: the fp32 statistics are exact enough that the error is the output's own rounding.
@@ -39,6 +39,11 @@ def _ref_layer_norm(v, shape, weight, bias, eps):
     w = weight.double() if weight is not None else None
     b = bias.double() if bias is not None else None
     return F.layer_norm(v.double(), shape, w, b, eps)
+
+
+def _ref_rms_norm(v, shape, weight, eps):
+    """float64 RMSNorm of already-rounded inputs."""
+    return F.rms_norm(v.double(), shape, weight.double() if weight is not None else None, eps)
 
 
 def _assert_close(actual, expected, dtype):
@@ -221,6 +226,18 @@ def _bad_calls():
         ("add 0-d", lambda: ops.add_layer_norm(x[0, 0], x[0, 0], None, None), ValueError, "x"),
         ("add residual_out", lambda: ops.add_layer_norm(x, x, w, w, residual_out=torch.empty(4)), ValueError,
          "residual_out"),
+        ("rms int input", lambda: ops.rms_norm(torch.ones(4, 8, dtype=torch.int32), 8), TypeError, "input"),
+        ("rms shape mismatch", lambda: ops.rms_norm(x, 7), ValueError, "normalized_shape"),
+        ("rms weight shape", lambda: ops.rms_norm(x, 8, torch.randn(7)), ValueError, "weight"),
+        ("rms devices", lambda: ops.rms_norm(x, 8, meta), ValueError, "same device"),
+        ("rms dtypes", lambda: ops.rms_norm(x, 8, w.half()), TypeError, "same dtype"),
+        ("rms eps type", lambda: ops.rms_norm(x, 8, eps="1e-6"), TypeError, "eps"),
+        ("rms eps value", lambda: ops.rms_norm(x, 8, eps=float("nan")), ValueError, "eps"),
+        ("rms out dtype", lambda: ops.rms_norm(x, 8, out=torch.empty(4, 8).half()), TypeError, "out"),
+        ("add_rms shapes", lambda: ops.add_rms_norm(x, torch.randn(4, 1), w), ValueError, "residual"),
+        ("add_rms weight", lambda: ops.add_rms_norm(x, x, torch.randn(4)), ValueError, "weight"),
+        ("add_rms 0-d", lambda: ops.add_rms_norm(x[0, 0], x[0, 0], None), ValueError, "x"),
+        ("add_rms out", lambda: ops.add_rms_norm(x, x, w, out=torch.empty(4)), ValueError, "out"),
     ]
 
 
@@ -235,13 +252,104 @@ def test_bad_input_is_a_clear_error(request, backend_fixture, case):
 
 def test_every_launcher_configuration_is_compiled_ahead_of_time():
     sizes = set(range(1, 300)) | {2**k + d for k in range(8, 16) for d in (-1, 0, 1)} | {768, 3072, 1_000_000}
-    picked = {ln_kernels.config_for(n) for n in sizes}
-    assert picked == set(ln_kernels.configs())
-    specs = ln_kernels.aot_specs()
+    picked = {norm_kernels.config_for(n) for n in sizes}
+    assert picked == set(norm_kernels.configs())
+    specs = norm_kernels.aot_specs()
     compiled = {(s.constexprs["BLOCK_N"], s.constexprs["ROWS"], s.num_warps, s.constexprs["LOOPED"],
-                 s.constexprs["HAS_RESIDUAL"], s.signature["X"]) for s in specs}
-    wanted = {(*c, res, f"*{dt}") for c in picked for res in (False, True) for dt in ("fp32", "fp16", "bf16")}
+                 s.constexprs["HAS_RESIDUAL"], s.constexprs["IS_RMS"], s.signature["X"]) for s in specs}
+    wanted = {(*c, res, rms, f"*{dt}") for c in picked for res in (False, True) for rms in (False, True)
+              for dt in ("fp32", "fp16", "bf16")}
     assert compiled == wanted and len(specs) == len(wanted)
+
+
+# ---- RMSNorm (T5's norm: no mean, no bias) ---------------------------------------------------------------------
+RMS_CASES = [(1, 1, ALL), (3, 33, ALL), (1000, 33, (BF16,)), (3, 384, ALL), (1, 1000, ALL), (3, 2049, (F16,)),
+             (2, 9000, ALL), (1, 16385, (BF16,))]
+RMS_PARAMS = [pytest.param(m, n, dt, id=f"{m}x{n}-{str(dt)[6:]}") for m, n, dts in RMS_CASES for dt in dts]
+
+
+@pytest.mark.parametrize("m, n, dtype", RMS_PARAMS)
+def test_rms_norm_matches_float64(triton_backend, device, m, n, dtype):
+    gen = torch.Generator().manual_seed(m * 7907 + n)
+    x = _rand((m, n), dtype, device, gen, scale=2.0, shift=1.5)  # a mean that LayerNorm would remove: RMS keeps it
+    w = _rand((n,), dtype, device, gen)
+    out = _poisoned((m, n), dtype, device)
+    y = ops.rms_norm(x, n, w, eps=1e-6, out=out)
+    assert y is out
+    _assert_close(y, _ref_rms_norm(x, (n,), w, 1e-6), dtype)
+
+
+@pytest.mark.parametrize("m, n, dtype", RMS_PARAMS)
+def test_add_rms_norm_matches_float64(triton_backend, device, m, n, dtype):
+    gen = torch.Generator().manual_seed(m * 104723 + n)
+    x = _rand((m, n), dtype, device, gen, scale=2.0, shift=-1.0)
+    r = _rand((m, n), dtype, device, gen, scale=3.0)
+    w = _rand((n,), dtype, device, gen)
+    out, s_out = _poisoned((m, n), dtype, device), _poisoned((m, n), dtype, device)
+    y, s = ops.add_rms_norm(x, r, w, 1e-6, out=out, residual_out=s_out)
+    assert y is out and s is s_out
+    exact_sum = x.double() + r.double()
+    _assert_close(s, exact_sum, dtype)
+    _assert_close(y, _ref_rms_norm(exact_sum, (n,), w, 1e-6), dtype)
+
+
+@pytest.mark.parametrize("n", [45, 9001], ids=["one-pass", "looped"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_rms_norm_where_eps_matters(triton_backend, device, n, fused):
+    # Mean squares of ~1e-6 (values ~1e-3) next to eps=1e-6: a dropped or misplaced eps is a ~40% error.
+    gen = torch.Generator().manual_seed(n)
+    x, r = _rand((3, n), F32, device, gen, scale=1e-3), _rand((3, n), F32, device, gen, scale=5e-4)
+    w = _rand((n,), F32, device, gen)
+    out = _poisoned((3, n), F32, device)
+    if fused:
+        ops.add_rms_norm(x, r, w, 1e-6, out=out)
+        ref = _ref_rms_norm(x.double() + r.double(), (n,), w, 1e-6)
+    else:
+        ops.rms_norm(x, n, w, 1e-6, out=out)
+        ref = _ref_rms_norm(x, (n,), w, 1e-6)
+    assert (ref - _ref_rms_norm(x if not fused else x.double() + r.double(), (n,), w, 0.0)).abs().max() > 0.1
+    _assert_close(out, ref, F32)
+
+
+def test_rms_norm_defaults_and_shapes(triton_backend, device):
+    gen = torch.Generator().manual_seed(31)
+    x = _rand((2, 3, 4, 33), BF16, device, gen, shift=0.5)
+    y = ops.rms_norm(x, (4, 33), out=_poisoned(x.shape, BF16, device))  # no weight; eps = finfo(bf16).eps
+    _assert_close(y, _ref_rms_norm(x, (4, 33), None, torch.finfo(BF16).eps), BF16)
+    r = x.flip(0)
+    y2, s2 = ops.add_rms_norm(x, r, None)
+    _assert_close(y2, _ref_rms_norm(x.double() + r.double(), (33,), None, torch.finfo(BF16).eps), BF16)
+    base = _rand((6, 2 * 45), F16, device, gen)
+    xs = base[:, ::2]  # column-strided: copied; row-strided views are read in place
+    w = _rand((45,), F16, device, gen)
+    _assert_close(ops.rms_norm(xs, 45, w, 1e-5), _ref_rms_norm(xs, (45,), w, 1e-5), F16)
+    _assert_close(ops.rms_norm(base[:, :45], 45, w, 1e-5), _ref_rms_norm(base[:, :45], (45,), w, 1e-5), F16)
+    empty = torch.randn(0, 33, device=device, dtype=F16)
+    assert ops.rms_norm(empty, 33).shape == (0, 33) and ops.add_rms_norm(empty, empty, None)[1].shape == (0, 33)
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_rms_torch_path_matches_float64(torch_backend, device, dtype):
+    gen = torch.Generator().manual_seed(37)
+    x, r = _rand((7, 96), dtype, device, gen, shift=0.3), _rand((7, 96), dtype, device, gen)
+    w = _rand((96,), dtype, device, gen)
+    out = _poisoned((7, 96), dtype, device)
+    assert ops.rms_norm(x, 96, w, 1e-6, out=out) is out
+    _assert_close(out, _ref_rms_norm(x, (96,), w, 1e-6), dtype)
+    y, s = ops.add_rms_norm(x, r, w, 1e-6)
+    _assert_close(s, x.double() + r.double(), dtype)
+    _assert_close(y, _ref_rms_norm(s, (96,), w, 1e-6), dtype)
+
+
+def test_rms_float64_and_grad_inputs_go_to_pytorch(triton_backend, device):
+    gen = torch.Generator().manual_seed(41)
+    x64, w64 = _rand((3, 40), torch.float64, device, gen), _rand((40,), torch.float64, device, gen)
+    torch.testing.assert_close(ops.rms_norm(x64, 40, w64, 1e-6), F.rms_norm(x64, (40,), w64, 1e-6))
+    x = _rand((3, 40), F32, device, gen).requires_grad_()
+    w = _rand((40,), F32, device, gen).requires_grad_()
+    y, s = ops.add_rms_norm(x, x.detach(), w, 1e-6)
+    y.sum().backward()
+    assert x.grad is not None and w.grad is not None
 
 
 @pytest.mark.gpu
@@ -259,3 +367,20 @@ def test_full_size_on_gpu(triton_backend, n, dtype):
     exact = x.double() + r.double()
     _assert_close(s2, exact, dtype)
     _assert_close(y2, _ref_layer_norm(exact, (n,), w, b, 1e-5), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [512, 1000, 2048, 4096, 8193])
+@pytest.mark.parametrize("dtype", ALL)
+def test_rms_full_size_on_gpu(triton_backend, n, dtype):
+    gen = torch.Generator().manual_seed(n + 1)
+    m = 4099
+    x, r = _rand((m, n), dtype, "cuda", gen, shift=2.0), _rand((m, n), dtype, "cuda", gen)
+    w = _rand((n,), dtype, "cuda", gen)
+    y = ops.rms_norm(x, n, w, 1e-6, out=_poisoned((m, n), dtype, "cuda"))
+    _assert_close(y, _ref_rms_norm(x, (n,), w, 1e-6), dtype)
+    y2, s2 = ops.add_rms_norm(x, r, w, 1e-6, out=_poisoned((m, n), dtype, "cuda"),
+                              residual_out=_poisoned((m, n), dtype, "cuda"))
+    exact = x.double() + r.double()
+    _assert_close(s2, exact, dtype)
+    _assert_close(y2, _ref_rms_norm(exact, (n,), w, 1e-6), dtype)

@@ -1,15 +1,16 @@
-"""Fused LayerNorm forward (optionally with the residual add in front) as one Triton kernel.
+"""Fused LayerNorm and RMSNorm forward (optionally with the residual add in front): one Triton kernel family.
 
-    y = (v - mean(v)) / sqrt(var(v) + eps) * weight + bias,   v = x            (layer_norm)
-                                                              v = x + residual (add_layer_norm; v is stored too)
+    LayerNorm:  y = (v - mean(v)) / sqrt(var(v) + eps) * weight + bias
+    RMSNorm:    y = v / sqrt(mean(v * v) + eps) * weight                 (IS_RMS: no mean, no bias; T5's norm)
+    where v = x (layer_norm / rms_norm) or v = x + residual (add_layer_norm / add_rms_norm; v is stored too).
 
 Statistics are fp32; inputs and outputs are fp32, fp16 or bf16. Rows of up to ``MAX_BLOCK_N`` elements are held
 in registers (one read of every input, one write of every output); longer rows take the looped variant (a
-constexpr flag), which reads the inputs twice: once for the statistics (chunked, merged with Chan's parallel
-variance formula so a large mean does not cancel), once to normalise.
+constexpr flag), which reads the inputs twice: once for the statistics (chunked; LayerNorm merges the chunks
+with Chan's parallel variance formula so a large mean does not cancel), once to normalise.
 
-The host launcher ``layer_norm_fwd`` takes 2-D row views; argument checking and dispatch live in
-``engine.ops.norm``.
+The host launchers ``layer_norm_fwd`` and ``rms_norm_fwd`` take 2-D row views; argument checking and dispatch
+live in ``engine.ops.norm``.
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ TILE = 4096
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(
+def _norm_fwd_kernel(
     X,  # (n_rows, N) input; row stride stride_x_row, unit column stride
     R,  # (n_rows, N) residual; read only when HAS_RESIDUAL
     W,  # (N,) weight
-    B,  # (N,) bias
+    B,  # (N,) bias; read only when not IS_RMS
     Y,  # (n_rows, N) output
     S,  # (n_rows, N) x + residual in the input dtype; written only when HAS_RESIDUAL
     stride_x_row,
@@ -46,6 +47,7 @@ def _layer_norm_fwd_kernel(
     ROWS: tl.constexpr,  # rows per program
     HAS_RESIDUAL: tl.constexpr,
     LOOPED: tl.constexpr,  # the row does not fit in BLOCK_N: loop over chunks
+    IS_RMS: tl.constexpr,  # RMSNorm: no mean subtraction, no bias
 ):
     pid = tl.program_id(0)
     rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)  # int64: n_rows * stride may exceed 2**31
@@ -60,18 +62,23 @@ def _layer_norm_fwd_kernel(
         mask = row_mask[:, None] & col_mask[None, :]
         # weight and bias first: their loads are in flight while the row loads and reduces.
         w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
         v = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             v += tl.load(r_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             tl.store(s_rows + cols[None, :], v.to(S.dtype.element_ty), mask=mask)
-        mean = tl.sum(v, axis=1) / N
-        d = tl.where(mask, v - mean[:, None], 0.0)
+        if IS_RMS:
+            d = v  # masked lanes are already 0
+        else:
+            mean = tl.sum(v, axis=1) / N
+            d = tl.where(mask, v - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + eps)
-        y = d * rstd[:, None] * w[None, :] + b[None, :]
+        y = d * rstd[:, None] * w[None, :]
+        if not IS_RMS:
+            y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         tl.store(y_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     else:
-        # Pass 1: per-chunk mean and sum of squared deviations, merged into the running ones.
+        # Pass 1: LayerNorm merges per-chunk means and sums of squared deviations into the running ones;
+        # RMSNorm only sums squares.
         mean = tl.zeros([ROWS], dtype=tl.float32)
         m2 = tl.zeros([ROWS], dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
@@ -81,13 +88,16 @@ def _layer_norm_fwd_kernel(
             if HAS_RESIDUAL:
                 v += tl.load(r_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
                 tl.store(s_rows + c[None, :], v.to(S.dtype.element_ty), mask=mask)
-            n_a = start * 1.0  # elements merged so far (all earlier chunks are full), as fp32
-            n_b = tl.minimum(N - start, BLOCK_N) * 1.0
-            mean_b = tl.sum(v, axis=1) / n_b
-            d = tl.where(mask, v - mean_b[:, None], 0.0)
-            delta = mean_b - mean
-            mean += delta * (n_b / (n_a + n_b))
-            m2 += tl.sum(d * d, axis=1) + delta * delta * (n_a * n_b / (n_a + n_b))
+            if IS_RMS:
+                m2 += tl.sum(v * v, axis=1)
+            else:
+                n_a = start * 1.0  # elements merged so far (all earlier chunks are full), as fp32
+                n_b = tl.minimum(N - start, BLOCK_N) * 1.0
+                mean_b = tl.sum(v, axis=1) / n_b
+                d = tl.where(mask, v - mean_b[:, None], 0.0)
+                delta = mean_b - mean
+                mean += delta * (n_b / (n_a + n_b))
+                m2 += tl.sum(d * d, axis=1) + delta * delta * (n_a * n_b / (n_a + n_b))
         rstd = 1.0 / tl.sqrt(m2 / N + eps)
         # Pass 2: normalise (the row was just read, so this mostly hits L2).
         for start in range(0, N, BLOCK_N):
@@ -98,8 +108,11 @@ def _layer_norm_fwd_kernel(
             if HAS_RESIDUAL:
                 v += tl.load(r_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
             w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-            b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
-            y = (v - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+            if IS_RMS:
+                y = v * rstd[:, None] * w[None, :]
+            else:
+                b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+                y = (v - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
             tl.store(y_rows + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -125,17 +138,19 @@ def configs() -> list[tuple[int, int, int, bool]]:
     return out
 
 
-def layer_norm_fwd(
+def norm_fwd(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
     *,
+    rms: bool,
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     residual_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """LayerNorm over the rows of ``x`` (M, N), optionally of ``x + residual``.
+    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``, ``bias`` must be None) over the rows of ``x`` (M, N),
+    optionally of ``x + residual``.
 
     x, residual: (M, N) with unit column stride (any row stride); weight, bias: (N,) or None (1 / 0), all one
     dtype (fp32, fp16 or bf16) on one device. out, residual_out: optional (M, N) buffers with unit column stride
@@ -152,24 +167,37 @@ def layer_norm_fwd(
     # A missing weight / bias is a ones / zeros vector: one compiled kernel serves all four cases.
     if weight is None:
         weight = torch.ones(n, dtype=x.dtype, device=x.device)
-    if bias is None:
+    if bias is None and not rms:
         bias = torch.zeros(n, dtype=x.dtype, device=x.device)
     block_n, rows, num_warps, looped = config_for(n)
     r = residual if residual is not None else x
     s = residual_out if residual_out is not None else out
     grid = (triton.cdiv(m, rows),)
-    _layer_norm_fwd_kernel[grid](
-        x, r, weight, bias, out, s,
+    _norm_fwd_kernel[grid](
+        x, r, weight, bias if bias is not None else weight, out, s,
         x.stride(0), r.stride(0), out.stride(0), s.stride(0),
         m, n, eps,
-        BLOCK_N=block_n, ROWS=rows, HAS_RESIDUAL=residual is not None, LOOPED=looped,
+        BLOCK_N=block_n, ROWS=rows, HAS_RESIDUAL=residual is not None, LOOPED=looped, IS_RMS=rms,
         num_warps=num_warps,
     )  # fmt: skip
     return out, residual_out
 
 
+def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                   **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """LayerNorm rows of ``x`` (M, N): ``norm_fwd(..., rms=False)`` (same keywords)."""
+    return norm_fwd(x, weight, bias, eps, rms=False, **kwargs)
+
+
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm rows of ``x`` (M, N): ``norm_fwd(..., rms=True)`` (same keywords)."""
+    return norm_fwd(x, weight, None, eps, rms=True, **kwargs)
+
+
 def aot_specs() -> list:
-    """One spec per (configuration, residual or not, dtype) the launcher can pick, for ``engine.kernels.aot``."""
+    """One spec per (configuration, residual or not, LayerNorm or RMSNorm, dtype) the launcher can pick, for
+    ``engine.kernels.aot``."""
     from engine.kernels.aot import TRITON_DTYPES, KernelSpec
 
     specs = []
@@ -178,17 +206,19 @@ def aot_specs() -> list:
         signature = {name: ptr for name in ("X", "R", "W", "B", "Y", "S")}
         signature.update({name: "i32" for name in ("stride_x_row", "stride_r_row", "stride_y_row", "stride_s_row")})
         signature.update(n_rows="i32", N="i32", eps="fp32")
-        signature.update({name: "constexpr" for name in ("BLOCK_N", "ROWS", "HAS_RESIDUAL", "LOOPED")})
+        signature.update({name: "constexpr" for name in ("BLOCK_N", "ROWS", "HAS_RESIDUAL", "LOOPED", "IS_RMS")})
         for block_n, rows, num_warps, looped in configs():
             for has_residual in (False, True):
-                specs.append(
-                    KernelSpec(
-                        name=f"layer_norm_{dtype}_n{block_n}_r{rows}{'_loop' if looped else ''}"
-                        f"{'_res' if has_residual else ''}",
-                        fn=_layer_norm_fwd_kernel,
-                        signature=signature,
-                        constexprs=dict(BLOCK_N=block_n, ROWS=rows, HAS_RESIDUAL=has_residual, LOOPED=looped),
-                        num_warps=num_warps,
+                for rms in (False, True):
+                    specs.append(
+                        KernelSpec(
+                            name=f"{'rms' if rms else 'layer'}_norm_{dtype}_n{block_n}_r{rows}"
+                            f"{'_loop' if looped else ''}{'_res' if has_residual else ''}",
+                            fn=_norm_fwd_kernel,
+                            signature=signature,
+                            constexprs=dict(BLOCK_N=block_n, ROWS=rows, HAS_RESIDUAL=has_residual, LOOPED=looped,
+                                            IS_RMS=rms),
+                            num_warps=num_warps,
+                        )
                     )
-                )
     return specs

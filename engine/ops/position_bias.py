@@ -1,0 +1,54 @@
+"""The relative-position-bias argument of the attention ops: its check, and the PyTorch paths' gather.
+
+A relative position bias by distance is one learned value per (head, j - i): T5 (and mT5, UMT5, ...) add it to
+every attention score. The ops take it as a table, never as the (B, H, Nq, Nk) tensor transformers materialises:
+
+    relative_position_bias: (H, 2 * L - 1) floating tensor, L >= 1
+    score(h, i, j) += relative_position_bias[h, (L - 1) + (pos_j - pos_i)]      (after the softmax scale)
+
+where pos_j = j is the key's position and pos_i the query's, aligned as each op aligns causal masks:
+``scaled_dot_product_attention`` top-left (pos_i = i), ``varlen_attention`` bottom-right per sequence
+(pos_i = i + len_k - len_q), ``decode_attention`` bottom-right per row (pos_i = cache_seqlens[b] - Tq + i). L
+must cover every distance the call can see: L >= max(Nq, Nk) (sdpa), >= max(max_seqlen_q, max_seqlen_k) (varlen),
+>= Tmax (decode). Entries for distances a causal mask hides are never used. The table is shared by the batch.
+
+The PyTorch paths gather only the (H, Nq, Nk) block each call needs (``bias_scores``), in fp32.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.ops._checks import check_floating
+
+__all__ = ["bias_scores", "check_relative_position_bias"]
+
+
+def check_relative_position_bias(table: object, *, heads: int, min_length: int,
+                                 device: torch.device) -> torch.Tensor | None:
+    """None, or a floating (heads, 2 * L - 1) table on ``device`` with L >= ``min_length``."""
+    if table is None:
+        return None
+    table = check_floating("relative_position_bias", table)
+    if table.dim() != 2 or table.shape[0] != heads or table.shape[1] % 2 == 0:
+        raise ValueError(f"relative_position_bias must be (H, 2 * L - 1) = ({heads}, odd) (one value per head and "
+                         f"distance j - i); got shape {tuple(table.shape)}")
+    length = (table.shape[1] + 1) // 2
+    if length < min_length:
+        raise ValueError(f"relative_position_bias covers distances up to {length - 1} (L = {length}), but this call "
+                         f"needs L >= {min_length}: shape (H, 2 * L - 1) = ({heads}, {2 * min_length - 1}) or wider")
+    if table.device != device:
+        raise ValueError(f"relative_position_bias must be on the query's device {device}; got {table.device}")
+    return table
+
+
+def bias_scores(table: torch.Tensor, q_pos: torch.Tensor, n_k: int, *,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The bias block of one call: table (H, 2L - 1); q_pos (..., Nq) int64 query positions (keys at 0..Nk-1).
+
+    Returns (..., H, Nq, Nk) in ``dtype`` (float32, or float64 for float64 attention). Distances outside the table
+    (only possible for pairs a mask hides) are clamped to its ends.
+    """
+    length = (table.shape[1] + 1) // 2
+    keys = torch.arange(n_k, device=q_pos.device)
+    idx = (keys - q_pos[..., None] + (length - 1)).clamp_(0, 2 * length - 2)  # (..., Nq, Nk)
+    return table.to(dtype)[:, idx].movedim(0, -3)

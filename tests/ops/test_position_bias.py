@@ -1,0 +1,209 @@
+"""The attention ops' ``relative_position_bias`` argument (a (H, 2L - 1) table by distance) against float64 references
+that add the bias explicitly to every score.
+
+Every call runs with ENGINE_BACKEND=triton too: until the flash kernels gather the table themselves, calls with a bias
+must take the PyTorch path (the kernels would ignore it), which these tests check by making the kernels raise.
+"""
+import math
+
+import pytest
+import torch
+
+from engine import ops
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+TOL = {torch.float64: 1e-10, F32: 2e-5, F16: 3e-3, BF16: 2.5e-2}
+
+
+def _rand(*shape, dtype=F32, gen, scale=1.0):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def _table(H, L, gen, dtype=F32):
+    return _rand(H, 2 * L - 1, dtype=dtype, gen=gen, scale=2.0)
+
+
+def _reference(q, k, v, table, q_pos, keep, scale):
+    """float64 attention with score(i, j) += table[h, L - 1 + j - q_pos[i]]; keep (…, Nq, Nk) bool; dead rows 0.
+    q (B, H, Nq, D), k/v (B, H, Nk, D); q_pos (B or 1, Nq)."""
+    L = (table.shape[1] + 1) // 2
+    n_k = k.shape[2]
+    s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * scale
+    idx = torch.arange(n_k)[None, None, :] - q_pos[:, :, None] + L - 1  # (B, Nq, Nk)
+    bias = table.double()[:, idx.clamp(0, 2 * L - 2)].permute(1, 0, 2, 3)  # (B, H, Nq, Nk)
+    s = (s + bias).masked_fill(~keep, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bhkd->bhqd", p, v.double())
+
+
+@pytest.fixture(params=["torch", "triton"])
+def backend(request, monkeypatch):
+    """Both backend settings; under "triton" the kernels raise if called with a bias."""
+    monkeypatch.setenv("ENGINE_BACKEND", request.param)
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        import engine.kernels.attention as attn_k
+        import engine.kernels.decode as dec_k
+
+        def refuse(*a, **k):
+            raise AssertionError("a kernel that ignores relative_position_bias was called")
+
+        for mod, name in ((attn_k, "attention_fwd"), (attn_k, "varlen_fwd"), (dec_k, "decode_attention_fwd")):
+            monkeypatch.setattr(mod, name, refuse)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16, torch.float64])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask", ["none", "bool-padding", "float"])
+def test_sdpa_with_bias(backend, dtype, causal, mask):
+    gen = torch.Generator().manual_seed(3)
+    B, H, N, D = 2, 3, 13, 8
+    q, k, v = (_rand(B, H, N, D, dtype=dtype, gen=gen) for _ in range(3))
+    L = N + 4  # a longer table than needed: only the block of this call is read
+    table = _table(H, L, gen, dtype=F32 if dtype != torch.float64 else torch.float64)
+    keep = torch.ones(B, 1, N, N, dtype=torch.bool)
+    attn_mask = None
+    if mask == "bool-padding":
+        attn_mask = torch.ones(B, 1, 1, N, dtype=torch.bool)
+        attn_mask[1, ..., 9:] = False
+        attn_mask[0, ..., :2] = False  # with causal: the first two query rows of sequence 0 see no key (zeros)
+        keep = keep & attn_mask
+    elif mask == "float":
+        fm = _rand(B, H, N, N, gen=gen)
+        fm[0, :, :, 2] = float("-inf")
+        attn_mask = fm.to(dtype)
+    if causal:
+        keep = keep & torch.ones(N, N, dtype=torch.bool).tril()
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, scale=1.0,
+                                           relative_position_bias=table)
+    ref_table = table.double()
+    if mask == "float":  # a float mask adds to the scores: fold it into the reference as part of the bias
+        ref = _reference(q, k, v, ref_table, torch.arange(N)[None], keep & (attn_mask != float("-inf")), 1.0)
+        s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double())
+        Lr = (ref_table.shape[1] + 1) // 2
+        idx = torch.arange(N)[None, :] - torch.arange(N)[:, None] + Lr - 1
+        s = s + ref_table[:, idx] + attn_mask.double()
+        s = s.masked_fill(~keep, float("-inf"))
+        ref = torch.einsum("bhqk,bhkd->bhqd", torch.softmax(s, -1), v.double())
+    else:
+        ref = _reference(q, k, v, ref_table, torch.arange(N)[None], keep, 1.0)
+    assert out.dtype == dtype and out.shape == (B, H, N, D)
+    torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_sdpa_bias_rectangular_and_scaled(backend):
+    """Nq != Nk (top-left positions), a softmax scale (the bias is added after it), a row with no visible key."""
+    gen = torch.Generator().manual_seed(5)
+    B, H, Nq, Nk, D = 1, 2, 5, 11, 16
+    q, k, v = _rand(B, H, Nq, D, gen=gen), _rand(B, H, Nk, D, gen=gen), _rand(B, H, Nk, D, gen=gen)
+    table = _table(H, Nk, gen)
+    keep = torch.ones(B, 1, Nq, Nk, dtype=torch.bool)
+    keep[..., 3, :] = False
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.3, relative_position_bias=table)
+    ref = _reference(q, k, v, table, torch.arange(Nq)[None], keep, 0.3)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+    assert (out[..., 3, :] == 0).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_with_bias(backend, causal):
+    """Packed sequences: the bias of each sequence is aligned bottom-right, like its causal mask."""
+    gen = torch.Generator().manual_seed(7)
+    H, D = 2, 8
+    lq, lk = [3, 7, 1], [5, 7, 4]
+    q = _rand(sum(lq), H, D, gen=gen)
+    k, v = _rand(sum(lk), H, D, gen=gen), _rand(sum(lk), H, D, gen=gen)
+    cu_q = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32)
+    cu_k = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32)
+    table = _table(H, 9, gen)
+    out = ops.varlen_attention(q, k, v, cu_q, cu_k, max(lq), max(lk), causal=causal, scale=1.0,
+                               relative_position_bias=table)
+    for b in range(3):
+        qs, ks = int(cu_q[b]), int(cu_k[b])
+        qb = q[qs:qs + lq[b]].transpose(0, 1)[None]
+        kb, vb = (t[ks:ks + lk[b]].transpose(0, 1)[None] for t in (k, v))
+        q_pos = torch.arange(lq[b])[None] + lk[b] - lq[b]
+        keep = torch.ones(1, 1, lq[b], lk[b], dtype=torch.bool)
+        if causal:
+            keep = keep & (torch.arange(lk[b])[None, :] <= q_pos[0][:, None])
+        ref = _reference(qb, kb, vb, table, q_pos, keep, 1.0)[0].transpose(0, 1)
+        torch.testing.assert_close(out[qs:qs + lq[b]].double(), ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("Tq", [1, 3])
+@pytest.mark.parametrize("dtype", [F32, BF16, torch.float64])
+def test_decode_with_bias(backend, Tq, dtype):
+    """New tokens against a cache: query i of row b sits at cache_seqlens[b] - Tq + i; equal and unequal lengths."""
+    gen = torch.Generator().manual_seed(11)
+    B, H, Tmax, D = 3, 2, 12, 16
+    q = _rand(B, H, Tq, D, dtype=dtype, gen=gen)
+    kc, vc = _rand(B, H, Tmax, D, dtype=dtype, gen=gen), _rand(B, H, Tmax, D, dtype=dtype, gen=gen)
+    table = _table(H, Tmax, gen)
+    for lens in ([7, 12, 4], [6, 6, 6]):
+        seqlens = torch.tensor(lens, dtype=torch.int32)
+        out = ops.decode_attention(q, kc, vc, seqlens, scale=1.0, relative_position_bias=table)
+        q_pos = seqlens[:, None].long() - Tq + torch.arange(Tq)[None]
+        keep = (torch.arange(Tmax)[None, None, :] <= q_pos[:, :, None])[:, None]
+        ref = _reference(q, kc, vc, table, q_pos, keep, 1.0)
+        torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_without_bias_the_kernels_still_run(monkeypatch, device):
+    """The routing is per call: without a bias, ENGINE_BACKEND=triton still reaches the kernel."""
+    pytest.importorskip("triton")
+    import engine.kernels.attention as attn_k
+
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    called = []
+    real = attn_k.attention_fwd
+    monkeypatch.setattr(attn_k, "attention_fwd", lambda *a, **k: called.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(13)
+    q = _rand(1, 1, 4, 16, gen=gen).to(device)
+    out = ops.scaled_dot_product_attention(q, q, q)
+    assert called and out.shape == q.shape
+
+
+def _bad_calls():
+    q = torch.randn(1, 2, 5, 8)
+    seq = torch.tensor([5], dtype=torch.int32)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    qv = torch.randn(5, 2, 8)
+    return [
+        ("even width", lambda: ops.scaled_dot_product_attention(q, q, q, relative_position_bias=torch.randn(2, 10)),
+         ValueError, r"\(H, 2 \* L - 1\)"),
+        ("heads", lambda: ops.scaled_dot_product_attention(q, q, q, relative_position_bias=torch.randn(3, 9)),
+         ValueError, "relative_position_bias"),
+        ("1-d", lambda: ops.scaled_dot_product_attention(q, q, q, relative_position_bias=torch.randn(9)),
+         ValueError, "relative_position_bias"),
+        ("too short", lambda: ops.scaled_dot_product_attention(q, q, q, relative_position_bias=torch.randn(2, 7)),
+         ValueError, "L >= 5"),
+        ("int", lambda: ops.scaled_dot_product_attention(q, q, q, relative_position_bias=torch.ones(2, 9).long()),
+         TypeError, "relative_position_bias"),
+        ("device", lambda: ops.scaled_dot_product_attention(
+            q, q, q, relative_position_bias=torch.randn(2, 9, device="meta")), ValueError, "device"),
+        ("varlen short", lambda: ops.varlen_attention(qv, qv, qv, cu, cu, 5, 5,
+                                                      relative_position_bias=torch.randn(2, 7)), ValueError, "L >= 5"),
+        ("decode short", lambda: ops.decode_attention(q, torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8), seq,
+                                                      relative_position_bias=torch.randn(2, 15)),
+         ValueError, "L >= 9"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_calls(), ids=lambda c: c[0])
+def test_bad_bias_is_a_clear_error(case):
+    _, call, exc, word = case
+    with pytest.raises(exc, match=word):
+        call()
+
+
+def test_the_bias_changes_the_result():
+    """A sanity check that the argument is not ignored: a non-constant table changes the output."""
+    gen = torch.Generator().manual_seed(17)
+    q = _rand(1, 2, 6, 8, gen=gen)
+    plain = ops.scaled_dot_product_attention(q, q, q, scale=1.0)
+    biased = ops.scaled_dot_product_attention(q, q, q, scale=1.0, relative_position_bias=_table(2, 6, gen))
+    assert (plain - biased).abs().max() > 1e-2
+    flat = ops.scaled_dot_product_attention(q, q, q, scale=1.0, relative_position_bias=torch.full((2, 11), 3.0))
+    torch.testing.assert_close(flat, plain, atol=1e-6, rtol=1e-6)  # a constant bias cancels in the softmax
+    assert math.isfinite(float(biased.sum()))
