@@ -151,9 +151,9 @@ def _pack_plan(self: nn.Module, hidden_states: torch.Tensor, attention_mask: obj
     if keep is None:
         return None
     if self._engine_pack is None:
-        from engine.models.bert import _pack_by_default  # engine's own rule for its encoders
+        from engine.models.blocks import pack_by_default  # engine's own rule for its encoders
 
-        return keep if _pack_by_default(keep) else None
+        return keep if pack_by_default(keep) else None
     return keep if self._engine_pack else None
 
 
