@@ -24,10 +24,29 @@ import torch
 import torch.nn.functional as F
 
 from engine import backend
-from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
+from engine.ops._checks import (
+    FAST_FLOAT_DTYPES,
+    KERNEL_DTYPES,
+    check_floating,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    same_cuda_device,
+)
 
 MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
 _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
+_Tensor = torch.Tensor
+_I32 = torch.int32
+_INF = math.inf
+_MASK_DTYPES = FAST_FLOAT_DTYPES | {torch.bool}
+_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# Dispatch (engine.backend), cached per device kind and key = (dtype, mask dtype or None, shape class), where the
+# shape class is True when the kernel covers the call's sizes and options (see the callers).
+_SDPA = backend.Route("scaled_dot_product_attention",
+                      lambda key: key[2] and key[0] in KERNEL_DTYPES
+                      and (key[1] is None or key[1] == torch.bool or key[1] in KERNEL_DTYPES))
+_VARLEN = backend.Route("varlen_attention", lambda key: key[1] and key[0] in KERNEL_DTYPES)
 
 
 def _check_qkv(layout: str, **tensors: object) -> list[torch.Tensor]:
@@ -91,29 +110,19 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale):
     return out
 
 
-def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) -> torch.Tensor:
-    """(B, H, Nq, D) output; stored as (B, Nq, H, D) when q is a transposed view of that layout, so the caller's
-    ``out.transpose(1, 2).reshape(B, Nq, H * D)`` is free."""
-    b, h, n, d = n_q_shape
+def output_like(q: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """The attention output buffer: (B, H, Nq, Dv), stored as (B, Nq, H, Dv) when q is a transposed view of that
+    layout, so the caller's ``out.transpose(1, 2).reshape(B, Nq, H * Dv)`` is free. (The kernel writes into it;
+    the registered op returns this layout on every path.)"""
+    b, h, n, d = shape
     if q.stride(1) < q.stride(2) and h > 1 and n > 1:
         return torch.empty(b, n, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     return torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
 
 
-def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
-    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
-
-    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
-    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
-    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
-    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
-    scale: default 1 / sqrt(D). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
-
-    Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
-    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
-    """
+def _check_sdpa(query: object, key: object, value: object, attn_mask: object, dropout_p: object, is_causal: object,
+                scale: object) -> tuple:
+    """Every check of ``scaled_dot_product_attention``'s arguments; returns (q, k, v, mask as 4-D or None, scale)."""
     q, k, v = _check_qkv("(B, H, N, D)", query=query, key=key, value=value)
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
@@ -132,19 +141,68 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         raise TypeError(f"is_causal must be a bool; got {type(is_causal).__name__}")
     scale = _check_scale(scale)
     mask = _check_mask(attn_mask, (b, h, n_q, n_k), q.device)
+    return q, k, v, mask, scale
 
-    supported = (
-        q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
-        and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
-        and min(b, h, n_q, n_k) > 0 and b * h <= _MAX_GRID_Y
-        and (mask is None or mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES)
-    )
-    if not backend.use_triton(q, k, v, mask, supported=supported, op="scaled_dot_product_attention"):
-        return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale)
 
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
+
+    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
+    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
+    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
+    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
+    scale: default 1 / sqrt(D). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
+
+    Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
+    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
+    """
+    # Cheap path: 4-D tensors of one float dtype and device with matching sizes, float dropout_p and scale (or
+    # None), a bool is_causal and a 4-D mask (or None): attribute reads that imply every check below.
+    compiling = _compiling()
+    q, k, v, mask = query, key, value, attn_mask
+    if (isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor)
+            and (dtype := q.dtype) in FAST_FLOAT_DTYPES and k.dtype is dtype and v.dtype is dtype
+            and len(qs := q.shape) == 4 and len(ks := k.shape) == 4 and len(vs := v.shape) == 4
+            and ks[0] == qs[0] == vs[0] and ks[1] == qs[1] == vs[1] and ks[3] == qs[3] and vs[2] == ks[2]
+            and type(dropout_p) is float and 0.0 <= dropout_p < 1.0 and type(is_causal) is bool
+            and (scale is None or (type(scale) is float and -_INF < scale < _INF))
+            and (mask is None or (isinstance(mask, _Tensor) and mask.dtype in _MASK_DTYPES and len(ms := mask.shape) == 4
+                                  and ms[0] in (1, qs[0]) and ms[1] in (1, qs[1]) and ms[2] in (1, qs[2])
+                                  and ms[3] in (1, ks[2])))
+            and ((q.is_cpu and k.is_cpu and v.is_cpu and (mask is None or mask.is_cpu))
+                 or same_cuda_device(q, k, v, mask))):
+        b, h, n_q, d = qs
+        n_k = ks[2]
+        dv = vs[3]
+    else:
+        q, k, v, mask, scale = _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale)
+        b, h, n_q, d = q.shape
+        n_k, dv, dtype = k.shape[2], v.shape[3], q.dtype
+
+    if compiling:
+        if not backend.grad_recording(q, k, v, mask):
+            return torch.ops.engine.scaled_dot_product_attention(q, k, v, mask, float(dropout_p), is_causal, scale)
+    else:
+        shape_ok = (dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
+                    and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
+                    and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y)
+        if _SDPA(q, (dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask):
+            return _sdpa_kernel(q, k, v, mask, is_causal, scale)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale)
+
+
+def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                 scale: float | None) -> torch.Tensor:
+    """The Triton path of ``scaled_dot_product_attention`` (arguments checked; mask 4-D or None)."""
     from engine.kernels.attention import attention_fwd
 
-    out = _empty_like_layout(q, (b, h, n_q, d))
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    out = output_like(q, (b, h, n_q, d))
     mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
     return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5)
 
@@ -166,6 +224,18 @@ def _check_max_seqlen(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_cu_stats(name: str, mname: str, first: int, end: int, dmin: int, dmax: int, total: int, mx: int) -> None:
+    """The value checks of one cu_seqlens (its first and last entries, smallest and largest step)."""
+    if first != 0:
+        raise ValueError(f"{name} must start at 0; got {first}")
+    if dmin < 0:
+        raise ValueError(f"{name} must be non-decreasing (cumulative lengths); got a step of {dmin}")
+    if end != total:
+        raise ValueError(f"{name} must end at the packed token count {total}; got {end}")
+    if dmax > mx:
+        raise ValueError(f"{mname} must be >= the longest sequence ({dmax}); got {mx}")
+
+
 def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int, max_q: int,
                         max_k: int) -> None:
     """Check cu_seqlens contents with ONE device-to-host copy (a sync on CUDA)."""
@@ -174,25 +244,30 @@ def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, to
         diff = cu[1:] - cu[:-1]
         rows.append(torch.stack([cu[0], cu[-1], diff.min(), diff.max()]))
     (q0, q_end, q_min, q_max), (k0, k_end, k_min, k_max) = torch.stack(rows).tolist()
-    for name, first, end, dmin, dmax, total, mx, mname in (
-        ("cu_seqlens_q", q0, q_end, q_min, q_max, total_q, max_q, "max_seqlen_q"),
-        ("cu_seqlens_k", k0, k_end, k_min, k_max, total_k, max_k, "max_seqlen_k"),
-    ):
-        if first != 0:
-            raise ValueError(f"{name} must start at 0; got {first}")
-        if dmin < 0:
-            raise ValueError(f"{name} must be non-decreasing (cumulative lengths); got a step of {dmin}")
-        if end != total:
-            raise ValueError(f"{name} must end at the packed token count {total}; got {end}")
-        if dmax > mx:
-            raise ValueError(f"{mname} must be >= the longest sequence ({dmax}); got {mx}")
+    _check_cu_stats("cu_seqlens_q", "max_seqlen_q", q0, q_end, q_min, q_max, total_q, max_q)
+    _check_cu_stats("cu_seqlens_k", "max_seqlen_k", k0, k_end, k_min, k_max, total_k, max_k)
 
 
-def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale):
-    """Reference path: one SDPA call per sequence (bottom-right causal; rows with no visible key -> zeros)."""
+def _validate_cu_lists(cq: list[int], ck: list[int], total_q: int, total_k: int, max_q: int, max_k: int) -> None:
+    """The same checks on host lists (CPU tensors: no tensor ops needed)."""
+    for name, mname, c, total, mx in (("cu_seqlens_q", "max_seqlen_q", cq, total_q, max_q),
+                                      ("cu_seqlens_k", "max_seqlen_k", ck, total_k, max_k)):
+        steps = [b - a for a, b in zip(c, c[1:])]
+        _check_cu_stats(name, mname, c[0], c[-1], min(steps), max(steps), total, mx)
+
+
+def _varlen_torch(q, k, v, cq: list[int], ck: list[int], causal, scale):
+    """Reference path: one SDPA call per sequence (bottom-right causal; rows with no visible key -> zeros).
+
+    cq, ck: cu_seqlens as host lists. A single sequence spanning every token needs no output buffer: its SDPA
+    result (1, H, N, D) is returned as (N, H, D), contiguous."""
+    if len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]:
+        mask = _causal_keep(cq[1], ck[1], q.device, bottom_right=True) if causal else None
+        o = _sdpa_torch(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], mask, 0.0,
+                        False, scale)
+        return o[0].transpose(0, 1).contiguous()
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
-    for (qs, qe), (ks, ke) in zip(zip(cu_q[:-1].tolist(), cu_q[1:].tolist()),
-                                  zip(cu_k[:-1].tolist(), cu_k[1:].tolist())):
+    for (qs, qe), (ks, ke) in zip(zip(cq[:-1], cq[1:]), zip(ck[:-1], ck[1:])):
         if qe == qs or ke == ks:
             continue
         mask = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
@@ -202,21 +277,10 @@ def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale):
     return out
 
 
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
-                     scale: float | None = None, validate: bool = True) -> torch.Tensor:
-    """Attention over packed sequences of different lengths (FlashAttention's varlen API); no FLOPs on padding.
-
-    q: (total_q, H, D); k, v: (total_k, H, D); sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and
-    cu_seqlens_k[b]:cu_seqlens_k[b+1] of k/v. cu_seqlens_*: (B + 1,) int32, starting at 0, non-decreasing, ending
-    at total_*. max_seqlen_*: ints >= the longest sequence (sizes the launch grid). causal: bottom-right aligned
-    per sequence (FlashAttention >= 2.1: query i sees keys j <= i + len_k - len_q); a query that sees no key
-    returns zeros. scale: default 1 / sqrt(D). Returns (total_q, H, D).
-
-    validate: check the contents of cu_seqlens and max_seqlen (one device-to-host sync per call on CUDA). Pass
-    False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
-    devices are always checked.
-    """
+def _check_varlen(q: object, k: object, v: object, cu_seqlens_q: object, cu_seqlens_k: object, max_seqlen_q: object,
+                  max_seqlen_k: object, causal: object, scale: object) -> tuple:
+    """Every check of ``varlen_attention``'s arguments but the values of cu_seqlens; returns
+    (q, k, v, cu_q, cu_k, max_q, max_k, scale or None)."""
     q, k, v = _check_qkv("(total_tokens, H, D)", q=q, k=k, v=v)
     total_q, h, d = q.shape
     if k.shape[1] != h or v.shape[1] != h:
@@ -234,15 +298,61 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
-    scale = _check_scale(scale)
-    scale = scale if scale is not None else d ** -0.5
-    if validate:
-        _validate_cu_values(cu_q, cu_k, total_q, k.shape[0], max_q, max_k)
+    return q, k, v, cu_q, cu_k, max_q, max_k, _check_scale(scale)
 
-    batch = cu_q.shape[0] - 1
-    supported = q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0
-    if not backend.use_triton(q, k, v, cu_q, cu_k, supported=supported, op="varlen_attention"):
-        return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale)
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     scale: float | None = None, validate: bool = True) -> torch.Tensor:
+    """Attention over packed sequences of different lengths (FlashAttention's varlen API); no FLOPs on padding.
+
+    q: (total_q, H, D); k, v: (total_k, H, D); sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and
+    cu_seqlens_k[b]:cu_seqlens_k[b+1] of k/v. cu_seqlens_*: (B + 1,) int32, starting at 0, non-decreasing, ending
+    at total_*. max_seqlen_*: ints >= the longest sequence (sizes the launch grid). causal: bottom-right aligned
+    per sequence (FlashAttention >= 2.1: query i sees keys j <= i + len_k - len_q); a query that sees no key
+    returns zeros. scale: default 1 / sqrt(D). Returns (total_q, H, D).
+
+    validate: check the contents of cu_seqlens and max_seqlen (one device-to-host sync per call on CUDA). Pass
+    False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
+    devices are always checked.
+    """
+    # Cheap path: 3-D tensors of one float dtype and device with matching sizes, int32 1-D cu_seqlens of one
+    # length on that device, int max_seqlen, bool causal, float scale (or None): attribute reads that imply
+    # every check in _check_varlen.
+    compiling = _compiling()
+    cu_q, cu_k, max_q, max_k = cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
+    if (isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor)
+            and (dtype := q.dtype) in FAST_FLOAT_DTYPES and k.dtype is dtype and v.dtype is dtype
+            and len(qs := q.shape) == 3 and len(ks := k.shape) == 3 and len(vs := v.shape) == 3
+            and ks[1] == qs[1] == vs[1] and ks[2] == qs[2] == vs[2] and vs[0] == ks[0]
+            and isinstance(cu_q, _Tensor) and isinstance(cu_k, _Tensor) and cu_q.dtype is _I32
+            and cu_k.dtype is _I32 and len(cs := cu_q.shape) == 1 and cs[0] >= 2 and cu_k.shape == cs
+            and type(max_q) is int and max_q >= 0 and type(max_k) is int and max_k >= 0 and type(causal) is bool
+            and (scale is None or (type(scale) is float and -_INF < scale < _INF))
+            and ((q.is_cpu and k.is_cpu and v.is_cpu and cu_q.is_cpu and cu_k.is_cpu)
+                 or same_cuda_device(q, k, v, cu_q, cu_k))):
+        total_q, h, d = qs
+        total_k = ks[0]
+    else:
+        q, k, v, cu_q, cu_k, max_q, max_k, scale = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                                 max_seqlen_k, causal, scale)
+        (total_q, h, d), total_k, dtype = q.shape, k.shape[0], q.dtype
+    if compiling and not backend.grad_recording(q, k, v):  # the values are checked when the op runs
+        return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, bool(validate))
+    scale = scale if scale is not None else d ** -0.5
+    on_cpu = q.is_cpu
+    if on_cpu:  # the lengths cost no device sync here: read them once, for the checks and the PyTorch path
+        cq, ck = cu_q.tolist(), cu_k.tolist()
+        if validate:
+            _validate_cu_lists(cq, ck, total_q, total_k, max_q, max_k)
+    elif validate:
+        _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
+
+    shape_ok = d <= MAX_HEAD_DIM and (cu_q.shape[0] - 1) * h <= _MAX_GRID_Y and scale > 0
+    if not _VARLEN(q, (dtype, shape_ok), k, v, cu_q, cu_k):
+        if not on_cpu:
+            cq, ck = cu_q.tolist(), cu_k.tolist()
+        return _varlen_torch(q, k, v, cq, ck, causal, scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if total_q == 0 or max_q == 0 or k.shape[0] == 0:  # nothing to attend (and no empty pointers to launch)
         return out.zero_()

@@ -18,14 +18,24 @@ import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import (
+    FAST_FLOAT_DTYPES,
     KERNEL_DTYPES,
     check_floating,
     check_out,
     check_same_device,
     check_same_dtype,
+    same_cuda_device,
 )
 
 __all__ = ["add_layer_norm", "layer_norm"]
+
+_Tensor = torch.Tensor
+_SHAPE_TYPES = (tuple, list, torch.Size)
+_INF = math.inf
+_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# Dispatch (engine.backend), cached per device kind and dtype: the kernels take every row length.
+_LAYER_NORM = backend.Route("layer_norm", lambda dtype: dtype in KERNEL_DTYPES)
+_ADD_LAYER_NORM = backend.Route("add_layer_norm", lambda dtype: dtype in KERNEL_DTYPES)
 
 
 def _normalized_shape(normalized_shape: object, input: torch.Tensor) -> tuple[int, ...]:
@@ -70,6 +80,21 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t2 if t2.stride(1) == 1 else t2.contiguous()
 
 
+def _check_layer_norm(input: object, normalized_shape: object, weight: object, bias: object, eps: object,
+                      out: object) -> tuple:
+    """Every check of ``layer_norm``'s arguments; returns (shape, weight, bias, eps, out)."""
+    input = check_floating("input", input)
+    shape = _normalized_shape(normalized_shape, input)
+    weight = _check_affine("weight", weight, shape)
+    bias = _check_affine("bias", bias, shape)
+    eps = _check_eps(eps)
+    check_same_device(input=input, weight=weight, bias=bias)
+    check_same_dtype(input=input, weight=weight, bias=bias)
+    if out is not None:
+        out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
+    return shape, weight, bias, eps, out
+
+
 def layer_norm(
     input: torch.Tensor,
     normalized_shape: int | Sequence[int],
@@ -86,20 +111,35 @@ def layer_norm(
     out: optional contiguous buffer of input's shape and dtype to write into (it must not overlap the input).
     Returns (*, *normalized_shape) in input's dtype; statistics are computed in fp32.
     """
-    input = check_floating("input", input)
-    shape = _normalized_shape(normalized_shape, input)
-    weight = _check_affine("weight", weight, shape)
-    bias = _check_affine("bias", bias, shape)
-    eps = _check_eps(eps)
-    check_same_device(input=input, weight=weight, bias=bias)
-    check_same_dtype(input=input, weight=weight, bias=bias)
-    if out is not None:
-        out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
+    # Cheap path: one normalised dim, tensor (or None) weight and bias of input's dtype on its device, float eps,
+    # no out: a few attribute reads that imply every check below.
+    compiling = _compiling()
+    ns = normalized_shape
+    n = ns if type(ns) is int else ns[0] if type(ns) in _SHAPE_TYPES and len(ns) == 1 and type(ns[0]) is int else 0
+    if not (n > 0 and out is None and type(eps) is float and 0.0 <= eps < _INF and isinstance(input, _Tensor)
+            and (dtype := input.dtype) in FAST_FLOAT_DTYPES and (xs := input.shape) and xs[-1] == n
+            and (weight is None or (isinstance(weight, _Tensor) and weight.dtype is dtype and weight.shape == (n,)))
+            and (bias is None or (isinstance(bias, _Tensor) and bias.dtype is dtype and bias.shape == (n,)))
+            and ((input.is_cpu and (weight is None or weight.is_cpu) and (bias is None or bias.is_cpu))
+                 or same_cuda_device(input, weight, bias))):
+        shape, weight, bias, eps, out = _check_layer_norm(input, normalized_shape, weight, bias, eps, out)
+        dtype = input.dtype
+    else:
+        shape = (n,)
 
-    if not backend.use_triton(input, weight, bias, supported=input.dtype in KERNEL_DTYPES, op="layer_norm"):
-        y = F.layer_norm(input, shape, weight, bias, eps)
-        return out.copy_(y) if out is not None else y
+    if compiling:
+        if not backend.grad_recording(input, weight, bias):
+            y = torch.ops.engine.layer_norm(input, list(shape), weight, bias, eps)
+            return out.copy_(y) if out is not None else y
+    elif _LAYER_NORM(input, dtype, weight, bias):
+        return _layer_norm_kernel(input, shape, weight, bias, eps, out)
+    y = torch.layer_norm(input, shape, weight, bias, eps)  # F.layer_norm without its Python wrapper
+    return out.copy_(y) if out is not None else y
 
+
+def _layer_norm_kernel(input: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor | None,
+                       bias: torch.Tensor | None, eps: float, out: torch.Tensor | None) -> torch.Tensor:
+    """The Triton path of ``layer_norm`` (arguments checked)."""
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:
@@ -111,6 +151,30 @@ def layer_norm(
     b = bias.reshape(n).contiguous() if bias is not None else None
     layer_norm_fwd(_rows(input, n), w, b, eps, out=out.view(-1, n))
     return out
+
+
+def _check_add_layer_norm(x: object, residual: object, weight: object, bias: object, eps: object, out: object,
+                          residual_out: object) -> tuple:
+    """Every check of ``add_layer_norm``'s arguments; returns (shape, weight, bias, eps, out, residual_out)."""
+    x = check_floating("x", x)
+    residual = check_floating("residual", residual)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the normalised one); got a 0-d tensor")
+    if residual.shape != x.shape:
+        raise ValueError(
+            f"residual must have the same shape as x; got residual {tuple(residual.shape)}, x {tuple(x.shape)}"
+        )
+    shape = (x.shape[-1],)
+    weight = _check_affine("weight", weight, shape)
+    bias = _check_affine("bias", bias, shape)
+    eps = _check_eps(eps)
+    check_same_device(x=x, residual=residual, weight=weight, bias=bias)
+    check_same_dtype(x=x, residual=residual, weight=weight, bias=bias)
+    if out is not None:
+        out = check_out("out", out, shape=x.shape, dtype=x.dtype, device=x.device)
+    if residual_out is not None:
+        residual_out = check_out("residual_out", residual_out, shape=x.shape, dtype=x.dtype, device=x.device)
+    return shape, weight, bias, eps, out, residual_out
 
 
 def add_layer_norm(
@@ -131,35 +195,41 @@ def add_layer_norm(
     out, residual_out: optional contiguous (*, N) buffers for ``normed`` and ``s`` (not overlapping the inputs).
     Serves pre-LN blocks (GPT-2: keep ``s`` as the new residual stream) and post-LN blocks (BERT: keep ``normed``).
     """
-    x = check_floating("x", x)
-    residual = check_floating("residual", residual)
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (the normalised one); got a 0-d tensor")
-    if residual.shape != x.shape:
-        raise ValueError(
-            f"residual must have the same shape as x; got residual {tuple(residual.shape)}, x {tuple(x.shape)}"
-        )
-    shape = (x.shape[-1],)
-    weight = _check_affine("weight", weight, shape)
-    bias = _check_affine("bias", bias, shape)
-    eps = _check_eps(eps)
-    check_same_device(x=x, residual=residual, weight=weight, bias=bias)
-    check_same_dtype(x=x, residual=residual, weight=weight, bias=bias)
+    # Cheap path: same-shape x and residual, (N,) weight and bias (or None), one dtype and device, float eps,
+    # no output buffers: a few attribute reads that imply every check below.
+    compiling = _compiling()
+    if (out is None and residual_out is None and type(eps) is float and 0.0 <= eps < _INF
+            and isinstance(x, _Tensor) and isinstance(residual, _Tensor) and (dtype := x.dtype) in FAST_FLOAT_DTYPES
+            and residual.dtype is dtype and (xs := x.shape) == residual.shape and len(xs) > 0
+            and (weight is None or (isinstance(weight, _Tensor) and weight.dtype is dtype and weight.shape == xs[-1:]))
+            and (bias is None or (isinstance(bias, _Tensor) and bias.dtype is dtype and bias.shape == xs[-1:]))
+            and ((x.is_cpu and residual.is_cpu and (weight is None or weight.is_cpu) and (bias is None or bias.is_cpu))
+                 or same_cuda_device(x, residual, weight, bias))):
+        shape = xs[-1:]
+    else:
+        shape, weight, bias, eps, out, residual_out = _check_add_layer_norm(x, residual, weight, bias, eps, out,
+                                                                            residual_out)
+        dtype = x.dtype
+
+    if compiling:
+        if not backend.grad_recording(x, residual, weight, bias):
+            y, s = torch.ops.engine.add_layer_norm(x, residual, weight, bias, eps)
+            return (out.copy_(y) if out is not None else y), (residual_out.copy_(s) if residual_out is not None else s)
+    elif _ADD_LAYER_NORM(x, dtype, residual, weight, bias):
+        return _add_layer_norm_kernel(x, residual, shape[0], weight, bias, eps, out, residual_out)
+    s = x + residual
+    y = torch.layer_norm(s, shape, weight, bias, eps)
     if out is not None:
-        out = check_out("out", out, shape=x.shape, dtype=x.dtype, device=x.device)
+        y = out.copy_(y)
     if residual_out is not None:
-        residual_out = check_out("residual_out", residual_out, shape=x.shape, dtype=x.dtype, device=x.device)
+        s = residual_out.copy_(s)
+    return y, s
 
-    supported = x.dtype in KERNEL_DTYPES
-    if not backend.use_triton(x, residual, weight, bias, supported=supported, op="add_layer_norm"):
-        s = x + residual
-        y = F.layer_norm(s, shape, weight, bias, eps)
-        if out is not None:
-            y = out.copy_(y)
-        if residual_out is not None:
-            s = residual_out.copy_(s)
-        return y, s
 
+def _add_layer_norm_kernel(x: torch.Tensor, residual: torch.Tensor, n: int, weight: torch.Tensor | None,
+                           bias: torch.Tensor | None, eps: float, out: torch.Tensor | None,
+                           residual_out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path of ``add_layer_norm`` (arguments checked; rows of n elements)."""
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if residual_out is None:
@@ -168,7 +238,6 @@ def add_layer_norm(
         return out, residual_out
     from engine.kernels.layernorm import layer_norm_fwd
 
-    n = shape[0]
     w = weight.contiguous() if weight is not None else None
     b = bias.contiguous() if bias is not None else None
     layer_norm_fwd(
