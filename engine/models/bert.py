@@ -89,7 +89,8 @@ class EncoderModel(nn.Module):
     """BERT / ALBERT / RoBERTa with the head of ``cfg.architecture``. ALBERT's shared layers exist once.
 
     ``packed``: None (default) packs padded batches into their real tokens (varlen attention) on CUDA always, and on
-    the CPU when at least 1/16 of the tokens are padding; True/False force the packed / padded-mask path.
+    the CPU when at least 1/16 of the tokens are padding; True/False force the packed / padded-mask path. Under
+    torch.compile, None means the padded-mask path (True cannot be compiled: the packed size is data dependent).
     """
 
     def __init__(self, cfg: ModelConfig, *, with_pooler: bool | None = None) -> None:
@@ -153,7 +154,13 @@ class EncoderModel(nn.Module):
             x = self.emb_proj(x)
         B, N, _ = x.shape
         has_padding = attention_mask is not None
-        packed = self.packed if self.packed is not None else has_padding and _pack_by_default(attention_mask)
+        if torch.compiler.is_compiling():  # the packed layout's size depends on the mask's values
+            if self.packed:
+                raise ValueError("model.packed = True cannot be compiled (the number of real tokens is data "
+                                 "dependent); set it to None or False, which compile the padded-batch path")
+            packed = False
+        else:
+            packed = self.packed if self.packed is not None else has_padding and _pack_by_default(attention_mask)
         if has_padding and packed:
             x, layout = blocks.unpad(x, attention_mask)
         else:

@@ -200,15 +200,30 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
         if t.dtype.is_floating_point and name == "token_type_ids":
             raise TypeError(f"token_type_ids must be an integer tensor; got {t.dtype}")
         tensors[name] = t.to(device=device, dtype=torch.long)
-    stats = torch.stack([x for t in tensors.values() for x in torch.aminmax(t)]).tolist()  # one sync
-    bounds = {"input_ids": vocab_size, "attention_mask": 2,
-              "token_type_ids": vocab_size if type_vocab_size is None else type_vocab_size}
-    for (name, t), lo, hi in zip(tensors.items(), stats[0::2], stats[1::2]):
-        bound = bounds[name]
-        if lo < 0 or hi >= bound:
-            what = {"input_ids": f"lie in [0, {bound}) (the vocabulary)", "attention_mask": "be 0 or 1"}.get(
-                name, f"be in [0, {bound})")
-            raise ValueError(f"{name} values must {what}; got values in [{lo}, {hi}]")
-        if name == "attention_mask" and lo == 1:
-            tensors[name] = None  # all ones: no padding
+    names = list(tensors)
+    bounds = [vocab_size if n == "input_ids" else 2 if n == "attention_mask"
+              else vocab_size if type_vocab_size is None else type_vocab_size for n in names]
+    requirements = [f"lie in [0, {b}) (the vocabulary)" if n == "input_ids" else "be 0 or 1" if n == "attention_mask"
+                    else f"be in [0, {b})" for n, b in zip(names, bounds)]
+    if torch.compiler.is_compiling():
+        # Compiled: the values are checked when the graph runs (a registered op, same errors); the mask is kept as
+        # given, since dropping an all-ones mask is a data-dependent branch (the masked path gives the same results).
+        ids = torch.ops.engine.check_range(tensors["input_ids"], [tensors[n] for n in names[1:]], bounds, names,
+                                           requirements)
+        return ids, tensors.get("attention_mask"), tensors.get("token_type_ids")
+    stats = check_value_ranges(list(tensors.values()), bounds, names, requirements)
+    if "attention_mask" in tensors and stats[names.index("attention_mask")][0] == 1:
+        tensors["attention_mask"] = None  # all ones: no padding
     return tensors["input_ids"], tensors.get("attention_mask"), tensors.get("token_type_ids")
+
+
+def check_value_ranges(tensors: list[torch.Tensor], bounds: list[int], names: list[str],
+                       requirements: list[str]) -> list[tuple[int, int]]:
+    """(min, max) of each tensor, read with one device-to-host copy; raises ValueError(f"{name} values must
+    {requirement}; got values in [lo, hi]") for the first whose values leave [0, bound)."""
+    stats = torch.stack([x for t in tensors for x in torch.aminmax(t)]).tolist()  # one sync
+    pairs = list(zip(stats[0::2], stats[1::2]))
+    for (lo, hi), bound, name, requirement in zip(pairs, bounds, names, requirements):
+        if lo < 0 or hi >= bound:
+            raise ValueError(f"{name} values must {requirement}; got values in [{lo}, {hi}]")
+    return pairs
