@@ -135,8 +135,10 @@ class EncoderModel(nn.Module):
         cfg = self.config
         if self.layers is not None:
             return list(self.layers)
-        per_group = cfg.num_layers // cfg.num_hidden_groups
-        return [lyr for i in range(cfg.num_layers) for lyr in self.groups[i // per_group]]
+        # Layer i runs group int(i / (layers / groups)), in transformers' float arithmetic (any layer and group
+        # counts: with 5 layers in 2 groups, layers 0-2 run group 0 and layers 3-4 group 1).
+        span = cfg.num_layers / cfg.num_hidden_groups
+        return [lyr for i in range(cfg.num_layers) for lyr in self.groups[int(i / span)]]
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) positions: 0.. for BERT/ALBERT; RoBERTa counts real tokens from pad_token_id + 1."""
