@@ -18,7 +18,8 @@ ENGINE_BACKEND=torch (PyTorch behind engine's checks, on the same device).
 
 The mirrors: layer_norm -> F.layer_norm; add_layer_norm -> x + r then F.layer_norm; gelu -> F.gelu; bias_gelu ->
 F.gelu(x + b); scaled_dot_product_attention -> F.scaled_dot_product_attention (with a key-padding mask in a
-second row); varlen_attention (one sequence) -> F.scaled_dot_product_attention on its (1, H, N, D) views;
+second row); varlen_attention (one sequence) -> F.scaled_dot_product_attention on its (1, H, N, D) views,
+its result viewed back as (N, H, D);
 decode_attention (one new token, equal lengths) -> F.scaled_dot_product_attention on the filled part of the
 cache; unpad_input / pad_input -> the same torch ops without engine's checks.
 """
@@ -51,7 +52,6 @@ def cases(device: str, dtype: torch.dtype) -> list[tuple[str, str, Callable[[], 
     keep[..., -2:] = False
     pq, pk, pv = rnd(8, 2, 32), rnd(8, 2, 32), rnd(8, 2, 32)
     cu = torch.tensor([0, 8], dtype=torch.int32, device=device)
-    tq, tk, tv = (t.transpose(0, 1)[None] for t in (pq, pk, pv))
     q1, kc, vc = rnd(1, 2, 1, 32), rnd(1, 2, 16, 32), rnd(1, 2, 16, 32)
     lens = torch.tensor([9], dtype=torch.int32, device=device)
     hidden = rnd(2, 8, 64)
@@ -65,6 +65,11 @@ def cases(device: str, dtype: torch.dtype) -> list[tuple[str, str, Callable[[], 
         indices = torch.nonzero(keep2.flatten(), as_tuple=False).flatten()
         cus = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
         return hidden.reshape(-1, 64).index_select(0, indices), indices, cus, int(seqlens.max())
+
+    def sdpa_packed():  # one packed (N, H, D) sequence through torch's SDPA (4-D views), back to (N, H, D)
+        o = F.scaled_dot_product_attention(pq.transpose(0, 1)[None], pk.transpose(0, 1)[None],
+                                           pv.transpose(0, 1)[None])
+        return o[0].transpose(0, 1)
 
     def pad_torch():
         out = packed.new_zeros(16, 64)
@@ -84,11 +89,9 @@ def cases(device: str, dtype: torch.dtype) -> list[tuple[str, str, Callable[[], 
         ("scaled_dot_product_attention", "+ key-padding mask",
          lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=keep),
          lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep)),
-        ("varlen_attention", "8x2x32, 1 seq", lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 8, 8),
-         lambda: F.scaled_dot_product_attention(tq, tk, tv)),
+        ("varlen_attention", "8x2x32, 1 seq", lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 8, 8), sdpa_packed),
         ("varlen_attention", "validate=False",
-         lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 8, 8, validate=False),
-         lambda: F.scaled_dot_product_attention(tq, tk, tv)),
+         lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 8, 8, validate=False), sdpa_packed),
         ("decode_attention", "1x2x1x32, cache 16", lambda: ops.decode_attention(q1, kc, vc, lens),
          lambda: F.scaled_dot_product_attention(q1, kc[:, :, :9], vc[:, :, :9])),
         ("unpad_input", "2x8x64", lambda: ops.unpad_input(hidden, am), unpad_torch),

@@ -175,6 +175,16 @@ class Route:
             return True
         raise RuntimeError(d)
 
+    def pytorch_only(self, lead: torch.Tensor) -> bool:
+        """True when no call of this op on ``lead``'s device kind can run the kernel in the current environment
+        (ENGINE_BACKEND=torch, or auto off CUDA), so an op may skip computing its key; False says nothing."""
+        if _ENV_DATA is not None and os.environ is _ENVIRON:
+            raw = (_ENV_DATA.get(b"ENGINE_BACKEND"), _ENV_DATA.get(b"TRITON_INTERPRET"))
+        else:
+            raw = _raw_env()
+        name = _parse_backend(raw[0])
+        return name == "torch" or (name == "auto" and not lead.is_cuda)
+
     def _miss(self, ck: tuple, lead: torch.Tensor, key: Hashable, others: tuple) -> bool | str:
         raw_name, raw_interp, kind, _ = ck
         name = _parse_backend(raw_name)  # raises on an unknown name (never cached)

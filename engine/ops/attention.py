@@ -40,6 +40,7 @@ _Tensor = torch.Tensor
 _I32 = torch.int32
 _INF = math.inf
 _MASK_DTYPES = FAST_FLOAT_DTYPES | {torch.bool}
+_KEEP_DTYPES = frozenset((torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and key = (dtype, mask dtype or None, shape class), where the
 # shape class is True when the kernel covers the call's sizes and options (see the callers).
@@ -184,7 +185,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     if compiling:
         if not backend.grad_recording(q, k, v, mask):
             return torch.ops.engine.scaled_dot_product_attention(q, k, v, mask, float(dropout_p), is_causal, scale)
-    else:
+    elif not _SDPA.pytorch_only(q):
         shape_ok = (dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
                     and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
                     and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y)
@@ -256,24 +257,25 @@ def _validate_cu_lists(cq: list[int], ck: list[int], total_q: int, total_k: int,
         _check_cu_stats(name, mname, c[0], c[-1], min(steps), max(steps), total, mx)
 
 
-def _varlen_torch(q, k, v, cq: list[int], ck: list[int], causal, scale):
+def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, scale):
     """Reference path: one SDPA call per sequence (bottom-right causal; rows with no visible key -> zeros).
 
-    cq, ck: cu_seqlens as host lists. A single sequence spanning every token needs no output buffer: its SDPA
-    result (1, H, N, D) is returned as (N, H, D), contiguous."""
-    if len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]:
-        mask = _causal_keep(cq[1], ck[1], q.device, bottom_right=True) if causal else None
-        o = _sdpa_torch(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], mask, 0.0,
-                        False, scale)
-        return o[0].transpose(0, 1).contiguous()
+    cq, ck: cu_seqlens as host lists; None for a single sequence spanning every token (cu_seqlens known to be
+    [0, total]). Such a sequence needs no output buffer: SDPA runs on (1, H, N, D) views and its result is
+    returned as (N, H, D), contiguous. (4-D: PyTorch's CPU SDPA takes its fused kernel only for 4-D inputs.)"""
+    if cq is None or (len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]):
+        mask = _causal_keep(q.shape[0], k.shape[0], q.device, bottom_right=True) if causal else None
+        o = _sdpa_torch(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                        v.transpose(0, 1).unsqueeze(0), mask, 0.0, False, scale)
+        return o.squeeze(0).transpose(0, 1).contiguous()
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
     for (qs, qe), (ks, ke) in zip(zip(cq[:-1], cq[1:]), zip(ck[:-1], ck[1:])):
         if qe == qs or ke == ks:
             continue
         mask = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
-        o = _sdpa_torch(q[qs:qe].transpose(0, 1)[None], k[ks:ke].transpose(0, 1)[None],
-                        v[ks:ke].transpose(0, 1)[None], mask, 0.0, False, scale)
-        out[qs:qe] = o[0].transpose(0, 1)
+        o = _sdpa_torch(q[qs:qe].transpose(0, 1).unsqueeze(0), k[ks:ke].transpose(0, 1).unsqueeze(0),
+                        v[ks:ke].transpose(0, 1).unsqueeze(0), mask, 0.0, False, scale)
+        out[qs:qe] = o.squeeze(0).transpose(0, 1)
     return out
 
 
@@ -340,17 +342,18 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     if compiling and not backend.grad_recording(q, k, v):  # the values are checked when the op runs
         return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, bool(validate))
     scale = scale if scale is not None else d ** -0.5
-    on_cpu = q.is_cpu
-    if on_cpu:  # the lengths cost no device sync here: read them once, for the checks and the PyTorch path
-        cq, ck = cu_q.tolist(), cu_k.tolist()
-        if validate:
+    batch = cu_q.shape[0] - 1
+    cq = ck = None  # cu_seqlens on the host, read at most once (for the checks and the PyTorch path)
+    if validate:
+        if q.is_cpu:  # no device sync here
+            cq, ck = cu_q.tolist(), cu_k.tolist()
             _validate_cu_lists(cq, ck, total_q, total_k, max_q, max_k)
-    elif validate:
-        _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
+        else:
+            _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
 
-    shape_ok = d <= MAX_HEAD_DIM and (cu_q.shape[0] - 1) * h <= _MAX_GRID_Y and scale > 0
+    shape_ok = d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0
     if not _VARLEN(q, (dtype, shape_ok), k, v, cu_q, cu_k):
-        if not on_cpu:
+        if cq is None and (batch > 1 or total_q == 0 or total_k == 0):  # one sequence is [0, total]: no read
             cq, ck = cu_q.tolist(), cu_k.tolist()
         return _varlen_torch(q, k, v, cq, ck, causal, scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -369,17 +372,22 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[tor
     Returns (packed (total, ...), indices (total,) int64 into the flattened (B * N) positions, cu_seqlens
     (B + 1,) int32, max_seqlen int). max_seqlen costs one device-to-host sync.
     """
-    hidden = check_tensor("hidden", hidden)
-    mask = check_tensor("attention_mask", attention_mask)
-    if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
-        raise TypeError(f"attention_mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
-    if mask.dim() != 2:
-        raise ValueError(f"attention_mask must be 2-D (B, N); got shape {tuple(mask.shape)}")
-    if hidden.dim() < 2 or tuple(hidden.shape[:2]) != tuple(mask.shape):
-        raise ValueError(f"hidden must be (B, N, ...) with (B, N) = attention_mask's {tuple(mask.shape)}; got "
-                         f"shape {tuple(hidden.shape)}")
-    check_same_device(hidden=hidden, attention_mask=mask)
-    keep = mask.bool()
+    mask = attention_mask
+    # Cheap path: a bool / integer (B, N) mask and (B, N, ...) hidden on one device imply every check below.
+    if not (isinstance(hidden, _Tensor) and isinstance(mask, _Tensor) and mask.dtype in _KEEP_DTYPES
+            and len(ms := mask.shape) == 2 and hidden.shape[:2] == ms
+            and ((hidden.is_cpu and mask.is_cpu) or same_cuda_device(hidden, mask))):
+        hidden = check_tensor("hidden", hidden)
+        mask = check_tensor("attention_mask", attention_mask)
+        if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
+            raise TypeError(f"attention_mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
+        if mask.dim() != 2:
+            raise ValueError(f"attention_mask must be 2-D (B, N); got shape {tuple(mask.shape)}")
+        if hidden.dim() < 2 or tuple(hidden.shape[:2]) != tuple(mask.shape):
+            raise ValueError(f"hidden must be (B, N, ...) with (B, N) = attention_mask's {tuple(mask.shape)}; got "
+                             f"shape {tuple(hidden.shape)}")
+        check_same_device(hidden=hidden, attention_mask=mask)
+    keep = mask if mask.dtype is torch.bool else mask.bool()
     seqlens = keep.sum(dim=1, dtype=torch.int32)
     indices = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
     cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
@@ -390,18 +398,25 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[tor
 
 def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     """Inverse of ``unpad_input``: packed (total, ...) -> (batch, seqlen, ...), zeros at the padding."""
-    packed = check_tensor("packed", packed)
-    indices = check_tensor("indices", indices)
-    if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
-        raise TypeError(f"indices must be a 1-D int64/int32 tensor; got {indices.dtype} of shape "
-                        f"{tuple(indices.shape)}")
-    if packed.dim() < 1 or packed.shape[0] != indices.shape[0]:
-        raise ValueError(f"packed must be (total, ...) with total = len(indices) = {indices.shape[0]}; got shape "
-                         f"{tuple(packed.shape)}")
-    for name, value in (("batch", batch), ("seqlen", seqlen)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise TypeError(f"{name} must be a non-negative int; got {value!r}")
-    check_same_device(packed=packed, indices=indices)
-    out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
-    out.index_copy_(0, indices.long(), packed)
-    return out.reshape(batch, seqlen, *packed.shape[1:])
+    # Cheap path: int64 (total,) indices, (total, ...) packed on one device, int sizes imply every check below.
+    if not (isinstance(packed, _Tensor) and isinstance(indices, _Tensor) and indices.dtype is torch.int64
+            and len(ix := indices.shape) == 1 and len(ps := packed.shape) >= 1 and ps[0] == ix[0]
+            and type(batch) is int and batch >= 0 and type(seqlen) is int and seqlen >= 0
+            and ((packed.is_cpu and indices.is_cpu) or same_cuda_device(packed, indices))):
+        packed = check_tensor("packed", packed)
+        indices = check_tensor("indices", indices)
+        if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
+            raise TypeError(f"indices must be a 1-D int64/int32 tensor; got {indices.dtype} of shape "
+                            f"{tuple(indices.shape)}")
+        if packed.dim() < 1 or packed.shape[0] != indices.shape[0]:
+            raise ValueError(f"packed must be (total, ...) with total = len(indices) = {indices.shape[0]}; got "
+                             f"shape {tuple(packed.shape)}")
+        for name, value in (("batch", batch), ("seqlen", seqlen)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise TypeError(f"{name} must be a non-negative int; got {value!r}")
+        check_same_device(packed=packed, indices=indices)
+        indices = indices.long()
+        ps = packed.shape
+    out = packed.new_zeros(batch * seqlen, *ps[1:])
+    out.index_copy_(0, indices, packed)
+    return out.view(batch, seqlen, *ps[1:])

@@ -116,9 +116,9 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             host_lengths = cache_seqlens.tolist()
         lo, hi = max(min(host_lengths), 0), min(max(host_lengths), Tmax)
         if Tq == 1 and hi > 0 and lo == hi:  # one new token, equal lengths: every key visible, no mask
-            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], scale=scale)
+            return F.scaled_dot_product_attention(q, k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi), scale=scale)
         Tmax = max(hi, 1)
-        k_cache, v_cache = k_cache[:, :, :Tmax], v_cache[:, :, :Tmax]
+        k_cache, v_cache = k_cache.narrow(2, 0, Tmax), v_cache.narrow(2, 0, Tmax)
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
     rows = torch.arange(Tq, device=q.device)
     cols = torch.arange(Tmax, device=q.device)
