@@ -16,18 +16,15 @@ rounds and the speedup = transformers' time / engine's, as the median of the per
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead  # noqa: E402  (the clocks)
+import overhead  # noqa: E402  (clocks, quartiles, JSON output)
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 
@@ -93,11 +90,6 @@ def time_providers(fns: dict[str, Callable[[], Any]], *, rounds: int, calls: int
     return times
 
 
-def _q(xs: list[float]) -> tuple[float, float, float]:
-    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    return q1, q2, q3
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -114,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if cuda else torch.float32
     clock_name = args.clock or ("wall" if cuda else "thread")
     clock = overhead.CLOCKS[clock_name]
-    load_avg = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else []
+    load_avg = overhead.loadavg()
     print(f"device {args.device}  dtype {dtype}  threads {args.threads}  clock {clock_name}  rounds {args.rounds} x "
           f"{args.calls} calls  torch {torch.__version__}  load {' '.join(load_avg)}")
     rows = []
@@ -142,22 +134,20 @@ def main(argv: list[str] | None = None) -> int:
                 times = time_providers(fns, rounds=args.rounds, calls=args.calls, cuda=cuda, clock=clock)
             row = {"model": name, "n": n, "providers": {}}
             for p, ts in times.items():
-                q1, med, q3 = _q(ts)
+                q1, med, q3 = overhead.quartiles(ts)
                 row["providers"][p] = {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3}
                 line = f"{name:<10} N={n:<4} {p:<22} {med * 1e3:8.3f} ms [{q1 * 1e3:7.3f}, {q3 * 1e3:7.3f}]"
                 if not p.startswith("engine"):
-                    r1, rm, r3 = _q([t / e for t, e in zip(ts, times["engine"])])
+                    r1, rm, r3 = overhead.quartiles([t / e for t, e in zip(ts, times["engine"])])
                     row["providers"][p]["speedup"] = {"median": rm, "q1": r1, "q3": r3}
                     line += f"   engine speedup {rm:5.2f}x [{r1:5.2f}, {r3:5.2f}]"
                 print(line, flush=True)
             rows.append(row)
         del ours, hfs
     if args.json:
-        meta = {"device": args.device, "dtype": str(dtype), "threads": args.threads, "clock": clock_name,
-                "rounds": args.rounds, "calls": args.calls, "torch": torch.__version__, "load": load_avg}
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        overhead.write_json(args.json, {"device": args.device, "dtype": str(dtype), "threads": args.threads,
+                                        "clock": clock_name, "rounds": args.rounds, "calls": args.calls,
+                                        "torch": torch.__version__, "load": load_avg}, rows)
     return 0
 
 

@@ -122,9 +122,22 @@ def _block(fn: Callable[[], Any], calls: int, sync: Callable[[], None], backend:
                 os.environ["ENGINE_BACKEND"] = old
 
 
-def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(q1, median, q3) of ``xs``."""
     q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     return q1, q2, q3
+
+
+def loadavg() -> list[str]:
+    """The 1, 5 and 15 minute load averages (Linux), to print beside the numbers."""
+    return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else []
+
+
+def write_json(path: str, meta: dict, rows: list) -> None:
+    """{"meta": meta, "rows": rows} to ``path``, atomically (temp file + rename)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def measure(fns: dict[str, tuple[Callable[[], Any], str | None]], *, rounds: int, calls: int,
@@ -141,11 +154,11 @@ def measure(fns: dict[str, tuple[Callable[[], Any], str | None]], *, rounds: int
             times[n].append(_block(*fns[n][:1], calls, sync, fns[n][1]))
     out = {}
     for n, ts in times.items():
-        q1, med, q3 = _quartiles(ts)
+        q1, med, q3 = quartiles(ts)
         out[n] = {"median": med, "q1": q1, "q3": q3}
         if n != "torch":
             d = [a - b for a, b in zip(ts, times["torch"])]
-            q1, med, q3 = _quartiles(d)
+            q1, med, q3 = quartiles(d)
             out[f"over:{n}"] = {"median": med, "q1": q1, "q3": q3}
     return out
 
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     import engine
 
     rows = []
-    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else []
+    load = loadavg()
     print(f"engine {engine.__file__}  torch {torch.__version__}  device {args.device}  dtype {dtype}  "
           f"threads {args.threads}  clock {clock}  rounds {args.rounds} x {args.calls} calls  load {' '.join(load)}")
     head = f"{'op':<30} {'case':<20} {'engine us [q1, q3]':>26} {'torch us [q1, q3]':>26} {'over us [q1, q3]':>26}"
@@ -198,11 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         rows.append({"op": op, "case": label, **{k: v for k, v in res.items()}})
     if args.json:
-        meta = {"device": args.device, "dtype": str(dtype), "threads": args.threads, "clock": clock, "rounds": args.rounds,
-                "calls": args.calls, "torch": torch.__version__, "engine": engine.__file__, "load": load}
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, {"device": args.device, "dtype": str(dtype), "threads": args.threads, "clock": clock,
+                               "rounds": args.rounds, "calls": args.calls, "torch": torch.__version__,
+                               "engine": engine.__file__, "load": load}, rows)
     return 0
 
 
