@@ -175,7 +175,8 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
 
     input_ids (B, N) integers in [0, vocab_size) with 1 <= N <= max_len; attention_mask (B, N) of 0/1;
     token_type_ids (B, N) in [0, type_vocab_size) (``None`` type_vocab_size: the vocabulary bound applies).
-    The value checks cost one device-to-host copy in all. An attention_mask of all ones is returned as None
+    The value checks cost one device-to-host copy in all (none when the inputs are CPU tensors: they are checked
+    before they move to ``device``). An attention_mask of all ones is returned as None
     (no padding: the unmasked attention path).
     """
     if not isinstance(input_ids, torch.Tensor):
@@ -189,7 +190,12 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
             f"input_ids has sequence length {input_ids.shape[1]}, longer than this model's maximum {max_len} "
             "(max_position_embeddings)"
         )
-    tensors = {"input_ids": input_ids.to(device=device, dtype=torch.long)}
+    # Values are checked where the inputs are (CPU inputs of a CUDA model: before the copy, with no device sync),
+    # then the tensors move to ``device``.
+    host = input_ids.is_cpu and all(t is None or (isinstance(t, torch.Tensor) and t.is_cpu)
+                                    for t in (attention_mask, token_type_ids))
+    where = input_ids.device if host else device
+    tensors = {"input_ids": input_ids.to(device=where, dtype=torch.long)}
     for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if t is None:
             continue
@@ -199,7 +205,7 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
             raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; got {tuple(t.shape)}")
         if t.dtype.is_floating_point and name == "token_type_ids":
             raise TypeError(f"token_type_ids must be an integer tensor; got {t.dtype}")
-        tensors[name] = t.to(device=device, dtype=torch.long)
+        tensors[name] = t.to(device=where, dtype=torch.long)
     names = list(tensors)
     bounds = [vocab_size if n == "input_ids" else 2 if n == "attention_mask"
               else vocab_size if type_vocab_size is None else type_vocab_size for n in names]
@@ -208,13 +214,15 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
     if torch.compiler.is_compiling():
         # Compiled: the values are checked when the graph runs (a registered op, same errors); the mask is kept as
         # given, since dropping an all-ones mask is a data-dependent branch (the masked path gives the same results).
+        tensors = {n: t.to(device) for n, t in tensors.items()}
         ids = torch.ops.engine.check_range(tensors["input_ids"], [tensors[n] for n in names[1:]], bounds, names,
                                            requirements)
         return ids, tensors.get("attention_mask"), tensors.get("token_type_ids")
     stats = check_value_ranges(list(tensors.values()), bounds, names, requirements)
     if "attention_mask" in tensors and stats[names.index("attention_mask")][0] == 1:
         tensors["attention_mask"] = None  # all ones: no padding
-    return tensors["input_ids"], tensors.get("attention_mask"), tensors.get("token_type_ids")
+    get = lambda n: None if tensors.get(n) is None else tensors[n].to(device)  # noqa: E731
+    return get("input_ids"), get("attention_mask"), get("token_type_ids")
 
 
 def check_value_ranges(tensors: list[torch.Tensor], bounds: list[int], names: list[str],
