@@ -138,3 +138,41 @@ def test_autotuned_kernel_uses_the_tuners_choice(setup, monkeypatch):
     assert a[0] == 64 // 256 and a[-2:] == (256, False)  # grid and constexpr from the chosen config
     L.launch(tuner, grid, x, y, 48, 64)  # a new tuning key: the autotuner runs again
     assert len(tuned) == 2
+
+
+@pytest.mark.gpu
+def test_direct_launches_on_cuda_give_tritons_results():
+    """Every launcher on a GPU: the third call of each op launches directly and matches Triton's own launch."""
+    import warnings
+
+    from engine import ops
+
+    assert L.ENABLED, "ENGINE_FAST_LAUNCH is off in this environment"
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g)  # noqa: E731
+    x, res, w, b = r(33, 768), r(33, 768), r(768), r(768)
+    q, k, v = r(2, 12, 77, 64), r(2, 12, 77, 64), r(2, 12, 77, 64)
+    pq = r(50, 4, 64)
+    cu = torch.tensor([0, 20, 50], dtype=torch.int32, device="cuda")
+    dq, kc = r(3, 4, 1, 64), r(3, 4, 300, 64)
+    lens = torch.tensor([300, 17, 150], dtype=torch.int32, device="cuda")
+    calls = [lambda: ops.layer_norm(x, (768,), w, b), lambda: ops.add_layer_norm(x, res, w, b)[0],
+             lambda: ops.bias_gelu(x, b, approximate="tanh"), lambda: ops.gelu(x),
+             lambda: ops.scaled_dot_product_attention(q, k, v, is_causal=True),
+             lambda: ops.scaled_dot_product_attention(q.float(), k.float(), v.float()),
+             lambda: ops.varlen_attention(pq, pq, pq, cu, cu, 30, 30, causal=True),
+             lambda: ops.decode_attention(dq, kc, kc, lens)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a launcher Triton changed would warn here
+        for fn in calls:
+            L.ENABLED = False
+            try:
+                ref = fn()
+            finally:
+                L.ENABLED = True
+            before = len(L._COMPILED)
+            outs = [fn() for _ in range(3)]
+            assert len(L._COMPILED) >= before
+            for out in outs:
+                assert torch.equal(out, ref)
+    assert L.ENABLED and L._COMPILED
