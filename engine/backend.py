@@ -179,10 +179,9 @@ class Route:
         """True when no call of this op on ``lead``'s device kind can run the kernel in the current environment
         (ENGINE_BACKEND=torch, or auto off CUDA), so an op may skip computing its key; False says nothing."""
         if _ENV_DATA is not None and os.environ is _ENVIRON:
-            raw = (_ENV_DATA.get(b"ENGINE_BACKEND"), _ENV_DATA.get(b"TRITON_INTERPRET"))
+            name = _parse_backend(_ENV_DATA.get(b"ENGINE_BACKEND"))
         else:
-            raw = _raw_env()
-        name = _parse_backend(raw[0])
+            name = _parse_backend(os.environ.get("ENGINE_BACKEND"))
         return name == "torch" or (name == "auto" and not lead.is_cuda)
 
     def _miss(self, ck: tuple, lead: torch.Tensor, key: Hashable, others: tuple) -> bool | str:
@@ -191,6 +190,8 @@ class Route:
         ts = [lead, *(t for t in others if t is not None)]
         d = _decide(name, _parse_interpret(raw_interp), kind, name != "torch" and bool(self.supported(key)), self.op,
                     lambda: ", ".join(sorted({str(t.device) for t in ts})))
+        if isinstance(d, str):  # an error names the call's devices: never cached
+            return d
         if len(self._cache) >= 256:  # keys are few (dtypes x shape classes); bound it anyway
             self._cache.clear()
         self._cache[ck] = d
