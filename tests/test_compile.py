@@ -95,7 +95,7 @@ def test_ops_that_need_grad_compile_to_differentiable_pytorch():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch", ["BertModel", "AlbertModel", "RobertaForSequenceClassification", "GPT2LMHeadModel"])
+@pytest.mark.parametrize("arch", ["BertModel", "GPT2LMHeadModel"])
 def test_cuda_inductor_equals_eager(arch):
     torch._dynamo.reset()
     model, x = _pair(arch, "cuda", torch.bfloat16)
