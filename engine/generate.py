@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from engine import sampling
+from engine.graphs import capture as _capture
+from engine.graphs import on_side_stream as _on_side_stream
 from engine.kv_cache import StaticKVCache
 from engine.models import blocks
 
@@ -167,23 +169,6 @@ class _Session:
         ids = sampling.sample(logits, **params, seed=seed).view(-1).cpu()  # (B,)
         self.next.copy_(ids)
         return ids
-
-
-def _on_side_stream(fn) -> None:
-    """Run ``fn`` on a side stream (CUDA graph warm-up, as PyTorch's graph docs prescribe)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-
-
-def _capture(fn) -> torch.cuda.CUDAGraph:
-    """Record ``fn``'s kernels into a CUDA graph (with a private memory pool) without running them."""
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
 
 
 def _session_key(model: torch.nn.Module, batch_size: int, max_len: int) -> tuple:

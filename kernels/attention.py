@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from engine.kernels.aot import TRITON_DTYPES
+from engine.kernels.launch import launch
 
 LOG2E = 1.4426950408889634
 
@@ -312,10 +313,11 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
             # (operands are still rounded to bf16 first, as on the GPU).
             flags["DOT_UPCAST"] = True
         grid = (triton.cdiv(grid_m, bm), batch * h)
-        _attn_fwd_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        launch(_attn_fwd_kernel, grid, *args, **flags, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+               num_stages=stages)
     else:
         grid = lambda meta: (triton.cdiv(grid_m, meta["BLOCK_M"]), batch * h)  # noqa: E731
-        _tuned_kernel(block_d)[grid](*args, **flags)
+        launch(_tuned_kernel(block_d), grid, *args, **flags)
     return out
 
 

@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.launch import launch
+
 # Head dims the kernel is built for (others go to PyTorch); non-powers of two are masked up to BLOCK_D.
 HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 BLOCK_M = 16  # query rows per program: the smallest tl.dot tile; Tq = 1 pads to it (decode is memory-bound)
@@ -290,7 +292,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     else:  # unused with one split; fp32 so both launches share one build
         opart = lse = torch.empty(1, device=q.device, dtype=torch.float32)
     grid = (S, H, B * triton.cdiv(Tq, BLOCK_M))
-    _decode_split_kernel[grid](
+    launch(_decode_split_kernel, grid,
         q, k_cache, v_cache, cache_seqlens, out, opart, lse,
         float(scale) * 1.4426950408889634, Tq, Tmax,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
@@ -300,7 +302,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if S > 1:
-        _decode_combine_kernel[(Tq, H, B)](
+        launch(_decode_combine_kernel, (Tq, H, B),
             opart, lse, out, S, *out.stride(), HEAD_DIM=D, BLOCK_D=plan.block_d,
             BLOCK_S=_combine_block_s(plan.block_d), num_warps=_COMBINE_WARPS,
         )

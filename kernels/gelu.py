@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.launch import launch
+
 # Elements per program and the warps that cover them (16 per thread: two 16-byte vectors in fp16/bf16).
 TILE = 4096
 NUM_WARPS = 8
@@ -120,7 +122,7 @@ def gelu_fwd(
         return out
     block_m, block_n = config_for(yv.shape[1], tiled)
     grid = (triton.cdiv(yv.shape[0], block_m) * triton.cdiv(yv.shape[1], block_n),)
-    _gelu_fwd_kernel[grid](
+    launch(_gelu_fwd_kernel, grid,
         xv, bias if bias is not None else xv, yv,
         yv.shape[0], yv.shape[1], xv.stride(0), yv.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",

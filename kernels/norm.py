@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.launch import launch
+
 # Longest row kept in registers; longer rows loop over chunks of LOOP_BLOCK_N.
 MAX_BLOCK_N = 8192
 LOOP_BLOCK_N = 4096
@@ -173,7 +175,7 @@ def norm_fwd(
     r = residual if residual is not None else x
     s = residual_out if residual_out is not None else out
     grid = (triton.cdiv(m, rows),)
-    _norm_fwd_kernel[grid](
+    launch(_norm_fwd_kernel, grid,
         x, r, weight, bias if bias is not None else weight, out, s,
         x.stride(0), r.stride(0), out.stride(0), s.stride(0),
         m, n, eps,

@@ -80,3 +80,32 @@ def test_engine_imports_and_runs_without_triton():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_route_caches_but_follows_the_environment(monkeypatch):
+    """backend.Route (what the ops call): the cached decision changes when ENGINE_BACKEND / TRITON_INTERPRET do,
+    the op's verdict comes from its key, grad and forced-Triton errors behave as in use_triton."""
+    seen = []
+    route = backend.Route("op_x", lambda key: seen.append(key) or key == "ok")
+    x = torch.randn(3)
+    monkeypatch.delenv("ENGINE_BACKEND", raising=False)
+    assert route(x, "ok") is False and route(x, "ok") is False  # auto on a CPU: PyTorch
+    assert route.pytorch_only(x)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not route.pytorch_only(x)
+    assert route(x, "ok") is True and route(x, "no") is False
+    n = len(seen)
+    assert route(x, "ok") is True and len(seen) == n  # cached: the verdict is not asked again
+    assert route(torch.randn(3, requires_grad=True), "ok") is False  # grad: PyTorch
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="op_x.*TRITON_INTERPRET=1"):
+        route(x, "ok")
+    assert route(torch.randn(3, requires_grad=True), "ok") is False  # grad comes before the error, as in use_triton
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    assert route(x, "ok") is False and route.pytorch_only(x)
+    monkeypatch.setenv("ENGINE_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
+        route(x, "ok")
+    with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
+        route.pytorch_only(x)

@@ -66,8 +66,14 @@ def test_refusals_name_what_is_supported():
         ModelConfig.from_hf({"model_type": "roberta", "architectures": ["BertModel"]})
     with pytest.raises(ValueError, match="divisible by num_heads"):
         ModelConfig.from_hf(T.BertConfig(hidden_size=30, num_attention_heads=4).to_dict())
-    with pytest.raises(ValueError, match="num_hidden_groups"):
-        ModelConfig.from_hf(T.AlbertConfig(num_hidden_layers=3, num_hidden_groups=2).to_dict())
+
+
+def test_albert_groups_need_not_divide_layers():
+    """transformers runs layer i with group int(i / (layers / groups)) for any counts; so does engine."""
+    cfg = ModelConfig.from_hf(T.AlbertConfig(num_hidden_layers=3, num_hidden_groups=2).to_dict())
+    assert (cfg.num_layers, cfg.num_hidden_groups) == (3, 2)
+    with pytest.raises(ValueError, match="num_hidden_groups must be a positive integer"):
+        ModelConfig.from_hf(T.AlbertConfig(num_hidden_layers=3, num_hidden_groups=0).to_dict())
 
 
 def test_roberta_max_len_and_labels():

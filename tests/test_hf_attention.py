@@ -304,8 +304,9 @@ def test_packed_mark_skips_revalidation_only_for_engines_own_cu_seqlens(monkeypa
     calls = []
     import engine.ops.attention as oa
 
-    real = oa._validate_cu_values
-    monkeypatch.setattr(oa, "_validate_cu_values", lambda *a: calls.append(1) or real(*a))
+    for name in ("_validate_cu_values", "_validate_cu_lists"):  # CUDA tensors / CPU tensors (read once as lists)
+        real = getattr(oa, name)
+        monkeypatch.setattr(oa, name, lambda *a, real=real: calls.append(1) or real(*a))
     q, k, v = _qkv(1, 2, 2, 6, 6, 8)
     cu = torch.tensor([0, 2, 6], dtype=torch.int32)
     attention_forward(Layer(False), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)

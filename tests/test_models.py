@@ -115,6 +115,32 @@ def test_albert_shared_layers_stored_once(tmp_path_factory):
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
+@pytest.mark.parametrize("layers,groups,inner", [(5, 2, 1), (3, 2, 2), (7, 3, 1), (2, 3, 1)])
+def test_albert_groups_not_dividing_layers(layers, groups, inner, tmp_path):
+    """Any (num_hidden_layers, num_hidden_groups), as transformers takes them: layer i runs group
+    int(i / (layers / groups)) (5 in 2: groups 0, 0, 0, 1, 1; 2 in 3: group 2 holds weights nothing runs)."""
+    import transformers as T
+
+    from models_util import hf_config
+
+    cfg = hf_config("AlbertForMaskedLM")
+    cfg.num_hidden_layers, cfg.num_hidden_groups, cfg.inner_group_num = layers, groups, inner
+    torch.manual_seed(layers * 10 + groups)
+    hf = T.AlbertForMaskedLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    hf.save_pretrained(tmp_path)
+    model = engine.from_pretrained(tmp_path)
+    span = layers / groups
+    expect = [model.groups[int(i / span)][j] for i in range(layers) for j in range(inner)]
+    assert all(a is b for a, b in zip(model.schedule(), expect, strict=True))
+    x = inputs("AlbertForMaskedLM")
+    with torch.no_grad():
+        ref = hf(**x).logits
+    assert_close_valid(model(**x), ref, x["attention_mask"])
+
+
 def test_module_behaviour(tmp_path_factory):
     src, x, ref, _ = reference("BertForSequenceClassification", tmp_path_factory)
     model = engine.from_pretrained(src, dtype="bfloat16")

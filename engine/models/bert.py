@@ -17,8 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import graphs
 from engine.config import ModelConfig
 from engine.models import blocks
+
+GRAPH_MAX_TOKENS = 8192  # cuda_graph=None: graphs for batches of at most this many (bucket-padded) tokens
 
 
 class Embeddings(nn.Module):
@@ -76,13 +79,21 @@ class EncoderModel(nn.Module):
     """BERT / ALBERT / RoBERTa with the head of ``cfg.architecture``. ALBERT's shared layers exist once.
 
     ``packed``: None (default) packs padded batches into their real tokens (varlen attention) on CUDA always, and on
-    the CPU when at least 1/16 of the tokens are padding; True/False force the packed / padded-mask path.
+    the CPU when at least 1/16 of the tokens are padding; True/False force the packed / padded-mask path. Under
+    torch.compile, None means the padded-mask path (True cannot be compiled: the packed size is data dependent).
+
+    ``cuda_graph``: None (default) replays CUDA graphs of the whole forward for small CUDA batches (at most
+    ``GRAPH_MAX_TOKENS`` tokens after padding to a length bucket, see engine.graphs), True for any CUDA batch, False
+    never; ``model(..., cuda_graph=...)`` chooses for one call. Graphs are captured per (batch size, length bucket)
+    on first use; they hold the parameters' addresses, so after replacing parameters (``.to``, ``.half``) the
+    graphs are rebuilt (keyed by the word embedding's storage, device and dtype).
     """
 
     def __init__(self, cfg: ModelConfig, *, with_pooler: bool | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.packed: bool | None = None
+        self.cuda_graph: bool | None = None
         C = cfg.hidden_size
         width = cfg.embedding_size if cfg.family == "albert" else C
         self.embeddings = Embeddings(cfg, width)
@@ -121,8 +132,10 @@ class EncoderModel(nn.Module):
         cfg = self.config
         if self.layers is not None:
             return list(self.layers)
-        per_group = cfg.num_layers // cfg.num_hidden_groups
-        return [lyr for i in range(cfg.num_layers) for lyr in self.groups[i // per_group]]
+        # Layer i runs group int(i / (layers / groups)), in transformers' float arithmetic (any layer and group
+        # counts: with 5 layers in 2 groups, layers 0-2 run group 0 and layers 3-4 group 1).
+        span = cfg.num_layers / cfg.num_hidden_groups
+        return [lyr for i in range(cfg.num_layers) for lyr in self.groups[int(i / span)]]
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) positions: 0.. for BERT/ALBERT; RoBERTa counts real tokens from pad_token_id + 1."""
@@ -133,14 +146,18 @@ class EncoderModel(nn.Module):
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Checked ids (B, N) -> last_hidden_state (B, N, C)."""
+               token_type_ids: torch.Tensor | None = None, *, packed: bool | None = None) -> torch.Tensor:
+        """Checked ids (B, N) -> last_hidden_state (B, N, C). ``packed`` overrides ``self.packed`` for this call."""
         x = self.embeddings(input_ids, self.position_ids(input_ids), token_type_ids)
         if self.emb_proj is not None:
             x = self.emb_proj(x)
         B, N, _ = x.shape
         has_padding = attention_mask is not None
-        packed = self.packed if self.packed is not None else has_padding and blocks.pack_by_default(attention_mask)
+        if torch.compiler.is_compiling():  # the packed layout's size depends on the mask's values
+            blocks.refuse_compiled_packing(self.packed)
+            packed = False
+        elif packed is None:
+            packed = self.packed if self.packed is not None else has_padding and blocks.pack_by_default(attention_mask)
         if has_padding and packed:
             x, layout = blocks.unpad(x, attention_mask)
         else:
@@ -157,13 +174,47 @@ class EncoderModel(nn.Module):
         return torch.tanh(self.pooler(hidden[:, 0]))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, *, return_pooled: bool = False):
-        """input_ids (B, N) -> the main output of ``config.architecture`` (see the module docstring)."""
+                token_type_ids: torch.Tensor | None = None, *, return_pooled: bool = False,
+                cuda_graph: bool | None = None):
+        """input_ids (B, N) -> the main output of ``config.architecture`` (see the module docstring).
+        cuda_graph: None follows ``self.cuda_graph``; True / False force or skip CUDA graphs for this call."""
         cfg = self.config
         input_ids, attention_mask, token_type_ids = blocks.check_inputs(
             input_ids, attention_mask, token_type_ids, vocab_size=cfg.vocab_size, max_len=cfg.max_seq_len,
             type_vocab_size=cfg.type_vocab_size, device=self.embeddings.word.weight.device)
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        if self._graphed(input_ids, self.cuda_graph if cuda_graph is None else cuda_graph):
+            return self._graphs().run(input_ids, attention_mask, token_type_ids, return_pooled=return_pooled)
+        return self.head(self.encode(input_ids, attention_mask, token_type_ids), return_pooled=return_pooled)
+
+    def _graphed(self, input_ids: torch.Tensor, choice: object) -> bool:
+        """Whether this call replays a CUDA graph (see ``cuda_graph`` in the class docstring)."""
+        if choice is not None and not isinstance(choice, bool):
+            raise TypeError(f"cuda_graph must be a bool or None; got {type(choice).__name__}")
+        if choice is False or torch.compiler.is_compiling():
+            return False
+        if not input_ids.is_cuda:
+            if choice:
+                raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {input_ids.device}")
+            return False
+        if torch.is_grad_enabled() and self.embeddings.word.weight.requires_grad:
+            return False  # a graph records no autograd history
+        if choice is None:
+            B, N = input_ids.shape
+            return B * graphs.length_bucket(N, self.config.max_seq_len) <= GRAPH_MAX_TOKENS
+        return True
+
+    def _graphs(self) -> graphs.EncoderGraphs:
+        w = self.embeddings.word.weight
+        key = (w.device, w.dtype, w.data_ptr())
+        g = self.__dict__.get("_engine_graphs")
+        if g is None or g[0] != key:
+            self.__dict__["_engine_graphs"] = None  # free the old graphs' memory first
+            g = self.__dict__["_engine_graphs"] = (key, graphs.EncoderGraphs(self))
+        return g[1]
+
+    def head(self, hidden: torch.Tensor, *, return_pooled: bool = False):
+        """last_hidden_state (B, N, C) -> the main output of ``config.architecture``."""
+        cfg = self.config
         head = cfg.head
         if head == "base":
             return (hidden, self.pool(hidden)) if return_pooled else hidden

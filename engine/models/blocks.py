@@ -192,9 +192,11 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
 
     input_ids (B, N) integers in [0, vocab_size) with 1 <= N <= max_len; attention_mask (B, N) of 0/1;
     token_type_ids (B, N) in [0, type_vocab_size) (``None`` type_vocab_size: the vocabulary bound applies).
-    The value checks cost one device-to-host copy in all. An attention_mask of all ones is returned as None
-    (no padding: the unmasked attention path). ``prefix`` names the arguments in errors (``decoder_`` for a
-    seq2seq decoder's decoder_input_ids / decoder_attention_mask).
+    The value checks cost one device-to-host copy in all (none when the inputs are CPU tensors: they are checked
+    before they move to ``device``). An attention_mask of all ones is returned as None (no padding: the unmasked
+    attention path). ``prefix`` names the arguments in errors (``decoder_`` for a seq2seq decoder's
+    decoder_input_ids / decoder_attention_mask). Under torch.compile the value checks run as the registered op
+    ``engine::check_range`` (same errors, raised when the compiled graph runs) and the mask is kept as given.
     """
     ids_name = f"{prefix}input_ids"
     if not isinstance(input_ids, torch.Tensor):
@@ -208,7 +210,12 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
             f"{ids_name} has sequence length {input_ids.shape[1]}, longer than this model's maximum {max_len} "
             "(max_position_embeddings)"
         )
-    tensors = {"input_ids": input_ids.to(device=device, dtype=torch.long)}
+    # Values are checked where the inputs are (CPU inputs of a CUDA model: before the copy, with no device sync),
+    # then the tensors move to ``device``.
+    host = input_ids.is_cpu and all(t is None or (isinstance(t, torch.Tensor) and t.is_cpu)
+                                    for t in (attention_mask, token_type_ids))
+    where = input_ids.device if host else device
+    tensors = {"input_ids": input_ids.to(device=where, dtype=torch.long)}
     for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if t is None:
             continue
@@ -219,16 +226,42 @@ def check_inputs(input_ids: object, attention_mask: object, token_type_ids: obje
                              f"{tuple(t.shape)}")
         if t.dtype.is_floating_point and name == "token_type_ids":
             raise TypeError(f"token_type_ids must be an integer tensor; got {t.dtype}")
-        tensors[name] = t.to(device=device, dtype=torch.long)
-    stats = torch.stack([x for t in tensors.values() for x in torch.aminmax(t)]).tolist()  # one sync
-    bounds = {"input_ids": vocab_size, "attention_mask": 2,
-              "token_type_ids": vocab_size if type_vocab_size is None else type_vocab_size}
-    for (name, t), lo, hi in zip(tensors.items(), stats[0::2], stats[1::2]):
-        bound = bounds[name]
+        tensors[name] = t.to(device=where, dtype=torch.long)
+    names = list(tensors)
+    bounds = [vocab_size if n == "input_ids" else 2 if n == "attention_mask"
+              else vocab_size if type_vocab_size is None else type_vocab_size for n in names]
+    requirements = [f"lie in [0, {b}) (the vocabulary)" if n == "input_ids" else "be 0 or 1" if n == "attention_mask"
+                    else f"be in [0, {b})" for n, b in zip(names, bounds)]
+    labels = [f"{prefix}{n}" for n in names]  # as the errors name them
+    if torch.compiler.is_compiling():
+        # Compiled: the values are checked when the graph runs (a registered op, same errors); the mask is kept as
+        # given, since dropping an all-ones mask is a data-dependent branch (the masked path gives the same results).
+        tensors = {n: t.to(device) for n, t in tensors.items()}
+        ids = torch.ops.engine.check_range(tensors["input_ids"], [tensors[n] for n in names[1:]], bounds, labels,
+                                           requirements)
+        return ids, tensors.get("attention_mask"), tensors.get("token_type_ids")
+    stats = check_value_ranges(list(tensors.values()), bounds, labels, requirements)
+    if "attention_mask" in tensors and stats[names.index("attention_mask")][0] == 1:
+        tensors["attention_mask"] = None  # all ones: no padding
+    get = lambda n: None if tensors.get(n) is None else tensors[n].to(device)  # noqa: E731
+    return get("input_ids"), get("attention_mask"), get("token_type_ids")
+
+
+def check_value_ranges(tensors: list[torch.Tensor], bounds: list[int], names: list[str],
+                       requirements: list[str]) -> list[tuple[int, int]]:
+    """(min, max) of each tensor, read with one device-to-host copy; raises ValueError(f"{name} values must
+    {requirement}; got values in [lo, hi]") for the first whose values leave [0, bound)."""
+    stats = torch.stack([x for t in tensors for x in torch.aminmax(t)]).tolist()  # one sync
+    pairs = list(zip(stats[0::2], stats[1::2]))
+    for (lo, hi), bound, name, requirement in zip(pairs, bounds, names, requirements):
         if lo < 0 or hi >= bound:
-            what = {"input_ids": f"lie in [0, {bound}) (the vocabulary)", "attention_mask": "be 0 or 1"}.get(
-                name, f"be in [0, {bound})")
-            raise ValueError(f"{prefix}{name} values must {what}; got values in [{lo}, {hi}]")
-        if name == "attention_mask" and lo == 1:
-            tensors[name] = None  # all ones: no padding
-    return tensors["input_ids"], tensors.get("attention_mask"), tensors.get("token_type_ids")
+            raise ValueError(f"{name} values must {requirement}; got values in [{lo}, {hi}]")
+    return pairs
+
+
+def refuse_compiled_packing(packed: bool | None) -> None:
+    """Under torch.compile encoders run the padded-mask path: the packed layout's size depends on the mask's
+    values. ``model.packed = True`` asks for packing, so it is refused with a clear error instead."""
+    if packed:
+        raise ValueError("model.packed = True cannot be compiled (the number of real tokens is data dependent); set "
+                         "it to None or False, which compile the padded-batch path")

@@ -56,3 +56,23 @@ def check_out(name: str, out: object, *, shape: tuple, dtype: torch.dtype, devic
     if not out.is_contiguous():
         raise ValueError(f"{name} must be contiguous; got strides {tuple(out.stride())}")
     return out
+
+
+# ---- O(1) pre-checks for the cheap path ---------------------------------------------------------------------
+# Each op first tests its common call with a few attribute reads (no torch.device objects, no tensor ops). When
+# the test passes, every full check above would pass too; when it fails, the op runs the full checks, which
+# raise the error (or accept an uncommon but valid call).
+FAST_FLOAT_DTYPES = frozenset((torch.float32, torch.float16, torch.bfloat16, torch.float64))
+
+
+def same_cuda_device(lead: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """True when ``lead`` is on a CUDA device and every other tensor (None entries allowed) is on that same device.
+    The ops test CPU tensors inline (``t.is_cpu`` of each) and call this for the rest; False means "not shown":
+    run the full checks."""
+    if not lead.is_cuda:
+        return False
+    index = lead.get_device()
+    for t in others:
+        if t is not None and not (t.is_cuda and t.get_device() == index):
+            return False
+    return True

@@ -14,17 +14,24 @@ import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import (
+    FAST_FLOAT_DTYPES,
     KERNEL_DTYPES,
     check_choice,
     check_floating,
     check_out,
     check_same_device,
     check_same_dtype,
+    same_cuda_device,
 )
 
 __all__ = ["bias_gelu", "gelu", "gelu_and_mul"]
 
 APPROXIMATIONS = ("none", "tanh")
+_Tensor = torch.Tensor
+_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# Dispatch (engine.backend), cached per device kind and dtype: the kernel takes every shape.
+_GELU = backend.Route("gelu", lambda dtype: dtype in KERNEL_DTYPES)
+_BIAS_GELU = backend.Route("bias_gelu", lambda dtype: dtype in KERNEL_DTYPES)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,15 +41,28 @@ def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | 
     out: optional contiguous buffer of input's shape and dtype to write into.
     Returns (*) in input's dtype.
     """
-    input = check_floating("input", input)
-    check_choice("approximate", approximate, APPROXIMATIONS)
-    if out is not None:
-        out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
+    compiling = _compiling()
+    # Cheap path (a few attribute reads that imply every check): a float tensor, a known form, no out.
+    if not (out is None and isinstance(input, _Tensor) and (dtype := input.dtype) in FAST_FLOAT_DTYPES
+            and (approximate == "none" or approximate == "tanh")):
+        input = check_floating("input", input)
+        check_choice("approximate", approximate, APPROXIMATIONS)
+        if out is not None:
+            out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
+        dtype = input.dtype
 
-    if not backend.use_triton(input, supported=input.dtype in KERNEL_DTYPES, op="gelu"):
-        y = F.gelu(input, approximate=approximate)
-        return out.copy_(y) if out is not None else y
+    if compiling:
+        if not backend.grad_recording(input):
+            y = torch.ops.engine.gelu(input, approximate)
+            return out.copy_(y) if out is not None else y
+    elif _GELU(input, dtype):
+        return _gelu_kernel(input, approximate, out)
+    y = F.gelu(input, approximate=approximate)
+    return out.copy_(y) if out is not None else y
 
+
+def _gelu_kernel(input: torch.Tensor, approximate: str, out: torch.Tensor | None) -> torch.Tensor:
+    """The Triton path of ``gelu`` (arguments checked)."""
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:
@@ -53,19 +73,8 @@ def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | 
     return out
 
 
-def bias_gelu(
-    input: torch.Tensor,
-    bias: torch.Tensor,
-    approximate: str = "none",
-    *,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Fused ``gelu(input + bias)``: the MLP's up-projection bias and activation in one pass.
-
-    input: (*, N), fp32/fp16/bf16 on the kernel path; bias: (N,), input's dtype and device.
-    approximate: "none" (erf) or "tanh". out: optional contiguous (*, N) buffer to write into.
-    Returns (*, N) in input's dtype; the sum and the GELU are computed in fp32.
-    """
+def _check_bias_gelu(input: object, bias: object, approximate: object, out: object) -> tuple:
+    """Every check of ``bias_gelu``'s arguments; returns (N, out)."""
     input = check_floating("input", input)
     bias = check_floating("bias", bias)
     check_choice("approximate", approximate, APPROXIMATIONS)
@@ -81,11 +90,47 @@ def bias_gelu(
     check_same_dtype(input=input, bias=bias)
     if out is not None:
         out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
+    return n, out
 
-    if not backend.use_triton(input, bias, supported=input.dtype in KERNEL_DTYPES, op="bias_gelu"):
-        y = F.gelu(input + bias, approximate=approximate)
-        return out.copy_(y) if out is not None else y
 
+def bias_gelu(
+    input: torch.Tensor,
+    bias: torch.Tensor,
+    approximate: str = "none",
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused ``gelu(input + bias)``: the MLP's up-projection bias and activation in one pass.
+
+    input: (*, N), fp32/fp16/bf16 on the kernel path; bias: (N,), input's dtype and device.
+    approximate: "none" (erf) or "tanh". out: optional contiguous (*, N) buffer to write into.
+    Returns (*, N) in input's dtype; the sum and the GELU are computed in fp32.
+    """
+    compiling = _compiling()
+    # Cheap path (a few attribute reads that imply every check): float tensors of one dtype and device, bias the
+    # size of input's last dim, a known form, no out.
+    if (out is None and isinstance(input, _Tensor) and isinstance(bias, _Tensor)
+            and (dtype := input.dtype) in FAST_FLOAT_DTYPES and bias.dtype is dtype
+            and (approximate == "none" or approximate == "tanh") and bias.shape == input.shape[-1:]
+            and bias.dim() == 1 and ((input.is_cpu and bias.is_cpu) or same_cuda_device(input, bias))):
+        n = bias.shape[0]
+    else:
+        n, out = _check_bias_gelu(input, bias, approximate, out)
+        dtype = input.dtype
+
+    if compiling:
+        if not backend.grad_recording(input, bias):
+            y = torch.ops.engine.bias_gelu(input, bias, approximate)
+            return out.copy_(y) if out is not None else y
+    elif _BIAS_GELU(input, dtype, bias):
+        return _bias_gelu_kernel(input, bias, n, approximate, out)
+    y = F.gelu(input + bias, approximate=approximate)
+    return out.copy_(y) if out is not None else y
+
+
+def _bias_gelu_kernel(input: torch.Tensor, bias: torch.Tensor, n: int, approximate: str,
+                      out: torch.Tensor | None) -> torch.Tensor:
+    """The Triton path of ``bias_gelu`` (arguments checked; bias (n,))."""
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:

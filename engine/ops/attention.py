@@ -27,11 +27,32 @@ import torch
 import torch.nn.functional as F
 
 from engine import backend
-from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
-from engine.ops.position_bias import bias_scores, check_relative_position_bias
+from engine.ops._checks import (
+    FAST_FLOAT_DTYPES,
+    KERNEL_DTYPES,
+    check_floating,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    same_cuda_device,
+)
+from engine.ops.position_bias import bias_scores, check_relative_position_bias, relative_position_bias_ok
 
 MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
 _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
+_Tensor = torch.Tensor
+_I32 = torch.int32
+_INF = math.inf
+_MASK_DTYPES = FAST_FLOAT_DTYPES | {torch.bool}
+_KEEP_DTYPES = frozenset((torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
+_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# Dispatch (engine.backend), cached per device kind and key = (dtype, mask dtype or None, shape class), where the
+# shape class is True when the kernel covers the call's sizes and options, a relative position bias included
+# (see the callers).
+_SDPA = backend.Route("scaled_dot_product_attention",
+                      lambda key: key[2] and key[0] in KERNEL_DTYPES
+                      and (key[1] is None or key[1] == torch.bool or key[1] in KERNEL_DTYPES))
+_VARLEN = backend.Route("varlen_attention", lambda key: key[1] and key[0] in KERNEL_DTYPES)
 
 
 def _check_qkv(layout: str, **tensors: object) -> list[torch.Tensor]:
@@ -112,32 +133,20 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
     return out if dead is None else out.masked_fill(dead, 0.0)
 
 
-def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) -> torch.Tensor:
-    """(B, H, Nq, D) output; stored as (B, Nq, H, D) when q is a transposed view of that layout, so the caller's
-    ``out.transpose(1, 2).reshape(B, Nq, H * D)`` is free."""
-    b, h, n, d = n_q_shape
+def output_like(q: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """The attention output buffer: (B, H, Nq, Dv), stored as (B, Nq, H, Dv) when q is a transposed view of that
+    layout, so the caller's ``out.transpose(1, 2).reshape(B, Nq, H * Dv)`` is free. (The kernel writes into it;
+    the registered op returns this layout on every path.)"""
+    b, h, n, d = shape
     if q.stride(1) < q.stride(2) and h > 1 and n > 1:
         return torch.empty(b, n, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     return torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
 
 
-def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: float | None = None, *,
-                                 relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
-
-    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
-    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
-    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
-    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
-    scale: default 1 / sqrt(D). relative_position_bias: None, or a (H, 2L - 1) table with L >= max(Nq, Nk):
-    ``table[h, L - 1 + j - i]`` is added to the score of query i and key j after the scale (T5; see
-    engine.ops.position_bias). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
-
-    Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
-    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
-    """
+def _check_sdpa(query: object, key: object, value: object, attn_mask: object, dropout_p: object, is_causal: object,
+                scale: object, relative_position_bias: object = None) -> tuple:
+    """Every check of ``scaled_dot_product_attention``'s arguments; returns
+    (q, k, v, mask as 4-D or None, scale, relative_position_bias)."""
     q, k, v = _check_qkv("(B, H, N, D)", query=query, key=key, value=value)
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
@@ -157,20 +166,76 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     scale = _check_scale(scale)
     mask = _check_mask(attn_mask, (b, h, n_q, n_k), q.device)
     bias = check_relative_position_bias(relative_position_bias, heads=h, min_length=max(n_q, n_k), device=q.device)
+    return q, k, v, mask, scale, bias
 
-    supported = (
-        bias is None  # the flash kernel does not gather the bias table yet: the PyTorch path honours it
-        and q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
-        and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
-        and min(b, h, n_q, n_k) > 0 and b * h <= _MAX_GRID_Y
-        and (mask is None or mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES)
-    )
-    if not backend.use_triton(q, k, v, mask, supported=supported, op="scaled_dot_product_attention"):
-        return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
 
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None, *,
+                                 relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
+
+    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
+    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
+    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
+    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
+    scale: default 1 / sqrt(D). relative_position_bias: None, or a (H, 2L - 1) table with L >= max(Nq, Nk):
+    ``table[h, L - 1 + j - i]`` is added to the score of query i and key j after the scale (T5; see
+    engine.ops.position_bias). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
+
+    Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
+    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
+    """
+    # Cheap path: 4-D tensors of one float dtype and device with matching sizes, float dropout_p and scale (or
+    # None), a bool is_causal, a 4-D mask (or None) and a bias table that covers the call (or None): attribute
+    # reads that imply every check in _check_sdpa.
+    compiling = _compiling()
+    q, k, v, mask, bias = query, key, value, attn_mask, relative_position_bias
+    if (isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor)
+            and (dtype := q.dtype) in FAST_FLOAT_DTYPES and k.dtype is dtype and v.dtype is dtype
+            and len(qs := q.shape) == 4 and len(ks := k.shape) == 4 and len(vs := v.shape) == 4
+            and ks[0] == qs[0] == vs[0] and ks[1] == qs[1] == vs[1] and ks[3] == qs[3] and vs[2] == ks[2]
+            and type(dropout_p) is float and 0.0 <= dropout_p < 1.0 and type(is_causal) is bool
+            and (scale is None or (type(scale) is float and -_INF < scale < _INF))
+            and (mask is None or (isinstance(mask, _Tensor) and mask.dtype in _MASK_DTYPES and len(ms := mask.shape) == 4
+                                  and ms[0] in (1, qs[0]) and ms[1] in (1, qs[1]) and ms[2] in (1, qs[2])
+                                  and ms[3] in (1, ks[2])))
+            and ((q.is_cpu and k.is_cpu and v.is_cpu and (mask is None or mask.is_cpu))
+                 or same_cuda_device(q, k, v, mask))
+            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(qs[2], ks[2])))):
+        b, h, n_q, d = qs
+        n_k = ks[2]
+        dv = vs[3]
+    else:
+        q, k, v, mask, scale, bias = _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                                 relative_position_bias)
+        b, h, n_q, d = q.shape
+        n_k, dv, dtype = k.shape[2], v.shape[3], q.dtype
+
+    if compiling:
+        if not backend.grad_recording(q, k, v, mask, bias):
+            return torch.ops.engine.scaled_dot_product_attention(q, k, v, mask, float(dropout_p), is_causal, scale,
+                                                                 bias)
+    elif not _SDPA.pytorch_only(q):
+        shape_ok = (bias is None  # the flash kernel does not gather the bias table yet: the PyTorch path honours it
+                    and dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
+                    and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
+                    and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y)
+        if _SDPA(q, (dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask):
+            return _sdpa_kernel(q, k, v, mask, is_causal, scale)
+    if mask is None and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
+
+
+def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                 scale: float | None) -> torch.Tensor:
+    """The Triton path of ``scaled_dot_product_attention`` (arguments checked; mask 4-D or None)."""
     from engine.kernels.attention import attention_fwd
 
-    out = _empty_like_layout(q, (b, h, n_q, d))
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    out = output_like(q, (b, h, n_q, d))
     mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
     return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5)
 
@@ -192,6 +257,18 @@ def _check_max_seqlen(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_cu_stats(name: str, mname: str, first: int, end: int, dmin: int, dmax: int, total: int, mx: int) -> None:
+    """The value checks of one cu_seqlens (its first and last entries, smallest and largest step)."""
+    if first != 0:
+        raise ValueError(f"{name} must start at 0; got {first}")
+    if dmin < 0:
+        raise ValueError(f"{name} must be non-decreasing (cumulative lengths); got a step of {dmin}")
+    if end != total:
+        raise ValueError(f"{name} must end at the packed token count {total}; got {end}")
+    if dmax > mx:
+        raise ValueError(f"{mname} must be >= the longest sequence ({dmax}); got {mx}")
+
+
 def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int, max_q: int,
                         max_k: int) -> None:
     """Check cu_seqlens contents with ONE device-to-host copy (a sync on CUDA)."""
@@ -200,32 +277,65 @@ def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, to
         diff = cu[1:] - cu[:-1]
         rows.append(torch.stack([cu[0], cu[-1], diff.min(), diff.max()]))
     (q0, q_end, q_min, q_max), (k0, k_end, k_min, k_max) = torch.stack(rows).tolist()
-    for name, first, end, dmin, dmax, total, mx, mname in (
-        ("cu_seqlens_q", q0, q_end, q_min, q_max, total_q, max_q, "max_seqlen_q"),
-        ("cu_seqlens_k", k0, k_end, k_min, k_max, total_k, max_k, "max_seqlen_k"),
-    ):
-        if first != 0:
-            raise ValueError(f"{name} must start at 0; got {first}")
-        if dmin < 0:
-            raise ValueError(f"{name} must be non-decreasing (cumulative lengths); got a step of {dmin}")
-        if end != total:
-            raise ValueError(f"{name} must end at the packed token count {total}; got {end}")
-        if dmax > mx:
-            raise ValueError(f"{mname} must be >= the longest sequence ({dmax}); got {mx}")
+    _check_cu_stats("cu_seqlens_q", "max_seqlen_q", q0, q_end, q_min, q_max, total_q, max_q)
+    _check_cu_stats("cu_seqlens_k", "max_seqlen_k", k0, k_end, k_min, k_max, total_k, max_k)
 
 
-def _varlen_torch(q, k, v, cu_q, cu_k, causal, scale, bias=None):
-    """Reference path: one SDPA call per sequence (bottom-right causal and bias; rows with no visible key -> 0)."""
+def _validate_cu_lists(cq: list[int], ck: list[int], total_q: int, total_k: int, max_q: int, max_k: int) -> None:
+    """The same checks on host lists (CPU tensors: no tensor ops needed)."""
+    for name, mname, c, total, mx in (("cu_seqlens_q", "max_seqlen_q", cq, total_q, max_q),
+                                      ("cu_seqlens_k", "max_seqlen_k", ck, total_k, max_k)):
+        steps = [b - a for a, b in zip(c, c[1:])]
+        _check_cu_stats(name, mname, c[0], c[-1], min(steps), max(steps), total, mx)
+
+
+def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, scale, bias=None):
+    """Reference path: one SDPA call per sequence (bottom-right causal and bias; rows with no visible key -> 0).
+
+    cq, ck: cu_seqlens as host lists; None for a single sequence spanning every token (cu_seqlens known to be
+    [0, total]). Such a sequence needs no output buffer: SDPA runs on (1, H, N, D) views and its result is
+    returned as (N, H, D), contiguous. (4-D: PyTorch's CPU SDPA takes its fused kernel only for 4-D inputs.)"""
+    if cq is None or (len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]):
+        mask = _causal_keep(q.shape[0], k.shape[0], q.device, bottom_right=True) if causal else None
+        o = _sdpa_torch(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                        v.transpose(0, 1).unsqueeze(0), mask, 0.0, False, scale, bias, k.shape[0] - q.shape[0])
+        return o.squeeze(0).transpose(0, 1).contiguous()
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
-    for (qs, qe), (ks, ke) in zip(zip(cu_q[:-1].tolist(), cu_q[1:].tolist()),
-                                  zip(cu_k[:-1].tolist(), cu_k[1:].tolist())):
+    for (qs, qe), (ks, ke) in zip(zip(cq[:-1], cq[1:]), zip(ck[:-1], ck[1:])):
         if qe == qs or ke == ks:
             continue
         mask = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
-        o = _sdpa_torch(q[qs:qe].transpose(0, 1)[None], k[ks:ke].transpose(0, 1)[None],
-                        v[ks:ke].transpose(0, 1)[None], mask, 0.0, False, scale, bias, (ke - ks) - (qe - qs))
-        out[qs:qe] = o[0].transpose(0, 1)
+        o = _sdpa_torch(q[qs:qe].transpose(0, 1).unsqueeze(0), k[ks:ke].transpose(0, 1).unsqueeze(0),
+                        v[ks:ke].transpose(0, 1).unsqueeze(0), mask, 0.0, False, scale, bias, (ke - ks) - (qe - qs))
+        out[qs:qe] = o.squeeze(0).transpose(0, 1)
     return out
+
+
+def _check_varlen(q: object, k: object, v: object, cu_seqlens_q: object, cu_seqlens_k: object, max_seqlen_q: object,
+                  max_seqlen_k: object, causal: object, scale: object, relative_position_bias: object = None) -> tuple:
+    """Every check of ``varlen_attention``'s arguments but the values of cu_seqlens; returns
+    (q, k, v, cu_q, cu_k, max_q, max_k, scale or None, relative_position_bias)."""
+    q, k, v = _check_qkv("(total_tokens, H, D)", q=q, k=k, v=v)
+    total_q, h, d = q.shape
+    if k.shape[1] != h or v.shape[1] != h:
+        raise ValueError(f"q, k and v must have the same number of heads; got {h}, {k.shape[1]}, {v.shape[1]}")
+    if k.shape[2] != d or v.shape[2] != d:
+        raise ValueError(f"k and v head dims must equal q's ({d}); got {k.shape[2]}, {v.shape[2]}")
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"v must have as many tokens as k ({k.shape[0]}); got {v.shape[0]}")
+    cu_q = _check_cu("cu_seqlens_q", cu_seqlens_q, q.device)
+    cu_k = _check_cu("cu_seqlens_k", cu_seqlens_k, q.device)
+    if cu_q.shape != cu_k.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1); got "
+                         f"{cu_q.shape[0]} and {cu_k.shape[0]}")
+    max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
+    scale = _check_scale(scale)
+    bias = check_relative_position_bias(relative_position_bias, heads=h, min_length=max(max_q, max_k),
+                                        device=q.device)
+    return q, k, v, cu_q, cu_k, max_q, max_k, scale, bias
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -247,35 +357,47 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
     devices are always checked.
     """
-    q, k, v = _check_qkv("(total_tokens, H, D)", q=q, k=k, v=v)
-    total_q, h, d = q.shape
-    if k.shape[1] != h or v.shape[1] != h:
-        raise ValueError(f"q, k and v must have the same number of heads; got {h}, {k.shape[1]}, {v.shape[1]}")
-    if k.shape[2] != d or v.shape[2] != d:
-        raise ValueError(f"k and v head dims must equal q's ({d}); got {k.shape[2]}, {v.shape[2]}")
-    if v.shape[0] != k.shape[0]:
-        raise ValueError(f"v must have as many tokens as k ({k.shape[0]}); got {v.shape[0]}")
-    cu_q = _check_cu("cu_seqlens_q", cu_seqlens_q, q.device)
-    cu_k = _check_cu("cu_seqlens_k", cu_seqlens_k, q.device)
-    if cu_q.shape != cu_k.shape:
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1); got "
-                         f"{cu_q.shape[0]} and {cu_k.shape[0]}")
-    max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q)
-    max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
-    scale = _check_scale(scale)
+    # Cheap path: 3-D tensors of one float dtype and device with matching sizes, int32 1-D cu_seqlens of one
+    # length on that device, int max_seqlen, bool causal, float scale (or None), a bias table that covers the
+    # call (or None): attribute reads that imply every check in _check_varlen.
+    compiling = _compiling()
+    cu_q, cu_k, max_q, max_k, bias = cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, relative_position_bias
+    if (isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor)
+            and (dtype := q.dtype) in FAST_FLOAT_DTYPES and k.dtype is dtype and v.dtype is dtype
+            and len(qs := q.shape) == 3 and len(ks := k.shape) == 3 and len(vs := v.shape) == 3
+            and ks[1] == qs[1] == vs[1] and ks[2] == qs[2] == vs[2] and vs[0] == ks[0]
+            and isinstance(cu_q, _Tensor) and isinstance(cu_k, _Tensor) and cu_q.dtype is _I32
+            and cu_k.dtype is _I32 and len(cs := cu_q.shape) == 1 and cs[0] >= 2 and cu_k.shape == cs
+            and type(max_q) is int and max_q >= 0 and type(max_k) is int and max_k >= 0 and type(causal) is bool
+            and (scale is None or (type(scale) is float and -_INF < scale < _INF))
+            and ((q.is_cpu and k.is_cpu and v.is_cpu and cu_q.is_cpu and cu_k.is_cpu)
+                 or same_cuda_device(q, k, v, cu_q, cu_k))
+            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(max_q, max_k)))):
+        total_q, h, d = qs
+        total_k = ks[0]
+    else:
+        q, k, v, cu_q, cu_k, max_q, max_k, scale, bias = _check_varlen(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, relative_position_bias)
+        (total_q, h, d), total_k, dtype = q.shape, k.shape[0], q.dtype
+    if compiling and not backend.grad_recording(q, k, v, bias):  # the values are checked when the op runs
+        return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, bool(validate),
+                                                 bias)
     scale = scale if scale is not None else d ** -0.5
-    bias = check_relative_position_bias(relative_position_bias, heads=h, min_length=max(max_q, max_k),
-                                        device=q.device)
-    if validate:
-        _validate_cu_values(cu_q, cu_k, total_q, k.shape[0], max_q, max_k)
-
     batch = cu_q.shape[0] - 1
-    supported = (bias is None  # the varlen kernel does not gather the bias table yet
-                 and q.dtype in KERNEL_DTYPES and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0)
-    if not backend.use_triton(q, k, v, cu_q, cu_k, supported=supported, op="varlen_attention"):
-        return _varlen_torch(q, k, v, cu_q, cu_k, causal, scale, bias)
+    cq = ck = None  # cu_seqlens on the host, read at most once (for the checks and the PyTorch path)
+    if validate:
+        if q.is_cpu:  # no device sync here
+            cq, ck = cu_q.tolist(), cu_k.tolist()
+            _validate_cu_lists(cq, ck, total_q, total_k, max_q, max_k)
+        else:
+            _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
+
+    shape_ok = (bias is None  # the varlen kernel does not gather the bias table yet
+                and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0)
+    if not _VARLEN(q, (dtype, shape_ok), k, v, cu_q, cu_k):
+        if cq is None and (batch > 1 or total_q == 0 or total_k == 0):  # one sequence is [0, total]: no read
+            cq, ck = cu_q.tolist(), cu_k.tolist()
+        return _varlen_torch(q, k, v, cq, ck, causal, scale, bias)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if total_q == 0 or max_q == 0 or k.shape[0] == 0:  # nothing to attend (and no empty pointers to launch)
         return out.zero_()
@@ -292,17 +414,22 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[tor
     Returns (packed (total, ...), indices (total,) int64 into the flattened (B * N) positions, cu_seqlens
     (B + 1,) int32, max_seqlen int). max_seqlen costs one device-to-host sync.
     """
-    hidden = check_tensor("hidden", hidden)
-    mask = check_tensor("attention_mask", attention_mask)
-    if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
-        raise TypeError(f"attention_mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
-    if mask.dim() != 2:
-        raise ValueError(f"attention_mask must be 2-D (B, N); got shape {tuple(mask.shape)}")
-    if hidden.dim() < 2 or tuple(hidden.shape[:2]) != tuple(mask.shape):
-        raise ValueError(f"hidden must be (B, N, ...) with (B, N) = attention_mask's {tuple(mask.shape)}; got "
-                         f"shape {tuple(hidden.shape)}")
-    check_same_device(hidden=hidden, attention_mask=mask)
-    keep = mask.bool()
+    mask = attention_mask
+    # Cheap path: a bool / integer (B, N) mask and (B, N, ...) hidden on one device imply every check below.
+    if not (isinstance(hidden, _Tensor) and isinstance(mask, _Tensor) and mask.dtype in _KEEP_DTYPES
+            and len(ms := mask.shape) == 2 and hidden.shape[:2] == ms
+            and ((hidden.is_cpu and mask.is_cpu) or same_cuda_device(hidden, mask))):
+        hidden = check_tensor("hidden", hidden)
+        mask = check_tensor("attention_mask", attention_mask)
+        if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
+            raise TypeError(f"attention_mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
+        if mask.dim() != 2:
+            raise ValueError(f"attention_mask must be 2-D (B, N); got shape {tuple(mask.shape)}")
+        if hidden.dim() < 2 or tuple(hidden.shape[:2]) != tuple(mask.shape):
+            raise ValueError(f"hidden must be (B, N, ...) with (B, N) = attention_mask's {tuple(mask.shape)}; got "
+                             f"shape {tuple(hidden.shape)}")
+        check_same_device(hidden=hidden, attention_mask=mask)
+    keep = mask if mask.dtype is torch.bool else mask.bool()
     seqlens = keep.sum(dim=1, dtype=torch.int32)
     indices = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
     cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
@@ -313,18 +440,25 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[tor
 
 def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     """Inverse of ``unpad_input``: packed (total, ...) -> (batch, seqlen, ...), zeros at the padding."""
-    packed = check_tensor("packed", packed)
-    indices = check_tensor("indices", indices)
-    if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
-        raise TypeError(f"indices must be a 1-D int64/int32 tensor; got {indices.dtype} of shape "
-                        f"{tuple(indices.shape)}")
-    if packed.dim() < 1 or packed.shape[0] != indices.shape[0]:
-        raise ValueError(f"packed must be (total, ...) with total = len(indices) = {indices.shape[0]}; got shape "
-                         f"{tuple(packed.shape)}")
-    for name, value in (("batch", batch), ("seqlen", seqlen)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise TypeError(f"{name} must be a non-negative int; got {value!r}")
-    check_same_device(packed=packed, indices=indices)
-    out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
-    out.index_copy_(0, indices.long(), packed)
-    return out.reshape(batch, seqlen, *packed.shape[1:])
+    # Cheap path: int64 (total,) indices, (total, ...) packed on one device, int sizes imply every check below.
+    if not (isinstance(packed, _Tensor) and isinstance(indices, _Tensor) and indices.dtype is torch.int64
+            and len(ix := indices.shape) == 1 and len(ps := packed.shape) >= 1 and ps[0] == ix[0]
+            and type(batch) is int and batch >= 0 and type(seqlen) is int and seqlen >= 0
+            and ((packed.is_cpu and indices.is_cpu) or same_cuda_device(packed, indices))):
+        packed = check_tensor("packed", packed)
+        indices = check_tensor("indices", indices)
+        if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
+            raise TypeError(f"indices must be a 1-D int64/int32 tensor; got {indices.dtype} of shape "
+                            f"{tuple(indices.shape)}")
+        if packed.dim() < 1 or packed.shape[0] != indices.shape[0]:
+            raise ValueError(f"packed must be (total, ...) with total = len(indices) = {indices.shape[0]}; got "
+                             f"shape {tuple(packed.shape)}")
+        for name, value in (("batch", batch), ("seqlen", seqlen)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise TypeError(f"{name} must be a non-negative int; got {value!r}")
+        check_same_device(packed=packed, indices=indices)
+        indices = indices.long()
+        ps = packed.shape
+    out = packed.new_zeros(batch * seqlen, *ps[1:])
+    out.index_copy_(0, indices, packed)
+    return out.view(batch, seqlen, *ps[1:])

@@ -29,10 +29,23 @@ import torch
 import torch.nn.functional as F
 
 from engine import backend
-from engine.ops._checks import KERNEL_DTYPES, check_floating, check_same_device, check_same_dtype, check_tensor
-from engine.ops.position_bias import bias_scores, check_relative_position_bias
+from engine.ops._checks import (
+    FAST_FLOAT_DTYPES,
+    KERNEL_DTYPES,
+    check_floating,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    same_cuda_device,
+)
+from engine.ops.position_bias import bias_scores, check_relative_position_bias, relative_position_bias_ok
 
 KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
+_Tensor = torch.Tensor
+_INF = math.inf
+_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# Dispatch (engine.backend), cached per device kind and (dtype, head dim).
+_DECODE = backend.Route("decode_attention", lambda key: key[0] in KERNEL_DTYPES and key[1] in KERNEL_HEAD_DIMS)
 
 
 def _check_4d(name: str, t: torch.Tensor, layout: str) -> None:
@@ -84,34 +97,40 @@ def _check_seqlens(cache_seqlens: torch.Tensor, q_len: int, max_len: int) -> Non
     """Host-side range check (reads the values: a host sync on CUDA)."""
     if cache_seqlens.numel() == 0:
         return
-    lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+    _check_seqlen_range(int(cache_seqlens.min()), int(cache_seqlens.max()), q_len, max_len)
+
+
+def _check_seqlen_range(lo: int, hi: int, q_len: int, max_len: int) -> None:
     if lo < q_len or hi > max_len:
         raise ValueError(f"cache_seqlens values must lie in [Tq, Tmax] = [{q_len}, {max_len}]; got min {lo}, "
                          f"max {hi} (pass validate=False to clamp to [0, Tmax] and get zeros for rows that see no key)")
 
 
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           cache_seqlens: torch.Tensor, scale: float,
-                           bias: torch.Tensor | None = None) -> torch.Tensor:
+                           cache_seqlens: torch.Tensor, scale: float, bias: torch.Tensor | None = None, *,
+                           host_lengths: list[int] | None = None) -> torch.Tensor:
     """PyTorch path (same semantics as the kernel, differentiable): a boolean mask from cache_seqlens + SDPA.
 
     q (B, H, Tq, D); caches (B, H, Tmax, D); cache_seqlens (B,) int32, clamped to [0, Tmax]; bias: None or a
     (H, 2L - 1) relative-position table, L >= Tmax. -> (B, H, Tq, D).
+    host_lengths: cache_seqlens already read into a list (CPU callers), so it is not read again.
     """
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
-    lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
     if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
-        hi = int(lens.max())
-        if Tq == 1 and hi > 0 and int(lens.min()) == hi:  # one new token, equal lengths: every key visible
+        if host_lengths is None:
+            host_lengths = cache_seqlens.tolist()
+        lo, hi = max(min(host_lengths), 0), min(max(host_lengths), Tmax)
+        if Tq == 1 and hi > 0 and lo == hi:  # one new token, equal lengths: every key visible
             add = None
             if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
                 length = (bias.shape[1] + 1) // 2
                 add = bias[None, :, None, length - hi:length].to(q.dtype)  # (1, H, 1, hi)
-            return F.scaled_dot_product_attention(q, k_cache[:, :, :hi], v_cache[:, :, :hi], attn_mask=add,
-                                                  scale=scale)
+            return F.scaled_dot_product_attention(q, k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi),
+                                                  attn_mask=add, scale=scale)
         Tmax = max(hi, 1)
-        k_cache, v_cache = k_cache[:, :, :Tmax], v_cache[:, :, :Tmax]
+        k_cache, v_cache = k_cache.narrow(2, 0, Tmax), v_cache.narrow(2, 0, Tmax)
+    lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
     rows = torch.arange(Tq, device=q.device)
     cols = torch.arange(Tmax, device=q.device)
     q_pos = lens[:, None] - Tq + rows[None, :]  # (B, Tq) each query's position in its row
@@ -141,19 +160,39 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     cache_seqlens[b] - Tq + i (T5's self-attention bias; see engine.ops.position_bias).
     Returns (B, H, Tq, D) in q's dtype.
     """
-    _check_args(q, k_cache, v_cache, cache_seqlens, scale)
+    # Cheap path: 4-D tensors of one float dtype and device with matching sizes, 1 <= Tq <= Tmax, int32 (B,)
+    # lengths on that device, float scale (or None): attribute reads that imply every check in _check_args.
+    kc, vc, sl = k_cache, v_cache, cache_seqlens
+    if not (isinstance(q, _Tensor) and isinstance(kc, _Tensor) and isinstance(vc, _Tensor) and isinstance(sl, _Tensor)
+            and (dtype := q.dtype) in FAST_FLOAT_DTYPES and kc.dtype is dtype and vc.dtype is dtype
+            and len(qs := q.shape) == 4 and len(ks := kc.shape) == 4 and vc.shape == ks
+            and ks[0] == qs[0] and ks[1] == qs[1] and ks[3] == qs[3] and 1 <= qs[2] <= ks[2]
+            and sl.dtype is torch.int32 and sl.shape == qs[:1]
+            and (scale is None or (type(scale) is float and -_INF < scale < _INF))
+            and ((q.is_cpu and kc.is_cpu and vc.is_cpu and sl.is_cpu) or same_cuda_device(q, kc, vc, sl))):
+        _check_args(q, k_cache, v_cache, cache_seqlens, scale)
+        dtype = q.dtype
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
-    bias = check_relative_position_bias(relative_position_bias, heads=H, min_length=Tmax, device=q.device)
+    bias = relative_position_bias
+    if bias is not None and not relative_position_bias_ok(bias, q, H, Tmax):
+        bias = check_relative_position_bias(bias, heads=H, min_length=Tmax, device=q.device)
+    if _compiling() and not backend.grad_recording(q, k_cache, v_cache, bias):  # values are checked when it runs
+        return torch.ops.engine.decode_attention(q, k_cache, v_cache, cache_seqlens, scale,
+                                                 None if validate is None else bool(validate), bias)
+    host = None  # cache_seqlens read on the host: once, for the check and the PyTorch path
     if validate is None:
         validate = not q.is_cuda
     if validate:
-        _check_seqlens(cache_seqlens, Tq, Tmax)
+        if q.is_cpu and B > 0:  # no device sync on the CPU
+            host = cache_seqlens.tolist()
+            _check_seqlen_range(min(host), max(host), Tq, Tmax)
+        else:
+            _check_seqlens(cache_seqlens, Tq, Tmax)
     sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     # The decode kernel does not gather the bias table yet: calls with it run the PyTorch path.
-    supported = bias is None and q.dtype in KERNEL_DTYPES and D in KERNEL_HEAD_DIMS
-    if backend.use_triton(q, k_cache, v_cache, cache_seqlens, supported=supported, op="decode_attention"):
+    if bias is None and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens):
         from engine.kernels.decode import decode_attention_fwd
 
         return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale)
-    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale, bias)
+    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale, bias, host_lengths=host)

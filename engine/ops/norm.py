@@ -16,18 +16,30 @@ import numbers
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import (
+    FAST_FLOAT_DTYPES,
     KERNEL_DTYPES,
     check_floating,
     check_out,
     check_same_device,
     check_same_dtype,
+    same_cuda_device,
 )
 
 __all__ = ["add_layer_norm", "add_rms_norm", "layer_norm", "rms_norm"]
+
+_Tensor = torch.Tensor
+_SHAPE_TYPES = (tuple, list, torch.Size)
+_INF = math.inf
+_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# Dispatch (engine.backend), cached per device kind and dtype: the kernels take every row length.
+_LAYER_NORM = backend.Route("layer_norm", lambda dtype: dtype in KERNEL_DTYPES)
+_ADD_LAYER_NORM = backend.Route("add_layer_norm", lambda dtype: dtype in KERNEL_DTYPES)
+_RMS_NORM = backend.Route("rms_norm", lambda dtype: dtype in KERNEL_DTYPES)
+_ADD_RMS_NORM = backend.Route("add_rms_norm", lambda dtype: dtype in KERNEL_DTYPES)
+_RMS_EPS = {dtype: float(torch.finfo(dtype).eps) for dtype in FAST_FLOAT_DTYPES}  # rms eps=None, per dtype
 
 
 def _normalized_shape(normalized_shape: object, input: torch.Tensor) -> tuple[int, ...]:
@@ -75,9 +87,10 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t2 if t2.stride(1) == 1 else t2.contiguous()
 
 
-def _norm(input: torch.Tensor, normalized_shape: object, weight: torch.Tensor | None, bias: torch.Tensor | None,
-          eps: object, out: torch.Tensor | None, *, rms: bool) -> torch.Tensor:
-    """layer_norm / rms_norm after their own signatures: checks, then dispatch."""
+def _check_norm(input: object, normalized_shape: object, weight: object, bias: object, eps: object, out: object, *,
+                rms: bool) -> tuple:
+    """Every check of ``layer_norm``'s (``rms_norm``'s: ``rms``, bias None) arguments; returns
+    (shape, weight, bias, eps, out)."""
     input = check_floating("input", input)
     shape = _normalized_shape(normalized_shape, input)
     weight = _check_affine("weight", weight, shape)
@@ -87,12 +100,45 @@ def _norm(input: torch.Tensor, normalized_shape: object, weight: torch.Tensor | 
     check_same_dtype(input=input, weight=weight, bias=bias)
     if out is not None:
         out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
+    return shape, weight, bias, eps, out
 
-    op = "rms_norm" if rms else "layer_norm"
-    if not backend.use_triton(input, weight, bias, supported=input.dtype in KERNEL_DTYPES, op=op):
-        y = F.rms_norm(input, shape, weight, eps) if rms else F.layer_norm(input, shape, weight, bias, eps)
-        return out.copy_(y) if out is not None else y
 
+def _norm(input: torch.Tensor, normalized_shape: object, weight: torch.Tensor | None, bias: torch.Tensor | None,
+          eps: object, out: torch.Tensor | None, *, rms: bool) -> torch.Tensor:
+    """layer_norm / rms_norm after their own signatures: checks, then dispatch."""
+    compiling = _compiling()
+    if eps is None and rms and isinstance(input, _Tensor):  # F.rms_norm's default: the dtype's machine epsilon
+        eps = _RMS_EPS.get(input.dtype)
+    # Cheap path: one normalised dim, tensor (or None) weight and bias of input's dtype on its device, float eps,
+    # no out: a few attribute reads that imply every check in _check_norm.
+    ns = normalized_shape
+    n = ns if type(ns) is int else ns[0] if type(ns) in _SHAPE_TYPES and len(ns) == 1 and type(ns[0]) is int else 0
+    if not (n > 0 and out is None and type(eps) is float and 0.0 <= eps < _INF and isinstance(input, _Tensor)
+            and (dtype := input.dtype) in FAST_FLOAT_DTYPES and (xs := input.shape) and xs[-1] == n
+            and (weight is None or (isinstance(weight, _Tensor) and weight.dtype is dtype and weight.shape == (n,)))
+            and (bias is None or (isinstance(bias, _Tensor) and bias.dtype is dtype and bias.shape == (n,)))
+            and ((input.is_cpu and (weight is None or weight.is_cpu) and (bias is None or bias.is_cpu))
+                 or same_cuda_device(input, weight, bias))):
+        shape, weight, bias, eps, out = _check_norm(input, normalized_shape, weight, bias, eps, out, rms=rms)
+        dtype = input.dtype
+    else:
+        shape = (n,)
+
+    if compiling:
+        if not backend.grad_recording(input, weight, bias):
+            y = (torch.ops.engine.rms_norm(input, list(shape), weight, eps) if rms
+                 else torch.ops.engine.layer_norm(input, list(shape), weight, bias, eps))
+            return out.copy_(y) if out is not None else y
+    elif (_RMS_NORM if rms else _LAYER_NORM)(input, dtype, weight, bias):
+        return _norm_kernel(input, shape, weight, bias, eps, out, rms=rms)
+    # torch.layer_norm / torch.rms_norm: F.layer_norm / F.rms_norm without their Python wrappers
+    y = torch.rms_norm(input, shape, weight, eps) if rms else torch.layer_norm(input, shape, weight, bias, eps)
+    return out.copy_(y) if out is not None else y
+
+
+def _norm_kernel(input: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor | None,
+                 bias: torch.Tensor | None, eps: float, out: torch.Tensor | None, *, rms: bool) -> torch.Tensor:
+    """The Triton path of ``layer_norm`` / ``rms_norm`` (arguments checked)."""
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:
@@ -144,10 +190,10 @@ def rms_norm(
     return _norm(input, normalized_shape, weight, None, eps, out, rms=True)
 
 
-def _add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-              eps: object, out: torch.Tensor | None, residual_out: torch.Tensor | None, *,
-              rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """add_layer_norm / add_rms_norm after their own signatures: checks, then dispatch."""
+def _check_add_norm(x: object, residual: object, weight: object, bias: object, eps: object, out: object,
+                    residual_out: object, *, rms: bool) -> tuple:
+    """Every check of ``add_layer_norm``'s (``add_rms_norm``'s: ``rms``, bias None) arguments; returns
+    (shape, weight, bias, eps, out, residual_out)."""
     x = check_floating("x", x)
     residual = check_floating("residual", residual)
     if x.dim() == 0:
@@ -166,18 +212,51 @@ def _add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | No
         out = check_out("out", out, shape=x.shape, dtype=x.dtype, device=x.device)
     if residual_out is not None:
         residual_out = check_out("residual_out", residual_out, shape=x.shape, dtype=x.dtype, device=x.device)
+    return shape, weight, bias, eps, out, residual_out
 
-    supported = x.dtype in KERNEL_DTYPES
-    op = "add_rms_norm" if rms else "add_layer_norm"
-    if not backend.use_triton(x, residual, weight, bias, supported=supported, op=op):
-        s = x + residual
-        y = F.rms_norm(s, shape, weight, eps) if rms else F.layer_norm(s, shape, weight, bias, eps)
-        if out is not None:
-            y = out.copy_(y)
-        if residual_out is not None:
-            s = residual_out.copy_(s)
-        return y, s
 
+def _add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+              eps: object, out: torch.Tensor | None, residual_out: torch.Tensor | None, *,
+              rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """add_layer_norm / add_rms_norm after their own signatures: checks, then dispatch."""
+    compiling = _compiling()
+    if eps is None and rms and isinstance(x, _Tensor):  # F.rms_norm's default: the dtype's machine epsilon
+        eps = _RMS_EPS.get(x.dtype)
+    # Cheap path: same-shape x and residual, (N,) weight and bias (or None), one dtype and device, float eps,
+    # no output buffers: a few attribute reads that imply every check in _check_add_norm.
+    if (out is None and residual_out is None and type(eps) is float and 0.0 <= eps < _INF
+            and isinstance(x, _Tensor) and isinstance(residual, _Tensor) and (dtype := x.dtype) in FAST_FLOAT_DTYPES
+            and residual.dtype is dtype and (xs := x.shape) == residual.shape and len(xs) > 0
+            and (weight is None or (isinstance(weight, _Tensor) and weight.dtype is dtype and weight.shape == xs[-1:]))
+            and (bias is None or (isinstance(bias, _Tensor) and bias.dtype is dtype and bias.shape == xs[-1:]))
+            and ((x.is_cpu and residual.is_cpu and (weight is None or weight.is_cpu) and (bias is None or bias.is_cpu))
+                 or same_cuda_device(x, residual, weight, bias))):
+        shape = xs[-1:]
+    else:
+        shape, weight, bias, eps, out, residual_out = _check_add_norm(x, residual, weight, bias, eps, out,
+                                                                      residual_out, rms=rms)
+        dtype = x.dtype
+
+    if compiling:
+        if not backend.grad_recording(x, residual, weight, bias):
+            y, s = (torch.ops.engine.add_rms_norm(x, residual, weight, eps) if rms
+                    else torch.ops.engine.add_layer_norm(x, residual, weight, bias, eps))
+            return (out.copy_(y) if out is not None else y), (residual_out.copy_(s) if residual_out is not None else s)
+    elif (_ADD_RMS_NORM if rms else _ADD_LAYER_NORM)(x, dtype, residual, weight, bias):
+        return _add_norm_kernel(x, residual, shape[0], weight, bias, eps, out, residual_out, rms=rms)
+    s = x + residual
+    y = torch.rms_norm(s, shape, weight, eps) if rms else torch.layer_norm(s, shape, weight, bias, eps)
+    if out is not None:
+        y = out.copy_(y)
+    if residual_out is not None:
+        s = residual_out.copy_(s)
+    return y, s
+
+
+def _add_norm_kernel(x: torch.Tensor, residual: torch.Tensor, n: int, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, eps: float, out: torch.Tensor | None, residual_out: torch.Tensor | None,
+                     *, rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path of ``add_layer_norm`` / ``add_rms_norm`` (arguments checked; rows of n elements)."""
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if residual_out is None:
@@ -186,7 +265,6 @@ def _add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | No
         return out, residual_out
     from engine.kernels.norm import norm_fwd
 
-    n = shape[0]
     w = weight.contiguous() if weight is not None else None
     b = bias.contiguous() if bias is not None else None
     norm_fwd(_rows(x, n), w, b, eps, rms=rms, residual=_rows(residual, n), out=out.view(-1, n),

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from engine.ops._checks import check_floating
+from engine.ops._checks import FAST_FLOAT_DTYPES, check_floating, same_cuda_device
 
-__all__ = ["bias_scores", "check_relative_position_bias"]
+__all__ = ["bias_scores", "check_relative_position_bias", "relative_position_bias_ok"]
+
+_Tensor = torch.Tensor
 
 
 def check_relative_position_bias(table: object, *, heads: int, min_length: int,
@@ -39,6 +41,15 @@ def check_relative_position_bias(table: object, *, heads: int, min_length: int,
     if table.device != device:
         raise ValueError(f"relative_position_bias must be on the query's device {device}; got {table.device}")
     return table
+
+
+def relative_position_bias_ok(table: object, lead: torch.Tensor, heads: int, min_length: int) -> bool:
+    """The ops' O(1) pre-check: True implies ``check_relative_position_bias(table, heads=heads,
+    min_length=min_length, device=lead.device)`` passes (a float (heads, 2L - 1) table, L >= min_length, on
+    ``lead``'s device); False means "not shown": run the full check."""
+    return (isinstance(table, _Tensor) and table.dtype in FAST_FLOAT_DTYPES and len(s := table.shape) == 2
+            and s[0] == heads and s[1] % 2 == 1 and s[1] >= 2 * min_length - 1
+            and ((lead.is_cpu and table.is_cpu) or same_cuda_device(lead, table)))
 
 
 def bias_scores(table: torch.Tensor, q_pos: torch.Tensor, n_k: int, *,

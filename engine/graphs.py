@@ -1,0 +1,145 @@
+"""CUDA graphs: the capture helpers (shared with engine.generate) and encoder forwards replayed as graphs.
+
+At batch 1 to 8 with short texts a GPU finishes each kernel in microseconds and the host's launches decide the
+latency. ``EncoderGraphs`` records an encoder's whole forward (embeddings, every layer, the head) once per
+(batch size, sequence-length bucket, which inputs are given, pooled or not) and replays it:
+
+- Lengths are padded up to a bucket (``length_bucket``: 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, then
+  multiples of 256, never past the model's maximum), so a handful of graphs serve every length. Padding goes to
+  the right with ``pad_token_id`` (0 when the config has none) and attention_mask 0, so real tokens keep their
+  positions and never see the padding; outputs are cut back to the real length. A bucket the length fills
+  exactly needs no mask (when none was given): the graph then holds exactly the eager computation.
+- Inside the graph the padded batch runs the padded-mask path (packing needs host-side sizes); eager CUDA calls
+  pack padded batches (varlen attention): the two agree to rounding at the real positions.
+- The first two calls of a key run eagerly on a side stream (kernel compiles, autotuning, cuBLAS set-up), the
+  third captures the graph and replays it; later calls replay only. Graphs of one model share one memory pool.
+  Outputs are copied out of the graph's memory, so a result stays valid after the next call.
+
+``run(..., graph=False)`` runs the same bucketed computation eagerly on any device: that is how the CPU tests
+check the padding logic gives the eager path's results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["EncoderGraphs", "capture", "length_bucket", "on_side_stream"]
+
+LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+LONG_BUCKET_STEP = 256  # beyond the table: multiples of this
+WARMUP_CALLS = 2  # eager runs of a new key before its capture
+# Which outputs of each head have a sequence dimension to cut back to the real length (return_pooled=False, True).
+_SEQ_OUTPUTS = {"base": ((True,), (True, False)), "mlm": ((True,), (True,)), "seq_cls": ((False,), (False,)),
+                "qa": ((True, True), (True, True)), "nsp": ((False,), (False,)),
+                "pretraining": ((True, False), (True, False))}
+
+
+def length_bucket(n: int, max_len: int) -> int:
+    """The length a sequence of ``n`` tokens (1 <= n <= max_len) is padded to: the smallest LENGTH_BUCKETS entry
+    >= n (multiples of 256 beyond the table), at most ``max_len``."""
+    for b in LENGTH_BUCKETS:
+        if b >= n:
+            return min(b, max_len)
+    return min(-(-n // LONG_BUCKET_STEP) * LONG_BUCKET_STEP, max_len)
+
+
+def on_side_stream(fn) -> None:
+    """Run ``fn`` on a side stream (CUDA graph warm-up, as PyTorch's graph docs prescribe)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def capture(fn, pool=None) -> torch.cuda.CUDAGraph:
+    """Record ``fn``'s kernels into a CUDA graph (memory from ``pool``, else a private pool) without running them."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool):
+        fn()
+    return g
+
+
+@dataclass
+class _Entry:
+    """One key's static inputs, its graph (once captured) and the outputs the graph writes."""
+
+    ids: torch.Tensor  # (B, Nb) int64
+    mask: torch.Tensor | None  # (B, Nb) int64, or None when no position is padding
+    token_types: torch.Tensor | None  # (B, Nb) int64, or None when not given
+    outputs: tuple = ()
+    graph: torch.cuda.CUDAGraph | None = None
+    calls: int = 0
+    trim: tuple = field(default_factory=tuple)
+
+
+class EncoderGraphs:
+    """CUDA graphs of one encoder model's forward (an ``engine.models.EncoderModel``); see the module docstring.
+
+    ``run(input_ids, attention_mask, token_type_ids, return_pooled=..., graph=...)`` takes checked (B, N) int64
+    inputs on the model's device and returns what ``model(...)`` returns.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.entries: dict[tuple, _Entry] = {}
+        self.pool = None
+
+    def _entry(self, key: tuple) -> _Entry:
+        e = self.entries.get(key)
+        if e is None:
+            B, Nb, has_mask, has_types, pooled = key
+            dev = self.model.embeddings.word.weight.device
+            zeros = lambda: torch.zeros(B, Nb, dtype=torch.long, device=dev)  # noqa: E731
+            e = _Entry(zeros(), zeros() if has_mask else None, zeros() if has_types else None,
+                       trim=_SEQ_OUTPUTS[self.model.config.head][int(pooled)])
+            self.entries[key] = e
+        return e
+
+    def _forward(self, e: _Entry, pooled: bool) -> tuple:
+        m = self.model
+        out = m.head(m.encode(e.ids, e.mask, e.token_types, packed=False), return_pooled=pooled)
+        return out if isinstance(out, tuple) else (out,)
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            token_type_ids: torch.Tensor | None, *, return_pooled: bool = False, graph: bool = True):
+        B, N = input_ids.shape
+        Nb = length_bucket(N, self.model.config.max_seq_len)
+        has_mask = attention_mask is not None or Nb > N
+        e = self._entry((B, Nb, has_mask, token_type_ids is not None, return_pooled))
+        pad = self.model.config.pad_token_id
+        _fill(e.ids, input_ids, N, 0 if pad is None else pad)
+        if e.mask is not None:
+            _fill(e.mask, attention_mask, N, 0)
+        if e.token_types is not None:
+            _fill(e.token_types, token_type_ids, N, 0)
+        if not graph:
+            outputs = self._forward(e, return_pooled)
+        else:
+            if e.graph is None and e.calls < WARMUP_CALLS:
+                e.calls += 1
+                box = []
+                on_side_stream(lambda: box.append(self._forward(e, return_pooled)))
+                outputs = box[0]
+            else:
+                if e.graph is None:
+                    if self.pool is None:
+                        self.pool = torch.cuda.graph_pool_handle()
+                    box = []
+                    e.graph = capture(lambda: box.append(self._forward(e, return_pooled)), pool=self.pool)
+                    e.outputs = box[0]
+                e.graph.replay()
+                outputs = e.outputs
+        res = tuple(o[:, :N].clone() if t and Nb > N else o.clone() for o, t in zip(outputs, e.trim, strict=True))
+        return res if len(res) > 1 else res[0]
+
+
+def _fill(dst: torch.Tensor, src: torch.Tensor | None, n: int, pad: int, *, real: int = 1) -> None:
+    """dst (B, Nb) <- src (B, n) (or ``real`` everywhere when src is None), then ``pad`` beyond n."""
+    if src is None:
+        dst[:, :n].fill_(real)
+    else:
+        dst[:, :n].copy_(src)
+    if n < dst.shape[1]:
+        dst[:, n:].fill_(pad)

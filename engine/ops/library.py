@@ -1,0 +1,226 @@
+"""Every engine op as a PyTorch custom op (``torch.ops.engine.<name>``), so torch.compile traces engine code.
+
+Eager calls never come here: each public function in ``engine.ops`` runs its cheap path (checks, then
+``engine.backend``, then the Triton kernel or PyTorch). While torch.compile traces (``torch.compiler.is_compiling()``),
+the public function calls the registered op instead, which the compiled graph keeps as one node:
+
+    ops.layer_norm(...)      ->  torch.ops.engine.layer_norm      (Tensor) -> Tensor
+    ops.add_layer_norm(...)  ->  torch.ops.engine.add_layer_norm  -> (Tensor, Tensor)
+    ops.rms_norm / add_rms_norm                ->  same names (eps=None resolved to the dtype's epsilon first)
+    ops.gelu / bias_gelu     ->  torch.ops.engine.gelu / bias_gelu
+    ops.scaled_dot_product_attention, ops.varlen_attention, ops.decode_attention -> same names, with the
+                             optional ``relative_position_bias`` table as a ``Tensor?`` argument (default None)
+    (models)                 ->  torch.ops.engine.check_range     the value checks of model inputs, at run time
+
+At run time the registered op calls the eager function, so dispatch, kernels and error messages are the eager ones.
+At trace time the fake (meta) implementation runs the same argument checks on the fake tensors (same errors,
+raised while compiling) and returns outputs with the strides the real op produces: contiguous, except attention
+(B, H, N, D), which is laid out as (B, N, H, D) when the query is a transposed view of that layout (see
+``attention.output_like``). Optional ``out=`` buffers stay outside the op (the traced code copies into them).
+
+Not registered: ``unpad_input`` (its output size is data dependent; compiled models run the padded path) and
+``pad_input`` (plain PyTorch ops, traced as they are). The kernels are reached inside the ops (custom_op), not
+through ``triton_op``: the compiled graph calls our launchers, which keep engine's cached dispatch and launch path.
+
+Adding an argument to an op (e.g. ``enable_gqa`` to scaled_dot_product_attention): extend its schema string below
+(with a default, so older call sites stay valid), its real and fake functions, and the call in the public op.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["OPS"]
+
+_LIB = "engine"
+
+
+def _op(name: str, schema: str):
+    """Register ``engine::name`` with ``schema``; the decorated function is the real implementation."""
+    return torch.library.custom_op(f"{_LIB}::{name}", mutates_args=(), schema=schema)
+
+
+# ---- norm ---------------------------------------------------------------------------------------------------
+@_op("layer_norm", "(Tensor input, int[] normalized_shape, Tensor? weight, Tensor? bias, float eps) -> Tensor")
+def _layer_norm(input, normalized_shape, weight, bias, eps):
+    from engine.ops.norm import layer_norm
+
+    return layer_norm(input, normalized_shape, weight, bias, eps).contiguous()
+
+
+@_layer_norm.register_fake
+def _(input, normalized_shape, weight, bias, eps):
+    from engine.ops.norm import _check_norm
+
+    _check_norm(input, normalized_shape, weight, bias, eps, None, rms=False)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@_op("rms_norm", "(Tensor input, int[] normalized_shape, Tensor? weight, float eps) -> Tensor")
+def _rms_norm(input, normalized_shape, weight, eps):
+    from engine.ops.norm import rms_norm
+
+    return rms_norm(input, normalized_shape, weight, eps).contiguous()
+
+
+@_rms_norm.register_fake
+def _(input, normalized_shape, weight, eps):
+    from engine.ops.norm import _check_norm
+
+    _check_norm(input, normalized_shape, weight, None, eps, None, rms=True)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@_op("add_layer_norm", "(Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)")
+def _add_layer_norm(x, residual, weight, bias, eps):
+    from engine.ops.norm import add_layer_norm
+
+    y, s = add_layer_norm(x, residual, weight, bias, eps)
+    return y.contiguous(), s.contiguous()
+
+
+@_add_layer_norm.register_fake
+def _(x, residual, weight, bias, eps):
+    from engine.ops.norm import _check_add_norm
+
+    _check_add_norm(x, residual, weight, bias, eps, None, None, rms=False)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@_op("add_rms_norm", "(Tensor x, Tensor residual, Tensor? weight, float eps) -> (Tensor, Tensor)")
+def _add_rms_norm(x, residual, weight, eps):
+    from engine.ops.norm import add_rms_norm
+
+    y, s = add_rms_norm(x, residual, weight, eps)
+    return y.contiguous(), s.contiguous()
+
+
+@_add_rms_norm.register_fake
+def _(x, residual, weight, eps):
+    from engine.ops.norm import _check_add_norm
+
+    _check_add_norm(x, residual, weight, None, eps, None, None, rms=True)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+# ---- activation ---------------------------------------------------------------------------------------------
+@_op("gelu", "(Tensor input, str approximate) -> Tensor")
+def _gelu(input, approximate):
+    from engine.ops.activation import gelu
+
+    return gelu(input, approximate).contiguous()
+
+
+@_gelu.register_fake
+def _(input, approximate):
+    from engine.ops.activation import APPROXIMATIONS
+    from engine.ops._checks import check_choice, check_floating
+
+    check_floating("input", input)
+    check_choice("approximate", approximate, APPROXIMATIONS)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@_op("bias_gelu", "(Tensor input, Tensor bias, str approximate) -> Tensor")
+def _bias_gelu(input, bias, approximate):
+    from engine.ops.activation import bias_gelu
+
+    return bias_gelu(input, bias, approximate).contiguous()
+
+
+@_bias_gelu.register_fake
+def _(input, bias, approximate):
+    from engine.ops.activation import _check_bias_gelu
+
+    _check_bias_gelu(input, bias, approximate, None)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+# ---- attention ----------------------------------------------------------------------------------------------
+@_op("scaled_dot_product_attention",
+     "(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float dropout_p, bool is_causal, float? scale,"
+     " Tensor? relative_position_bias=None) -> Tensor")
+def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, relative_position_bias=None):
+    from engine.ops.attention import output_like, scaled_dot_product_attention
+
+    y = scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                     relative_position_bias=relative_position_bias)
+    out = output_like(query, y.shape)
+    return y if y.stride() == out.stride() else out.copy_(y)
+
+
+@_sdpa.register_fake
+def _(query, key, value, attn_mask, dropout_p, is_causal, scale, relative_position_bias=None):
+    from engine.ops.attention import _check_sdpa, output_like
+
+    q, k, v, *_ = _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, relative_position_bias)
+    return output_like(q, (q.shape[0], q.shape[1], q.shape[2], v.shape[3]))
+
+
+@_op("varlen_attention",
+     "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k,"
+     " bool causal, float? scale, bool validate, Tensor? relative_position_bias=None) -> Tensor")
+def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
+            relative_position_bias=None):
+    from engine.ops.attention import varlen_attention
+
+    return varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                            scale=scale, validate=validate,
+                            relative_position_bias=relative_position_bias).contiguous()
+
+
+@_varlen.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
+      relative_position_bias=None):
+    from engine.ops.attention import _check_varlen
+
+    q, *_ = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+                          relative_position_bias)
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@_op("decode_attention",
+     "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale, bool? validate,"
+     " Tensor? relative_position_bias=None) -> Tensor")
+def _decode(q, k_cache, v_cache, cache_seqlens, scale, validate, relative_position_bias=None):
+    from engine.ops.decode import decode_attention
+
+    return decode_attention(q, k_cache, v_cache, cache_seqlens, scale, validate=validate,
+                            relative_position_bias=relative_position_bias).contiguous()
+
+
+@_decode.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, scale, validate, relative_position_bias=None):
+    from engine.ops.decode import _check_args
+    from engine.ops.position_bias import check_relative_position_bias
+
+    _check_args(q, k_cache, v_cache, cache_seqlens, scale)
+    check_relative_position_bias(relative_position_bias, heads=q.shape[1], min_length=k_cache.shape[2],
+                                 device=q.device)
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+# ---- model input values -------------------------------------------------------------------------------------
+@_op("check_range", "(Tensor x, Tensor[] others, int[] bounds, str[] names, str[] requirements) -> Tensor")
+def _check_range(x, others, bounds, names, requirements):
+    """Raise ValueError(f"{name} values must {requirement}; got values in [lo, hi]") for the first of (x, *others)
+    with a value outside [0, bound); returns a copy of x (so the compiled graph keeps the check: use the copy).
+    One device-to-host copy in all, like the eager model input check."""
+    from engine.models.blocks import check_value_ranges
+
+    check_value_ranges([x, *others], bounds, names, requirements)
+    return x.clone()
+
+
+@_check_range.register_fake
+def _(x, others, bounds, names, requirements):
+    return torch.empty_like(x)
+
+
+OPS = {
+    "layer_norm": _layer_norm, "add_layer_norm": _add_layer_norm, "rms_norm": _rms_norm, "add_rms_norm": _add_rms_norm,
+    "gelu": _gelu, "bias_gelu": _bias_gelu,
+    "scaled_dot_product_attention": _sdpa, "varlen_attention": _varlen, "decode_attention": _decode,
+    "check_range": _check_range,
+}

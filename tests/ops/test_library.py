@@ -1,0 +1,129 @@
+"""engine.ops.library: every op registered as torch.ops.engine.<name>, checked with torch.library.opcheck.
+
+opcheck runs each op for real and under fake tensors (static and dynamic shapes, AOT dispatch) and compares the
+outputs' metadata, strides included. Both backends run: PyTorch, and the Triton kernels (the interpreter on a CPU).
+Also: the registered op gives the eager op's values, its fake implementation raises the eager checks' errors, and
+eager calls never go through the registered op (they stay on the cheap path).
+"""
+import pytest
+import torch
+
+from engine import ops
+from engine.ops import library
+
+BACKENDS = ["torch", "triton"]
+
+
+def _rand(*shape, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 1.5 + 0.3).to(device=device, dtype=dtype)
+
+
+def cases(device):
+    """(op name, args) for each registered op: odd sizes, transposed views, masks, several sequences."""
+    x = _rand(3, 5, 33, device=device)
+    r = _rand(3, 5, 33, seed=1, device=device)
+    w, b = _rand(33, seed=2, device=device), _rand(33, seed=3, device=device)
+    q, k, v = (_rand(2, 7, 3, 16, seed=s, device=device).transpose(1, 2) for s in (4, 5, 6))  # (B, H, N, D) views
+    keep = torch.ones(2, 1, 1, 7, dtype=torch.bool, device=device)
+    keep[1, ..., 4:] = False
+    add = _rand(2, 3, 7, 7, seed=7, device=device)
+    pq, pk, pv = (_rand(9, 3, 16, seed=s, device=device) for s in (8, 9, 10))
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32, device=device)
+    dq = _rand(2, 3, 1, 16, seed=11, device=device)
+    kc, vc = _rand(2, 3, 12, 16, seed=12, device=device), _rand(2, 3, 12, 16, seed=13, device=device)
+    lens = torch.tensor([5, 12], dtype=torch.int32, device=device)
+    ids = torch.randint(0, 50, (2, 7), device=device)
+    mask = torch.ones(2, 7, dtype=torch.long, device=device)
+    return [
+        ("layer_norm", (x, [33], w, b, 1e-5)),
+        ("layer_norm", (x.transpose(0, 1), [33], None, b, 1e-3)),
+        ("add_layer_norm", (x, r, w, b, 1e-5)),
+        ("gelu", (x.transpose(1, 2), "none")),
+        ("gelu", (x, "tanh")),
+        ("bias_gelu", (x, b, "tanh")),
+        ("scaled_dot_product_attention", (q, k, v, None, 0.0, True, None)),
+        ("scaled_dot_product_attention", (q.contiguous(), k, v, keep, 0.0, False, 0.3)),
+        ("scaled_dot_product_attention", (q, k, v, add, 0.0, False, None)),
+        ("varlen_attention", (pq, pk, pv, cu, cu, 5, 5, True, None, True)),
+        ("decode_attention", (dq, kc, vc, lens, None, None)),
+        ("check_range", (ids, [mask], [50, 2], ["input_ids", "attention_mask"], ["be small", "be 0 or 1"])),
+    ]
+
+
+CASE_IDS = [f"{name}-{i}" for i, (name, _) in enumerate(cases("cpu"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index", range(len(CASE_IDS)), ids=CASE_IDS)
+def test_opcheck(backend, index, monkeypatch, device):
+    monkeypatch.setenv("ENGINE_BACKEND", backend)
+    name, args = cases(device)[index]
+    torch.library.opcheck(getattr(torch.ops.engine, name).default, args)
+
+
+def test_every_public_op_is_registered():
+    public = {"layer_norm", "add_layer_norm", "gelu", "bias_gelu", "scaled_dot_product_attention",
+              "varlen_attention", "decode_attention"}
+    assert public <= set(library.OPS)
+    for name in library.OPS:
+        assert hasattr(torch.ops.engine, name)
+
+
+@pytest.mark.parametrize("index", range(len(CASE_IDS) - 1), ids=CASE_IDS[:-1])
+def test_registered_op_equals_eager_op(index, device):
+    """Same values (bit for bit) as the public function, and the layout the fake implementation promises."""
+    name, args = cases(device)[index]
+    registered = getattr(torch.ops.engine, name)(*args)
+    fn = getattr(ops, name)
+    if name == "varlen_attention":
+        eager = fn(*args[:7], causal=args[7], scale=args[8], validate=args[9])
+    elif name == "decode_attention":
+        eager = fn(*args[:5], validate=args[5])
+    else:
+        eager = fn(*args)
+    for a, e in zip(registered if isinstance(registered, tuple) else (registered,),
+                    eager if isinstance(eager, tuple) else (eager,)):
+        assert torch.equal(a, e)
+    if name == "scaled_dot_product_attention" and args[0].stride(1) < args[0].stride(2):
+        assert registered.transpose(1, 2).is_contiguous()  # (B, N, H, D) storage, like the kernel's output
+
+
+def test_fake_implementation_raises_the_eager_errors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x, w = torch.randn(4, 8), torch.randn(7)
+        with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+            torch.ops.engine.layer_norm(x, [8], w, None, 1e-5)
+        q, k = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 8)
+        with pytest.raises(ValueError, match="key head dim must equal query head dim 16"):
+            torch.ops.engine.scaled_dot_product_attention(q, k, k, None, 0.0, False, None)
+
+
+def test_check_range_raises_the_model_error():
+    ids = torch.tensor([[1, 2, 60]])
+    with pytest.raises(ValueError, match=r"input_ids values must lie in \[0, 50\) \(the vocabulary\); got values in "
+                                         r"\[1, 60\]"):
+        torch.ops.engine.check_range(ids, [], [50], ["input_ids"], ["lie in [0, 50) (the vocabulary)"])
+
+
+def test_eager_calls_do_not_dispatch_through_the_registered_ops():
+    """The cheap path: an eager call runs no torch.ops.engine op (seen by a dispatch mode)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.namespace)
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = _rand(4, 8), _rand(8), _rand(8)
+    with Record():
+        ops.layer_norm(x, (8,), w, b)
+        ops.bias_gelu(x, b)
+    assert seen and "engine" not in seen
+    with Record():
+        torch.ops.engine.layer_norm(x, [8], w, b, 1e-5)
+    assert "engine" in seen
