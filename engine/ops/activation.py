@@ -32,6 +32,7 @@ _compiling = torch.compiler.is_compiling  # while torch.compile traces: the regi
 # Dispatch (engine.backend), cached per device kind and dtype: the kernel takes every shape.
 _GELU = backend.Route("gelu", lambda dtype: dtype in KERNEL_DTYPES)
 _BIAS_GELU = backend.Route("bias_gelu", lambda dtype: dtype in KERNEL_DTYPES)
+_GELU_AND_MUL = backend.Route("gelu_and_mul", lambda dtype: dtype in KERNEL_DTYPES)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,6 +145,19 @@ def _bias_gelu_kernel(input: torch.Tensor, bias: torch.Tensor, n: int, approxima
     return out
 
 
+def _check_gelu_and_mul(input: object, approximate: object, out: object) -> tuple:
+    """Every check of ``gelu_and_mul``'s arguments; returns (F, out): F the width of each half."""
+    input = check_floating("input", input)
+    check_choice("approximate", approximate, APPROXIMATIONS)
+    if input.dim() == 0 or input.shape[-1] % 2:
+        raise ValueError(f"input must have an even last dimension (gate and up halves); got shape "
+                         f"{tuple(input.shape)}")
+    n = input.shape[-1] // 2
+    if out is not None:
+        out = check_out("out", out, shape=(*input.shape[:-1], n), dtype=input.dtype, device=input.device)
+    return n, out
+
+
 def gelu_and_mul(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | None = None) -> torch.Tensor:
     """GeGLU's activation and product in one pass: ``F.gelu(gate, approximate) * up``.
 
@@ -153,22 +167,30 @@ def gelu_and_mul(input: torch.Tensor, approximate: str = "none", *, out: torch.T
     buffer. Returns (*, F) in input's dtype; the GELU and the product are computed in fp32 with one rounding (the
     PyTorch path rounds the GELU to the dtype before the product, as ``F.gelu(gate) * up`` does).
     """
-    input = check_floating("input", input)
-    check_choice("approximate", approximate, APPROXIMATIONS)
-    if input.dim() == 0 or input.shape[-1] % 2:
-        raise ValueError(f"input must have an even last dimension (gate and up halves); got shape "
-                         f"{tuple(input.shape)}")
-    n = input.shape[-1] // 2
-    shape = (*input.shape[:-1], n)
-    if out is not None:
-        out = check_out("out", out, shape=shape, dtype=input.dtype, device=input.device)
+    compiling = _compiling()
+    # Cheap path (a few attribute reads that imply every check): a float tensor with an even last dim, a known
+    # form, no out.
+    if (out is None and isinstance(input, _Tensor) and (dtype := input.dtype) in FAST_FLOAT_DTYPES
+            and (approximate == "none" or approximate == "tanh") and (xs := input.shape) and xs[-1] % 2 == 0):
+        n = xs[-1] // 2
+    else:
+        n, out = _check_gelu_and_mul(input, approximate, out)
+        dtype = input.dtype
 
-    if not backend.use_triton(input, supported=input.dtype in KERNEL_DTYPES, op="gelu_and_mul"):
-        y = F.gelu(input[..., :n], approximate=approximate).mul_(input[..., n:])
-        return out.copy_(y) if out is not None else y
+    if compiling:
+        if not backend.grad_recording(input):
+            y = torch.ops.engine.gelu_and_mul(input, approximate)
+            return out.copy_(y) if out is not None else y
+    elif _GELU_AND_MUL(input, dtype):
+        return _gelu_and_mul_kernel(input, n, approximate, out)
+    y = F.gelu(input[..., :n], approximate=approximate).mul_(input[..., n:])
+    return out.copy_(y) if out is not None else y
 
+
+def _gelu_and_mul_kernel(input: torch.Tensor, n: int, approximate: str, out: torch.Tensor | None) -> torch.Tensor:
+    """The Triton path of ``gelu_and_mul`` (arguments checked; input (*, 2n))."""
     if out is None:
-        out = torch.empty(shape, dtype=input.dtype, device=input.device)
+        out = torch.empty((*input.shape[:-1], n), dtype=input.dtype, device=input.device)
     if out.numel() == 0:
         return out
     from engine.kernels.gelu import gelu_fwd

@@ -7,7 +7,7 @@ the public function calls the registered op instead, which the compiled graph ke
     ops.layer_norm(...)      ->  torch.ops.engine.layer_norm      (Tensor) -> Tensor
     ops.add_layer_norm(...)  ->  torch.ops.engine.add_layer_norm  -> (Tensor, Tensor)
     ops.rms_norm / add_rms_norm                ->  same names (eps=None resolved to the dtype's epsilon first)
-    ops.gelu / bias_gelu     ->  torch.ops.engine.gelu / bias_gelu
+    ops.gelu / bias_gelu / gelu_and_mul        ->  same names
     ops.scaled_dot_product_attention, ops.varlen_attention, ops.decode_attention -> same names, with the
                              optional ``relative_position_bias`` table as a ``Tensor?`` argument (default None)
     (models)                 ->  torch.ops.engine.check_range     the value checks of model inputs, at run time
@@ -137,6 +137,21 @@ def _(input, bias, approximate):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
+@_op("gelu_and_mul", "(Tensor input, str approximate) -> Tensor")
+def _gelu_and_mul(input, approximate):
+    from engine.ops.activation import gelu_and_mul
+
+    return gelu_and_mul(input, approximate).contiguous()
+
+
+@_gelu_and_mul.register_fake
+def _(input, approximate):
+    from engine.ops.activation import _check_gelu_and_mul
+
+    n, _ = _check_gelu_and_mul(input, approximate, None)
+    return input.new_empty((*input.shape[:-1], n))
+
+
 # ---- attention ----------------------------------------------------------------------------------------------
 @_op("scaled_dot_product_attention",
      "(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float dropout_p, bool is_causal, float? scale,"
@@ -220,7 +235,7 @@ def _(x, others, bounds, names, requirements):
 
 OPS = {
     "layer_norm": _layer_norm, "add_layer_norm": _add_layer_norm, "rms_norm": _rms_norm, "add_rms_norm": _add_rms_norm,
-    "gelu": _gelu, "bias_gelu": _bias_gelu,
+    "gelu": _gelu, "bias_gelu": _bias_gelu, "gelu_and_mul": _gelu_and_mul,
     "scaled_dot_product_attention": _sdpa, "varlen_attention": _varlen, "decode_attention": _decode,
     "check_range": _check_range,
 }

@@ -20,7 +20,8 @@ def _rand(*shape, seed=0, dtype=torch.float32, device="cpu"):
 
 
 def cases(device):
-    """(op name, args) for each registered op: odd sizes, transposed views, masks, several sequences."""
+    """(op name, args) for each registered op: odd sizes, transposed views, masks, several sequences, T5's relative
+    position bias tables (exactly as long as the call needs, and wider)."""
     x = _rand(3, 5, 33, device=device)
     r = _rand(3, 5, 33, seed=1, device=device)
     w, b = _rand(33, seed=2, device=device), _rand(33, seed=3, device=device)
@@ -35,18 +36,31 @@ def cases(device):
     lens = torch.tensor([5, 12], dtype=torch.int32, device=device)
     ids = torch.randint(0, 50, (2, 7), device=device)
     mask = torch.ones(2, 7, dtype=torch.long, device=device)
+    gu = _rand(3, 5, 34, seed=14, device=device)  # [gate | up], 17 each
+    bias7, bias9 = _rand(3, 13, seed=15, device=device), _rand(3, 17, seed=16, device=device)  # L = 7, 9
+    bias12 = _rand(3, 23, seed=17, device=device)  # L = 12, the decode cache
     return [
         ("layer_norm", (x, [33], w, b, 1e-5)),
         ("layer_norm", (x.transpose(0, 1), [33], None, b, 1e-3)),
         ("add_layer_norm", (x, r, w, b, 1e-5)),
+        ("rms_norm", (x, [33], w, 1e-6)),
+        ("rms_norm", (x.transpose(0, 1), [3, 33], None, 1e-3)),
+        ("add_rms_norm", (x, r, w, 1e-6)),
         ("gelu", (x.transpose(1, 2), "none")),
         ("gelu", (x, "tanh")),
         ("bias_gelu", (x, b, "tanh")),
+        ("gelu_and_mul", (gu, "tanh")),
+        ("gelu_and_mul", (gu.transpose(0, 1), "none")),
         ("scaled_dot_product_attention", (q, k, v, None, 0.0, True, None)),
         ("scaled_dot_product_attention", (q.contiguous(), k, v, keep, 0.0, False, 0.3)),
         ("scaled_dot_product_attention", (q, k, v, add, 0.0, False, None)),
+        ("scaled_dot_product_attention", (q, k, v, keep, 0.0, False, 1.0, bias7)),
+        ("scaled_dot_product_attention", (q, k, v, None, 0.0, True, None, bias9)),
         ("varlen_attention", (pq, pk, pv, cu, cu, 5, 5, True, None, True)),
+        ("varlen_attention", (pq, pk, pv, cu, cu, 5, 5, False, 1.0, True, bias7)),
         ("decode_attention", (dq, kc, vc, lens, None, None)),
+        ("decode_attention", (dq, kc, vc, lens, 1.0, None, bias12)),
+        ("decode_attention", (dq, kc, vc, torch.full_like(lens, 9), None, None, bias12)),  # one slice of the table
         ("check_range", (ids, [mask], [50, 2], ["input_ids", "attention_mask"], ["be small", "be 0 or 1"])),
     ]
 
@@ -63,8 +77,9 @@ def test_opcheck(backend, index, monkeypatch, device):
 
 
 def test_every_public_op_is_registered():
-    public = {"layer_norm", "add_layer_norm", "gelu", "bias_gelu", "scaled_dot_product_attention",
-              "varlen_attention", "decode_attention"}
+    public = {"layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "gelu", "bias_gelu", "gelu_and_mul",
+              "scaled_dot_product_attention", "varlen_attention", "decode_attention"}
+    assert public == set(ops.__all__) - {"pad_input", "unpad_input"}  # a new public op must be registered too
     assert public <= set(library.OPS)
     for name in library.OPS:
         assert hasattr(torch.ops.engine, name)
@@ -76,10 +91,13 @@ def test_registered_op_equals_eager_op(index, device):
     name, args = cases(device)[index]
     registered = getattr(torch.ops.engine, name)(*args)
     fn = getattr(ops, name)
+    extra = lambda n: {"relative_position_bias": args[n]} if len(args) > n else {}  # noqa: E731
     if name == "varlen_attention":
-        eager = fn(*args[:7], causal=args[7], scale=args[8], validate=args[9])
+        eager = fn(*args[:7], causal=args[7], scale=args[8], validate=args[9], **extra(10))
     elif name == "decode_attention":
-        eager = fn(*args[:5], validate=args[5])
+        eager = fn(*args[:5], validate=args[5], **extra(6))
+    elif name == "scaled_dot_product_attention":
+        eager = fn(*args[:7], **extra(7))
     else:
         eager = fn(*args)
     for a, e in zip(registered if isinstance(registered, tuple) else (registered,),
@@ -96,9 +114,18 @@ def test_fake_implementation_raises_the_eager_errors():
         x, w = torch.randn(4, 8), torch.randn(7)
         with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
             torch.ops.engine.layer_norm(x, [8], w, None, 1e-5)
+        with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+            torch.ops.engine.add_rms_norm(x, x, w, 1e-6)
+        with pytest.raises(ValueError, match="input must have an even last dimension"):
+            torch.ops.engine.gelu_and_mul(torch.randn(4, 7), "tanh")
         q, k = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 8)
         with pytest.raises(ValueError, match="key head dim must equal query head dim 16"):
             torch.ops.engine.scaled_dot_product_attention(q, k, k, None, 0.0, False, None)
+        with pytest.raises(ValueError, match=r"relative_position_bias covers distances up to 1 \(L = 2\)"):
+            torch.ops.engine.scaled_dot_product_attention(q, q, q, None, 0.0, False, None, torch.randn(2, 3))
+        cache, lens = torch.randn(1, 2, 6, 16), torch.full((1,), 4, dtype=torch.int32)
+        with pytest.raises(ValueError, match=r"relative_position_bias must be \(H, 2 \* L - 1\)"):
+            torch.ops.engine.decode_attention(q[:, :, :1], cache, cache, lens, None, None, torch.randn(3, 11))
 
 
 def test_check_range_raises_the_model_error():

@@ -207,3 +207,27 @@ def test_the_bias_changes_the_result():
     flat = ops.scaled_dot_product_attention(q, q, q, scale=1.0, relative_position_bias=torch.full((2, 11), 3.0))
     torch.testing.assert_close(flat, plain, atol=1e-6, rtol=1e-6)  # a constant bias cancels in the softmax
     assert math.isfinite(float(biased.sum()))
+
+
+def test_the_pre_check_implies_the_full_check():
+    """relative_position_bias_ok (the ops' O(1) test) accepts only tables check_relative_position_bias accepts, and
+    every float table of a usual dtype on the query's device that the full check accepts."""
+    from engine.ops.position_bias import check_relative_position_bias, relative_position_bias_ok
+
+    lead = torch.randn(1)
+    tables = [torch.randn(h, w, dtype=dt) for h in (1, 2, 3) for w in (1, 6, 7, 9, 10, 11)
+              for dt in (F32, F16, BF16, torch.float64)]
+    tables += [torch.randn(2, 9).long(), torch.randn(9), torch.randn(2, 9, 1), torch.randn(2, 9, device="meta"),
+               torch.randn(2, 18)[:, ::2]]  # a strided view
+    accepted = 0
+    for t in tables:
+        for heads, min_length in ((2, 5), (3, 4), (1, 1), (2, 0)):
+            try:
+                check_relative_position_bias(t, heads=heads, min_length=min_length, device=lead.device)
+                full = True
+            except (TypeError, ValueError):
+                full = False
+            fast = relative_position_bias_ok(t, lead, heads, min_length)
+            assert fast == full, (tuple(t.shape), t.dtype, t.device, heads, min_length)
+            accepted += fast
+    assert accepted > 20

@@ -1,0 +1,113 @@
+"""The ops' cheap path: the calls models make are accepted by a few attribute reads and never run the full argument
+checks (the ``_check_*`` functions of engine/ops), which still run, with the same results, for every other call.
+The errors those checks raise are tested in each op's bad-input test.
+"""
+import numpy as np
+import pytest
+import torch
+
+from engine import ops
+from engine.ops import activation, attention, decode, norm
+
+FULL_CHECKS = [(norm, "_check_norm"), (norm, "_check_add_norm"), (activation, "_check_bias_gelu"),
+               (activation, "_check_gelu_and_mul"), (attention, "_check_sdpa"), (attention, "_check_varlen"),
+               (attention, "check_relative_position_bias"), (decode, "_check_args"),
+               (decode, "check_relative_position_bias")]
+
+
+def _rand(*shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 1.3 + 0.2).to(dtype)
+
+
+def _model_calls():
+    """(name, call) as the BERT-family and T5 layers make them (T5: scale 1.0, a bias table, RMSNorm, GeGLU)."""
+    x, r, w, b = _rand(2, 5, 24), _rand(2, 5, 24, seed=1), _rand(24, seed=2), _rand(24, seed=3)
+    q, k, v = (_rand(2, 5, 3, 8, seed=s).transpose(1, 2) for s in (4, 5, 6))  # (B, H, N, D) views, as models make
+    keep = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    keep[1, ..., 3:] = False
+    table = _rand(3, 9, seed=7)  # (H, 2L - 1), L = 5
+    pq, pk, pv = (_rand(8, 3, 8, seed=s) for s in (8, 9, 10))
+    cu = torch.tensor([0, 5, 8], dtype=torch.int32)
+    dq, kc, vc = _rand(2, 3, 1, 8, seed=11), _rand(2, 3, 6, 8, seed=12), _rand(2, 3, 6, 8, seed=13)
+    lens = torch.tensor([4, 6], dtype=torch.int32)
+    table6 = _rand(3, 11, seed=14)
+    return [
+        ("layer_norm", lambda: ops.layer_norm(x, (24,), w, b, 1e-12)),
+        ("add_layer_norm", lambda: ops.add_layer_norm(x, r, w, b, 1e-12)),
+        ("rms_norm", lambda: ops.rms_norm(x, (24,), w, 1e-6)),
+        ("rms_norm eps=None", lambda: ops.rms_norm(x, (24,), w)),
+        ("add_rms_norm", lambda: ops.add_rms_norm(x, r, w, 1e-6)),
+        ("add_rms_norm eps=None", lambda: ops.add_rms_norm(x, r, None)),
+        ("bias_gelu", lambda: ops.bias_gelu(x, b, "tanh")),
+        ("gelu_and_mul", lambda: ops.gelu_and_mul(x, "tanh")),
+        ("sdpa", lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.3)),
+        ("sdpa + bias", lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0,
+                                                                  relative_position_bias=table)),
+        ("sdpa + bias, causal", lambda: ops.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0,
+                                                                          relative_position_bias=table)),
+        ("varlen + bias", lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 5, 5, scale=1.0, validate=False,
+                                                       relative_position_bias=table)),
+        ("decode + bias", lambda: ops.decode_attention(dq, kc, vc, lens, 1.0, relative_position_bias=table6)),
+    ]
+
+
+CALLS = _model_calls()
+
+
+@pytest.fixture
+def count_full_checks(monkeypatch):
+    """{name: calls} of every full check (each still runs its real body)."""
+    counts = {}
+    for mod, name in FULL_CHECKS:
+        real = getattr(mod, name)
+
+        def spy(*a, real=real, key=f"{mod.__name__}.{name}", **kw):
+            counts[key] = counts.get(key, 0) + 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(mod, name, spy)
+    return counts
+
+
+@pytest.mark.parametrize("index", range(len(CALLS)), ids=[c[0] for c in CALLS])
+def test_model_calls_skip_the_full_checks(count_full_checks, index):
+    out = CALLS[index][1]()
+    assert all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,)))
+    assert count_full_checks == {}
+
+
+def _valid_uncommon_calls():
+    """(name, the call through the full checks, the same computation through the cheap path)."""
+    x, w = _rand(4, 10), _rand(10, seed=1)
+    q, k, v = (_rand(1, 2, 4, 8, seed=s) for s in (2, 3, 4))
+    table = _rand(2, 7, seed=5)
+    dq, kc = _rand(1, 2, 1, 8, seed=6), _rand(1, 2, 4, 8, seed=7)
+    lens = torch.tensor([3], dtype=torch.int32)
+    return [
+        ("rms_norm numpy eps", lambda: ops.rms_norm(x, 10, w, np.float64(1e-6)),
+         lambda: ops.rms_norm(x, (10,), w, 1e-6)),
+        ("add_rms_norm into out", lambda: ops.add_rms_norm(x, x, w, 1e-6, out=torch.empty_like(x))[0],
+         lambda: ops.add_rms_norm(x, x, w, 1e-6)[0]),
+        ("gelu_and_mul into out", lambda: ops.gelu_and_mul(x, out=torch.empty(4, 5)), lambda: ops.gelu_and_mul(x)),
+        ("sdpa int scale, float64 table", lambda: ops.scaled_dot_product_attention(
+            q, k, v, relative_position_bias=table.to(torch.float64), scale=1),  # int scale: the full checks
+         lambda: ops.scaled_dot_product_attention(q, k, v, relative_position_bias=table.to(torch.float64), scale=1.0)),
+        ("decode numpy scale", lambda: ops.decode_attention(dq, kc, kc, lens, np.float32(0.5),
+                                                            relative_position_bias=table),
+         lambda: ops.decode_attention(dq, kc, kc, lens, 0.5, relative_position_bias=table)),
+    ]
+
+
+UNCOMMON = _valid_uncommon_calls()
+
+
+@pytest.mark.parametrize("index", range(len(UNCOMMON)), ids=[c[0] for c in UNCOMMON])
+def test_other_valid_calls_run_the_full_checks_with_the_same_result(count_full_checks, index):
+    _, full, cheap = UNCOMMON[index]
+    got = full()
+    assert count_full_checks, "expected the full checks to run"
+    count_full_checks.clear()
+    ref = cheap()
+    assert count_full_checks == {}
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
