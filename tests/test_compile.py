@@ -3,7 +3,8 @@
 Compiling is slow on a small CPU, so the models are the tiny test configs and most tests use the aot_eager backend
 (dynamo + AOT autograd + the registered ops' fake implementations: everything but inductor's code generation);
 one test runs inductor itself. Eager runs the same path as the compiled graph (``model.packed = False``: compiled
-encoders run the padded-mask path, since the packed size depends on the mask's values).
+encoders run the padded-mask path, since the packed size depends on the mask's values). The T5 family compiles too:
+RMSNorm, GeGLU and the attention ops with their relative-position-bias tables are registered ops.
 """
 from __future__ import annotations
 
@@ -17,11 +18,25 @@ from models_util import assert_close_valid, inputs, make_hf
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _t5_inputs(arch: str) -> dict[str, torch.Tensor]:
+    """Encoder padding on the right (row 1) and the left (row 2); decoder ids for the seq2seq classes."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, 61, (3, 9), generator=g)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, :3] = 0
+    x = {"input_ids": ids, "attention_mask": mask}
+    if "Encoder" not in arch:
+        x["decoder_input_ids"] = torch.randint(2, 61, (3, 5), generator=g)
+    return x
+
+
 def _pair(arch: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     model = from_transformers(make_hf(arch), device=device, dtype=dtype)
     if hasattr(model, "packed"):
         model.packed = False
-    return model, {k: v.to(device) for k, v in inputs(arch).items()}
+    x = _t5_inputs(arch) if "T5" in arch else inputs(arch)
+    return model, {k: v.to(device) for k, v in x.items()}
 
 
 def _equal(a, b, *, rtol=0.0, atol=0.0):
@@ -30,7 +45,7 @@ def _equal(a, b, *, rtol=0.0, atol=0.0):
 
 
 @pytest.mark.parametrize("arch", ["BertForMaskedLM", "AlbertModel", "RobertaForSequenceClassification",
-                                  "GPT2LMHeadModel"])
+                                  "GPT2LMHeadModel", "MT5ForConditionalGeneration", "UMT5EncoderModel"])
 def test_fullgraph_equals_eager(arch):
     torch._dynamo.reset()
     model, x = _pair(arch)
@@ -69,9 +84,23 @@ def test_compiled_model_checks_input_values():
             compiled(x["input_ids"], attention_mask=mask, token_type_ids=x["token_type_ids"])
 
 
-def test_packed_true_refuses_to_compile():
+def test_compiled_t5_checks_decoder_input_values():
+    """The decoder's inputs are checked under their own names (the ``decoder_`` prefix survives compile)."""
     torch._dynamo.reset()
-    model, x = _pair("BertModel")
+    model, x = _pair("T5ForConditionalGeneration")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    bad = x["decoder_input_ids"].clone()
+    bad[1, 2] = 61  # == vocab_size
+    with torch.no_grad():
+        compiled(**x)
+        with pytest.raises(ValueError, match=r"decoder_input_ids values must lie in \[0, 61\) \(the vocabulary\)"):
+            compiled(x["input_ids"], x["attention_mask"], decoder_input_ids=bad)
+
+
+@pytest.mark.parametrize("arch", ["BertModel", "T5EncoderModel"])
+def test_packed_true_refuses_to_compile(arch):
+    torch._dynamo.reset()
+    model, x = _pair(arch)
     model.packed = True
     with pytest.raises(Exception, match="model.packed = True cannot be compiled"):
         torch.compile(model, fullgraph=True, backend="aot_eager")(**x)

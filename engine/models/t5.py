@@ -20,6 +20,7 @@ for generation (engine/seq2seq.py), which also hands in the cross-attention keys
 encoder batch whose rows each hold one run of real tokens runs packed on the CPU when at least 1/16 of it is padding
 (``model.packed = True / False`` forces either path): the real tokens go through varlen attention, the distances
 between them, and so the bias, unchanged. (On CUDA packing waits for the varlen kernel to gather the bias.)
+Under torch.compile the encoder runs the padded-mask path (``model.packed = True`` is refused).
 """
 from __future__ import annotations
 
@@ -218,6 +219,9 @@ class T5(nn.Module):
         B, N = input_ids.shape
         tables = self.encoder.tables(N)
         x = self.shared(input_ids)
+        if torch.compiler.is_compiling():  # the packed layout's size depends on the mask's values
+            blocks.refuse_compiled_packing(self.packed)
+            return self.encoder(x, Context(tables=tables, mask=key_padding(attention_mask)))
         if attention_mask is not None and self._pack(attention_mask):
             x, layout = blocks.unpad(x, attention_mask)
             return blocks.pad(self.encoder(x, Context(tables=tables, layout=layout)), layout, B, N)
