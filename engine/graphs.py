@@ -2,7 +2,9 @@
 
 At batch 1 to 8 with short texts a GPU finishes each kernel in microseconds and the host's launches decide the
 latency. ``EncoderGraphs`` records an encoder's whole forward (embeddings, every layer, the head) once per
-(batch size, sequence-length bucket, which inputs are given, pooled or not) and replays it:
+(batch size, sequence-length bucket, which inputs are given, pooled or not) and replays it. The BERT family
+(engine.models.bert.EncoderModel) graphs its whole forward; the T5 family (engine.models.t5.T5) its encoder stack,
+for T5EncoderModel's forward and the encoder pass of the seq2seq classes (forward and generate).
 
 - Lengths are padded up to a bucket (``length_bucket``: 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, then
   multiples of 256, never past the model's maximum), so a handful of graphs serve every length. Padding goes to
@@ -10,13 +12,22 @@ latency. ``EncoderGraphs`` records an encoder's whole forward (embeddings, every
   positions and never see the padding; outputs are cut back to the real length. A bucket the length fills
   exactly needs no mask (when none was given): the graph then holds exactly the eager computation.
 - Inside the graph the padded batch runs the padded-mask path (packing needs host-side sizes); eager CUDA calls
-  pack padded batches (varlen attention): the two agree to rounding at the real positions.
+  of the BERT family pack padded batches (varlen attention): the two agree to rounding at the real positions.
+  T5's relative position bias depends only on the distance between two positions, which right padding keeps.
 - The first two calls of a key run eagerly on a side stream (kernel compiles, autotuning, cuBLAS set-up), the
   third captures the graph and replays it; later calls replay only. Graphs of one model share one memory pool.
   Outputs are copied out of the graph's memory, so a result stays valid after the next call.
 
 ``run(..., graph=False)`` runs the same bucketed computation eagerly on any device: that is how the CPU tests
 check the padding logic gives the eager path's results.
+
+A model opts in by providing (the two families above do):
+    model.config.max_seq_len, model.config.pad_token_id (None: pad with 0), model.cuda_graph (None / True / False)
+    model.graph_weight() -> a parameter whose device, dtype and storage key the graphs (rebuilt when it changes)
+    model.graph_forward(input_ids, attention_mask, token_type_ids, return_pooled) -> tuple of outputs, computed
+        eagerly on the padded-mask path (no host syncs: it is what the graph records)
+    model.graph_outputs(return_pooled) -> one bool per output: whether it has a sequence dim to cut back
+and calls ``use_graph(model, input_ids, choice)`` / ``graphs_of(model).run(...)`` from its forward.
 """
 from __future__ import annotations
 
@@ -24,15 +35,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["EncoderGraphs", "capture", "length_bucket", "on_side_stream"]
+__all__ = ["EncoderGraphs", "GRAPH_MAX_TOKENS", "capture", "graphs_of", "length_bucket", "on_side_stream",
+           "use_graph"]
 
 LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 LONG_BUCKET_STEP = 256  # beyond the table: multiples of this
 WARMUP_CALLS = 2  # eager runs of a new key before its capture
-# Which outputs of each head have a sequence dimension to cut back to the real length (return_pooled=False, True).
-_SEQ_OUTPUTS = {"base": ((True,), (True, False)), "mlm": ((True,), (True,)), "seq_cls": ((False,), (False,)),
-                "qa": ((True, True), (True, True)), "nsp": ((False,), (False,)),
-                "pretraining": ((True, False), (True, False))}
+GRAPH_MAX_TOKENS = 8192  # cuda_graph=None: graphs for batches of at most this many (bucket-padded) tokens
 
 
 def length_bucket(n: int, max_len: int) -> int:
@@ -74,11 +83,47 @@ class _Entry:
     trim: tuple = field(default_factory=tuple)
 
 
+def use_graph(model: torch.nn.Module, input_ids: torch.Tensor, choice: object) -> bool:
+    """Whether a forward of ``model`` on checked ``input_ids`` (B, N) replays a CUDA graph. ``choice``: the call's
+    ``cuda_graph`` (None follows ``model.cuda_graph``; None there too: CUDA batches of at most GRAPH_MAX_TOKENS
+    tokens after bucketing; True: any CUDA batch, an error elsewhere; False: never). Never under torch.compile or
+    while autograd records the parameters (a graph records no autograd history)."""
+    if choice is None:
+        choice = model.cuda_graph
+    if choice is not None and not isinstance(choice, bool):
+        raise TypeError(f"cuda_graph must be a bool or None; got {type(choice).__name__}")
+    if choice is False or torch.compiler.is_compiling():
+        return False
+    if not input_ids.is_cuda:
+        if choice:
+            raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {input_ids.device}")
+        return False
+    if torch.is_grad_enabled() and model.graph_weight().requires_grad:
+        return False
+    if choice is None:
+        B, N = input_ids.shape
+        return B * length_bucket(N, model.config.max_seq_len) <= GRAPH_MAX_TOKENS
+    return True
+
+
+def graphs_of(model: torch.nn.Module) -> EncoderGraphs:
+    """``model``'s graphs, kept on the model; rebuilt (the old ones freed first) when ``model.graph_weight()``
+    changed storage, device or dtype (``.to``, ``.half``, a reload): the graphs hold the parameters' addresses."""
+    w = model.graph_weight()
+    key = (w.device, w.dtype, w.data_ptr())
+    g = model.__dict__.get("_engine_graphs")
+    if g is None or g[0] != key:
+        model.__dict__["_engine_graphs"] = None  # free the old graphs' memory first
+        g = model.__dict__["_engine_graphs"] = (key, EncoderGraphs(model))
+    return g[1]
+
+
 class EncoderGraphs:
-    """CUDA graphs of one encoder model's forward (an ``engine.models.EncoderModel``); see the module docstring.
+    """CUDA graphs of one encoder model's forward (see the module docstring for what the model provides).
 
     ``run(input_ids, attention_mask, token_type_ids, return_pooled=..., graph=...)`` takes checked (B, N) int64
-    inputs on the model's device and returns what ``model(...)`` returns.
+    inputs on the model's device and returns what ``model.graph_forward`` returns, cut back to N (one tensor when
+    there is one output).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -90,17 +135,15 @@ class EncoderGraphs:
         e = self.entries.get(key)
         if e is None:
             B, Nb, has_mask, has_types, pooled = key
-            dev = self.model.embeddings.word.weight.device
+            dev = self.model.graph_weight().device
             zeros = lambda: torch.zeros(B, Nb, dtype=torch.long, device=dev)  # noqa: E731
             e = _Entry(zeros(), zeros() if has_mask else None, zeros() if has_types else None,
-                       trim=_SEQ_OUTPUTS[self.model.config.head][int(pooled)])
+                       trim=tuple(self.model.graph_outputs(pooled)))
             self.entries[key] = e
         return e
 
     def _forward(self, e: _Entry, pooled: bool) -> tuple:
-        m = self.model
-        out = m.head(m.encode(e.ids, e.mask, e.token_types, packed=False), return_pooled=pooled)
-        return out if isinstance(out, tuple) else (out,)
+        return tuple(self.model.graph_forward(e.ids, e.mask, e.token_types, pooled))
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             token_type_ids: torch.Tensor | None, *, return_pooled: bool = False, graph: bool = True):

@@ -5,7 +5,8 @@
         ...
 
 How it works:
-- The encoder runs once over the (padded: left, right or anywhere) source batch. Each decoder layer's
+- The encoder runs once over the (padded: left, right or anywhere) source batch (replayed as a CUDA graph for small
+  CUDA batches, as ``model(...)`` does: ``model.cuda_graph``). Each decoder layer's
   cross-attention keys/values are computed from its output once and reused by every step.
 - The decoder starts every row from ``decoder_start_token_id`` (the config's, else its bos_token_id, as HF) and
   feeds one token per row per step: its self-attention keys/values go into a static cache (engine/kv_cache.py's
@@ -104,7 +105,7 @@ def _steps(model: T5, call: _Call, out: torch.Tensor, n_new: torch.Tensor, *,
     w = model.shared.weight
     check_every = 1 if streaming or not ids.is_cuda else CHECK_EVERY
     with torch.no_grad():
-        memory = model.encode(ids, call.attention_mask)  # (B, N, C), once
+        memory = model.encoder_output(ids, call.attention_mask)  # (B, N, C), once (a CUDA graph: model.cuda_graph)
         max_len = call.max_new_tokens  # the start token and every token but the last are fed back
         cache = StaticKVCache(num_layers=len(dec.layers), batch_size=B, num_heads=cfg.num_heads,
                               head_dim=cfg.head_dim, max_len=max_len, dtype=w.dtype, device=dev)

@@ -4,8 +4,9 @@ On the CPU the bucketed computation runs eagerly (``EncoderGraphs.run(..., graph
 eager forward's results at every real position, for every head, with and without a mask or token types, for
 lengths inside a bucket and exactly on one, and across calls that reuse a bucket's buffers. A length that fills
 its bucket gives the eager bits exactly; a padded one agrees to rounding (PyTorch's CPU attention sums a row
-with masked keys in a different order: ~5e-7 on values of order 1). The GPU tests run the
-real graphs (warm-up, capture, replay) against the eager CUDA path.
+with masked keys in a different order: ~5e-7 on values of order 1). The T5 family graphs its encoder pass the same
+way (padding on either side in the inputs; the bucket's padding goes right, keeping every distance, so the relative
+position bias). The GPU tests run the real graphs (warm-up, capture, replay) against the eager CUDA path.
 """
 from __future__ import annotations
 
@@ -66,6 +67,54 @@ def test_bucketed_forward_equals_eager(arch):
     assert {k[:2] for k in runner.entries} == {(3, 16)}
 
 
+T5_ARCHS = ["T5EncoderModel", "UMT5EncoderModel", "MT5ForConditionalGeneration"]
+
+
+def _t5_inputs(B: int = 3, N: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and a mask with right padding in row 1 and left padding in row 2 (T5 takes padding anywhere)."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, 61, (B, N), generator=g)
+    mask = torch.ones(B, N, dtype=torch.long)
+    mask[1, N - 4:] = 0
+    mask[2, :3] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", T5_ARCHS)
+def test_t5_bucketed_encoder_equals_eager(arch):
+    """The encoder pass through the bucketed runner against the model's own eager encoder (padded-mask path)."""
+    model = _model(arch)
+    runner = EncoderGraphs(model)
+    full_ids, full_mask = _t5_inputs()
+    with torch.no_grad():
+        for n in (16, 11, 5, 16):
+            ids, mask = full_ids[:, :n], full_mask[:, :n]
+            for m in (mask, None):
+                eager = model.encode(ids, m)
+                got = runner.run(ids, m, None, graph=False)
+                valid = m if m is not None else torch.ones_like(ids)
+                assert got.shape == eager.shape
+                assert_close_valid(got, eager, valid, rtol=1e-6)
+                if n == 16:
+                    assert torch.equal(got, eager)
+    assert {k[:2] for k in runner.entries} == {(3, 16)}
+
+
+def test_t5_cuda_graph_option_is_checked():
+    model = _model("MT5ForConditionalGeneration")
+    ids, mask = _t5_inputs(N=7)
+    dec = ids[:, :4]
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
+        model(ids, mask, dec, cuda_graph=True)
+    with pytest.raises(TypeError, match="cuda_graph must be a bool or None"):
+        model(ids, mask, dec, cuda_graph=1)
+    model.cuda_graph = True
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2)
+    model.cuda_graph = None
+    assert model.generate(ids, attention_mask=mask, max_new_tokens=2).shape == (3, 3)  # the CPU never graphs
+
+
 def test_outputs_are_copies():
     model = _model("BertModel")
     runner = EncoderGraphs(model)
@@ -110,3 +159,37 @@ def test_cuda_graphs_match_eager(arch, dtype):
         assert_close_valid(host(got), host(ref), mask.cpu(), rtol=rtol)
     runner = model.__dict__["_engine_graphs"][1]
     assert len(runner.entries) == 2 and all(e.graph is not None for e in runner.entries.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["T5EncoderModel", "MT5ForConditionalGeneration"])
+def test_t5_cuda_graphs_match_eager(arch, dtype):
+    """T5's encoder pass replayed as a graph (T5EncoderModel's forward; the seq2seq forward and greedy generate)
+    against the same calls with cuda_graph=False."""
+    model = from_transformers(make_hf(arch), device="cuda", dtype=dtype)
+    rtol = 5e-3 if dtype == torch.float32 else 5e-2
+    full_ids, full_mask = (t.cuda() for t in _t5_inputs())
+    dec = full_ids[:, :5]
+    kept = []
+    with torch.no_grad():
+        for n in (16, 11, 16, 11, 16, 11, 5):  # warm-ups, captures, replays; 5 reuses the bucket of 11 and 16
+            ids, mask = full_ids[:, :n], full_mask[:, :n]
+            args = (ids, mask) if "Encoder" in arch else (ids, mask, dec)
+            kept.append((model(*args), model(*args, cuda_graph=False), mask if "Encoder" in arch else None))
+    host = lambda t: t.float().cpu()  # noqa: E731
+    for got, ref, mask in kept:  # earlier results survive later replays
+        valid = mask if mask is not None else torch.ones(got.shape[:2])
+        assert_close_valid(host(got), host(ref), valid.cpu(), rtol=rtol)
+    runner = model.__dict__["_engine_graphs"][1]
+    assert len(runner.entries) == 1 and all(e.graph is not None for e in runner.entries.values())
+    if "Encoder" not in arch:  # generate's encoder pass replays the same graph
+        runs = []
+        real_run = runner.run
+        runner.run = lambda *a, **k: runs.append(1) or real_run(*a, **k)
+        ids, mask = full_ids[:, :11], full_mask[:, :11]
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[])
+        assert runs == [1] and out.shape == (3, 5) and len(runner.entries) == 1
+        with torch.no_grad():
+            assert_close_valid(host(model.encoder_output(ids, mask)), host(model.encode(ids, mask)), mask.cpu(),
+                               rtol=rtol)

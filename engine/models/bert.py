@@ -21,7 +21,11 @@ from engine import graphs
 from engine.config import ModelConfig
 from engine.models import blocks
 
-GRAPH_MAX_TOKENS = 8192  # cuda_graph=None: graphs for batches of at most this many (bucket-padded) tokens
+# Which outputs of each head have a sequence dimension (cut back to the real length after a CUDA graph's padded
+# run), for return_pooled=False and True.
+_SEQ_OUTPUTS = {"base": ((True,), (True, False)), "mlm": ((True,), (True,)), "seq_cls": ((False,), (False,)),
+                "qa": ((True, True), (True, True)), "nsp": ((False,), (False,)),
+                "pretraining": ((True, False), (True, False))}
 
 
 class Embeddings(nn.Module):
@@ -83,7 +87,7 @@ class EncoderModel(nn.Module):
     torch.compile, None means the padded-mask path (True cannot be compiled: the packed size is data dependent).
 
     ``cuda_graph``: None (default) replays CUDA graphs of the whole forward for small CUDA batches (at most
-    ``GRAPH_MAX_TOKENS`` tokens after padding to a length bucket, see engine.graphs), True for any CUDA batch, False
+    ``graphs.GRAPH_MAX_TOKENS`` tokens after padding to a length bucket, see engine.graphs), True for any CUDA batch, False
     never; ``model(..., cuda_graph=...)`` chooses for one call. Graphs are captured per (batch size, length bucket)
     on first use; they hold the parameters' addresses, so after replacing parameters (``.to``, ``.half``) the
     graphs are rebuilt (keyed by the word embedding's storage, device and dtype).
@@ -182,35 +186,22 @@ class EncoderModel(nn.Module):
         input_ids, attention_mask, token_type_ids = blocks.check_inputs(
             input_ids, attention_mask, token_type_ids, vocab_size=cfg.vocab_size, max_len=cfg.max_seq_len,
             type_vocab_size=cfg.type_vocab_size, device=self.embeddings.word.weight.device)
-        if self._graphed(input_ids, self.cuda_graph if cuda_graph is None else cuda_graph):
-            return self._graphs().run(input_ids, attention_mask, token_type_ids, return_pooled=return_pooled)
+        if graphs.use_graph(self, input_ids, cuda_graph):
+            return graphs.graphs_of(self).run(input_ids, attention_mask, token_type_ids, return_pooled=return_pooled)
         return self.head(self.encode(input_ids, attention_mask, token_type_ids), return_pooled=return_pooled)
 
-    def _graphed(self, input_ids: torch.Tensor, choice: object) -> bool:
-        """Whether this call replays a CUDA graph (see ``cuda_graph`` in the class docstring)."""
-        if choice is not None and not isinstance(choice, bool):
-            raise TypeError(f"cuda_graph must be a bool or None; got {type(choice).__name__}")
-        if choice is False or torch.compiler.is_compiling():
-            return False
-        if not input_ids.is_cuda:
-            if choice:
-                raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {input_ids.device}")
-            return False
-        if torch.is_grad_enabled() and self.embeddings.word.weight.requires_grad:
-            return False  # a graph records no autograd history
-        if choice is None:
-            B, N = input_ids.shape
-            return B * graphs.length_bucket(N, self.config.max_seq_len) <= GRAPH_MAX_TOKENS
-        return True
+    # ---- what engine.graphs needs: the whole forward, on the padded-mask path ----
+    def graph_weight(self) -> torch.Tensor:
+        return self.embeddings.word.weight
 
-    def _graphs(self) -> graphs.EncoderGraphs:
-        w = self.embeddings.word.weight
-        key = (w.device, w.dtype, w.data_ptr())
-        g = self.__dict__.get("_engine_graphs")
-        if g is None or g[0] != key:
-            self.__dict__["_engine_graphs"] = None  # free the old graphs' memory first
-            g = self.__dict__["_engine_graphs"] = (key, graphs.EncoderGraphs(self))
-        return g[1]
+    def graph_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      token_type_ids: torch.Tensor | None, return_pooled: bool) -> tuple:
+        out = self.head(self.encode(input_ids, attention_mask, token_type_ids, packed=False),
+                        return_pooled=return_pooled)
+        return out if isinstance(out, tuple) else (out,)
+
+    def graph_outputs(self, return_pooled: bool) -> tuple[bool, ...]:
+        return _SEQ_OUTPUTS[self.config.head][int(return_pooled)]
 
     def head(self, hidden: torch.Tensor, *, return_pooled: bool = False):
         """last_hidden_state (B, N, C) -> the main output of ``config.architecture``."""

@@ -20,7 +20,12 @@ for generation (engine/seq2seq.py), which also hands in the cross-attention keys
 encoder batch whose rows each hold one run of real tokens runs packed on the CPU when at least 1/16 of it is padding
 (``model.packed = True / False`` forces either path): the real tokens go through varlen attention, the distances
 between them, and so the bias, unchanged. (On CUDA packing waits for the varlen kernel to gather the bias.)
-Under torch.compile the encoder runs the padded-mask path (``model.packed = True`` is refused).
+
+The encoder pass replays CUDA graphs for small CUDA batches (engine/graphs.py: padded right to a length bucket with
+the mask, which keeps every distance between real tokens and so the bias): T5EncoderModel's forward, and the encoder
+pass of the seq2seq classes' forward and generate. ``model.cuda_graph`` (None: batches of at most
+``graphs.GRAPH_MAX_TOKENS`` bucket-padded tokens; True; False) and ``model(..., cuda_graph=...)`` choose, as for the
+BERT family. Under torch.compile the encoder runs the padded-mask path (``model.packed = True`` is refused).
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import ops
+from engine import graphs, ops
 from engine.config import ModelConfig
 from engine.models import blocks
 from engine.models.relative_bias import bias_table
@@ -208,29 +213,39 @@ class T5(nn.Module):
         super().__init__()
         self.config = cfg
         self.packed: bool | None = None  # the encoder's padded batches: None = automatic (see the module docstring)
+        self.cuda_graph: bool | None = None  # CUDA graphs of the encoder pass (see the module docstring)
         self.shared = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.encoder = Stack(cfg, decoder=False)
         self.decoder = Stack(cfg, decoder=True) if cfg.head != "base" else None
         untied = with_lm_head if with_lm_head is not None else not cfg.tie_word_embeddings
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if cfg.head == "lm" and untied else None
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Checked ids (B, N), mask (B, N) or None -> the encoder's last hidden state (B, N, C)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+               packed: bool | None = None) -> torch.Tensor:
+        """Checked ids (B, N), mask (B, N) or None -> the encoder's last hidden state (B, N, C). ``packed``
+        overrides ``self.packed`` for this call."""
         B, N = input_ids.shape
         tables = self.encoder.tables(N)
         x = self.shared(input_ids)
         if torch.compiler.is_compiling():  # the packed layout's size depends on the mask's values
             blocks.refuse_compiled_packing(self.packed)
             return self.encoder(x, Context(tables=tables, mask=key_padding(attention_mask)))
-        if attention_mask is not None and self._pack(attention_mask):
+        if attention_mask is not None and self._pack(attention_mask, self.packed if packed is None else packed):
             x, layout = blocks.unpad(x, attention_mask)
             return blocks.pad(self.encoder(x, Context(tables=tables, layout=layout)), layout, B, N)
         return self.encoder(x, Context(tables=tables, mask=key_padding(attention_mask)))
 
-    def _pack(self, attention_mask: torch.Tensor) -> bool:
+    def encoder_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                       cuda_graph: bool | None = None) -> torch.Tensor:
+        """``encode``, replayed as a CUDA graph when ``graphs.use_graph`` says so (see the module docstring)."""
+        if graphs.use_graph(self, input_ids, cuda_graph):
+            return graphs.graphs_of(self).run(input_ids, attention_mask, None)
+        return self.encode(input_ids, attention_mask)
+
+    def _pack(self, attention_mask: torch.Tensor, packed: bool | None) -> bool:
         """Run this padded batch packed? Only if every row's real tokens are one run (packing keeps the distances
         between them, so the bias); then ``packed``, or by default on the CPU with enough padding."""
-        if self.packed is False or (self.packed is None and not blocks.pack_by_default(attention_mask, cuda=False)):
+        if packed is False or (packed is None and not blocks.pack_by_default(attention_mask, cuda=False)):
             return False
         m = attention_mask.bool()
         runs = m[:, 0].long() + (m[:, 1:] & ~m[:, :-1]).sum(1)  # runs of real tokens per row
@@ -253,9 +268,10 @@ class T5(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None,
-                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                decoder_attention_mask: torch.Tensor | None = None, *, cuda_graph: bool | None = None) -> torch.Tensor:
         """input_ids (B, N) (+ decoder_input_ids (B, Nd) for the seq2seq classes) -> the main output of
-        ``config.architecture``; masks are (B, N) / (B, Nd) of 0/1, padding anywhere."""
+        ``config.architecture``; masks are (B, N) / (B, Nd) of 0/1, padding anywhere. cuda_graph: for the encoder
+        pass (None follows ``self.cuda_graph``)."""
         cfg = self.config
         dev = self.shared.weight.device
         ids, mask, _ = blocks.check_inputs(input_ids, attention_mask, None, vocab_size=cfg.vocab_size,
@@ -264,7 +280,7 @@ class T5(nn.Module):
             if decoder_input_ids is not None or decoder_attention_mask is not None:
                 raise ValueError(f"{cfg.architecture} is an encoder only: it takes no decoder_input_ids or "
                                  "decoder_attention_mask")
-            return self.encode(ids, mask)
+            return self.encoder_output(ids, mask, cuda_graph=cuda_graph)
         if decoder_input_ids is None:
             raise ValueError(f"decoder_input_ids must be given for {cfg.architecture}: the decoder's input, "
                              f"decoder_start_token_id ({cfg.decoder_start_token_id}) then the target so far "
@@ -275,8 +291,19 @@ class T5(nn.Module):
         if dec_ids.shape[0] != ids.shape[0]:
             raise ValueError(f"decoder_input_ids must have the batch size of input_ids ({ids.shape[0]}); got "
                              f"{dec_ids.shape[0]}")
-        hidden = self.decode(dec_ids, self.encode(ids, mask), mask, dec_mask)
+        hidden = self.decode(dec_ids, self.encoder_output(ids, mask, cuda_graph=cuda_graph), mask, dec_mask)
         return self.logits(hidden) if cfg.head == "lm" else hidden
+
+    # ---- what engine.graphs needs: the encoder pass, on the padded-mask path ----
+    def graph_weight(self) -> torch.Tensor:
+        return self.shared.weight
+
+    def graph_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      token_type_ids: None, return_pooled: bool) -> tuple[torch.Tensor]:
+        return (self.encode(input_ids, attention_mask, packed=False),)
+
+    def graph_outputs(self, return_pooled: bool) -> tuple[bool]:
+        return (True,)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         """(B, N) source ids -> (B, 1 + new) decoder ids, like HF's generate: see engine.seq2seq.generate."""
