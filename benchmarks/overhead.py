@@ -16,12 +16,15 @@ CUDA: engine launches its Triton kernel; a round ends with one synchronize, so a
 the host stays ahead of the GPU (true for tiny tensors): host time. ``--engine-fallback`` also times engine with
 ENGINE_BACKEND=torch (PyTorch behind engine's checks, on the same device).
 
-The mirrors: layer_norm -> F.layer_norm; add_layer_norm -> x + r then F.layer_norm; gelu -> F.gelu; bias_gelu ->
-F.gelu(x + b); scaled_dot_product_attention -> F.scaled_dot_product_attention (with a key-padding mask in a
-second row); varlen_attention (one sequence) -> F.scaled_dot_product_attention on its (1, H, N, D) views,
-its result viewed back as (N, H, D);
-decode_attention (one new token, equal lengths) -> F.scaled_dot_product_attention on the filled part of the
-cache; unpad_input / pad_input -> the same torch ops without engine's checks.
+The mirrors: layer_norm -> F.layer_norm; add_layer_norm -> x + r then F.layer_norm; rms_norm / add_rms_norm -> the
+same with F.rms_norm; gelu -> F.gelu; bias_gelu -> F.gelu(x + b); gelu_and_mul -> F.gelu(gate) * up on the two
+halves; scaled_dot_product_attention -> F.scaled_dot_product_attention (with a key-padding mask in a second row);
+varlen_attention (one sequence) -> F.scaled_dot_product_attention on its (1, H, N, D) views, its result viewed back
+as (N, H, D); decode_attention (one new token, equal lengths) -> F.scaled_dot_product_attention on the filled part
+of the cache; unpad_input / pad_input -> the same torch ops without engine's checks. With a relative position bias
+(T5; scaled_dot_product_attention, decode_attention): the mirror is F.scaled_dot_product_attention with the bias
+block it needs, gathered from the table once, outside the timing, as its float mask; engine gathers the block from
+the (H, 2L - 1) table on every call, so ``over`` is its checks plus that gather.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def cases(device: str, dtype: torch.dtype) -> list[tuple[str, str, Callable[[], 
         return torch.randn(*shape, generator=g).to(device=device, dtype=dt)
 
     x, r, w, b = rnd(8, 64), rnd(8, 64), rnd(64), rnd(64)
+    xg = rnd(8, 128)  # [gate | up]
     q, k, v = rnd(1, 2, 8, 32), rnd(1, 2, 8, 32), rnd(1, 2, 8, 32)
     keep = torch.ones(1, 1, 1, 8, dtype=torch.bool, device=device)
     keep[..., -2:] = False
@@ -54,6 +58,10 @@ def cases(device: str, dtype: torch.dtype) -> list[tuple[str, str, Callable[[], 
     cu = torch.tensor([0, 8], dtype=torch.int32, device=device)
     q1, kc, vc = rnd(1, 2, 1, 32), rnd(1, 2, 16, 32), rnd(1, 2, 16, 32)
     lens = torch.tensor([9], dtype=torch.int32, device=device)
+    table8, table16 = rnd(2, 15), rnd(2, 31)  # (H, 2L - 1) relative-position tables, L = 8 and 16
+    pos = torch.arange(8, device=device)
+    block8 = table8[:, pos[None, :] - pos[:, None] + 7][None]  # (1, H, 8, 8): table[h, L - 1 + j - i]
+    block_decode = table16[None, :, None, 16 - 9:16]  # (1, H, 1, 9): the one query at position 8
     hidden = rnd(2, 8, 64)
     am = torch.ones(2, 8, dtype=torch.long, device=device)
     am[1, 5:] = 0
@@ -81,19 +89,30 @@ def cases(device: str, dtype: torch.dtype) -> list[tuple[str, str, Callable[[], 
          lambda: F.layer_norm(x, (64,), w, b, 1e-5)),
         ("add_layer_norm", "8x64", lambda: ops.add_layer_norm(x, r, w, b, 1e-5),
          lambda: (F.layer_norm(s := x + r, (64,), w, b, 1e-5), s)),
+        ("rms_norm", "8x64", lambda: ops.rms_norm(x, (64,), w, 1e-6), lambda: F.rms_norm(x, (64,), w, 1e-6)),
+        ("add_rms_norm", "8x64", lambda: ops.add_rms_norm(x, r, w, 1e-6),
+         lambda: (F.rms_norm(s := x + r, (64,), w, 1e-6), s)),
         ("gelu", "8x64", lambda: ops.gelu(x), lambda: F.gelu(x)),
         ("bias_gelu", "8x64 tanh", lambda: ops.bias_gelu(x, b, approximate="tanh"),
          lambda: F.gelu(x + b, approximate="tanh")),
+        ("gelu_and_mul", "8x128 tanh", lambda: ops.gelu_and_mul(xg, "tanh"),
+         lambda: F.gelu(xg[:, :64], approximate="tanh") * xg[:, 64:]),
         ("scaled_dot_product_attention", "1x2x8x32", lambda: ops.scaled_dot_product_attention(q, k, v),
          lambda: F.scaled_dot_product_attention(q, k, v)),
         ("scaled_dot_product_attention", "+ key-padding mask",
          lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=keep),
          lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep)),
+        ("scaled_dot_product_attention", "+ relative bias",
+         lambda: ops.scaled_dot_product_attention(q, k, v, scale=1.0, relative_position_bias=table8),
+         lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=block8, scale=1.0)),
         ("varlen_attention", "8x2x32, 1 seq", lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 8, 8), sdpa_packed),
         ("varlen_attention", "validate=False",
          lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 8, 8, validate=False), sdpa_packed),
         ("decode_attention", "1x2x1x32, cache 16", lambda: ops.decode_attention(q1, kc, vc, lens),
          lambda: F.scaled_dot_product_attention(q1, kc[:, :, :9], vc[:, :, :9])),
+        ("decode_attention", "+ relative bias",
+         lambda: ops.decode_attention(q1, kc, vc, lens, 1.0, relative_position_bias=table16),
+         lambda: F.scaled_dot_product_attention(q1, kc[:, :, :9], vc[:, :, :9], attn_mask=block_decode, scale=1.0)),
         ("unpad_input", "2x8x64", lambda: ops.unpad_input(hidden, am), unpad_torch),
         ("pad_input", "13x64 -> 2x8x64", lambda: ops.pad_input(packed, idx, 2, 8), pad_torch),
     ]
