@@ -36,7 +36,7 @@ from engine.ops._checks import (
     check_tensor,
     same_cuda_device,
 )
-from engine.ops.position_bias import bias_scores, check_relative_position_bias, relative_position_bias_ok
+from engine.ops.position_bias import bias_block, check_relative_position_bias, relative_position_bias_ok
 
 MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
 _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
@@ -109,7 +109,7 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
                 mask.masked_fill(~keep, float("-inf"))
             is_causal = False
         wide = torch.float64 if q.dtype == torch.float64 else torch.float32
-        add = bias_scores(bias, torch.arange(n_q, device=q.device) + q_offset, n_k, dtype=wide)[None]
+        add = bias_block(bias, q_offset, n_q, n_k, dtype=wide)[None]
         if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
             dead_known = True
             if mask is not None:

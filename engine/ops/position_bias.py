@@ -12,7 +12,9 @@ where pos_j = j is the key's position and pos_i the query's, aligned as each op 
 must cover every distance the call can see: L >= max(Nq, Nk) (sdpa), >= max(max_seqlen_q, max_seqlen_k) (varlen),
 >= Tmax (decode). Entries for distances a causal mask hides are never used. The table is shared by the batch.
 
-The PyTorch paths gather only the (H, Nq, Nk) block each call needs (``bias_scores``), in fp32.
+The PyTorch paths gather only the (H, Nq, Nk) block each call needs, in fp32: ``bias_block`` for queries at
+consecutive positions (SDPA, varlen: the block's rows are overlapping windows of the table, read as one strided view
+and copied once), ``bias_scores`` for any positions (decode: one position per batch row).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 
 from engine.ops._checks import FAST_FLOAT_DTYPES, check_floating, same_cuda_device
 
-__all__ = ["bias_scores", "check_relative_position_bias", "relative_position_bias_ok"]
+__all__ = ["bias_block", "bias_scores", "check_relative_position_bias", "relative_position_bias_ok"]
 
 _Tensor = torch.Tensor
 
@@ -63,3 +65,18 @@ def bias_scores(table: torch.Tensor, q_pos: torch.Tensor, n_k: int, *,
     keys = torch.arange(n_k, device=q_pos.device)
     idx = (keys - q_pos[..., None] + (length - 1)).clamp_(0, 2 * length - 2)  # (..., Nq, Nk)
     return table.to(dtype)[:, idx].movedim(0, -3)
+
+
+def bias_block(table: torch.Tensor, q_offset: int, n_q: int, n_k: int, *,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The bias block of queries at positions q_offset .. q_offset + n_q - 1 against keys 0 .. n_k - 1:
+    (H, Nq, Nk) in ``dtype``, equal to ``bias_scores(table, torch.arange(n_q) + q_offset, n_k)``.
+
+    Row i is ``table[:, s_i : s_i + n_k]`` with s_i = L - 1 - q_offset - i, so the rows are windows of the table
+    (``unfold``) in reverse order: one copy instead of an index tensor and a gather. Falls back to ``bias_scores``
+    when a distance lies outside the table (then clamped, as there) or the block is empty."""
+    length = (table.shape[1] + 1) // 2
+    lo = length - q_offset - n_q  # s_i of the last row
+    if n_q <= 0 or n_k <= 0 or lo < 0 or length - 1 - q_offset + n_k > 2 * length - 1:
+        return bias_scores(table, torch.arange(n_q, device=table.device) + q_offset, n_k, dtype=dtype)
+    return table.to(dtype).unfold(1, n_k, 1)[:, lo:lo + n_q].flip(1)

@@ -231,3 +231,22 @@ def test_the_pre_check_implies_the_full_check():
             assert fast == full, (tuple(t.shape), t.dtype, t.device, heads, min_length)
             accepted += fast
     assert accepted > 20
+
+
+def test_bias_block_equals_the_gather():
+    """bias_block (windows of the table, for consecutive query positions) gives bias_scores' block bit for bit, also
+    where distances fall outside the table (clamped) and for empty blocks."""
+    from engine.ops.position_bias import bias_block, bias_scores
+
+    gen = torch.Generator().manual_seed(19)
+    for L in (1, 2, 5, 9):
+        table = _table(3, L, gen, dtype=torch.float64)
+        for n_q in range(0, 11, 2):
+            for n_k in range(0, 11, 3):
+                for off in range(-9, 10, 3):
+                    got = bias_block(table, off, n_q, n_k, dtype=torch.float64)
+                    want = bias_scores(table, torch.arange(n_q) + off, n_k, dtype=torch.float64)
+                    assert got.shape == want.shape and torch.equal(got, want), (L, n_q, n_k, off)
+    t32 = _table(2, 6, gen)
+    assert torch.equal(bias_block(t32, 0, 6, 6), bias_scores(t32, torch.arange(6), 6))  # fp32 -> fp32
+    assert bias_block(t32.half(), 0, 6, 6).dtype == torch.float32
