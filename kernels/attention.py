@@ -368,66 +368,71 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
                    config=config)
 
 
-_TRITON_DTYPE = {**TRITON_DTYPES, torch.uint8: "u8"}  # uint8: boolean masks
 H200_SMEM = 232448  # engine.kernels.aot.H200_MAX_SHARED_BYTES (not imported: keep this module light)
 
 
-def _spec(dtype, block_d, cfg, tag="", *, head_dim=None, causal=True, varlen=False, mask_kind=0,
-          mask_per_row=False, mask_dtype=None, precision="tf32"):
-    from engine.kernels.aot import KernelSpec
+def _fused_qkv(b, h, n, d, dtype):
+    """q, k, v as the models pass them: views of a fused (B, N, 3, H, D) projection, each (B, H, N, D); and an
+    output in the layout ``engine.ops`` allocates for such a q ((B, N, H, D) storage)."""
+    from engine.kernels.aot import meta
 
-    bm, bn, warps, stages = cfg
-    ty = "*" + _TRITON_DTYPE[dtype]
-    mty = "*" + _TRITON_DTYPE[mask_dtype] if mask_kind else ty
-    const = dict(HEAD_DIM=head_dim or block_d, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen,
-                 MASK_KIND=mask_kind, MASK_PER_ROW=mask_per_row, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
-                 DOT_UPCAST=False)
-    # At launch Triton specialises strides of 1 as constants and marks the others that are multiples of 16
-    # as such; that alignment is what lets the loops pipeline K/V through shared memory (cp.async), so it
-    # decides the shared-memory use. engine.kernels.aot only marks pointers, so the strides of contiguous
-    # tensors (H=16, N=4096; varlen: packed (total, H, D)) are given here as constants.
-    h, n, d = 16, 4096, head_dim or block_d
-    zs, hs, ms = (0, d, h * d) if varlen else (h * n * d, n * d, d)
-    for t in "qkvo":
-        const.update({f"stride_{t}z": zs, f"stride_{t}h": hs, f"stride_{t}m" if t in "qo" else f"stride_{t}n": ms,
-                      f"stride_{t}k": 1})
-    mz, mh, mm = (h * n * n, n * n, n) if mask_per_row else (n, 0, 0)
-    const.update(stride_mz=mz, stride_mh=mh, stride_mm=mm, stride_mn=1)
-    kinds = {"Q": ty, "K": ty, "V": ty, "Out": ty, "Mask": mty, "CU_Q": "*i32", "CU_K": "*i32", "qk_scale": "fp32"}
-    sig = {a: "constexpr" if a in const else kinds.get(a, "i32") for a in _attn_fwd_kernel.arg_names}
-    name = f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{warps}s{stages}{tag}"
-    return KernelSpec(name=name, fn=_attn_fwd_kernel, signature=sig, constexprs=const, num_warps=warps,
-                      num_stages=stages)
+    qkv = meta((b, n, 3, h, d), dtype).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2], meta((b, n, h, d), dtype).transpose(1, 2)
 
 
 def aot_specs() -> list:
-    """What the launchers can run on an H200, for ``engine.kernels.aot`` (22 compiles):
+    """The launches ``attention_fwd`` / ``varlen_fwd`` make on an H200 (for ``engine.kernels.aot``); fused-qkv
+    views (B=2, H=16, N=4096) as the models pass them:
 
-    - every 16-bit configuration the autotuner keeps on an H200 (per padded head dim), causal, no mask;
-    - the fixed fp32 configuration of each head dim, full precision (ieee), and tf32 at D=128;
-    - for D >= 64, the largest configuration kept under the heaviest mask (a per-row fp32 additive mask,
-      whose tiles are pipelined through shared memory too);
-    - the other feature flags once: bool and key-padding masks, varlen (causal and not), a padded head dim
-      (80 in a 128 tile), fp16, bidirectional.
+    - every 16-bit configuration the autotuner keeps on an H200 per padded head dim, bf16, causal, no mask;
+    - the fixed fp32 configuration of each head dim (full precision), causal; fp16 once (D=128);
+    - the padded-batch paths of the models, bf16 additive masks: GPT-2's (B, 1, N, N) per-row mask with the
+      causal triangle folded in (D = 64, 128, 256, every configuration kept under that mask), BERT's
+      (B, 1, 1, N) key-padding mask, bidirectional (D = 64, 128); a boolean per-row mask once (fp16, D=64);
+    - varlen (packed (total, H, D) views of a fused qkv): bidirectional at D=64 (BERT packed), causal at
+      D=128, and a padded head dim (80 in a 128 tile).
     """
-    bf16, fp16, fp32, u8 = torch.bfloat16, torch.float16, torch.float32, torch.uint8
+    from engine.kernels.aot import meta, recording
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     as_tuple = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
-    specs = []
-    for bd in CONFIGS:
-        kept = [as_tuple(c) for c in prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384,
-                                                    smem_limit=H200_SMEM)]
-        specs += [_spec(bf16, bd, cfg) for cfg in kept]
-        specs.append(_spec(fp32, bd, FP32_CONFIGS[bd], "_ieee", precision="ieee"))
-        if bd >= 64:
-            masked = prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384, smem_limit=H200_SMEM,
-                                   mask_elem=4, mask_per_row=True)[0]
-            specs.append(_spec(bf16, bd, as_tuple(masked), "_addmask", mask_kind=2, mask_per_row=True,
-                               mask_dtype=fp32))
-        if bd == 64:
-            specs += [_spec(fp16, 64, kept[0], "_boolmask", mask_kind=1, mask_per_row=True, mask_dtype=u8),
-                      _spec(bf16, 64, kept[0], "_keypad_bidir", mask_kind=1, mask_dtype=u8, causal=False),
-                      _spec(bf16, 64, kept[0], "_varlen", varlen=True, causal=False)]
-        if bd == 128:
-            specs += [_spec(fp32, 128, FP32_CONFIGS[128], "_tf32", precision="tf32"),
-                      _spec(bf16, 128, kept[0], "_d80_varlen", head_dim=80, varlen=True)]
-    return specs
+    b, h, n = 2, 16, 4096
+
+    def kept(bd, mask_elem=0, per_row=False):
+        return [as_tuple(c) for c in prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384,
+                                                    smem_limit=H200_SMEM, mask_elem=mask_elem,
+                                                    mask_per_row=per_row)]
+
+    def dense(tag, dtype, d, cfg, *, causal=True, mask=None):
+        q, k, v, out = _fused_qkv(b, h, n, d, dtype)
+        bm, bn, w, st = cfg
+        with rec.name(f"attn_{TRITON_DTYPES[dtype]}_d{d}_{'causal' if causal else 'bidir'}{tag}_m{bm}n{bn}w{w}s{st}"):
+            if mask is not None:
+                mask = mask.expand(b, h, n, n)
+            attention_fwd(q, k, v, out, mask=mask, causal=causal, scale=d ** -0.5, config=cfg)
+
+    def varlen(d, cfg, *, causal):
+        total = b * n
+        qkv = meta((total, 3, h, d), bf16)
+        bm, bn, w, st = cfg
+        with rec.name(f"attn_bf16_d{d}_{'causal' if causal else 'bidir'}_varlen_m{bm}n{bn}w{w}s{st}"):
+            varlen_fwd(qkv[:, 0], qkv[:, 1], qkv[:, 2], meta((total, h, d), bf16), meta((b + 1,), torch.int32),
+                       meta((b + 1,), torch.int32), n, causal=causal, scale=d ** -0.5, config=cfg)
+
+    with recording() as rec:
+        for bd in CONFIGS:
+            for cfg in kept(bd):
+                dense("", bf16, bd, cfg)
+            dense("", fp32, bd, FP32_CONFIGS[bd])
+        dense("", fp16, 128, kept(128)[0])
+        for d in (64, 128, 256):
+            for cfg in kept(d, mask_elem=2, per_row=True)[: None if d < 256 else 1]:
+                dense("_addmask", bf16, d, cfg, causal=False, mask=meta((b, 1, n, n), bf16))
+        for d in (64, 128):
+            dense("_keypad", bf16, d, kept(d, mask_elem=2)[0], causal=False, mask=meta((b, 1, 1, n), bf16))
+        dense("_boolmask", fp16, 64, kept(64, mask_elem=1, per_row=True)[0], causal=False,
+              mask=meta((b, 1, n, n), torch.bool))
+        varlen(64, kept(64)[0], causal=False)
+        varlen(128, kept(128)[0], causal=True)
+        varlen(80, kept(128)[0], causal=True)
+    return rec.launches

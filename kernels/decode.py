@@ -309,31 +309,18 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def aot_specs() -> list:
-    """Every configuration the launcher can pick: per dtype and head dim, the split kernel (one build for one
-    split and for several) and the combine kernel."""
-    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
+    """The launches ``decode_attention_fwd`` makes, per dtype and head dim (for ``engine.kernels.aot``): one new
+    token per sequence (q a view of a fused (B, 1, 3, H, D) projection, as the models pass it) against a
+    (B=4, H=12, Tmax=4096, D) cache, split in two so both the split kernel (one build for one split and for
+    several) and the combine kernel are launched."""
+    from engine.kernels.aot import TRITON_DTYPES, meta, recording
 
-    specs = []
-    for dtype, ty in TRITON_DTYPES.items():
-        for d in HEAD_DIMS:
-            block_d, block_n, warps, stages = _kernel_config(d, dtype)
-            sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}", "OPART": "*fp32",
-                   "LSE": "*fp32", "qk_scale": "fp32", "q_len": "i32", "max_len": "i32"}
-            consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n,
-                      "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "DOT_UPCAST": False}
-            # At launch Triton turns strides of 1 into constants and marks multiples of 16 as such; that alignment
-            # is what lets the loop pipeline K/V through shared memory (cp.async), so it decides the shared memory.
-            # engine.kernels.aot only marks pointers: give the strides of contiguous tensors (H=12, Tmax=4096).
-            for t in "qkvo":
-                rows = 4096 if t in "kv" else 1
-                consts.update({f"stride_{t}b": 12 * rows * d, f"stride_{t}h": rows * d,
-                               f"stride_{t}{'t' if t in 'kv' else 'm'}": d, f"stride_{t}d": 1})
-            sig.update({k: "constexpr" for k in consts})
-            specs.append(KernelSpec(f"decode_split_{ty}_d{d}", _decode_split_kernel, sig, consts, warps, stages))
-            sig = {"OPART": "*fp32", "LSE": "*fp32", "OUT": f"*{ty}", "num_splits": "i32"}
-            sig.update({f"stride_o{a}": "i32" for a in "bhmd"})
-            consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_S": _combine_block_s(block_d)}
-            sig.update({k: "constexpr" for k in consts})
-            specs.append(KernelSpec(f"decode_combine_{ty}_d{d}", _decode_combine_kernel, sig, consts,
-                                    _COMBINE_WARPS, 3))
-    return specs
+    b, h, t = 4, 12, 4096
+    with recording() as rec:
+        for dtype, ty in TRITON_DTYPES.items():
+            for d in HEAD_DIMS:
+                q = meta((b, 1, 3, h, d), dtype).permute(2, 0, 3, 1, 4)[0]
+                with rec.name(f"decode_{ty}_d{d}"):
+                    decode_attention_fwd(q, meta((b, h, t, d), dtype), meta((b, h, t, d), dtype),
+                                         meta((b,), torch.int32), scale=d ** -0.5, num_splits=2)
+    return rec.launches

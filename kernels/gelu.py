@@ -117,23 +117,20 @@ def gelu_fwd(
 
 
 def aot_specs() -> list:
-    """One spec per (tile, bias or not, erf or tanh, dtype) the launcher can pick, for ``engine.kernels.aot``."""
-    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
+    """The launches ``gelu_fwd`` makes for every (tile, bias or not) ``config_for`` can pick, erf and tanh, per
+    dtype (for ``engine.kernels.aot``): 8192 contiguous rows of a width that picks each tile (3072 for the widest
+    bias tile, which then spans several column blocks)."""
+    from engine.kernels.aot import TRITON_DTYPES, meta, recording
 
-    specs = []
-    for dtype in TRITON_DTYPES.values():
-        signature = {"X": f"*{dtype}", "BIAS": f"*{dtype}", "Y": f"*{dtype}"}
-        signature.update(n_rows="i32", n_cols="i32", stride_x_row="i32", stride_y_row="i32")
-        signature.update(BLOCK_M="constexpr", BLOCK_N="constexpr", HAS_BIAS="constexpr", APPROX_TANH="constexpr")
-        for block_m, block_n, has_bias in configs():
-            for tanh in (False, True):
-                specs.append(
-                    KernelSpec(
-                        name=f"{'bias_' if has_bias else ''}gelu{'_tanh' if tanh else ''}_{dtype}_{block_m}x{block_n}",
-                        fn=_gelu_fwd_kernel,
-                        signature=signature,
-                        constexprs=dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias, APPROX_TANH=tanh),
-                        num_warps=NUM_WARPS,
-                    )
-                )
-    return specs
+    widths = {(*config_for(n, True), True): n for n in (MIN_BLOCK_N, 512, 3072)}
+    widths[(*config_for(1, False), False)] = 3072
+    assert set(widths) == set(configs()), "a tile the launcher can pick has no representative width"
+    with recording() as rec:
+        for dtype, ty in TRITON_DTYPES.items():
+            for (block_m, block_n, has_bias), n in widths.items():
+                for approx in ("none", "tanh"):
+                    with rec.name(f"{'bias_' if has_bias else ''}gelu{'_tanh' if approx == 'tanh' else ''}_{ty}_"
+                                  f"{block_m}x{block_n}"):
+                        gelu_fwd(meta((8192, n), dtype), meta((n,), dtype) if has_bias else None,
+                                 approximate=approx)
+    return rec.launches

@@ -169,26 +169,18 @@ def layer_norm_fwd(
 
 
 def aot_specs() -> list:
-    """One spec per (configuration, residual or not, dtype) the launcher can pick, for ``engine.kernels.aot``."""
-    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
+    """The launches ``layer_norm_fwd`` makes for every configuration ``config_for`` can pick, with and without a
+    residual, per dtype (for ``engine.kernels.aot``): 8192 contiguous rows of N = the configuration's block
+    (12288 for the looped one), so N and the row strides are multiples of 16, as for the usual hidden sizes."""
+    from engine.kernels.aot import TRITON_DTYPES, meta, recording
 
-    specs = []
-    for dtype in TRITON_DTYPES.values():
-        ptr = f"*{dtype}"
-        signature = {name: ptr for name in ("X", "R", "W", "B", "Y", "S")}
-        signature.update({name: "i32" for name in ("stride_x_row", "stride_r_row", "stride_y_row", "stride_s_row")})
-        signature.update(n_rows="i32", N="i32", eps="fp32")
-        signature.update({name: "constexpr" for name in ("BLOCK_N", "ROWS", "HAS_RESIDUAL", "LOOPED")})
-        for block_n, rows, num_warps, looped in configs():
-            for has_residual in (False, True):
-                specs.append(
-                    KernelSpec(
-                        name=f"layer_norm_{dtype}_n{block_n}_r{rows}{'_loop' if looped else ''}"
-                        f"{'_res' if has_residual else ''}",
-                        fn=_layer_norm_fwd_kernel,
-                        signature=signature,
-                        constexprs=dict(BLOCK_N=block_n, ROWS=rows, HAS_RESIDUAL=has_residual, LOOPED=looped),
-                        num_warps=num_warps,
-                    )
-                )
-    return specs
+    with recording() as rec:
+        for dtype, ty in TRITON_DTYPES.items():
+            for block_n, rows, _, looped in configs():
+                n = MAX_BLOCK_N + LOOP_BLOCK_N if looped else block_n
+                for res in (False, True):
+                    with rec.name(f"layer_norm_{ty}_n{block_n}_r{rows}{'_loop' if looped else ''}"
+                                  f"{'_res' if res else ''}"):
+                        layer_norm_fwd(meta((8192, n), dtype), meta((n,), dtype), meta((n,), dtype), 1e-5,
+                                       residual=meta((8192, n), dtype) if res else None)
+    return rec.launches
