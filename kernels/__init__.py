@@ -1,6 +1,8 @@
 """Triton kernels and their host launchers, installed as ``engine.kernels``.
 
-One module per op (layernorm, gelu, attention, decode). Every module exposes ``aot_specs()``: the kernel configurations
-its launchers can pick, which ``engine.kernels.aot`` compiles ahead of time for Hopper (sm_90) so a CPU-only CI
-proves they build and fit shared memory. Importing this package compiles nothing.
+layernorm.py, gelu.py: one module per op; attention/: the attention family (forward, decode; see its
+``__init__``). ``engine.kernels.aot`` compiles every configuration the launchers can pick ahead of time for
+Hopper (sm_90), as the launchers specialise it, and ``engine.kernels.audit`` summarises the compiled code
+(registers, spills, tensor-core and copy instructions), so a CPU-only CI proves the kernels build, fit shared
+memory and keep the instruction mix the GPU needs. Importing this package compiles nothing.
 """

@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of every kernel configuration for Hopper (sm_90), on a machine without a GPU.
 
-Each kernel module exposes ``aot_specs() -> list[Launch]``: it calls its own host launchers on meta tensors
+Each kernel family names a function (``KERNEL_FAMILIES``) that calls the family's host launchers on meta tensors
 (shapes, strides and dtypes, no data) of representative sizes inside ``recording()``, which records each kernel
 launch instead of running it. ``specialise`` then turns a launch into the compiler's input with Triton's own
 launch-time binder (``create_function_from_signature`` + ``JITFunction._pack_args``, the code ``kernel[grid](...)``
@@ -11,7 +11,7 @@ installed Triton at launch. So an AOT build is the build the launcher runs, for 
 32)`` and reports what decides speed: shared memory, registers, spill bytes and ptxas's warnings (its ``-v`` log),
 and instruction counts from the SASS (engine.kernels.audit). tests/kernels/ asserts on these (the static gate).
 
-Run as ``python -m engine.kernels.aot [--table] [--jobs N] [-k SUBSTRING] [module ...]``: one JSON line per
+Run as ``python -m engine.kernels.aot [--table] [--jobs N] [-k SUBSTRING] [family ...]``: one JSON line per
 configuration, then (``--table``) the table. Must run without ``TRITON_INTERPRET=1`` (interpreted kernels cannot
 be compiled); the test suite calls it in a subprocess. Every configuration is compiled afresh (Triton's cache is
 bypassed) so ptxas's report is always there.
@@ -36,7 +36,14 @@ import torch
 # Largest shared memory one block can opt into on an H100/H200 (227 KiB).
 H200_MAX_SHARED_BYTES = 232448
 
-KERNEL_MODULES = ("layernorm", "gelu", "attention", "decode")
+# Kernel family -> "module:function" returning its launches (a list of ``Launch``, made under ``recording()``).
+KERNEL_FAMILIES = {
+    "layernorm": "engine.kernels.layernorm:aot_specs",
+    "gelu": "engine.kernels.gelu:aot_specs",
+    "attention": "engine.kernels.attention.specs:fwd_specs",
+    "decode": "engine.kernels.attention.specs:decode_specs",
+}
+KERNEL_MODULES = tuple(KERNEL_FAMILIES)
 
 # Triton's names for the floating-point dtypes our kernels take (signature strings: "*" + name for pointers).
 TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -161,8 +168,8 @@ def specialise(launch: Launch) -> KernelSpec:
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
     fn = launch.kernel
-    if not isinstance(fn, JITFunction):
-        raise TypeError(f"{launch.name}: {type(fn).__name__} cannot be compiled (unset TRITON_INTERPRET)")
+    if not isinstance(fn, JITFunction):  # recorded under TRITON_INTERPRET: bind the same Python function
+        fn = JITFunction(fn.fn)  # (specialising works; compiling needs TRITON_INTERPRET unset)
     backend = make_backend(_target())
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = dict(launch.kwargs)
@@ -217,10 +224,16 @@ def compile_spec(spec: KernelSpec) -> dict:
     return out
 
 
-def specs_of(module: str) -> list[KernelSpec]:
-    """The distinct builds of one kernel module (launches that specialise alike are compiled once)."""
+def launches_of(family: str) -> list[Launch]:
+    """The launches of one kernel family (see ``KERNEL_FAMILIES``)."""
+    module, func = KERNEL_FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), func)()
+
+
+def specs_of(family: str) -> list[KernelSpec]:
+    """The distinct builds of one kernel family (launches that specialise alike are compiled once)."""
     seen, specs = set(), []
-    for launch in importlib.import_module(f"engine.kernels.{module}").aot_specs():
+    for launch in launches_of(family):
         spec = specialise(launch)
         if spec.key() not in seen:
             seen.add(spec.key())
@@ -242,13 +255,17 @@ def _work(job: tuple[str, int]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.kernels.aot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("modules", nargs="*", help=f"kernel modules (default: all of {', '.join(KERNEL_MODULES)})")
+    parser.add_argument("modules", nargs="*", metavar="family",
+                        help=f"kernel families (default: all of {', '.join(KERNEL_MODULES)})")
     parser.add_argument("--table", action="store_true", help="print the review table after the JSON lines")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="compile in this many processes")
     parser.add_argument("-k", dest="only", default="", help="only configurations whose name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    unknown = sorted(set(args.modules) - set(KERNEL_MODULES))
+    if unknown:
+        parser.error(f"unknown kernel families {unknown}; known: {', '.join(KERNEL_MODULES)}")
     jobs = [(m, i) for m in (args.modules or KERNEL_MODULES)
             for i, s in enumerate(specs_of(m)) if args.only in s.name]
     if args.jobs > 1:

@@ -129,7 +129,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     supported = q.dtype in KERNEL_DTYPES and D in KERNEL_HEAD_DIMS
     if backend.use_triton(q, k_cache, v_cache, cache_seqlens, supported=supported, op="decode_attention"):
-        from engine.kernels.decode import decode_attention_fwd
+        from engine.kernels.attention.decode import decode_attention_fwd
 
         return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale)
     return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale)

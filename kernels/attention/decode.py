@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.attention.common import precision
+
 # Head dims the kernel is built for (others go to PyTorch); non-powers of two are masked up to BLOCK_D.
 HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 BLOCK_M = 16  # query rows per program: the smallest tl.dot tile; Tq = 1 pads to it (decode is memory-bound)
@@ -295,7 +297,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         float(scale) * 1.4426950408889634, Tq, Tmax,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=precision(q.dtype),
         DOT_UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
@@ -305,22 +307,3 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
             BLOCK_S=_combine_block_s(plan.block_d), num_warps=_COMBINE_WARPS,
         )
     return out
-
-
-
-def aot_specs() -> list:
-    """The launches ``decode_attention_fwd`` makes, per dtype and head dim (for ``engine.kernels.aot``): one new
-    token per sequence (q a view of a fused (B, 1, 3, H, D) projection, as the models pass it) against a
-    (B=4, H=12, Tmax=4096, D) cache, split in two so both the split kernel (one build for one split and for
-    several) and the combine kernel are launched."""
-    from engine.kernels.aot import TRITON_DTYPES, meta, recording
-
-    b, h, t = 4, 12, 4096
-    with recording() as rec:
-        for dtype, ty in TRITON_DTYPES.items():
-            for d in HEAD_DIMS:
-                q = meta((b, 1, 3, h, d), dtype).permute(2, 0, 3, 1, 4)[0]
-                with rec.name(f"decode_{ty}_d{d}"):
-                    decode_attention_fwd(q, meta((b, h, t, d), dtype), meta((b, h, t, d), dtype),
-                                         meta((b,), torch.int32), scale=d ** -0.5, num_splits=2)
-    return rec.launches
