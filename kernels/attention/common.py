@@ -67,29 +67,29 @@ def kv_tile(ptrs, desc, off_z, off_h, row, row_ok, d_ok,
 
 
 @triton.jit
-def mask_scores(s, mask_ptrs, cols, col_ok, stride_mn, MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr,
-                BOUNDARY: tl.constexpr):
-    """Apply the attention mask to scores ``s`` (BLOCK_M, BLOCK_N) in log2 units, for keys ``cols``.
+def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KIND: tl.constexpr,
+              MASK_PER_ROW: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The attention mask of one (BLOCK_M, BLOCK_N) score tile for keys ``cols``, in the units of q . k (fp32), to
+    start the q @ k^T accumulator with: scores = (mask / scale + q . k) * scale.
 
-    MASK_KIND 0 = none, 1 = boolean (uint8, nonzero = attend), 2 = additive (any float dtype, scaled by log2 e).
+    MASK_KIND 1 = boolean (uint8, nonzero = attend: 0 or -inf), 2 = additive (any float dtype; values below
+    ``bias_floor`` are raised to it, so a most-negative finite mask stays finite after the division, as PyTorch
+    keeps such rows finite (they average all keys), while a true -inf stays -inf). ``inv_scale`` = 1 / scale.
     ``mask_ptrs``: (BLOCK_M, 1) row pointers when MASK_PER_ROW, else the one row of a key-padding mask.
     BOUNDARY: keys past the end (``col_ok`` False) exist in this tile; their mask entries are not read.
+    Starting the product from the mask (instead of adding it to the scores after) keeps the wgmma accumulator
+    defined by ordinary instructions only before the product, which Triton 3.6's code needs to stay asynchronous.
     """
-    if MASK_KIND != 0:
-        if MASK_PER_ROW:
-            mval = masked_load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY,
-                               False)
-        else:
-            mval = masked_load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
-        if MASK_KIND == 1:
-            s = tl.where(mval != 0, s, float("-inf"))
-        else:
-            bias = mval.to(tl.float32)
-            # Clamp before scaling so float32 min stays finite (as in PyTorch: such rows average all keys), while
-            # a true -inf stays -inf.
-            bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -2.0e38) * 1.4426950408889634)
-            s = s + bias
-    return s
+    if MASK_PER_ROW:
+        mval = masked_load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY, False)
+    else:
+        mval = masked_load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
+    if MASK_KIND == 1:
+        bias = tl.where(mval != 0, 0.0, float("-inf"))
+    else:
+        bias = mval.to(tl.float32)
+        bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, bias_floor) * inv_scale)
+    return tl.broadcast_to(bias, (BLOCK_M, BLOCK_N))
 
 
 # ----------------------------------------------------------------------------------------------------------------

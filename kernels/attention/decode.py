@@ -184,6 +184,14 @@ def _decode_combine_kernel(
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=d_valid)
 
 
+def dot_precision(dtype: torch.dtype, block_d: int) -> str:
+    """tl.dot's input precision: ``common.precision`` (fp32: three TF32 products on mma.sync, which keep the fp32
+    rule and fit in registers up to BLOCK_D = 128), except fp32 at BLOCK_D = 256, where the TF32 split of a
+    (16, 256) query tile spills and the full-precision FMA dot (BLOCK_N = 16 there) does not."""
+    p = precision(dtype)
+    return "ieee" if p == "tf32x3" and block_d > 128 else p
+
+
 def _combine_block_s(block_d: int) -> int:
     """Splits merged per load in the combine kernel: a (BLOCK_S, BLOCK_D) fp32 tile of at most 8192 values."""
     return max(16, min(MAX_SPLITS, 8192 // block_d))
@@ -297,7 +305,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         float(scale) * 1.4426950408889634, Tq, Tmax,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n,
-        DOT_PRECISION=precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype, plan.block_d),
         DOT_UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, kv_descriptors, kv_tile, mask_scores, masked_load, precision, set_kv_block_shape, use_kv_tma,
+    LOG2E, kv_descriptors, kv_tile, mask_bias, masked_load, precision, set_kv_block_shape, use_kv_tma,
 )
 
 # Per padded head dim, 16-bit inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages), autotuned per key. Short on
@@ -59,8 +59,8 @@ def _attn_fwd_inner(
     k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs,  # K, V tiles (BLOCK_N, BLOCK_D) at key 0; mask tile at key 0
     stride_kn, stride_vn, stride_mn,
     off_z, off_h, k_row0,  # TMA: the tile's coordinates (k_row0: first key's row, packed token for varlen)
-    offs_m, offs_n, offs_d, lo, hi, n_k, causal_shift, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    offs_m, offs_n, offs_d, lo, hi, n_k, causal_shift, qk_scale, bias_floor, inv_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, KV_TMA: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
@@ -73,14 +73,19 @@ def _attn_fwd_inner(
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        if MASK_KIND != 0:  # (BLOCK_M, BLOCK_N): q . k + mask / scale
+            qk = tl.dot(q, tl.trans(k), mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale,
+                                                  MASK_KIND, MASK_PER_ROW, BOUNDARY, BLOCK_M, BLOCK_N),
+                        input_precision=PRECISION)
+        else:
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
         if (MASK_KIND == 0) and (not BOUNDARY):
             # Hot path: scale the row max, not every score, so the exponent is one FMA (needs qk_scale > 0).
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
         else:
-            s = mask_scores(qk * qk_scale, mask_ptrs, cols, col_ok, stride_mn, MASK_KIND, MASK_PER_ROW, BOUNDARY)
+            s = qk * qk_scale  # log2 units
             if BOUNDARY:
                 ok = cols[None, :] < n_k
                 if IS_CAUSAL:
@@ -173,6 +178,11 @@ def _attn_fwd_kernel(
             rows = tl.minimum(offs_m, n_q - 1)
             mask_ptrs = mask_ptrs + rows[:, None].to(tl.int64) * stride_mm
 
+    # Masks start the q @ k^T product in its own units (divided by the softmax scale), floored so a finite mask
+    # stays finite (see common.mask_bias).
+    inv_scale = 1.4426950408889634 / qk_scale  # log2(e) / (scale * log2(e))
+    bias_floor = -2.0e38 * tl.minimum(1.0, qk_scale / 1.4426950408889634)
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -188,15 +198,15 @@ def _attn_fwd_kernel(
 
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
-        off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW, PRECISION,
-        DOT_UPCAST,
+        off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale, bias_floor,
+        inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
+        PRECISION, DOT_UPCAST,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
-        off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW, PRECISION,
-        DOT_UPCAST,
+        off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale, bias_floor,
+        inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
+        PRECISION, DOT_UPCAST,
     )
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
@@ -222,13 +232,10 @@ def seqlen_bucket(n: int) -> int:
     return min(max(triton.next_power_of_2(max(n, 1)), 64), 16384)
 
 
-def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
-                  mask_elem: int = 0, mask_per_row: bool = False) -> int:
-    """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles
-    (and of the mask tile) for the pipelined key loop (compiles for sm_90 agree; see aot_specs)."""
-    kv = 2 * block_n * block_d * elem * num_stages
-    mask = mask_elem * block_n * (block_m if mask_per_row else 1) * num_stages
-    return block_m * block_d * elem + kv + mask
+def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int) -> int:
+    """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles for
+    the pipelined key loop (mask tiles go straight to registers; the sm_90 builds agree, see the gate's table)."""
+    return block_m * block_d * elem + 2 * block_n * block_d * elem * num_stages
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,12 +248,10 @@ def _device_smem(index: int) -> int:
         return int(getattr(props, "shared_memory_per_block_optin", 0) or 101376)
 
 
-def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int,
-                  mask_elem: int = 0, mask_per_row: bool = False) -> list:
+def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int) -> list:
     """Drop configurations that overflow shared memory, and BLOCK_M larger than the sequence bucket."""
     fits = [c for c in configs
-            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d, elem,
-                             mask_elem, mask_per_row) <= smem_limit]
+            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d, elem) <= smem_limit]
     if not fits:  # the last entry of each list is the smallest; keep it rather than nothing
         fits = configs[-1:]
     short = [c for c in fits if c.kwargs["BLOCK_M"] <= bucket]
@@ -255,11 +260,9 @@ def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_l
 
 def _early_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
-    q, mask = args["Q"], args["Mask"]
-    mask_elem = mask.element_size() if args["MASK_KIND"] != 0 else 0
+    q = args["Q"]
     return prune_configs(configs, block_d=args["BLOCK_D"], elem=q.element_size(), bucket=args["N_BUCKET"],
-                         smem_limit=_device_smem(q.device.index or 0), mask_elem=mask_elem,
-                         mask_per_row=bool(args["MASK_PER_ROW"]))
+                         smem_limit=_device_smem(q.device.index or 0))
 
 
 def _configs(block_d: int) -> list:
