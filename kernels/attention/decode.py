@@ -13,6 +13,8 @@ Two kernels:
 * ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps,
   BLOCK_S splits per (parallel) load, skipping splits that saw no key.
 
+Dots run on tensor cores (mma.sync: BLOCK_M = 16 is below wgmma's 64 rows); fp32 as three TF32 products per
+dot, except at head dim 256 (``dot_precision``).
 The launcher never reads device data on the host: the grid and the number of splits depend on (B, H, Tq, Tmax, D,
 dtype, SM count) only, and the scratch is allocated from those sizes, so a decode step can be captured in a CUDA
 graph; only the split boundaries move with the lengths, inside the kernel.

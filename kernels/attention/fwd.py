@@ -10,7 +10,9 @@ with log2(e) folded into the score scale; no N x N matrix is ever written. The k
 Masks: ``MASK_KIND`` 0 = none, 1 = boolean (stored as uint8, nonzero = attend), 2 = additive (any float dtype).
 The mask is read tile by tile through its own strides, so a broadcast mask (stride 0) is never expanded;
 ``MASK_PER_ROW=False`` (key-padding masks, row stride 0) loads one BLOCK_N vector per tile instead of a tile.
-A query row that sees no key (all masked) outputs zeros.
+Each mask tile goes straight to registers as the starting value of the q @ k^T accumulator (divided by the
+softmax scale; ``common.mask_bias``), not added to the scores after the product: that keeps Triton 3.6 from
+serialising the wgmma of masked calls. A query row that sees no key (all masked) outputs zeros.
 
 K/V tiles arrive by TMA on Hopper (``KV_TMA``, host tensor descriptors) or through pointers (cp.async
 pipelined); ``engine.kernels.attention.common.use_kv_tma`` decides. Dots: 16-bit inputs on tensor cores (wgmma
@@ -232,10 +234,14 @@ def seqlen_bucket(n: int) -> int:
     return min(max(triton.next_power_of_2(max(n, 1)), 64), 16384)
 
 
-def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int) -> int:
+def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
+                  mask_per_row: bool = False) -> int:
     """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles for
-    the pipelined key loop (mask tiles go straight to registers; the sm_90 builds agree, see the gate's table)."""
-    return block_m * block_d * elem + 2 * block_n * block_d * elem * num_stages
+    the pipelined key loop, plus, for a per-row mask, the 2 bytes per score that Triton's layout conversion of the
+    mask tile into the accumulator's layout stages (key-padding vectors need none; the sm_90 builds agree, see
+    the gate's table)."""
+    mask = 2 * block_m * block_n if mask_per_row else 0
+    return block_m * block_d * elem + 2 * block_n * block_d * elem * num_stages + mask
 
 
 @functools.lru_cache(maxsize=None)
@@ -248,10 +254,12 @@ def _device_smem(index: int) -> int:
         return int(getattr(props, "shared_memory_per_block_optin", 0) or 101376)
 
 
-def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int) -> list:
+def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int,
+                  mask_per_row: bool = False) -> list:
     """Drop configurations that overflow shared memory, and BLOCK_M larger than the sequence bucket."""
     fits = [c for c in configs
-            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d, elem) <= smem_limit]
+            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d, elem,
+                             mask_per_row) <= smem_limit]
     if not fits:  # the last entry of each list is the smallest; keep it rather than nothing
         fits = configs[-1:]
     short = [c for c in fits if c.kwargs["BLOCK_M"] <= bucket]
@@ -262,7 +270,8 @@ def _early_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     q = args["Q"]
     return prune_configs(configs, block_d=args["BLOCK_D"], elem=q.element_size(), bucket=args["N_BUCKET"],
-                         smem_limit=_device_smem(q.device.index or 0))
+                         smem_limit=_device_smem(q.device.index or 0),
+                         mask_per_row=args["MASK_KIND"] != 0 and bool(args["MASK_PER_ROW"]))
 
 
 def _configs(block_d: int) -> list:

@@ -19,10 +19,10 @@ def _fused_qkv(b: int, h: int, n: int, d: int, dtype: torch.dtype):
     return qkv[0], qkv[1], qkv[2], meta((b, n, h, d), dtype).transpose(1, 2)
 
 
-def _kept(block_d: int) -> list[tuple[int, int, int, int]]:
-    """The 16-bit configurations the autotuner keeps on an H200 for long sequences."""
+def _kept(block_d: int, per_row: bool = False) -> list[tuple[int, int, int, int]]:
+    """The 16-bit configurations the autotuner keeps on an H200 for long sequences (under a per-row mask)."""
     kept = fwd.prune_configs(fwd._configs(block_d), block_d=block_d, elem=2, bucket=16384,
-                             smem_limit=H200_MAX_SHARED_BYTES)
+                             smem_limit=H200_MAX_SHARED_BYTES, mask_per_row=per_row)
     return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
 
 
@@ -32,7 +32,7 @@ def fwd_specs() -> list:
     - every 16-bit configuration the autotuner keeps on an H200 per padded head dim, bf16, causal, no mask;
     - the fp32 configuration of each head dim (three TF32 products per dot), causal; fp16 once (D=128);
     - the padded-batch paths of the models, bf16 additive masks: GPT-2's (B, 1, N, N) per-row mask with the
-      causal triangle folded in (D = 64 and 128: every configuration kept; D = 256: the first), BERT's (B, 1, 1, N) key-padding mask, bidirectional (D = 64, 128); the heaviest mask tile, a
+      causal triangle folded in (D = 64 and 128: every configuration kept under it; D = 256: the first), BERT's (B, 1, 1, N) key-padding mask, bidirectional (D = 64, 128); the heaviest mask tile, a
       per-row fp32 additive mask on a causal call (D = 64, 128); a boolean per-row mask once (fp16, D=64);
     - varlen (packed (total, H, D) views of a fused qkv): bidirectional at D=64 (BERT packed), causal at
       D=128, and a padded head dim (80 in a 128 tile);
@@ -65,12 +65,12 @@ def fwd_specs() -> list:
             dense("", fp32, bd, fwd.FP32_CONFIGS[bd])
         dense("", fp16, 128, _kept(128)[0])
         for d in (64, 128, 256):
-            for cfg in _kept(d)[: None if d < 256 else 1]:
+            for cfg in _kept(d, per_row=True)[: None if d < 256 else 1]:
                 dense("_addmask", bf16, d, cfg, causal=False, mask=meta((b, 1, n, n), bf16))
         for d in (64, 128):
             dense("_keypad", bf16, d, _kept(d)[0], causal=False, mask=meta((b, 1, 1, n), bf16))
-            dense("_addmask32", bf16, d, _kept(d)[0], mask=meta((b, 1, n, n), fp32))
-        dense("_boolmask", fp16, 64, _kept(64)[0], causal=False,
+            dense("_addmask32", bf16, d, _kept(d, per_row=True)[0], mask=meta((b, 1, n, n), fp32))
+        dense("_boolmask", fp16, 64, _kept(64, per_row=True)[0], causal=False,
               mask=meta((b, 1, n, n), torch.bool))
         varlen(64, _kept(64)[0], causal=False)
         varlen(128, _kept(128)[0], causal=True)
