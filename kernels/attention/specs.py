@@ -32,8 +32,9 @@ def fwd_specs() -> list:
     - every 16-bit configuration the autotuner keeps on an H200 per padded head dim, bf16, causal, no mask;
     - the fp32 configuration of each head dim (three TF32 products per dot), causal; fp16 once (D=128);
     - the padded-batch paths of the models, bf16 additive masks: GPT-2's (B, 1, N, N) per-row mask with the
-      causal triangle folded in (D = 64 and 128: every configuration kept under it; D = 256: the first), BERT's (B, 1, 1, N) key-padding mask, bidirectional (D = 64, 128); the heaviest mask tile, a
-      per-row fp32 additive mask on a causal call (D = 64, 128); a boolean per-row mask once (fp16, D=64);
+      causal triangle folded in (D = 64 and 128: every configuration kept under it; D = 256: the first),
+      BERT's (B, 1, 1, N) key-padding mask, bidirectional (D = 64, 128); the heaviest mask tile, a per-row
+      fp32 additive mask on a causal call (D = 64, 128); a boolean per-row mask once (fp16, D=64);
     - varlen (packed (total, H, D) views of a fused qkv): bidirectional at D=64 (BERT packed), causal at
       D=128, and a padded head dim (80 in a 128 tile);
     - the pointer (cp.async) path that GPUs before Hopper and older Tritons take: bf16 D = 64 and 128, fp32 D=64.

@@ -22,13 +22,26 @@ import pytest
 
 from engine.kernels import aot
 
-# Configuration name -> (spill bytes allowed (stores + loads), why). Keep short; every entry is a known cost.
-SPILL_ALLOWANCE: dict[str, tuple[int, str]] = {
+# Configuration name -> (spill bytes allowed (stores + loads), the Triton versions that need it, why). Keep short;
+# every entry is a known cost, and an entry that stops being needed fails test_spill_allowances_are_used.
+SPILL_ALLOWANCE: dict[str, tuple[int, tuple[str, ...], str]] = {
     "attn_fp32_d256_causal_m64n16w4s2": (
-        4500, "fp32 at D=256: each TF32 product needs the query tile split in two in registers, 2 x 64 x 256 "
-              "fp32 values over one warpgroup (256 registers per thread) before anything else; no tile shape "
-              "avoids it (see README, fp32 attention)"),
+        5600, ("3.6", "3.9"),
+        "fp32 at D=256: each TF32 product needs the query tile split in two in registers, 2 x 64 x 256 fp32 values "
+        "over one warpgroup (256 registers per thread) before anything else; no tile shape avoids it (measured: "
+        "3788 B under Triton 3.9, 5512 B under 3.6; README, fp32 attention)"),
+    "attn_bf16_d256_bidir_addmask_m128n64w8s2": (
+        16, ("3.6",), "a per-row mask at D=256 on 128 x 64 tiles: 16 B (255 registers) under Triton 3.6, 0 under 3.9"),
 }
+
+
+def _allowed(name: str) -> int:
+    import triton
+
+    bytes_, versions, _ = SPILL_ALLOWANCE.get(name, (0, (), ""))
+    return bytes_ if any(triton.__version__.startswith(v) for v in versions) else 0
+
+
 # wgmma waits per hot-loop iteration: one for the scores before the softmax (the P @ V product's result is
 # waited for one iteration later); fp32 issues each dot as three TF32 products, six waits.
 MAX_WAITS = {"16bit": 1, "fp32": 6}
@@ -49,7 +62,7 @@ def _failures(rows, check) -> list[str]:
 def test_no_spills_and_no_serialized_wgmma(sm90_builds, family):
     def check(r):
         spilled = r["spill_stores"] + r["spill_loads"]
-        allowed = SPILL_ALLOWANCE.get(r["name"], (0, ""))[0]
+        allowed = _allowed(r["name"])
         if spilled > allowed:
             return f"{spilled} bytes of spills (allowed {allowed}), {r['regs']} registers"
         serial = [w for w in r["warnings"] if "serialized" in w]
@@ -61,12 +74,15 @@ def test_no_spills_and_no_serialized_wgmma(sm90_builds, family):
 
 
 def test_spill_allowances_are_used(sm90_builds):
-    """An allowance for a configuration that no longer exists, or no longer spills, must go."""
+    """An allowance for a configuration that no longer exists, or no longer spills under a Triton it names, must
+    go (or lose that version)."""
     if "attention" not in sm90_builds["rows"]:
         pytest.skip("attention builds not selected")
     spills = {r["name"]: r["spill_stores"] + r["spill_loads"] for r in sm90_builds["rows"]["attention"]}
-    stale = [name for name in SPILL_ALLOWANCE if not spills.get(name)]
-    assert not stale, f"allowances for configurations that do not spill (or do not exist): {stale}"
+    missing = [name for name in SPILL_ALLOWANCE if name not in spills]
+    stale = [name for name in SPILL_ALLOWANCE if _allowed(name) and not spills.get(name)]
+    assert not missing, f"allowances for configurations that are not built: {missing}"
+    assert not stale, f"allowances for configurations that do not spill under this Triton: {stale}"
 
 
 @pytest.mark.parametrize("family", ["attention"])
