@@ -123,3 +123,47 @@ def test_varlen_bert(bench, benchmark, device, provider):
         qi, ki, vi = (x[i, :ln, j].transpose(0, 1).float() for j in range(3))
         ref = F.scaled_dot_product_attention(qi, ki, vi).transpose(0, 1)
         torch.testing.assert_close(out[i, :ln].float(), ref, atol=2e-2, rtol=2e-2)
+
+
+# The paths the bf16 grid above does not reach (issue 13): fp32 (three TF32 products per dot on tensor cores),
+# head dim 256, and the models' padded batches (bf16 additive masks). "torch" is F.scaled_dot_product_attention
+# with PyTorch's own backend choice: what a user comparing the two gets.
+PATH_CASES = {  # id -> (dtype, head dim, causal, mask)
+    "fp32-d64-causal": (torch.float32, 64, True, None),
+    "fp32-d128-causal": (torch.float32, 128, True, None),
+    "bf16-d256-causal": (torch.bfloat16, 256, True, None),
+    "bf16-d64-gpt2-padded": (torch.bfloat16, 64, False, "per_row"),  # (B, 1, N, N) additive, causal folded in
+    "bf16-d128-bert-padded": (torch.bfloat16, 128, False, "keypad"),  # (B, 1, 1, N) additive key padding
+}
+
+
+@pytest.mark.parametrize("provider", ("engine", "torch"))
+@pytest.mark.parametrize("case", PATH_CASES)
+def test_attention_paths(bench, device, provider, case):
+    dtype, d, causal, mask_kind = PATH_CASES[case]
+    n = 2048 if CUDA else 64
+    b, h = (TOKENS // n, HIDDEN // d) if CUDA else (1, 2)
+    g = torch.Generator(device=device).manual_seed(d)
+    q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, generator=g) for _ in range(3))
+    mask = None
+    if mask_kind is not None:
+        keep = torch.rand(b, 1, 1, n, device=device, generator=g) > 0.2  # ~20% padding
+        keep[..., 0] = True
+        if mask_kind == "per_row":
+            keep = keep & torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        mask = torch.zeros(keep.shape, device=device, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
+    flops = 4 * b * h * n * n * d / (2 if causal else 1)
+    group = f"sdpa-paths {case} N={n}"
+    extra = {"area": "sdpa-paths", "n": n, "head_dim": d, "causal": causal}
+    if provider == "engine":
+        fn = lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # noqa: E731
+    else:
+        fn = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # noqa: E731
+    out = bench(fn, provider=provider, group=group, flops=flops, extra=extra)
+    # Two heads of the last sequence against float64 (fp32: the fp32 rule; 16-bit: bf16 rounding).
+    sl = (slice(b - 1, b), slice(0, 2))
+    m = None if mask is None else mask[sl[0]].double()
+    ref = F.scaled_dot_product_attention(q[sl].double(), k[sl].double(), v[sl].double(), attn_mask=m,
+                                         is_causal=causal)
+    tol = 2e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out[sl].double(), ref, atol=tol, rtol=tol)

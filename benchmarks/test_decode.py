@@ -82,3 +82,21 @@ def test_decode_ragged(bench, rotating, device, provider):
     out = bench(fn, provider=provider, group=f"decode ragged B={B} H={H} d{D} bf16 Tmax={TMAX}", nbytes=nbytes,
                 extra={"area": "decode", "head_dim": D})
     _check(out, *sets.last)
+
+
+@pytest.mark.parametrize("provider", ("engine", "torch-sdpa"))
+def test_decode_fp32_d128(bench, device, provider):
+    """fp32 decode at head dim 128 (issue 13: the path that spilled registers): B=16 sequences of N keys."""
+    B, N, D128 = (16, 4096, 128) if CUDA else (1, 64, 128)
+    g = torch.Generator(device=device).manual_seed(128)
+    q = torch.randn(B, H, 1, D128, device=device, generator=g)
+    k, v = (torch.randn(B, H, N, D128, device=device, generator=g) for _ in range(2))
+    lens = torch.full((B,), N, dtype=torch.int32, device=device)
+    if provider == "engine":
+        fn = lambda: ops.decode_attention(q, k, v, lens)  # noqa: E731
+    else:
+        fn = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+    out = bench(fn, provider=provider, group=f"decode B={B} H={H} N={N} d{D128} fp32", nbytes=2 * k.numel() * 4,
+                extra={"area": "decode", "n": N, "head_dim": D128})
+    ref = decode_attention_torch(q.double(), k.double(), v.double(), lens, 1 / math.sqrt(D128))
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)

@@ -1,91 +1,294 @@
 """Ahead-of-time compilation of every kernel configuration for Hopper (sm_90), on a machine without a GPU.
 
-Each kernel module exposes ``aot_specs() -> list[KernelSpec]``: one entry per configuration its launcher (or
-autotuner) can pick. ``compile_spec`` runs Triton's full pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin) for
-``GPUTarget("cuda", 90, 32)`` and reports shared memory and registers, so CI proves that kernels which pass in
-the interpreter also build for the GPU and fit the H200's shared memory.
+Each kernel family names a function (``KERNEL_FAMILIES``) that calls the family's host launchers on meta tensors
+(shapes, strides and dtypes, no data) of representative sizes inside ``recording()``, which records each kernel
+launch instead of running it. ``specialise`` then turns a launch into the compiler's input with Triton's own
+launch-time binder (``create_function_from_signature`` + ``JITFunction._pack_args``, the code ``kernel[grid](...)``
+runs): ints equal to 1 become constants, ints and pointers divisible by 16 are marked so, exactly as for the
+installed Triton at launch. So an AOT build is the build the launcher runs, for those sizes.
 
-Run as ``python -m engine.kernels.aot [module ...]``; prints one JSON line per configuration. Must run without
-``TRITON_INTERPRET=1`` (interpreted kernels cannot be compiled); the test suite calls it in a subprocess.
+``compile_spec`` runs Triton's full pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin) for ``GPUTarget("cuda", 90,
+32)`` and reports what decides speed: shared memory, registers, spill bytes and ptxas's warnings (its ``-v`` log),
+and instruction counts from the SASS (engine.kernels.audit). tests/kernels/ asserts on these (the static gate).
+
+Run as ``python -m engine.kernels.aot [--table] [--jobs N] [-k SUBSTRING] [family ...]``: one JSON line per
+configuration, then (``--table``) the table. Must run without ``TRITON_INTERPRET=1`` (interpreted kernels cannot
+be compiled); the test suite calls it in a subprocess. Every configuration is compiled afresh (Triton's cache is
+bypassed) so ptxas's report is always there.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import importlib
+import io
 import json
+import os
+import subprocess
 import sys
-from typing import Any
+import tempfile
+import time
+from typing import Any, Iterator
 
 import torch
 
 # Largest shared memory one block can opt into on an H100/H200 (227 KiB).
 H200_MAX_SHARED_BYTES = 232448
 
-KERNEL_MODULES = ("norm", "gelu", "attention", "decode")
+# Kernel family -> "module:function" returning its launches (a list of ``Launch``, made under ``recording()``).
+KERNEL_FAMILIES = {
+    "norm": "engine.kernels.norm:aot_specs",
+    "gelu": "engine.kernels.gelu:aot_specs",
+    "attention": "engine.kernels.attention.specs:fwd_specs",
+    "decode": "engine.kernels.attention.specs:decode_specs",
+}
+KERNEL_MODULES = tuple(KERNEL_FAMILIES)
 
 # Triton's names for the floating-point dtypes our kernels take (signature strings: "*" + name for pointers).
 TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+@dataclasses.dataclass
+class Launch:
+    """One recorded kernel launch: ``kernel[grid](*args, **kwargs)`` with the launcher's own arguments.
+
+    kwargs holds the constexpr keyword arguments and the launch options (num_warps, num_stages).
+    """
+
+    name: str
+    kernel: Any
+    args: tuple
+    kwargs: dict
+
+    @property
+    def fn_name(self) -> str:
+        return getattr(self.kernel, "__name__", None) or self.kernel.fn.__name__
+
+    @property
+    def num_warps(self) -> int:
+        return self.kwargs.get("num_warps", 4)
+
+    @property
+    def num_stages(self) -> int:
+        return self.kwargs.get("num_stages", 3)
+
+    def arg(self, name: str) -> Any:
+        """The value the launcher passed for argument ``name`` (positional or keyword)."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        names = list(self.kernel.arg_names)
+        i = names.index(name)
+        return self.args[i] if i < len(self.args) else None
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.launches: list[Launch] = []
+        self.label = "launch"
+
+    @contextlib.contextmanager
+    def name(self, label: str) -> Iterator[None]:
+        """Name the launches made inside this block ``label`` (``label/kernel`` when it makes several)."""
+        first = len(self.launches)
+        self.label = label
+        yield
+        made = self.launches[first:]
+        if len(made) > 1:
+            for launch in made:
+                launch.name = f"{label}/{launch.fn_name.strip('_').removesuffix('_kernel')}"
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[_Recorder]:
+    """Inside this block, ``kernel[grid](...)`` records a ``Launch`` and runs nothing (for JIT and interpreted
+    kernels alike). Launchers run on meta tensors here: nothing is allocated or computed."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    rec = _Recorder()
+
+    def run(self, *args, grid, warmup, **kwargs):  # noqa: ARG001 - same signature as the patched method
+        rec.launches.append(Launch(rec.label, self, args, dict(kwargs)))
+
+    from engine.kernels import launch
+
+    saved = JITFunction.run, InterpretedFunction.run, launch.ENABLED
+    JITFunction.run = InterpretedFunction.run = run
+    launch.ENABLED = False  # every launch through kernel[grid](...), so it is recorded
+    try:
+        yield rec
+    finally:
+        JITFunction.run, InterpretedFunction.run, launch.ENABLED = saved
+
+
+def meta(shape: tuple[int, ...], dtype: torch.dtype, *, strides: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A tensor with shape, strides and dtype but no data (device "meta"), as launchers see at launch."""
+    if strides is None:
+        return torch.empty(shape, dtype=dtype, device="meta")
+    return torch.empty_strided(shape, strides, dtype=dtype, device="meta")
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
-    """One configuration of one kernel.
+    """A launch as the launcher specialises it: the compiler's input.
 
-    signature: every argument name -> Triton type ("*fp16", "i32", "fp32", ... or "constexpr").
-    constexprs: values of the constexpr arguments.
+    signature: argument name -> Triton type ("*bf16", "i32", "constexpr", ...); constexprs: name -> value (the
+    constexpr arguments and the ints specialised to 1); aligned: arguments marked divisible by 16.
     """
 
     name: str
     fn: Any
     signature: dict[str, str]
     constexprs: dict[str, Any]
-    num_warps: int = 4
-    num_stages: int = 3
+    aligned: tuple[str, ...]
+    options: dict
+    _paths: tuple  # (constexprs by argument path, attributes by argument path), as Triton keys them
+
+    @property
+    def num_warps(self) -> int:
+        return self.options["num_warps"]
+
+    @property
+    def num_stages(self) -> int:
+        return self.options["num_stages"]
+
+    def key(self) -> str:
+        """Two launches with the same key share one compiled binary."""
+        return repr((self.fn.__name__, sorted(self.signature.items()), sorted(map(repr, self.constexprs.items())),
+                     self.aligned, sorted((k, repr(v)) for k, v in self.options.items())))
 
 
-def _attrs(spec: KernelSpec) -> dict:
-    # torch allocations are 16-byte aligned: tell the compiler, as the launcher's specialisation does.
-    names = list(spec.signature)
-    return {(names.index(k),): [["tt.divisibility", 16]] for k, v in spec.signature.items() if v.startswith("*")}
-
-
-def compile_spec(spec: KernelSpec, arch: int = 90) -> dict:
-    """Compile ``spec`` for sm_``arch``; returns {name, num_warps, num_stages, shared, ok, error}."""
-    import triton
+def _target():
     from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", 90, 32)
+
+
+def specialise(launch: Launch) -> KernelSpec:
+    """The launch, specialised by Triton's own launch-time binder for sm_90."""
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    fn = launch.kernel
+    if not isinstance(fn, JITFunction):  # recorded under TRITON_INTERPRET: bind the same Python function
+        fn = JITFunction(fn.fn)  # (specialising works; compiling needs TRITON_INTERPRET unset)
+    backend = make_backend(_target())
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(launch.kwargs)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    names = fn.arg_names
+    named = {names[p[0]] if len(p) == 1 else repr(p): v for p, v in constexprs.items()}
+    aligned = tuple(names[p[0]] for p, a in attrs.items() if len(p) == 1 and ["tt.divisibility", 16] in a)
+    return KernelSpec(launch.name, fn, signature, named, aligned, dict(options.__dict__), (constexprs, attrs))
+
+
+def _cuobjdump() -> str:
+    from triton import knobs
+
+    return knobs.nvidia.cuobjdump.path
+
+
+def compile_spec(spec: KernelSpec) -> dict:
+    """Compile ``spec`` for sm_90 and audit it: {name, kernel, num_warps, num_stages, ok, error, shared, regs,
+    stack, spill_stores, spill_loads, warnings, sass, seconds}."""
+    import triton
+    from triton import knobs
     from triton.compiler import ASTSource
 
-    out = {"name": spec.name, "num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    from engine.kernels import audit
+
+    out = {"name": spec.name, "kernel": spec.fn.__name__, "num_warps": spec.num_warps,
+           "num_stages": spec.num_stages, "shared": None, "regs": None}
+    t0 = time.perf_counter()
+    log = io.StringIO()
     try:
-        src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=_attrs(spec))
-        kernel = triton.compile(
-            src,
-            target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
-        )
-        meta = kernel.metadata
-        out.update(ok=True, shared=int(meta.shared), error=None)
+        constexprs, attrs = spec._paths
+        src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=constexprs, attrs=attrs)
+        with contextlib.redirect_stdout(log):  # Triton prints ptxas's -v report when dump_ptxas_log is set
+            with knobs.nvidia.scope(), knobs.compilation.scope():
+                knobs.nvidia.dump_ptxas_log = True
+                knobs.compilation.always_compile = True
+                kernel = triton.compile(src, target=_target(), options=spec.options)
+        out.update(ok=True, error=None, shared=int(kernel.metadata.shared))
+        out.update(audit.ptxas_report(log.getvalue()))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "kernel.cubin")
+            with open(path, "wb") as f:
+                f.write(kernel.asm["cubin"])
+            sass = subprocess.run([_cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
+        out["sass"] = audit.sass_report(sass)
         if out["shared"] > H200_MAX_SHARED_BYTES:
             out.update(ok=False, error=f"shared memory {out['shared']} B > H200 limit {H200_MAX_SHARED_BYTES} B")
     except Exception as exc:  # report, do not stop: the test lists every failure at once
-        out.update(ok=False, shared=None, error=f"{type(exc).__name__}: {exc}")
+        out.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:4000])
+    out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 
-def specs_of(module: str) -> list[KernelSpec]:
-    return importlib.import_module(f"engine.kernels.{module}").aot_specs()
+def launches_of(family: str) -> list[Launch]:
+    """The launches of one kernel family (see ``KERNEL_FAMILIES``)."""
+    module, func = KERNEL_FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), func)()
+
+
+def specs_of(family: str) -> list[KernelSpec]:
+    """The distinct builds of one kernel family (launches that specialise alike are compiled once)."""
+    seen, specs = set(), []
+    for launch in launches_of(family):
+        spec = specialise(launch)
+        if spec.key() not in seen:
+            seen.add(spec.key())
+            specs.append(spec)
+    return specs
+
+
+_WORKER_SPECS: dict = {}
+
+
+def _work(job: tuple[str, int]) -> dict:
+    module, i = job
+    if module not in _WORKER_SPECS:
+        _WORKER_SPECS[module] = specs_of(module)
+    res = compile_spec(_WORKER_SPECS[module][i])
+    res["module"] = module
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    modules = (argv if argv else None) or list(KERNEL_MODULES)
-    failed = 0
-    for module in modules:
-        for spec in specs_of(module):
-            res = compile_spec(spec)
-            res["module"] = module
-            failed += not res["ok"]
-            print(json.dumps(res), flush=True)
-    return 1 if failed else 0
+    parser = argparse.ArgumentParser(prog="python -m engine.kernels.aot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="family",
+                        help=f"kernel families (default: all of {', '.join(KERNEL_MODULES)})")
+    parser.add_argument("--table", action="store_true", help="print the review table after the JSON lines")
+    parser.add_argument("--jobs", "-j", type=int, default=1, help="compile in this many processes")
+    parser.add_argument("-k", dest="only", default="", help="only configurations whose name contains this")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    unknown = sorted(set(args.modules) - set(KERNEL_MODULES))
+    if unknown:
+        parser.error(f"unknown kernel families {unknown}; known: {', '.join(KERNEL_MODULES)}")
+    jobs = [(m, i) for m in (args.modules or KERNEL_MODULES)
+            for i, s in enumerate(specs_of(m)) if args.only in s.name]
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            results = pool.imap(_work, jobs)
+            rows = [_emit(r) for r in results]
+    else:
+        rows = [_emit(_work(j)) for j in jobs]
+    if args.table:
+        from engine.kernels import audit
+
+        print(audit.table(rows), flush=True)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _emit(row: dict) -> dict:
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

@@ -132,26 +132,22 @@ def gelu_fwd(
 
 
 def aot_specs() -> list:
-    """One spec per (tile, bias / gated / plain, erf or tanh, dtype) the launcher can pick, for
-    ``engine.kernels.aot``."""
-    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
+    """The launches ``gelu_fwd`` makes for every (tile, bias / gated / plain) ``config_for`` can pick, erf and
+    tanh, per dtype (for ``engine.kernels.aot``): 8192 contiguous rows of a width that picks each tile (three times
+    the widest tile for that one, which then spans several column blocks)."""
+    from engine.kernels.aot import TRITON_DTYPES, meta, recording
 
-    specs = []
-    for dtype in TRITON_DTYPES.values():
-        signature = {"X": f"*{dtype}", "BIAS": f"*{dtype}", "Y": f"*{dtype}"}
-        signature.update(n_rows="i32", n_cols="i32", stride_x_row="i32", stride_y_row="i32")
-        signature.update({k: "constexpr" for k in ("BLOCK_M", "BLOCK_N", "HAS_BIAS", "APPROX_TANH", "GATED")})
-        for block_m, block_n, has_bias, gated in configs():
-            kind = "bias_gelu" if has_bias else "geglu" if gated else "gelu"
-            for tanh in (False, True):
-                specs.append(
-                    KernelSpec(
-                        name=f"{kind}{'_tanh' if tanh else ''}_{dtype}_{block_m}x{block_n}",
-                        fn=_gelu_fwd_kernel,
-                        signature=signature,
-                        constexprs=dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=has_bias, APPROX_TANH=tanh,
-                                        GATED=gated),
-                        num_warps=NUM_WARPS,
-                    )
-                )
-    return specs
+    def width(block_n: int, tiled: bool) -> int:
+        return block_n if tiled and block_n < MAX_BLOCK_N else 3 * MAX_BLOCK_N
+
+    widths = {cfg: width(cfg[1], cfg[2] or cfg[3]) for cfg in configs()}
+    assert all((*config_for(n, c[2] or c[3]), c[2], c[3]) == c for c, n in widths.items()), "a tile is not picked"
+    with recording() as rec:
+        for dtype, ty in TRITON_DTYPES.items():
+            for (block_m, block_n, has_bias, gated), n in widths.items():
+                kind = "bias_gelu" if has_bias else "geglu" if gated else "gelu"
+                for approx in ("none", "tanh"):
+                    with rec.name(f"{kind}{'_tanh' if approx == 'tanh' else ''}_{ty}_{block_m}x{block_n}"):
+                        gelu_fwd(meta((8192, 2 * n if gated else n), dtype), meta((n,), dtype) if has_bias else None,
+                                 approximate=approx, gated=gated)
+    return rec.launches

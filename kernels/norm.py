@@ -185,42 +185,20 @@ def norm_fwd(
     return out, residual_out
 
 
-def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-                   **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """LayerNorm rows of ``x`` (M, N): ``norm_fwd(..., rms=False)`` (same keywords)."""
-    return norm_fwd(x, weight, bias, eps, rms=False, **kwargs)
-
-
-def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
-                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """RMSNorm rows of ``x`` (M, N): ``norm_fwd(..., rms=True)`` (same keywords)."""
-    return norm_fwd(x, weight, None, eps, rms=True, **kwargs)
-
-
 def aot_specs() -> list:
-    """One spec per (configuration, residual or not, LayerNorm or RMSNorm, dtype) the launcher can pick, for
-    ``engine.kernels.aot``."""
-    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
+    """The launches ``norm_fwd`` makes for every configuration ``config_for`` can pick, LayerNorm and RMSNorm, with
+    and without a residual, per dtype (for ``engine.kernels.aot``): 8192 contiguous rows of N = the configuration's
+    block (12288 for the looped one), so N and the row strides are multiples of 16, as for the usual hidden sizes."""
+    from engine.kernels.aot import TRITON_DTYPES, meta, recording
 
-    specs = []
-    for dtype in TRITON_DTYPES.values():
-        ptr = f"*{dtype}"
-        signature = {name: ptr for name in ("X", "R", "W", "B", "Y", "S")}
-        signature.update({name: "i32" for name in ("stride_x_row", "stride_r_row", "stride_y_row", "stride_s_row")})
-        signature.update(n_rows="i32", N="i32", eps="fp32")
-        signature.update({name: "constexpr" for name in ("BLOCK_N", "ROWS", "HAS_RESIDUAL", "LOOPED", "IS_RMS")})
-        for block_n, rows, num_warps, looped in configs():
-            for has_residual in (False, True):
+    with recording() as rec:
+        for dtype, ty in TRITON_DTYPES.items():
+            for block_n, rows, _, looped in configs():
+                n = MAX_BLOCK_N + LOOP_BLOCK_N if looped else block_n
                 for rms in (False, True):
-                    specs.append(
-                        KernelSpec(
-                            name=f"{'rms' if rms else 'layer'}_norm_{dtype}_n{block_n}_r{rows}"
-                            f"{'_loop' if looped else ''}{'_res' if has_residual else ''}",
-                            fn=_norm_fwd_kernel,
-                            signature=signature,
-                            constexprs=dict(BLOCK_N=block_n, ROWS=rows, HAS_RESIDUAL=has_residual, LOOPED=looped,
-                                            IS_RMS=rms),
-                            num_warps=num_warps,
-                        )
-                    )
-    return specs
+                    for res in (False, True):
+                        with rec.name(f"{'rms' if rms else 'layer'}_norm_{ty}_n{block_n}_r{rows}"
+                                      f"{'_loop' if looped else ''}{'_res' if res else ''}"):
+                            norm_fwd(meta((8192, n), dtype), meta((n,), dtype), None if rms else meta((n,), dtype),
+                                     1e-5, rms=rms, residual=meta((8192, n), dtype) if res else None)
+    return rec.launches

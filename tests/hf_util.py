@@ -88,7 +88,7 @@ class KernelSpy:
     """Counts calls of engine's kernel launchers (``engine.kernels.*``) while still running them."""
 
     LAUNCHERS = {"attention": ("attention", "attention_fwd"), "varlen": ("attention", "varlen_fwd"),
-                 "decode": ("decode", "decode_attention_fwd"), "layer_norm": ("norm", "norm_fwd"),
+                 "decode": ("attention.decode", "decode_attention_fwd"), "layer_norm": ("norm", "norm_fwd"),
                  "gelu": ("gelu", "gelu_fwd")}
 
     def __init__(self, monkeypatch) -> None:

@@ -211,7 +211,7 @@ def test_static_cache_matches_full_forward_each_step(models, backend, monkeypatc
     steps = 12 if backend == "torch" else 4
     kernel_calls = []
     if backend == "triton":  # make sure the decode kernel really runs (head_dim 16 is one it takes)
-        import engine.kernels.decode as kd
+        import engine.kernels.attention.decode as kd
 
         real = kd.decode_attention_fwd
         monkeypatch.setattr(kd, "decode_attention_fwd", lambda *a, **k: kernel_calls.append(1) or real(*a, **k))

@@ -192,7 +192,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     # The decode kernel does not gather the bias table yet: calls with it run the PyTorch path.
     if bias is None and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens):
-        from engine.kernels.decode import decode_attention_fwd
+        from engine.kernels.attention.decode import decode_attention_fwd
 
         return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale)
     return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale, bias, host_lengths=host)

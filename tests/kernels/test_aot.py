@@ -1,29 +1,35 @@
-"""Every kernel configuration the launchers can pick compiles for Hopper (sm_90) and fits H200 shared memory.
-
-Runs `python -m engine.kernels.aot` in a subprocess without TRITON_INTERPRET (interpreted kernels cannot be
-compiled). Needs no GPU: Triton's compiler and its bundled ptxas run on the CPU.
+"""Every kernel configuration the launchers can pick compiles for Hopper (sm_90), as the launcher specialises it,
+and fits H200 shared memory. The builds come from the session fixture in conftest.py (shared with the gate).
 """
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+import torch
 
 from engine.kernels import aot
 
-pytest.importorskip("triton")
 
-
-@pytest.mark.parametrize("module", aot.KERNEL_MODULES)
-def test_every_configuration_compiles_for_sm90(module):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.kernels.aot", module], capture_output=True, text=True, env=env, timeout=1500
-    )
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert rows, f"no configurations compiled for {module}:\n{proc.stderr[-3000:]}"
+@pytest.mark.parametrize("family", aot.KERNEL_MODULES)
+def test_every_configuration_compiles_for_sm90(sm90_builds, family):
+    rows = sm90_builds["rows"][family]
+    assert rows, f"no configurations compiled for {family}:\n{sm90_builds['stderr']}"
     failures = [r for r in rows if not r["ok"]]
     assert not failures, "\n".join(f"{r['name']} (warps={r['num_warps']}): {r['error']}" for r in failures)
     assert all(r["shared"] <= aot.H200_MAX_SHARED_BYTES for r in rows)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len({r["name"] for r in rows}) == len(rows), "two builds share a name"
+
+
+def test_launches_are_specialised_like_the_launcher():
+    """ints equal to 1 become constants and ints / pointers divisible by 16 are marked, as at launch (Triton's
+    own binder); arguments are found by name, whatever their position."""
+    from engine.kernels.norm import norm_fwd
+
+    with aot.recording() as rec:
+        norm_fwd(aot.meta((4096, 768), torch.bfloat16), aot.meta((768,), torch.bfloat16),
+                 aot.meta((768,), torch.bfloat16), 1e-5, rms=False)
+        norm_fwd(aot.meta((1, 1000), torch.float32, strides=(1000, 1)), None, None, 1e-5, rms=True)
+    big, odd = (aot.specialise(la) for la in rec.launches)
+    assert big.signature["X"] == "*bf16" and big.signature["eps"] == "fp32"
+    assert {"X", "W", "Y", "N", "n_rows", "stride_x_row"} <= set(big.aligned)  # 768 and 4096: multiples of 16
+    assert "eps" not in big.aligned
+    assert odd.constexprs["n_rows"] == 1 and odd.signature["n_rows"] == "constexpr"  # a 1 is a constant
+    assert "N" not in odd.aligned and "stride_x_row" not in odd.aligned  # 1000 is not a multiple of 16
+    assert big.key() != odd.key()

@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import ops
-from engine.kernels import attention as kattn
+from engine.kernels import aot
+from engine.kernels.attention import common as kcommon
+from engine.kernels.attention import fwd as kattn
 
 # (atol, rtol) vs the float64 reference; for fp16 / bf16 also "at most 2x torch's own error + FLOOR".
 TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 4e-3),
@@ -212,17 +214,17 @@ def tf32_setting():
 @pytest.mark.parametrize("allow", [False, True])
 def test_fp32_precision_follows_allow_tf32(tf32_setting, allow):
     torch.backends.cuda.matmul.allow_tf32 = allow
-    assert kattn._precision(torch.float32) == ("tf32" if allow else "ieee")
-    assert kattn._precision(torch.bfloat16) == "tf32"  # ignored by tl.dot for 16-bit inputs
+    assert kattn.precision(torch.float32) == ("tf32" if allow else "tf32x3")
+    assert kattn.precision(torch.bfloat16) == "tf32"  # ignored by tl.dot for 16-bit inputs
 
 
 def test_autotune_pruning_fits_and_shortens():
     cfgs = kattn._configs(128)
     for elem in (2, 4):
-        kept = kattn.prune_configs(cfgs, block_d=128, elem=elem, bucket=16384, smem_limit=kattn.H200_SMEM)
+        kept = kattn.prune_configs(cfgs, block_d=128, elem=elem, bucket=16384, smem_limit=aot.H200_MAX_SHARED_BYTES)
         assert kept and all(kattn.smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, 128, elem)
-                            <= kattn.H200_SMEM for c in kept)
-    short = kattn.prune_configs(cfgs, block_d=128, elem=2, bucket=64, smem_limit=kattn.H200_SMEM)
+                            <= aot.H200_MAX_SHARED_BYTES for c in kept)
+    short = kattn.prune_configs(cfgs, block_d=128, elem=2, bucket=64, smem_limit=aot.H200_MAX_SHARED_BYTES)
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short)
 
 
@@ -249,12 +251,57 @@ def test_autotuned_launch_path(monkeypatch, device):
     """The launcher's autotuned branch (grid from the chosen config, pruning hook): head dim 16 keeps a single
     configuration, so the autotuner runs it without timing; the interpreter runs it like any kernel."""
     if device == "cpu":
-        monkeypatch.setattr(kattn, "_interpreting", lambda: False)
-        monkeypatch.setattr(kattn, "_device_smem", lambda index: kattn.H200_SMEM)
+        monkeypatch.setattr(kattn, "interpreting", lambda: False)
+        monkeypatch.setattr(kattn, "_device_smem", lambda index: aot.H200_MAX_SHARED_BYTES)
     q, k, v = qkv(1, 2, 70, 70, 16, torch.float16, device, seed=11)
     out = torch.full_like(q, float("nan"))
     kattn.attention_fwd(q, k, v, out, mask=None, causal=True, scale=0.25)
     check(out, q, k, v, causal=True, scale=0.25)
+
+
+def _tma_capable(device: str) -> bool:
+    return device == "cpu" or torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.parametrize("d,causal,mask_kind,dtype", [
+    (80, True, None, torch.float32),  # padded head dim: columns past D must read as zeros
+    (32, False, "additive4d", torch.bfloat16),
+    (64, True, "bool_keypad", torch.float16),
+])
+def test_tma_path(device, d, causal, mask_kind, dtype):
+    """K/V tiles through tensor descriptors (Triton's interpreter on the CPU, TMA on a Hopper GPU): K and V as
+    views of one packed (B, N, 2, H, D) buffer, keys past N read as zeros, poisoned output."""
+    if not _tma_capable(device):
+        pytest.skip("TMA needs compute capability >= 9")
+    b, h, n_q, n_k = 2, 2, 37, 45
+    g = torch.Generator().manual_seed(d)
+    q = torch.randn(b, h, n_q, d, generator=g).to(device, dtype)
+    kv = torch.randn(b, n_k, 2, h, d, generator=g).to(device, dtype)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    assert kcommon.tma_addressable(k) and kcommon.tma_addressable(v)
+    mask = None if mask_kind is None else _masks(mask_kind, b, h, n_q, n_k, device)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(dtype)
+    out = torch.full_like(q, float("nan"))
+    expanded = None if mask is None else mask.expand(b, h, n_q, n_k)
+    kattn.attention_fwd(q, k, v, out, mask=expanded, causal=causal, scale=d ** -0.5, config=(32, 16, 4, 1),
+                        kv_tma=True)
+    check(out, q, k, v, mask=mask, causal=causal)
+
+
+def test_kv_path_choice():
+    """TMA only where it can run: never on CPU tensors (the interpreter takes the pointer path by default), and
+    only for tensors with 16-byte aligned strides and a unit last stride."""
+    x = torch.randn(2, 3, 40, 32)
+    assert not kcommon.use_kv_tma(x, x)
+    assert kcommon.tma_addressable(x)
+    assert kcommon.tma_addressable(x[:, :1])  # a size-1 dim's stride is never stepped along
+    assert kcommon.tma_addressable(x[..., :30])  # D=30 of rows 128 bytes apart: the box zero-fills past D
+    assert not kcommon.tma_addressable(torch.randn(2, 3, 40, 30))  # rows 120 bytes apart
+    assert not kcommon.tma_addressable(x.transpose(-1, -2))  # D not contiguous
+    assert not kcommon.tma_addressable(x[..., 1:17])  # base 4 bytes past 16-byte alignment
+    assert kcommon.kv_block_shape(4, 64, 128) == [1, 1, 64, 128]
+    assert kcommon.kv_block_shape(3, 64, 128) == [64, 1, 128]
 
 
 def _bad_cases():
@@ -308,12 +355,27 @@ def test_sdpa_gpu_real_sizes(d, causal, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("allow_tf32", [False, True])
-def test_sdpa_gpu_fp32(tf32_setting, allow_tf32):
+def test_sdpa_gpu_fp32(tf32_setting, allow_tf32, d):
+    """fp32 on tensor cores: three TF32 products per dot meet the fp32 rule; one (allow_tf32) keeps 10 bits."""
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    q, k, v = qkv(2, 3, 700, 700, 128, torch.float32, "cuda", seed=1)
+    q, k, v = qkv(2, 3, 700, 700, d, torch.float32, "cuda", seed=1)
     out = ops.scaled_dot_product_attention(q, k, v, is_causal=True)
     ref = reference(q.cpu(), k.cpu(), v.cpu(), causal=True)
     tol = 1e-2 if allow_tf32 else 1e-4  # tf32 keeps 10 mantissa bits of each operand
     torch.testing.assert_close(out.cpu().double(), ref, atol=tol, rtol=tol)
     assert math.isfinite(out.sum().item())
+    if not allow_tf32:
+        mask = _masks("additive_keypad", 2, 3, 700, 700, "cuda")
+        check(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v, mask=mask)
+
+
+@pytest.mark.gpu
+def test_gpu_kv_path_follows_the_device():
+    """Fused-qkv views (the models' layout) take the TMA path exactly on GPUs of compute capability >= 9."""
+    qkv_packed = torch.randn(2, 300, 3, 4, 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (qkv_packed[:, :, i].transpose(1, 2) for i in range(3))
+    assert kcommon.use_kv_tma(k, v) == (torch.cuda.get_device_capability()[0] >= 9)
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, causal=True)
+    assert not kcommon.use_kv_tma(k[..., 1:33], v[..., 1:33])  # base 2 bytes off 16-byte alignment

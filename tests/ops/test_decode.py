@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import ops
-from engine.kernels import decode as kdecode
+from engine.kernels.attention import decode as kdecode
+from engine.kernels.attention import specs as kspecs
 from engine.ops.decode import KERNEL_HEAD_DIMS, decode_attention_torch
 
 FLOOR = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -330,14 +331,14 @@ def test_plan_fills_the_gpu_from_static_sizes():
 
 def test_aot_specs_cover_every_launch_configuration():
     assert KERNEL_HEAD_DIMS == kdecode.HEAD_DIMS
-    built = {(s.fn.__name__, tuple(sorted((k, v) for k, v in s.constexprs.items() if not k.startswith("stride"))),
-              s.num_warps, s.num_stages) for s in kdecode.aot_specs()}
+    built = {(la.fn_name, tuple(sorted((k, v) for k, v in la.kwargs.items() if k.isupper())), la.num_warps,
+              la.num_stages) for la in kspecs.decode_specs()}
     for dtype in DTYPES:
         for D in KERNEL_HEAD_DIMS:
             for B, T in ((1, 16384), (64, 4096), (2, 30)):
                 p = kdecode.plan_decode(B, 12, 1, T, D, dtype, sm_count=132)
                 consts = {"HEAD_DIM": D, "BLOCK_D": p.block_d, "BLOCK_M": kdecode.BLOCK_M, "BLOCK_N": p.block_n,
-                          "DOT_UPCAST": False, "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
+                          "DOT_UPCAST": False, "DOT_PRECISION": kdecode.dot_precision(dtype, p.block_d)}
                 key = ("_decode_split_kernel", tuple(sorted(consts.items())), p.num_warps, p.num_stages)
                 assert key in built, key
                 consts = {"HEAD_DIM": D, "BLOCK_D": p.block_d, "BLOCK_S": kdecode._combine_block_s(p.block_d)}
@@ -351,7 +352,7 @@ def test_aot_specs_cover_every_launch_configuration():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("D,Tq", [(64, 1), (128, 4), (80, 1), (256, 16)])
 def test_gpu_real_sizes(triton_backend, dtype, D, Tq):
-    B, H, Tmax = 4, 12, 4096  # fp32 runs IEEE dots: tf32 would miss the fp32 floor by ~100x
+    B, H, Tmax = 4, 12, 4096  # fp32: three TF32 products per dot (one TF32 product would miss the floor ~100x)
     q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, "cuda", seed=D + Tq)
     lens = seqlens([Tmax, Tq, 2500, 1023], "cuda")
     assert_matches(ops.decode_attention(q, k, v, lens), q, k, v, lens)

@@ -43,7 +43,7 @@ def backend(request, monkeypatch):
     if request.param == "triton":
         pytest.importorskip("triton")
         import engine.kernels.attention as attn_k
-        import engine.kernels.decode as dec_k
+        import engine.kernels.attention.decode as dec_k
 
         def refuse(*a, **k):
             raise AssertionError("a kernel that ignores relative_position_bias was called")

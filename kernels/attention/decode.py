@@ -13,6 +13,8 @@ Two kernels:
 * ``_decode_combine_kernel`` -- grid (Tq, H, B): merges the partials of one query row by their log-sum-exps,
   BLOCK_S splits per (parallel) load, skipping splits that saw no key.
 
+Dots run on tensor cores (mma.sync: BLOCK_M = 16 is below wgmma's 64 rows); fp32 as three TF32 products per
+dot, except at head dim 256 (``dot_precision``).
 The launcher never reads device data on the host: the grid and the number of splits depend on (B, H, Tq, Tmax, D,
 dtype, SM count) only, and the scratch is allocated from those sizes, so a decode step can be captured in a CUDA
 graph; only the split boundaries move with the lengths, inside the kernel.
@@ -30,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.attention.common import precision
 from engine.kernels.launch import launch
 
 # Head dims the kernel is built for (others go to PyTorch); non-powers of two are masked up to BLOCK_D.
@@ -184,6 +187,14 @@ def _decode_combine_kernel(
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=d_valid)
 
 
+def dot_precision(dtype: torch.dtype, block_d: int) -> str:
+    """tl.dot's input precision: ``common.precision`` (fp32: three TF32 products on mma.sync, which keep the fp32
+    rule and fit in registers up to BLOCK_D = 128), except fp32 at BLOCK_D = 256, where the TF32 split of a
+    (16, 256) query tile spills and the full-precision FMA dot (BLOCK_N = 16 there) does not."""
+    p = precision(dtype)
+    return "ieee" if p == "tf32x3" and block_d > 128 else p
+
+
 def _combine_block_s(block_d: int) -> int:
     """Splits merged per load in the combine kernel: a (BLOCK_S, BLOCK_D) fp32 tile of at most 8192 values."""
     return max(16, min(MAX_SPLITS, 8192 // block_d))
@@ -297,7 +308,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         float(scale) * 1.4426950408889634, Tq, Tmax,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=dot_precision(q.dtype, plan.block_d),
         DOT_UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
@@ -307,35 +318,3 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
             BLOCK_S=_combine_block_s(plan.block_d), num_warps=_COMBINE_WARPS,
         )
     return out
-
-
-
-def aot_specs() -> list:
-    """Every configuration the launcher can pick: per dtype and head dim, the split kernel (one build for one
-    split and for several) and the combine kernel."""
-    from engine.kernels.aot import TRITON_DTYPES, KernelSpec
-
-    specs = []
-    for dtype, ty in TRITON_DTYPES.items():
-        for d in HEAD_DIMS:
-            block_d, block_n, warps, stages = _kernel_config(d, dtype)
-            sig = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "SEQLENS": "*i32", "OUT": f"*{ty}", "OPART": "*fp32",
-                   "LSE": "*fp32", "qk_scale": "fp32", "q_len": "i32", "max_len": "i32"}
-            consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_M": BLOCK_M, "BLOCK_N": block_n,
-                      "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "DOT_UPCAST": False}
-            # At launch Triton turns strides of 1 into constants and marks multiples of 16 as such; that alignment
-            # is what lets the loop pipeline K/V through shared memory (cp.async), so it decides the shared memory.
-            # engine.kernels.aot only marks pointers: give the strides of contiguous tensors (H=12, Tmax=4096).
-            for t in "qkvo":
-                rows = 4096 if t in "kv" else 1
-                consts.update({f"stride_{t}b": 12 * rows * d, f"stride_{t}h": rows * d,
-                               f"stride_{t}{'t' if t in 'kv' else 'm'}": d, f"stride_{t}d": 1})
-            sig.update({k: "constexpr" for k in consts})
-            specs.append(KernelSpec(f"decode_split_{ty}_d{d}", _decode_split_kernel, sig, consts, warps, stages))
-            sig = {"OPART": "*fp32", "LSE": "*fp32", "OUT": f"*{ty}", "num_splits": "i32"}
-            sig.update({f"stride_o{a}": "i32" for a in "bhmd"})
-            consts = {"HEAD_DIM": d, "BLOCK_D": block_d, "BLOCK_S": _combine_block_s(block_d)}
-            sig.update({k: "constexpr" for k in consts})
-            specs.append(KernelSpec(f"decode_combine_{ty}_d{d}", _decode_combine_kernel, sig, consts,
-                                    _COMBINE_WARPS, 3))
-    return specs

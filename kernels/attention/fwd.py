@@ -10,7 +10,15 @@ with log2(e) folded into the score scale; no N x N matrix is ever written. The k
 Masks: ``MASK_KIND`` 0 = none, 1 = boolean (stored as uint8, nonzero = attend), 2 = additive (any float dtype).
 The mask is read tile by tile through its own strides, so a broadcast mask (stride 0) is never expanded;
 ``MASK_PER_ROW=False`` (key-padding masks, row stride 0) loads one BLOCK_N vector per tile instead of a tile.
-A query row that sees no key (all masked) outputs zeros.
+Each mask tile goes straight to registers as the starting value of the q @ k^T accumulator (divided by the
+softmax scale; ``common.mask_bias``), not added to the scores after the product: that keeps Triton 3.6 from
+serialising the wgmma of masked calls. A query row that sees no key (all masked) outputs zeros.
+
+K/V tiles arrive by TMA on Hopper (``KV_TMA``, host tensor descriptors) or through pointers (cp.async
+pipelined); ``engine.kernels.attention.common.use_kv_tma`` decides. Dots: 16-bit inputs on tensor cores (wgmma
+on Hopper); fp32 inputs as three TF32 products per dot (``PRECISION="tf32x3"``: each operand split into a TF32
+part and its residual, the residuals' product dropped), accurate to fp32 rounding against a float64 reference
+and on tensor cores, or one TF32 product when ``torch.backends.cuda.matmul.allow_tf32`` says so.
 
 Causal alignment: dense calls use PyTorch's top-left alignment (query i sees keys j <= i); varlen calls use
 FlashAttention's bottom-right alignment (query i sees keys j <= i + len_k - len_q). They agree when the
@@ -19,16 +27,16 @@ lengths are equal.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.aot import TRITON_DTYPES
+from engine.backend import interpreting
+from engine.kernels.attention.common import (
+    LOG2E, kv_descriptors, kv_tile, mask_bias, masked_load, precision, set_kv_block_shape, use_kv_tma,
+)
 from engine.kernels.launch import launch
-
-LOG2E = 1.4426950408889634
 
 # Per padded head dim, 16-bit inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages), autotuned per key. Short on
 # purpose: each entry costs a compile (seconds) on the first call of each (head dim, dtype, causal, mask kind)
@@ -40,47 +48,42 @@ CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
     128: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
     256: [(128, 64, 8, 2), (64, 64, 4, 2)],
 }
-# fp32 is not autotuned: full-precision ("ieee") dots run on FMA units, not tensor cores, and big tiles take
-# a minute each to compile. One modest tile per head dim.
+# fp32 (three TF32 products per dot) is not autotuned: one tile per head dim that compiles without spills under
+# Triton 3.6 and 3.9, on the TMA and the pointer path (the gate checks), except at D=256, where no tile avoids them
+# (the TF32 split of a 64 x 256 query tile alone fills a warpgroup's registers; tests/kernels/test_sm90_gate.py).
 FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {
-    16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2), 256: (32, 32, 4, 2),
+    16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 32, 4, 2), 128: (64, 16, 4, 2), 256: (64, 16, 4, 2),
 }
 # One small configuration for Triton's CPU interpreter (autotuning there would be slow).
 INTERPRETER_CONFIG = (32, 16, 4, 1)
 
 
 @triton.jit
-def _load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
-    """tl.load with only the masks that are needed (an unmasked load vectorises best); masked-off values are 0."""
-    if USE_A and USE_B:
-        x = tl.load(ptrs, mask=mask_a & mask_b, other=0.0)
-    elif USE_A:
-        x = tl.load(ptrs, mask=mask_a, other=0.0)
-    elif USE_B:
-        x = tl.load(ptrs, mask=mask_b, other=0.0)
-    else:
-        x = tl.load(ptrs)
-    return x
-
-
-@triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q,
-    k_ptrs, v_ptrs, mask_ptrs,  # K tile (BLOCK_D, BLOCK_N), V tile (BLOCK_N, BLOCK_D), mask tile at key 0
+    k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs,  # K, V tiles (BLOCK_N, BLOCK_D) at key 0; mask tile at key 0
     stride_kn, stride_vn, stride_mn,
-    offs_m, offs_n, offs_d, lo, hi, n_k, causal_shift, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    off_z, off_h, k_row0,  # TMA: the tile's coordinates (k_row0: first key's row, packed token for varlen)
+    offs_m, offs_n, offs_d, lo, hi, n_k, causal_shift, qk_scale, bias_floor, inv_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, KV_TMA: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < n_k
-        k = _load(k_ptrs + start_n * stride_kn, col_ok[None, :], offs_d[:, None] < HEAD_DIM, BOUNDARY, not EVEN_D)
+        k = kv_tile(k_ptrs + start_n * stride_kn, K_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
+                    BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        qk = tl.dot(q, k, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        if MASK_KIND != 0:  # (BLOCK_M, BLOCK_N): q . k + mask / scale
+            qk = tl.dot(q, tl.trans(k), mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale,
+                                                  MASK_KIND, MASK_PER_ROW, BOUNDARY, BLOCK_M, BLOCK_N),
+                        input_precision=PRECISION)
+        else:
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
         if (MASK_KIND == 0) and (not BOUNDARY):
             # Hot path: scale the row max, not every score, so the exponent is one FMA (needs qk_scale > 0).
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -88,20 +91,6 @@ def _attn_fwd_inner(
             alpha = tl.math.exp2(m_i - m_new)
         else:
             s = qk * qk_scale  # log2 units
-            if MASK_KIND != 0:
-                if MASK_PER_ROW:
-                    mval = _load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY,
-                                 False)
-                else:
-                    mval = _load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
-                if MASK_KIND == 1:
-                    s = tl.where(mval != 0, s, float("-inf"))
-                else:
-                    bias = mval.to(tl.float32)
-                    # Clamp before scaling so float32 min stays finite (as in PyTorch: such rows average all
-                    # keys), while a true -inf stays -inf.
-                    bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -2.0e38) * 1.4426950408889634)
-                    s = s + bias
             if BOUNDARY:
                 ok = cols[None, :] < n_k
                 if IS_CAUSAL:
@@ -114,7 +103,8 @@ def _attn_fwd_inner(
             alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = _load(v_ptrs + start_n * stride_vn, col_ok[:, None], offs_d[None, :] < HEAD_DIM, BOUNDARY, not EVEN_D)
+        v = kv_tile(v_ptrs + start_n * stride_vn, V_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
+                    BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         p = p.to(v.dtype)
         if DOT_UPCAST:
             p = p.to(tl.float32)
@@ -129,6 +119,7 @@ def _attn_fwd_kernel(
     Q, K, V, Out,  # dense: (B, H, Nq|Nk, D) with any strides; varlen: (total, H, D)
     Mask,  # dense only: broadcast view of (B, H, Nq, Nk), uint8 (bool) or float (additive); else unused
     CU_Q, CU_K,  # varlen only: (B + 1,) int32 cumulative lengths; else unused
+    K_DESC, V_DESC,  # KV_TMA only: tensor descriptors of K and V (rank 4 dense, rank 3 varlen); else None
     qk_scale,  # softmax scale * log2(e)
     stride_qz, stride_qh, stride_qm, stride_qk,
     stride_kz, stride_kh, stride_kn, stride_kk,
@@ -141,6 +132,7 @@ def _attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    KV_TMA: tl.constexpr = False,
     DOT_UPCAST: tl.constexpr = False,  # interpreter only: bf16 tl.dot is wrong there, so dot in fp32
 ):
     if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
@@ -163,6 +155,7 @@ def _attn_fwd_kernel(
     else:
         n_q = N_Q
         n_k = N_K
+        k_start = 0
         causal_shift = 0  # top-left (PyTorch)
         q_off = off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
         k_off = off_z.to(tl.int64) * stride_kz + off_h.to(tl.int64) * stride_kh
@@ -177,10 +170,10 @@ def _attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_q
     q_ptrs = Q + q_off + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
-    q = _load(q_ptrs, row_ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
+    q = masked_load(q_ptrs, row_ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
     if DOT_UPCAST:
         q = q.to(tl.float32)
-    k_ptrs = K + k_off + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kk
+    k_ptrs = K + k_off + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kk
     v_ptrs = V + v_off + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk
     mask_ptrs = Mask
     if MASK_KIND != 0:
@@ -189,6 +182,11 @@ def _attn_fwd_kernel(
             # Clamp rows past the end instead of masking the load: those rows are never stored.
             rows = tl.minimum(offs_m, n_q - 1)
             mask_ptrs = mask_ptrs + rows[:, None].to(tl.int64) * stride_mm
+
+    # Masks start the q @ k^T product in its own units (divided by the softmax scale), floored so a finite mask
+    # stays finite (see common.mask_bias).
+    inv_scale = 1.4426950408889634 / qk_scale  # log2(e) / (scale * log2(e))
+    bias_floor = -2.0e38 * tl.minimum(1.0, qk_scale / 1.4426950408889634)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -204,14 +202,16 @@ def _attn_fwd_kernel(
     full_end = (full_end // BLOCK_N) * BLOCK_N
 
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn,
-        offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DOT_UPCAST,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
+        off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale, bias_floor,
+        inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
+        PRECISION, DOT_UPCAST,
     )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn,
-        offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DOT_UPCAST,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
+        off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale, bias_floor,
+        inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
+        PRECISION, DOT_UPCAST,
     )
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
@@ -238,12 +238,13 @@ def seqlen_bucket(n: int) -> int:
 
 
 def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
-                  mask_elem: int = 0, mask_per_row: bool = False) -> int:
-    """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles
-    (and of the mask tile) for the pipelined key loop (compiles for sm_90 agree; see aot_specs)."""
-    kv = 2 * block_n * block_d * elem * num_stages
-    mask = mask_elem * block_n * (block_m if mask_per_row else 1) * num_stages
-    return block_m * block_d * elem + kv + mask
+                  mask_per_row: bool = False) -> int:
+    """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles for
+    the pipelined key loop, plus, for a per-row mask, the 2 bytes per score that Triton's layout conversion of the
+    mask tile into the accumulator's layout stages (key-padding vectors need none; the sm_90 builds agree, see
+    the gate's table)."""
+    mask = 2 * block_m * block_n if mask_per_row else 0
+    return block_m * block_d * elem + 2 * block_n * block_d * elem * num_stages + mask
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,11 +258,11 @@ def _device_smem(index: int) -> int:
 
 
 def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_limit: int,
-                  mask_elem: int = 0, mask_per_row: bool = False) -> list:
+                  mask_per_row: bool = False) -> list:
     """Drop configurations that overflow shared memory, and BLOCK_M larger than the sequence bucket."""
     fits = [c for c in configs
             if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, block_d, elem,
-                             mask_elem, mask_per_row) <= smem_limit]
+                             mask_per_row) <= smem_limit]
     if not fits:  # the last entry of each list is the smallest; keep it rather than nothing
         fits = configs[-1:]
     short = [c for c in fits if c.kwargs["BLOCK_M"] <= bucket]
@@ -270,15 +271,15 @@ def prune_configs(configs: list, *, block_d: int, elem: int, bucket: int, smem_l
 
 def _early_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
-    q, mask = args["Q"], args["Mask"]
-    mask_elem = mask.element_size() if args["MASK_KIND"] != 0 else 0
+    q = args["Q"]
     return prune_configs(configs, block_d=args["BLOCK_D"], elem=q.element_size(), bucket=args["N_BUCKET"],
-                         smem_limit=_device_smem(q.device.index or 0), mask_elem=mask_elem,
-                         mask_per_row=bool(args["MASK_PER_ROW"]))
+                         smem_limit=_device_smem(q.device.index or 0),
+                         mask_per_row=args["MASK_KIND"] != 0 and bool(args["MASK_PER_ROW"]))
 
 
 def _configs(block_d: int) -> list:
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    # The pre-hook sizes the K/V descriptors' boxes (TMA) for the configuration the autotuner runs.
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=set_kv_block_shape)
             for bm, bn, w, s in CONFIGS[block_d]]
 
 
@@ -287,28 +288,26 @@ def _tuned_kernel(block_d: int):
     """The autotuned kernel for one padded head dim (built lazily: nothing compiles at import)."""
     return triton.autotune(
         configs=_configs(block_d),
-        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION"],
+        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION", "KV_TMA"],
         prune_configs_by={"early_config_prune": _early_prune},
     )(_attn_fwd_kernel)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0", "false", "False")
-
-
 def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m, batch, *, head_dim, causal,
-            varlen, mask_kind, mask_per_row, precision, config):
+            varlen, mask_kind, mask_per_row, config, kv_tma):
     block_d = block_d_of(head_dim)
-    args = (q, k, v, out, mask, cu_q, cu_k, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
-    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
-                 MASK_PER_ROW=mask_per_row, PRECISION=precision)
-    if config is None and _interpreting():
+    if config is None and interpreting():
         config = INTERPRETER_CONFIG
     elif config is None and q.dtype == torch.float32:
         config = FP32_CONFIGS[block_d]
+    kv_tma = use_kv_tma(k, v) if kv_tma is None else kv_tma
+    descs = kv_descriptors(k, v, config[1] if config else CONFIGS[block_d][0][1], block_d) if kv_tma else (None,) * 2
+    args = (q, k, v, out, mask, cu_q, cu_k, *descs, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
+    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
+                 MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), KV_TMA=kv_tma)
     if config is not None:
         bm, bn, warps, stages = config
-        if _interpreting() and q.dtype == torch.bfloat16:
+        if interpreting() and q.dtype == torch.bfloat16:
             # Triton's interpreter multiplies bf16 tiles as raw uint16 bits; do the dots in fp32 there
             # (operands are still rounded to bf16 first, as on the GPU).
             flags["DOT_UPCAST"] = True
@@ -321,20 +320,15 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
     return out
 
 
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"  # ignored by tl.dot for fp16/bf16 inputs
-
-
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *,
                   mask: torch.Tensor | None, causal: bool, scale: float,
-                  config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                  config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None) -> torch.Tensor:
     """Dense attention into ``out``. q, out: (B, H, Nq, D); k, v: (B, H, Nk, D); any strides.
 
     mask: None, or a view of shape (B, H, Nq, Nk) (stride 0 on broadcast dims), bool or floating (additive).
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to skip autotuning (tests); None = autotune
-    (the interpreter always uses ``INTERPRETER_CONFIG``). Validation is the caller's job.
+    (the interpreter always uses ``INTERPRETER_CONFIG``). kv_tma: load K/V tiles by TMA (True), through
+    pointers (False), or as ``common.use_kv_tma`` decides (None). Validation is the caller's job.
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
@@ -347,16 +341,16 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
         per_row = mstr[2] != 0 and n_q > 1
     strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *mstr)
     return _launch(q, k, v, out, mask_arg, q, q, scale, strides, h, n_q, n_k, n_q, b, head_dim=d, causal=causal,
-                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, precision=_precision(q.dtype),
-                   config=config)
+                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma)
 
 
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cu_q: torch.Tensor,
                cu_k: torch.Tensor, max_seqlen_q: int, *, causal: bool, scale: float,
-               config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+               config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None) -> torch.Tensor:
     """Packed attention into ``out``. q, out: (total_q, H, D); k, v: (total_k, H, D); cu_q, cu_k: (B + 1,) int32.
 
-    Causal is bottom-right aligned per sequence (FlashAttention). Validation is the caller's job.
+    Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma: as for ``attention_fwd``.
+    Validation is the caller's job.
     """
     _, h, d = q.shape
     batch = cu_q.shape[0] - 1
@@ -366,70 +360,4 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
 
     strides = (*s4(q), *s4(k), *s4(v), *s4(out), 0, 0, 0, 0)
     return _launch(q, k, v, out, q, cu_q, cu_k, scale, strides, h, 0, 0, max_seqlen_q, batch, head_dim=d,
-                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, precision=_precision(q.dtype),
-                   config=config)
-
-
-_TRITON_DTYPE = {**TRITON_DTYPES, torch.uint8: "u8"}  # uint8: boolean masks
-H200_SMEM = 232448  # engine.kernels.aot.H200_MAX_SHARED_BYTES (not imported: keep this module light)
-
-
-def _spec(dtype, block_d, cfg, tag="", *, head_dim=None, causal=True, varlen=False, mask_kind=0,
-          mask_per_row=False, mask_dtype=None, precision="tf32"):
-    from engine.kernels.aot import KernelSpec
-
-    bm, bn, warps, stages = cfg
-    ty = "*" + _TRITON_DTYPE[dtype]
-    mty = "*" + _TRITON_DTYPE[mask_dtype] if mask_kind else ty
-    const = dict(HEAD_DIM=head_dim or block_d, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen,
-                 MASK_KIND=mask_kind, MASK_PER_ROW=mask_per_row, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
-                 DOT_UPCAST=False)
-    # At launch Triton specialises strides of 1 as constants and marks the others that are multiples of 16
-    # as such; that alignment is what lets the loops pipeline K/V through shared memory (cp.async), so it
-    # decides the shared-memory use. engine.kernels.aot only marks pointers, so the strides of contiguous
-    # tensors (H=16, N=4096; varlen: packed (total, H, D)) are given here as constants.
-    h, n, d = 16, 4096, head_dim or block_d
-    zs, hs, ms = (0, d, h * d) if varlen else (h * n * d, n * d, d)
-    for t in "qkvo":
-        const.update({f"stride_{t}z": zs, f"stride_{t}h": hs, f"stride_{t}m" if t in "qo" else f"stride_{t}n": ms,
-                      f"stride_{t}k": 1})
-    mz, mh, mm = (h * n * n, n * n, n) if mask_per_row else (n, 0, 0)
-    const.update(stride_mz=mz, stride_mh=mh, stride_mm=mm, stride_mn=1)
-    kinds = {"Q": ty, "K": ty, "V": ty, "Out": ty, "Mask": mty, "CU_Q": "*i32", "CU_K": "*i32", "qk_scale": "fp32"}
-    sig = {a: "constexpr" if a in const else kinds.get(a, "i32") for a in _attn_fwd_kernel.arg_names}
-    name = f"attn_d{block_d}_{_TRITON_DTYPE[dtype]}_m{bm}n{bn}w{warps}s{stages}{tag}"
-    return KernelSpec(name=name, fn=_attn_fwd_kernel, signature=sig, constexprs=const, num_warps=warps,
-                      num_stages=stages)
-
-
-def aot_specs() -> list:
-    """What the launchers can run on an H200, for ``engine.kernels.aot`` (22 compiles):
-
-    - every 16-bit configuration the autotuner keeps on an H200 (per padded head dim), causal, no mask;
-    - the fixed fp32 configuration of each head dim, full precision (ieee), and tf32 at D=128;
-    - for D >= 64, the largest configuration kept under the heaviest mask (a per-row fp32 additive mask,
-      whose tiles are pipelined through shared memory too);
-    - the other feature flags once: bool and key-padding masks, varlen (causal and not), a padded head dim
-      (80 in a 128 tile), fp16, bidirectional.
-    """
-    bf16, fp16, fp32, u8 = torch.bfloat16, torch.float16, torch.float32, torch.uint8
-    as_tuple = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
-    specs = []
-    for bd in CONFIGS:
-        kept = [as_tuple(c) for c in prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384,
-                                                    smem_limit=H200_SMEM)]
-        specs += [_spec(bf16, bd, cfg) for cfg in kept]
-        specs.append(_spec(fp32, bd, FP32_CONFIGS[bd], "_ieee", precision="ieee"))
-        if bd >= 64:
-            masked = prune_configs(_configs(bd), block_d=bd, elem=2, bucket=16384, smem_limit=H200_SMEM,
-                                   mask_elem=4, mask_per_row=True)[0]
-            specs.append(_spec(bf16, bd, as_tuple(masked), "_addmask", mask_kind=2, mask_per_row=True,
-                               mask_dtype=fp32))
-        if bd == 64:
-            specs += [_spec(fp16, 64, kept[0], "_boolmask", mask_kind=1, mask_per_row=True, mask_dtype=u8),
-                      _spec(bf16, 64, kept[0], "_keypad_bidir", mask_kind=1, mask_dtype=u8, causal=False),
-                      _spec(bf16, 64, kept[0], "_varlen", varlen=True, causal=False)]
-        if bd == 128:
-            specs += [_spec(fp32, 128, FP32_CONFIGS[128], "_tf32", precision="tf32"),
-                      _spec(bf16, 128, kept[0], "_d80_varlen", head_dim=80, varlen=True)]
-    return specs
+                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, config=config, kv_tma=kv_tma)
