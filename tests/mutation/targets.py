@@ -1,0 +1,45 @@
+"""What the mutation check mutates, and which tests judge each file.
+
+``PY_TARGETS``: repository-relative file -> (area, test files, sample size). Test files are the smallest set that
+covers the file, fastest and broadest first (pytest stops at the first failure with -x). ``sample`` is how many
+of the file's mutants a default run draws (stratified by operator, fixed seed); ``--all`` runs every one.
+
+``SKIP``: names (functions, classes, module-level assignments) left unmutated, each with the reason.
+``EQUIVALENT``: mutant ids (see ``Mutant.id``) that cannot change any result, with the argument why; a survivor
+listed here is reported as "equivalent", not as a blind spot.
+"""
+from __future__ import annotations
+
+OPS = "tests/ops"
+
+PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "kernels/gelu.py": ("kernels", (f"{OPS}/test_activation.py",), 20),
+    "kernels/layernorm.py": ("kernels", (f"{OPS}/test_norm.py",), 26),
+    "kernels/attention.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py"), 40),
+    "kernels/decode.py": ("kernels", (f"{OPS}/test_decode.py",), 40),
+    "engine/ops/_checks.py": ("ops", (f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
+    "engine/ops/activation.py": ("ops", (f"{OPS}/test_activation.py",), 8),
+    "engine/ops/norm.py": ("ops", (f"{OPS}/test_norm.py",), 12),
+    "engine/ops/attention.py": ("ops", (f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py"), 20),
+    "engine/ops/decode.py": ("ops", (f"{OPS}/test_decode.py",), 12),
+    "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
+}
+
+# C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
+CPP_TESTS = ("tests/test_sampling.py",)
+
+_AOT = "the AOT build list: checked by tests/kernels/test_aot.py, which compiles every sm_90 configuration (minutes)"
+_TUNING = "a tuning table: tile sizes, warps, stages and SM counts change speed, not results (GPU autotuning)"
+_CUDA = "CUDA-only (graph capture on a side stream): exercised by the gpu-marked generate test"
+
+SKIP: dict[str, dict[str, str]] = {
+    "kernels/gelu.py": {"aot_specs": _AOT, "configs": _AOT},
+    "kernels/layernorm.py": {"aot_specs": _AOT, "configs": _AOT},
+    "kernels/attention.py": {"aot_specs": _AOT, "_spec": _AOT, "CONFIGS": _TUNING, "FP32_CONFIGS": _TUNING,
+                             "H200_SMEM": _AOT, "_TRITON_DTYPE": _AOT, "_device_smem": _TUNING},
+    "kernels/decode.py": {"aot_specs": _AOT, "_H200_SMS": _TUNING, "_COMBINE_WARPS": _TUNING,
+                          "_ctas_per_sm": _TUNING, "_sm_count": _CUDA},
+    "engine/generate.py": {"_on_side_stream": _CUDA, "_capture": _CUDA},
+}
+
+EQUIVALENT: dict[str, str] = {}
