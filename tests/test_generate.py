@@ -191,6 +191,22 @@ def test_stream_yields_the_same_tokens(models, do_sample):
     assert torch.equal(torch.stack(steps, 1), full[:, 6:])
 
 
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_stream_pads_stopped_rows_with_pad_token_id(models, do_sample):
+    # Streaming together with a non-default pad id (each works alone elsewhere): rows that stopped yield
+    # pad_token_id, as generate's output holds. (issue 19)
+    _, m = models
+    ids, mask = prompts(3, 6, seed=47, pads=(0, 3, 1))
+    free = m.generate(ids, attention_mask=mask, max_new_tokens=25, do_sample=do_sample, seed=9, eos_token_id=[])
+    eos = free[0, 6 + 2].item()
+    kw = dict(attention_mask=mask, max_new_tokens=25, do_sample=do_sample, seed=9, eos_token_id=eos, pad_token_id=5)
+    full = m.generate(ids, **kw)
+    steps = torch.stack(list(gen.stream(m, ids, **kw)), 1)
+    assert torch.equal(steps, full[:, 6:])
+    first = free[0, 6:].tolist().index(eos)
+    assert (steps[0, first + 1:] == 5).all() and steps.shape[1] > first + 1
+
+
 def test_reused_session_is_reset_between_calls(models):
     _, m = models
     ids_a, mask_a = prompts(2, 9, seed=29, pads=(0, 4))

@@ -140,6 +140,19 @@ def test_half_precision_logits(dtype):
         assert torch.equal(sampling.sample(x, seed=3, **kw), sampling.sample(x.float(), seed=3, **kw))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_with_repetition_penalty(dtype):
+    # An option combination with its own code path: the penalty re-reads the penalised logits in the input dtype
+    # (fp16 / bf16 decoding), on contiguous and strided rows, with each cut after it. (issue 19)
+    x = _logits(3, 1001, 22).to(dtype)
+    prev = _prev(3, 1001, 9, 23)
+    for logits in (x, _logits(3, 2002, 24).to(dtype)[:, ::2]):
+        for kw in [dict(), dict(temperature=0.7, top_p=0.8), dict(top_k=15, min_p=0.05), dict(temperature=0.0)]:
+            got = sampling.probs(logits, prev_tokens=prev, repetition_penalty=1.6, **kw)
+            want = sampling.probs_reference(logits.float(), prev_tokens=prev, repetition_penalty=1.6, **kw)
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
 def test_non_contiguous_and_one_dimensional_logits():
     base = _logits(1003, 6, 7).t()  # (6, 1003) with strides (1, 6)
     wide = _logits(6, 2006, 8)[:, ::2]

@@ -201,3 +201,16 @@ def test_full_size_on_gpu(triton_backend, n, dtype, approximate):
     _assert_close(y, F.gelu(x.double() + b.double(), approximate=approximate), dtype)
     y0 = ops.gelu(x, approximate, out=_poisoned(x.shape, dtype, "cuda"))
     _assert_close(y0, F.gelu(x.double(), approximate=approximate), dtype)
+
+
+def test_bias_gelu_rows_past_2_31_elements(triton_backend, device):
+    # A row-strided input (read in place) whose third row starts 2**31 + 16 elements after the first: the kernel's
+    # row * stride must be 64-bit (the stride itself fits in int32). (issue 19)
+    from ops_util import TWO_31, strided_view
+
+    x = strided_view((3, 300), (TWO_31 // 2 + 8, 1), F16, device, seed=3)
+    assert 2 * x.stride(0) >= TWO_31 and x.stride(0) < TWO_31
+    b = torch.randn(300, device=device).half()
+    for approximate in APPROX:
+        y = ops.bias_gelu(x, b, approximate, out=_poisoned((3, 300), F16, device))
+        _assert_close(y, F.gelu(x.double() + b.double(), approximate=approximate), F16)

@@ -317,3 +317,38 @@ def test_sdpa_gpu_fp32(tf32_setting, allow_tf32):
     tol = 1e-2 if allow_tf32 else 1e-4  # tf32 keeps 10 mantissa bits of each operand
     torch.testing.assert_close(out.cpu().double(), ref, atol=tol, rtol=tol)
     assert math.isfinite(out.sum().item())
+
+
+# ---------------------------------------------------------------- scale, 64-bit offsets (issue 19)
+
+@pytest.mark.parametrize("causal,mask", [(False, None), (True, None), (False, "keypad"), (True, "additive")])
+def test_scores_hundreds_of_log_units_apart(triton_backend, device, causal, mask):
+    # One key tile scores ~300 above the rest (the online softmax must rescale what it accumulated: alpha underflows
+    # to 0), and rows that cannot see that tile (causal) stay ordinary. Unit-scale inputs never stress the rescale.
+    n, d = 70, 32
+    q, k, v = qkv(1, 2, n, n, d, torch.float32, device, seed=12)
+    u = q / q.norm(dim=-1, keepdim=True)
+    k[:, :, 40:56] = k[:, :, 40:56] * 0.1 + 20 * u[:, :, 40:56]  # q_i . k_i ~ 20 |q_i| ~ 110; scale 3: ~300
+    m = None
+    if mask == "keypad":
+        m = torch.ones(1, 1, 1, n, dtype=torch.bool, device=device)
+        m[..., 50:] = False
+    elif mask == "additive":
+        m = (torch.randn(1, 1, n, n, generator=torch.Generator().manual_seed(2)) * 2).to(device)
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=3.0)
+    check(out, q, k, v, mask=m, causal=causal, scale=3.0)
+
+
+def test_batch_offsets_past_2_31_elements(triton_backend, device):
+    # q/k/v of 3 batch entries 2**30 + 64 elements apart (fits in int32): entry 2 starts past 2**31 elements, so
+    # the kernel's batch * stride must be 64-bit. One fp16 buffer holds all three, interleaved.
+    from ops_util import TWO_31, strided_view
+
+    b, h, n, d = 3, 2, 20, 32
+    sb = TWO_31 // 2 + 64
+    shape, strides = (b, h, n, d), (sb, d, 3 * h * d, 1)  # (B, N, 3, H, D)-like rows
+    q = strided_view(shape, strides, torch.float16, device, seed=1)
+    k = strided_view(shape, strides, torch.float16, device, seed=2, offset=h * d, buffer=q)
+    v = strided_view(shape, strides, torch.float16, device, seed=3, offset=2 * h * d, buffer=q)
+    assert 2 * q.stride(0) >= TWO_31 and q.stride(0) < TWO_31
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, causal=True)
