@@ -80,6 +80,30 @@ def _row(m, area: str, tests: tuple[str, ...], outcome: runner.Outcome | None) -
     return row
 
 
+def _merge(paths: list[Path], report_dir: Path) -> int:
+    """One report from several runs: per mutant id, the last run that ran it wins (its equivalence note refreshed
+    from targets.EQUIVALENT); the metadata lists every run."""
+    merged: dict[str, dict] = {}
+    metas = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        metas.append(data["meta"])
+        for r in data["results"]:
+            if r["status"] == "error" and r["detail"].startswith("pytest exit -"):  # older runs: a crash is a kill
+                r.update(status="killed", detail=f"crashed (signal {r['detail'][13:].split(':')[0]})")
+            if r["status"] != "not run" or r["id"] not in merged:
+                r.pop("equivalent", None)
+                if targets.EQUIVALENT.get(r["id"]):
+                    r["equivalent"] = targets.EQUIVALENT[r["id"]]
+                merged[r["id"]] = r
+    meta = dict(metas[-1], command="; ".join(m["command"] for m in metas), wall_s=sum(m.get("wall_s", 0) for m in metas),
+                started=metas[0]["started"], budget_min=sum(m["budget_min"] for m in metas),
+                checks=[c for m in metas for c in m.get("checks", [])])
+    report.write(report_dir, meta, list(merged.values()))
+    print(f"report: {report_dir / 'report.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[1])
     p.add_argument("--area", nargs="*", choices=report.AREAS, help="areas to mutate (default: all)")
@@ -93,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rerun", type=Path, help="a results.json: rerun only its survivors")
     p.add_argument("--match", nargs="*", help="only mutants whose id contains one of these strings (no sampling)")
     p.add_argument("--report", type=Path, default=runner.ROOT / "mutation-report", help="report directory")
+    p.add_argument("-k", dest="keyword", help="pytest -k expression for every run (targeted checks of new tests)")
+    p.add_argument("--merge", type=Path, nargs="*", help="results.json files, later ones overriding earlier ones "
+                   "per mutant (e.g. a run, then a --rerun after new tests): write their combined report and exit")
     p.add_argument("--list", action="store_true", help="print the selected mutants and exit")
     p.add_argument("--keep-scratch", action="store_true", help="leave the scratch copy (for debugging)")
     args = p.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge, args.report)
     if args.rerun is not None:
         old = json.loads(args.rerun.read_text())["results"]
         args.rerun = {r["id"] for r in old if r["status"] == "survived"}
@@ -120,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped": targets.SKIP, "checks": []}
     results = [_row(m, a, t, None) for m, a, t in jobs] + [_row(m, "csrc", targets.CPP_TESTS, None) for m in cpp]
     deadline = t_start + args.budget * 60
+    extra = ("-k", args.keyword) if args.keyword else ()
     scratch = runner.Scratch(keep=args.keep_scratch)
     try:
         print(f"scratch copy: {scratch.dir}", flush=True)
@@ -129,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def timeout_for(tests: tuple[str, ...]) -> float:
             if tests not in timeouts:  # the clean run must pass; it sets the timeout
-                clean = scratch.pytest(tests, 3600)
+                clean = scratch.pytest(tests, 3600, extra=extra)
                 if clean.status != "survived":
                     raise RuntimeError(f"the unmutated tests fail in the copy: {tests}: {clean.detail}")
                 timeouts[tests] = max(args.min_timeout, args.timeout_factor * clean.seconds)
@@ -143,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             limit = timeout_for(tests)
             with scratch.mutated(m.path, m.apply(scratch.scratch_path(m.path).read_text())):
-                outcome = scratch.pytest(tests, limit)
+                outcome = scratch.pytest(tests, limit, extra=extra)
             results[i] = _row(m, area, tests, outcome)
             print(f"[{i + 1}/{len(results)}] {outcome.status:8} {outcome.seconds:6.1f}s {m.path}:{m.line} "
                   f"{m.operator} {m.original[:50]!r} -> {m.replacement[:50]!r} {outcome.detail[:80]}", flush=True)
@@ -160,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     outcome = scratch.build_sampler(900)
                     if outcome.status == "built":
                         built = outcome.seconds
-                        outcome = scratch.pytest(targets.CPP_TESTS, limit)
+                        outcome = scratch.pytest(targets.CPP_TESTS, limit, extra=extra)
                         outcome.seconds += built
             finally:
                 scratch.restore_sampler()

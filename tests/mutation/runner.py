@@ -98,6 +98,8 @@ class Scratch:
         failed = [ln[7:].split(" - ")[0] for ln in out.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
         if code == 1 or (code == 2 and failed):
             return Outcome("killed", seconds, failed[0] if failed else out.strip().splitlines()[-1][:200])
+        if code < 0:  # the test process died (a segfault on a wild pointer, an abort): the suite fails loudly
+            return Outcome("killed", seconds, f"crashed (signal {-code})")
         return Outcome("error", seconds, f"pytest exit {code}: " + out[-600:])
 
     def close(self) -> None:
