@@ -108,6 +108,18 @@ def test_eos_stops_each_row_and_pads(models, pad_token_id):
             assert (row[hits[0] + 1:] == pad).all()
 
 
+def test_up_to_eight_eos_ids(models):
+    # The most EOS ids generate takes (a fixed-size device tensor): eight of them, the last the one that stops.
+    _, m = models
+    ids, mask = prompts(2, 6, seed=53, pads=(0, 2))
+    free = m.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
+    stop = free[0, 6 + 3].item()
+    others = [t for t in range(V) if t not in free[:, 6:].tolist()[0] + free[:, 6:].tolist()[1]][:7]
+    got = m.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=others + [stop], pad_token_id=1)
+    first = free[0, 6:].tolist().index(stop)
+    assert torch.equal(got[0, :6 + first + 1], free[0, :6 + first + 1]) and (got[0, 6 + first + 1:] == 1).all()
+
+
 def test_all_rows_stop_early_like_transformers(models):
     hf, m = models
     ids, mask = prompts(2, 6, seed=11, pads=(2, 0))
@@ -327,6 +339,7 @@ BAD = [
     (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
     (dict(eos_token_id=V), ValueError, "eos_token_id"),
     (dict(eos_token_id="x"), TypeError, "eos_token_id"),
+    (dict(eos_token_id=list(range(9))), ValueError, "at most 8"),
     (dict(pad_token_id=-1), ValueError, "pad_token_id"),
     (dict(seed="x"), TypeError, "seed"),
     (dict(cuda_graph=True), ValueError, "cuda_graph"),

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=90.0, help="minutes; no new mutant starts after (default 90)")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = factor x clean run")
     p.add_argument("--min-timeout", type=float, default=120.0, help="seconds, at least (default 120)")
-    p.add_argument("--rerun", type=Path, help="a results.json: rerun only its survivors")
+    p.add_argument("--rerun", type=Path, help="a results.json: rerun only its survivors (and what it did not reach)")
     p.add_argument("--match", nargs="*", help="only mutants whose id contains one of these strings (no sampling)")
     p.add_argument("--report", type=Path, default=runner.ROOT / "mutation-report", help="report directory")
     p.add_argument("-k", dest="keyword", help="pytest -k expression for every run (targeted checks of new tests)")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return _merge(args.merge, args.report)
     if args.rerun is not None:
         old = json.loads(args.rerun.read_text())["results"]
-        args.rerun = {r["id"] for r in old if r["status"] == "survived"}
+        args.rerun = {r["id"] for r in old if r["status"] in ("survived", "not run")}
     t_start = time.monotonic()
     jobs = _python_jobs(args)
     cpp = [] if (args.area and "csrc" not in args.area) or args.file else list(CPP_MUTANTS)

@@ -11,17 +11,18 @@ listed here is reported as "equivalent", not as a blind spot.
 from __future__ import annotations
 
 OPS = "tests/ops"
+BACKEND = "tests/test_backend.py"  # dispatch: every kernel dtype really runs its kernel
 
 PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "kernels/gelu.py": ("kernels", (f"{OPS}/test_activation.py",), 20),
     "kernels/layernorm.py": ("kernels", (f"{OPS}/test_norm.py",), 26),
     "kernels/attention.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py"), 40),
     "kernels/decode.py": ("kernels", (f"{OPS}/test_decode.py",), 40),
-    "engine/ops/_checks.py": ("ops", (f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
-    "engine/ops/activation.py": ("ops", (f"{OPS}/test_activation.py",), 8),
-    "engine/ops/norm.py": ("ops", (f"{OPS}/test_norm.py",), 12),
-    "engine/ops/attention.py": ("ops", (f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py"), 20),
-    "engine/ops/decode.py": ("ops", (f"{OPS}/test_decode.py",), 12),
+    "engine/ops/_checks.py": ("ops", (BACKEND, f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
+    "engine/ops/activation.py": ("ops", (BACKEND, f"{OPS}/test_activation.py"), 8),
+    "engine/ops/norm.py": ("ops", (BACKEND, f"{OPS}/test_norm.py"), 12),
+    "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py"), 20),
+    "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py"), 12),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
 }
 

@@ -273,11 +273,11 @@ def test_eps_decides_at_small_scale(triton_backend, device, n, fused):
     r = _rand((2, n), F32, device, gen, scale=1e-3)
     w, b = _rand((n,), F32, device, gen), _rand((n,), F32, device, gen)
     out = _poisoned((2, n), F32, device)
-    if fused:
-        ops.add_layer_norm(x, r, w, b, 1e-5, out=out)
+    if fused:  # the documented default eps (1e-5) of both ops
+        ops.add_layer_norm(x, r, w, b, out=out)
         ref = _ref_layer_norm(x.double() + r.double(), (n,), w, b, 1e-5)
     else:
-        ops.layer_norm(x, n, w, b, eps=1e-5, out=out)
+        ops.layer_norm(x, n, w, b, out=out)
         ref = _ref_layer_norm(x, (n,), w, b, 1e-5)
     # fp32 statistics of values ~0.2 with a 3e-3 spread: the mean's rounding is ~1e-8, i.e. 1e-5 of a std.
     torch.testing.assert_close(out.double().cpu(), ref.cpu(), atol=5e-4, rtol=5e-4)
