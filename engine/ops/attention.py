@@ -80,6 +80,12 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale):
         mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
         is_causal = False
     if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+        if torch.finfo(mask.dtype).max > torch.finfo(q.dtype).max:
+            # A float32 mask with fp16 queries: narrowed, float32's min would become fp16's min, which no longer
+            # swamps the scores (a row of it must average every key, as in PyTorch and the kernel). Compute in the
+            # mask's dtype instead.
+            out = _sdpa_torch(q.to(mask.dtype), k.to(mask.dtype), v.to(mask.dtype), mask, dropout_p, is_causal, scale)
+            return out.to(q.dtype)
         # Older PyTorch wants the float mask in the query dtype; keep huge finite values finite when narrowing.
         lo = torch.finfo(q.dtype).min
         mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)).to(q.dtype)

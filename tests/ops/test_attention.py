@@ -188,6 +188,20 @@ def test_torch_path_agrees_with_kernel(monkeypatch, device, kind):
     check(ref_path, q, k, v, mask=mask, causal=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_torch_path_narrows_float32_masks_like_the_kernel(torch_backend, device, dtype, causal):
+    # A float32 additive mask with 16-bit queries on the PyTorch path (an option combination): float32's min must
+    # stay a huge finite value (that row averages every key, as in PyTorch and the kernel), -inf stays -inf (zeros).
+    b, h, n_q, n_k, d = 2, 2, 37, 45, 16
+    q, k, v = qkv(b, h, n_q, n_k, d, dtype, device, seed=14)
+    mask = _masks("additive4d", b, h, n_q, n_k, device)
+    assert mask.dtype == torch.float32
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    check(out, q, k, v, mask=mask, causal=causal)
+    assert (out[:, :, 2] == 0).all() and (out[:, :, 4] != 0).any()
+
+
 def test_fallbacks_keep_torch_semantics(triton_backend, device):
     """float64, dropout > 0 and a value head dim != D run PyTorch, even with ENGINE_BACKEND=triton."""
     q, k, v = qkv(1, 2, 13, 17, 16, torch.float64, device, seed=9)
