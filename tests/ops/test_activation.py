@@ -214,3 +214,14 @@ def test_bias_gelu_rows_past_2_31_elements(triton_backend, device):
     for approximate in APPROX:
         y = ops.bias_gelu(x, b, approximate, out=_poisoned((3, 300), F16, device))
         _assert_close(y, F.gelu(x.double() + b.double(), approximate=approximate), F16)
+
+
+@pytest.mark.gpu
+def test_gelu_past_2_31_elements_on_gpu(triton_backend):
+    # Without a bias the kernel sees one flat row: its column start must be 64-bit past 2**31 elements (4 GiB of
+    # fp16; too slow for the interpreter, hence GPU only). (issue 19)
+    n = 2**31 + 5000
+    x = torch.randn(n, device="cuda", dtype=F16)
+    y = ops.gelu(x, out=torch.full_like(x, float("nan")))
+    for part in (slice(0, 5000), slice(2**31 - 3000, n)):  # both sides of the 2**31 boundary
+        _assert_close(y[part], F.gelu(x[part].double()), F16)
