@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=90.0, help="minutes; no new mutant starts after (default 90)")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = factor x clean run")
     p.add_argument("--min-timeout", type=float, default=120.0, help="seconds, at least (default 120)")
-    p.add_argument("--rerun", type=Path, help="a results.json: rerun only its survivors (and what it did not reach)")
+    p.add_argument("--rerun", type=Path, help="a results.json: rerun only its survivors")
+    p.add_argument("--resume", action="store_true", help="with --rerun: also the mutants it did not reach")
     p.add_argument("--match", nargs="*", help="only mutants whose id contains one of these strings (no sampling)")
     p.add_argument("--report", type=Path, default=runner.ROOT / "mutation-report", help="report directory")
     p.add_argument("-k", dest="keyword", help="pytest -k expression for every run (targeted checks of new tests)")
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return _merge(args.merge, args.report)
     if args.rerun is not None:
         old = json.loads(args.rerun.read_text())["results"]
-        args.rerun = {r["id"] for r in old if r["status"] in ("survived", "not run")}
+        wanted = ("survived", "not run") if args.resume else ("survived",)
+        args.rerun = {r["id"] for r in old if r["status"] in wanted}
     t_start = time.monotonic()
     jobs = _python_jobs(args)
     cpp = [] if (args.area and "csrc" not in args.area) or args.file else list(CPP_MUTANTS)
@@ -155,18 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scratch copy: {scratch.dir}", flush=True)
         meta["checks"] = runner.check_scratch(scratch)
         print("\n".join(meta["checks"]), flush=True)
-        timeouts: dict[tuple[str, ...], float] = {}
+        clean_s: dict[str, float] = {}
 
         def timeout_for(tests: tuple[str, ...]) -> float:
-            if tests not in timeouts:  # the clean run must pass; it sets the timeout
-                clean = scratch.pytest(tests, 3600, extra=extra)
-                if clean.status != "survived":
-                    raise RuntimeError(f"the unmutated tests fail in the copy: {tests}: {clean.detail}")
-                timeouts[tests] = max(args.min_timeout, args.timeout_factor * clean.seconds)
-                meta["checks"].append(f"clean run of {', '.join(tests)}: {clean.seconds:.0f} s "
-                                      f"(mutant timeout {timeouts[tests]:.0f} s)")
-                print(meta["checks"][-1], flush=True)
-            return timeouts[tests]
+            """factor x the clean run time of ``tests``; each test file's clean run (which must pass) runs once."""
+            for f in tests:
+                if f not in clean_s:
+                    clean = scratch.pytest((f,), 3600, extra=extra)
+                    if clean.status != "survived":
+                        raise RuntimeError(f"the unmutated tests fail in the copy: {f}: {clean.detail}")
+                    clean_s[f] = clean.seconds
+                    meta["checks"].append(f"clean run of {f}: {clean.seconds:.0f} s")
+                    print(meta["checks"][-1], flush=True)
+            return max(args.min_timeout, args.timeout_factor * sum(clean_s[f] for f in tests))
 
         for i, (m, area, tests) in enumerate(jobs):
             if time.monotonic() > deadline:

@@ -27,3 +27,34 @@ def strided_view(shape: tuple[int, ...], strides: tuple[int, ...], dtype: torch.
     g = torch.Generator().manual_seed(seed)
     view.copy_(torch.randn(math.prod(shape), generator=g).view(shape))
     return view
+
+
+def at_page_end(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``t`` that ends exactly where an unreadable page begins: a kernel that loads one
+    element past its end (a dropped mask on the last tile) crashes instead of reading neighbouring memory.
+    Linux / macOS only (mmap + mprotect); the mapping lives as long as the returned tensor."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    nbytes = t.numel() * t.element_size()
+    pages = -(-nbytes // page)
+    mm = mmap.mmap(-1, (pages + 1) * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(base + pages * page, page, 0) != 0:  # PROT_NONE on the page after the data
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    raw = torch.frombuffer(mm, dtype=torch.uint8, count=pages * page)
+    out = raw[pages * page - nbytes:].view(t.dtype).view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def nan_padded(t: torch.Tensor, width: int) -> torch.Tensor:
+    """``t`` (..., D) as a view into rows of ``width`` >= D elements whose tail is NaN: a kernel that reads past D
+    on any row (a dropped head-dim mask) turns its output NaN."""
+    buf = torch.full((*t.shape[:-1], width), float("nan"), dtype=t.dtype, device=t.device)
+    view = buf[..., :t.shape[-1]]
+    view.copy_(t)
+    return view

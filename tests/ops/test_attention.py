@@ -366,3 +366,13 @@ def test_batch_offsets_past_2_31_elements(triton_backend, device):
     v = strided_view(shape, strides, torch.float16, device, seed=3, offset=2 * h * d, buffer=q)
     assert 2 * q.stride(0) >= TWO_31 and q.stride(0) < TWO_31
     check(ops.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_dim_padding_is_never_read(triton_backend, device, causal):
+    # D=80 rows in 128-wide rows whose tail is NaN: the kernel pads D to 128 and must mask every load of the
+    # padding (a NaN read there times a zero-padded q is NaN). 64 keys: whole tiles, the unmasked-bounds stage.
+    from ops_util import nan_padded
+
+    q, k, v = (nan_padded(t, 128) for t in qkv(1, 2, 40, 64, 80, torch.float32, device, seed=15))
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=causal), q, k, v, causal=causal)

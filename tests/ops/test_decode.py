@@ -431,3 +431,14 @@ def test_batch_offsets_past_2_31_elements(triton_backend, device):
     for num_splits in (None, 2):
         out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
         assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.parametrize("num_splits", [None, 2])
+def test_head_dim_padding_is_never_read(triton_backend, device, num_splits):
+    # D=80 rows in 128-wide rows whose tail is NaN: every load of the padded head dim must be masked.
+    from ops_util import nan_padded
+
+    q, k, v = (nan_padded(t, 128) for t in make_inputs(2, 2, 2, 70, 80, torch.float32, device, seed=16))
+    lens = seqlens([70, 33], device)
+    out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
+    assert_matches(out, q, k, v, lens)

@@ -4,6 +4,8 @@ Kernel tests force ENGINE_BACKEND=triton (`triton_backend`), so on a CPU they ru
 interpreter and a silent fallback to PyTorch is an error. Outputs are NaN-poisoned buffers passed as `out=`, so
 every element must be written by the kernel. Sizes are small on CPU; `gpu` tests repeat the checks at full size.
 """
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -301,3 +303,18 @@ def test_rows_past_2_31_elements(triton_backend, device, fused):
         _assert_close(y, _ref_layer_norm(x.double() + r.double(), (40,), w, b, 1e-5), F16)
     else:
         _assert_close(ops.layer_norm(x, 40, w, b, out=out), _ref_layer_norm(x, (40,), w, b, 1e-5), F16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or sys.platform == "win32", reason="a CPU page guard (POSIX mmap)")
+@pytest.mark.parametrize("n", [45, 9001])
+def test_loads_stay_inside_every_buffer(triton_backend, n):
+    # Weight, bias and the last row end flush against an unreadable page: a load past the end of any of them (a
+    # dropped mask on the padded lanes of the last tile) crashes here, though it could never change a stored value.
+    from ops_util import at_page_end
+
+    gen = torch.Generator().manual_seed(n)
+    x, r = at_page_end(_rand((3, n), F32, "cpu", gen)), at_page_end(_rand((3, n), F32, "cpu", gen))
+    w, b = at_page_end(_rand((n,), F32, "cpu", gen)), at_page_end(_rand((n,), F32, "cpu", gen))
+    _assert_close(ops.layer_norm(x, n, w, b), _ref_layer_norm(x, (n,), w, b, 1e-5), F32)
+    y, s = ops.add_layer_norm(x, r, w, b)
+    _assert_close(y, _ref_layer_norm(x.double() + r.double(), (n,), w, b, 1e-5), F32)
