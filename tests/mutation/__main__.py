@@ -74,10 +74,18 @@ def _row(m, area: str, tests: tuple[str, ...], outcome: runner.Outcome | None) -
            "seconds": round(outcome.seconds, 1) if outcome else 0.0, "detail": outcome.detail if outcome else ""}
     if is_cpp:
         row["why"] = m.why
-    eq = targets.EQUIVALENT.get(m.id)
-    if eq:
-        row["equivalent"] = eq
+    _explain(row)
     return row
+
+
+def _explain(row: dict) -> None:
+    """Attach targets.py's notes (equivalent / gpu-only) to a result row."""
+    row.pop("equivalent", None)
+    row.pop("gpu_only", None)
+    if targets.EQUIVALENT.get(row["id"]):
+        row["equivalent"] = targets.EQUIVALENT[row["id"]]
+    if targets.GPU_ONLY.get(row["id"]):
+        row["gpu_only"] = targets.GPU_ONLY[row["id"]]
 
 
 def _merge(paths: list[Path], report_dir: Path) -> int:
@@ -92,9 +100,7 @@ def _merge(paths: list[Path], report_dir: Path) -> int:
             if r["status"] == "error" and r["detail"].startswith("pytest exit -"):  # older runs: a crash is a kill
                 r.update(status="killed", detail=f"crashed (signal {r['detail'][13:].split(':')[0]})")
             if r["status"] != "not run" or r["id"] not in merged:
-                r.pop("equivalent", None)
-                if targets.EQUIVALENT.get(r["id"]):
-                    r["equivalent"] = targets.EQUIVALENT[r["id"]]
+                _explain(r)
                 merged[r["id"]] = r
     meta = dict(metas[-1], command="; ".join(m["command"] for m in metas), wall_s=sum(m.get("wall_s", 0) for m in metas),
                 started=metas[0]["started"], budget_min=sum(m["budget_min"] for m in metas),
