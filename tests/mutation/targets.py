@@ -48,10 +48,13 @@ EQUIVALENT: dict[str, str] = {
     'engine/ops/attention.py::_sdpa_torch::where::torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)) '
     '-> (mask)#0': "after the float32-mask fix (e8d0467) this narrowing is reached only when the mask's range fits "
                    "the query dtype's, where the clamp changes nothing; the dead clamp was then removed (b4834e5)",
+    "engine/ops/attention.py::_sdpa_torch::minmax::mask.clamp(min=lo) -> (mask)#0": "the same dead clamp (above)",
 }
 
 GPU_ONLY: dict[str, str] = {
     "kernels/gelu.py::_gelu_fwd_kernel::dtype::pid_n.to(tl.int64) -> (pid_n)#0":
         "the flat row's column start passes 2**31 only past 2**31 elements (4 GiB, minutes in the interpreter): "
         "tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
+    "kernels/gelu.py::_gelu_fwd_kernel::dtype::tl.int64 -> (tl.int32)#1":
+        "the same 64-bit column start (above): tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
 }
