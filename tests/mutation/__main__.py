@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = factor x clean run")
     p.add_argument("--min-timeout", type=float, default=120.0, help="seconds, at least (default 120)")
     p.add_argument("--rerun", type=Path, help="a results.json: rerun only its survivors")
-    p.add_argument("--resume", action="store_true", help="with --rerun: also the mutants it did not reach")
+    p.add_argument("--resume", action="store_true", help="with --rerun: the mutants it did not reach instead")
     p.add_argument("--match", nargs="*", help="only mutants whose id contains one of these strings (no sampling)")
     p.add_argument("--report", type=Path, default=runner.ROOT / "mutation-report", help="report directory")
     p.add_argument("-k", dest="keyword", help="pytest -k expression for every run (targeted checks of new tests)")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return _merge(args.merge, args.report)
     if args.rerun is not None:
         old = json.loads(args.rerun.read_text())["results"]
-        wanted = ("survived", "not run") if args.resume else ("survived",)
+        wanted = ("not run",) if args.resume else ("survived",)
         args.rerun = {r["id"] for r in old if r["status"] in wanted}
     t_start = time.monotonic()
     jobs = _python_jobs(args)

@@ -49,6 +49,9 @@ EQUIVALENT: dict[str, str] = {
     '-> (mask)#0': "after the float32-mask fix (e8d0467) this narrowing is reached only when the mask's range fits "
                    "the query dtype's, where the clamp changes nothing; the dead clamp was then removed (b4834e5)",
     "engine/ops/attention.py::_sdpa_torch::minmax::mask.clamp(min=lo) -> (mask)#0": "the same dead clamp (above)",
+    "kernels/decode.py::_decode_split_kernel::minmax::tl.minimum(lo + run, kv_len) -> (lo + run)#0":
+        "hi = min(lo + run, kv_len, shift + last_row + 1) and shift + last_row + 1 <= kv_len - q_len + q_len = kv_len "
+        "(last_row <= q_len - 1): the kv_len bound is implied by the causal one",
 }
 
 GPU_ONLY: dict[str, str] = {
