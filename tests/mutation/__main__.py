@@ -82,10 +82,13 @@ def _explain(row: dict) -> None:
     """Attach targets.py's notes (equivalent / gpu-only) to a result row."""
     row.pop("equivalent", None)
     row.pop("gpu_only", None)
+    row.pop("killed_elsewhere", None)
     if targets.EQUIVALENT.get(row["id"]):
         row["equivalent"] = targets.EQUIVALENT[row["id"]]
     if targets.GPU_ONLY.get(row["id"]):
         row["gpu_only"] = targets.GPU_ONLY[row["id"]]
+    if targets.KILLED_ELSEWHERE.get(row["id"]):
+        row["killed_elsewhere"] = targets.KILLED_ELSEWHERE[row["id"]]
 
 
 def _merge(paths: list[Path], report_dir: Path) -> int:

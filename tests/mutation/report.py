@@ -69,6 +69,7 @@ def write(report_dir: Path, meta: dict, results: list[dict]) -> None:
     for r in surv:
         eq = f" -- equivalent: {r['equivalent']}" if r.get("equivalent") else ""
         eq += f" -- GPU only: {r['gpu_only']}" if r.get("gpu_only") else ""
+        eq += f" -- killed outside the map: {r['killed_elsewhere']}" if r.get("killed_elsewhere") else ""
         lines.append(f"- `{r['path']}:{r['line']}` ({r['function']}, {r['operator']}) "
                      f"`{r['original'][:90]}` -> `{r['replacement'][:90]}`{eq}")
     errs = [r for r in results if r["status"] == "error"]
