@@ -282,6 +282,8 @@ def _bad_cases():
         q, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))
     yield "heads", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
         q, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8))
+    yield "heads_v", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
+        q, q, torch.randn(1, 3, 5, 8))  # only value's differs: each tensor is checked on its own
     yield "head_dim", (ValueError, "key head dim"), lambda: ops.scaled_dot_product_attention(
         q, torch.randn(1, 2, 5, 4), q)
     yield "value_len", (ValueError, "value must have as many"), lambda: ops.scaled_dot_product_attention(
