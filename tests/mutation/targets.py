@@ -53,6 +53,8 @@ EQUIVALENT: dict[str, str] = {
     "kernels/decode.py::_decode_split_kernel::minmax::tl.minimum(lo + run, kv_len) -> (lo + run)#0":
         "hi = min(lo + run, kv_len, shift + last_row + 1) and shift + last_row + 1 <= kv_len - q_len + q_len = kv_len "
         "(last_row <= q_len - 1): the kv_len bound is implied by the causal one",
+    "engine/ops/decode.py::decode_attention_torch::dtype::cache_seqlens.to(torch.long) -> (cache_seqlens)#0":
+        "int32 lengths are clamped to [0, Tmax] and compared with int64 aranges: torch promotes, nothing overflows",
 }
 
 GPU_ONLY: dict[str, str] = {
