@@ -18,6 +18,31 @@ if not HAS_CUDA:
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
+def _hypothesis_profiles() -> None:
+    """Property tests under Triton's interpreter report a failure in seconds, not minutes.
+
+    Hypothesis shrinks a failing example for up to 5 minutes (an internal limit, not a setting); under the
+    interpreter every shrink step re-runs a kernel, so a real bug made the suite look hung (issue 19). The
+    "interpreter" profile (the default without CUDA) drops the shrink phase and stops at the first failure: that
+    example is reported as drawn, and ``@reproduce_failure`` / the printed blob reproduces it. Example counts stay as each test sets
+    them (10 where a test sets none), deadlines off (the interpreter's speed varies with load). The "gpu" profile
+    (default with CUDA: compiled kernels are fast) keeps shrinking. HYPOTHESIS_PROFILE=name overrides. Loaded here,
+    before the test modules are imported: a test's @settings inherits from the profile active when it is decorated.
+    """
+    try:
+        from hypothesis import HealthCheck, Phase, settings
+    except ImportError:
+        return
+    common = dict(deadline=None, database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("interpreter", max_examples=10, report_multiple_bugs=False,
+                              phases=(Phase.explicit, Phase.reuse, Phase.generate), **common)
+    settings.register_profile("gpu", max_examples=25, **common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("gpu" if HAS_CUDA else "interpreter"))
+
+
+_hypothesis_profiles()
+
+
 def _interpreter_loop_probe() -> str | None:
     """None when Triton's interpreter runs a loop with a runtime bound, else why it cannot.
 

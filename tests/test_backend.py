@@ -109,3 +109,42 @@ def test_route_caches_but_follows_the_environment(monkeypatch):
         route(x, "ok")
     with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
         route.pytorch_only(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forced_triton_runs_every_op_on_its_kernel(monkeypatch, dtype):
+    # Every kernel dtype takes the kernel path when Triton is forced: a call that silently fell back to PyTorch
+    # (a dtype dropped from the kernel list, an inverted dispatch test) would still give right answers, so the op
+    # tests cannot see it. The PyTorch functions the fallbacks use raise here. (issue 19: paths no test reaches)
+    pytest.importorskip("triton")
+    import torch.nn.functional as F
+
+    from engine import ops
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not backend.interpreting():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+
+    def fallback(*args, **kwargs):
+        raise AssertionError(f"{dtype} fell back to PyTorch with ENGINE_BACKEND=triton")
+
+    for name in ("layer_norm", "rms_norm", "gelu", "scaled_dot_product_attention"):
+        monkeypatch.setattr(F, name, fallback)
+    for name in ("layer_norm", "rms_norm"):  # what the norms' PyTorch paths call (F's wrappers skipped)
+        monkeypatch.setattr(torch, name, fallback)
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g).to(device, dtype) for s in ((3, 40), (40,), (40,)))
+    ops.layer_norm(x, 40, w, b)
+    ops.add_layer_norm(x, x, w, b)
+    ops.rms_norm(x, 40, w)
+    ops.add_rms_norm(x, x, w)
+    ops.gelu(x)
+    ops.bias_gelu(x, b, "tanh")
+    ops.gelu_and_mul(x, "tanh")
+    q = torch.randn(1, 2, 5, 16, generator=g).to(device, dtype)
+    ops.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool, device=device))
+    packed = q[0].transpose(0, 1).contiguous()  # (5, H, D)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
+    ops.varlen_attention(packed, packed, packed, cu, cu, 3, 3, causal=True)
+    ops.decode_attention(q[:, :, :1], q, q, torch.tensor([4], dtype=torch.int32, device=device))

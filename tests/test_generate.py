@@ -108,6 +108,18 @@ def test_eos_stops_each_row_and_pads(models, pad_token_id):
             assert (row[hits[0] + 1:] == pad).all()
 
 
+def test_up_to_eight_eos_ids(models):
+    # The most EOS ids generate takes (a fixed-size device tensor): eight of them, the last the one that stops.
+    _, m = models
+    ids, mask = prompts(2, 6, seed=53, pads=(0, 2))
+    free = m.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
+    stop = free[0, 6 + 3].item()
+    others = [t for t in range(V) if t not in free[:, 6:].tolist()[0] + free[:, 6:].tolist()[1]][:7]
+    got = m.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=others + [stop], pad_token_id=1)
+    first = free[0, 6:].tolist().index(stop)
+    assert torch.equal(got[0, :6 + first + 1], free[0, :6 + first + 1]) and (got[0, 6 + first + 1:] == 1).all()
+
+
 def test_all_rows_stop_early_like_transformers(models):
     hf, m = models
     ids, mask = prompts(2, 6, seed=11, pads=(2, 0))
@@ -189,6 +201,22 @@ def test_stream_yields_the_same_tokens(models, do_sample):
     steps = list(gen.stream(m, ids, **kw))
     assert all(s.shape == (2,) and s.dtype == torch.int64 and s.device.type == "cpu" for s in steps)
     assert torch.equal(torch.stack(steps, 1), full[:, 6:])
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_stream_pads_stopped_rows_with_pad_token_id(models, do_sample):
+    # Streaming together with a non-default pad id (each works alone elsewhere): rows that stopped yield
+    # pad_token_id, as generate's output holds. (issue 19)
+    _, m = models
+    ids, mask = prompts(3, 6, seed=47, pads=(0, 3, 1))
+    free = m.generate(ids, attention_mask=mask, max_new_tokens=25, do_sample=do_sample, seed=9, eos_token_id=[])
+    eos = free[0, 6 + 2].item()
+    kw = dict(attention_mask=mask, max_new_tokens=25, do_sample=do_sample, seed=9, eos_token_id=eos, pad_token_id=5)
+    full = m.generate(ids, **kw)
+    steps = torch.stack(list(gen.stream(m, ids, **kw)), 1)
+    assert torch.equal(steps, full[:, 6:])
+    first = free[0, 6:].tolist().index(eos)
+    assert (steps[0, first + 1:] == 5).all() and steps.shape[1] > first + 1
 
 
 def test_reused_session_is_reset_between_calls(models):
@@ -311,6 +339,7 @@ BAD = [
     (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
     (dict(eos_token_id=V), ValueError, "eos_token_id"),
     (dict(eos_token_id="x"), TypeError, "eos_token_id"),
+    (dict(eos_token_id=list(range(9))), ValueError, "at most 8"),
     (dict(pad_token_id=-1), ValueError, "pad_token_id"),
     (dict(seed="x"), TypeError, "seed"),
     (dict(cuda_graph=True), ValueError, "cuda_graph"),

@@ -123,9 +123,13 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
         is_causal = False
     if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
-        # Older PyTorch wants the float mask in the query dtype; keep huge finite values finite when narrowing.
-        lo = torch.finfo(q.dtype).min
-        mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)).to(q.dtype)
+        if torch.finfo(mask.dtype).max > torch.finfo(q.dtype).max:
+            # A mask of a wider range than the queries (float32 with fp16 / bf16): narrowed, float32's min would
+            # become fp16's, which no longer swamps the scores (a row of it must average every key, as in PyTorch
+            # and the kernel). Compute in the mask's dtype instead.
+            out = _sdpa_torch(q.to(mask.dtype), k.to(mask.dtype), v.to(mask.dtype), mask, dropout_p, is_causal, scale)
+            return out.to(q.dtype)
+        mask = mask.to(q.dtype)  # older PyTorch wants the float mask in the query dtype (its range fits)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                          scale=scale)
     if mask is not None and not dead_known:

@@ -276,3 +276,27 @@ def test_gelu_and_mul_full_size_on_gpu(triton_backend, n, dtype):
     x = _rand((4099, 2 * n), dtype, "cuda", gen)
     y = ops.gelu_and_mul(x, "tanh", out=_poisoned((4099, n), dtype, "cuda"))
     _assert_close(y, _ref_geglu(x, "tanh"), dtype)
+
+
+def test_bias_gelu_rows_past_2_31_elements(triton_backend, device):
+    # A row-strided input (read in place) whose third row starts 2**31 + 16 elements after the first: the kernel's
+    # row * stride must be 64-bit (the stride itself fits in int32). (issue 19)
+    from ops_util import TWO_31, strided_view
+
+    x = strided_view((3, 300), (TWO_31 // 2 + 8, 1), F16, device, seed=3)
+    assert 2 * x.stride(0) >= TWO_31 and x.stride(0) < TWO_31
+    b = torch.randn(300, device=device).half()
+    for approximate in APPROX:
+        y = ops.bias_gelu(x, b, approximate, out=_poisoned((3, 300), F16, device))
+        _assert_close(y, F.gelu(x.double() + b.double(), approximate=approximate), F16)
+
+
+@pytest.mark.gpu
+def test_gelu_past_2_31_elements_on_gpu(triton_backend):
+    # Without a bias the kernel sees one flat row: its column start must be 64-bit past 2**31 elements (4 GiB of
+    # fp16; too slow for the interpreter, hence GPU only). (issue 19)
+    n = 2**31 + 5000
+    x = torch.randn(n, device="cuda", dtype=F16)
+    y = ops.gelu(x, out=torch.full_like(x, float("nan")))
+    for part in (slice(0, 5000), slice(2**31 - 3000, n)):  # both sides of the 2**31 boundary
+        _assert_close(y[part], F.gelu(x[part].double()), F16)

@@ -190,6 +190,20 @@ def test_torch_path_agrees_with_kernel(monkeypatch, device, kind):
     check(ref_path, q, k, v, mask=mask, causal=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_torch_path_narrows_float32_masks_like_the_kernel(torch_backend, device, dtype, causal):
+    # A float32 additive mask with 16-bit queries on the PyTorch path (an option combination): float32's min must
+    # stay a huge finite value (that row averages every key, as in PyTorch and the kernel), -inf stays -inf (zeros).
+    b, h, n_q, n_k, d = 2, 2, 37, 45, 16
+    q, k, v = qkv(b, h, n_q, n_k, d, dtype, device, seed=14)
+    mask = _masks("additive4d", b, h, n_q, n_k, device)
+    assert mask.dtype == torch.float32
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    check(out, q, k, v, mask=mask, causal=causal)
+    assert (out[:, :, 2] == 0).all() and (out[:, :, 4] != 0).any()
+
+
 def test_fallbacks_keep_torch_semantics(triton_backend, device):
     """float64, dropout > 0 and a value head dim != D run PyTorch, even with ENGINE_BACKEND=triton."""
     q, k, v = qkv(1, 2, 13, 17, 16, torch.float64, device, seed=9)
@@ -315,6 +329,8 @@ def _bad_cases():
         q, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))
     yield "heads", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
         q, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8))
+    yield "heads_v", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
+        q, q, torch.randn(1, 3, 5, 8))  # only value's differs: each tensor is checked on its own
     yield "head_dim", (ValueError, "key head dim"), lambda: ops.scaled_dot_product_attention(
         q, torch.randn(1, 2, 5, 4), q)
     yield "value_len", (ValueError, "value must have as many"), lambda: ops.scaled_dot_product_attention(
@@ -379,3 +395,48 @@ def test_gpu_kv_path_follows_the_device():
     assert kcommon.use_kv_tma(k, v) == (torch.cuda.get_device_capability()[0] >= 9)
     check(ops.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, causal=True)
     assert not kcommon.use_kv_tma(k[..., 1:33], v[..., 1:33])  # base 2 bytes off 16-byte alignment
+
+
+# ---------------------------------------------------------------- scale, 64-bit offsets (issue 19)
+
+@pytest.mark.parametrize("causal,mask", [(False, None), (True, None), (False, "keypad"), (True, "additive")])
+def test_scores_hundreds_of_log_units_apart(triton_backend, device, causal, mask):
+    # One key tile scores ~300 above the rest (the online softmax must rescale what it accumulated: alpha underflows
+    # to 0), and rows that cannot see that tile (causal) stay ordinary. Unit-scale inputs never stress the rescale.
+    n, d = 70, 32
+    q, k, v = qkv(1, 2, n, n, d, torch.float32, device, seed=12)
+    u = q / q.norm(dim=-1, keepdim=True)
+    k[:, :, 40:56] = k[:, :, 40:56] * 0.1 + 20 * u[:, :, 40:56]  # q_i . k_i ~ 20 |q_i| ~ 110; scale 3: ~300
+    m = None
+    if mask == "keypad":
+        m = torch.ones(1, 1, 1, n, dtype=torch.bool, device=device)
+        m[..., 50:] = False
+    elif mask == "additive":
+        m = (torch.randn(1, 1, n, n, generator=torch.Generator().manual_seed(2)) * 2).to(device)
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=3.0)
+    check(out, q, k, v, mask=m, causal=causal, scale=3.0)
+
+
+def test_batch_offsets_past_2_31_elements(triton_backend, device):
+    # q/k/v of 3 batch entries 2**30 + 64 elements apart (fits in int32): entry 2 starts past 2**31 elements, so
+    # the kernel's batch * stride must be 64-bit. One fp16 buffer holds all three, interleaved.
+    from ops_util import TWO_31, strided_view
+
+    b, h, n, d = 3, 2, 20, 32
+    sb = TWO_31 // 2 + 64
+    shape, strides = (b, h, n, d), (sb, d, 3 * h * d, 1)  # (B, N, 3, H, D)-like rows
+    q = strided_view(shape, strides, torch.float16, device, seed=1)
+    k = strided_view(shape, strides, torch.float16, device, seed=2, offset=h * d, buffer=q)
+    v = strided_view(shape, strides, torch.float16, device, seed=3, offset=2 * h * d, buffer=q)
+    assert 2 * q.stride(0) >= TWO_31 and q.stride(0) < TWO_31
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_dim_padding_is_never_read(triton_backend, device, causal):
+    # D=80 rows in 128-wide rows whose tail is NaN: the kernel pads D to 128 and must mask every load of the
+    # padding (a NaN read there times a zero-padded q is NaN). 64 keys: whole tiles, the unmasked-bounds stage.
+    from ops_util import nan_padded
+
+    q, k, v = (nan_padded(t, 128) for t in qkv(1, 2, 40, 64, 80, torch.float32, device, seed=15))
+    check(ops.scaled_dot_product_attention(q, k, v, is_causal=causal), q, k, v, causal=causal)

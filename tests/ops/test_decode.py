@@ -391,3 +391,55 @@ def test_gpu_cuda_graph_replay_follows_new_lengths(triton_backend):
         graph.replay()
         torch.cuda.synchronize()
         assert_matches(static_out, q, k, v, lens)
+
+
+# ---------------------------------------------------------------- numerical extremes, 64-bit offsets (issue 19)
+
+@pytest.mark.parametrize("hot", [0, 1, 2])  # the split whose scores dominate: first, middle, last of the combine
+def test_combine_when_one_split_dominates_by_hundreds_of_log_units(triton_backend, device, hot):
+    # fp32, D=32: BLOCK_N = 64, so 150 keys in 3 splits are [0, 64), [64, 128), [128, 150). The keys of split `hot`
+    # score ~300 above every other key: the other splits' weights underflow to exactly 0 in the combine, which must
+    # rescale what it merged before (hot > 0) and not let the small splits leak in (hot < 2). A row whose hot split
+    # lies after its causal limit sees only the ordinary keys.
+    B, H, Tq, Tmax, D = 2, 1, 2, 150, 32
+    q, k, v = make_inputs(B, H, Tq, Tmax, D, torch.float32, device, seed=40 + hot)
+    u = q[:, :, -1:] / q[:, :, -1:].norm(dim=-1, keepdim=True)  # (B, H, 1, D)
+    lo, hi = (0, 64, 128)[hot], (64, 128, 150)[hot]
+    k[:, :, lo:hi] = k[:, :, lo:hi] * 0.1 + 30 * u  # q . k ~ 30 |q| ~ 170; with scale 2: ~340 above the rest
+    lens = seqlens([Tmax, hi if hot < 2 else Tmax], device)
+    out, splits = run_kernel(q, k, v, lens, num_splits=3, scale=2.0)
+    assert splits == 3
+    ref = reference(q, k, v, lens, 2.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    tail = seqlens([Tmax - 1, Tmax], device)  # the same through the op (planned launch)
+    torch.testing.assert_close(ops.decode_attention(q, k, v, tail, scale=2.0).double(),
+                               reference(q, k, v, tail, 2.0), atol=1e-4, rtol=1e-4)
+
+
+def test_batch_offsets_past_2_31_elements(triton_backend, device):
+    # K/V caches of 3 sequences, 2**30 + 64 elements apart (a stride that fits in int32): sequence 2 starts past
+    # 2**31 elements, so b * stride must be 64-bit. K and V share one buffer (interleaved rows), fp16.
+    from ops_util import TWO_31, strided_view
+
+    B, H, Tq, Tmax, D = 3, 2, 2, 40, 32
+    sb = TWO_31 // 2 + 64
+    k = strided_view((B, H, Tmax, D), (sb, D, 2 * H * D, 1), torch.float16, device, seed=1)
+    v = strided_view((B, H, Tmax, D), (sb, D, 2 * H * D, 1), torch.float16, device, seed=2, offset=H * D, buffer=k)
+    assert 2 * k.stride(0) >= TWO_31 and k.stride(0) < TWO_31
+    q = make_inputs(B, H, Tq, Tmax, D, torch.float16, device, seed=3)[0]
+    lens = seqlens([Tmax, 17, 33], device)
+    for num_splits in (None, 2):
+        out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
+        assert_matches(out, q, k, v, lens)
+
+
+@pytest.mark.parametrize("num_splits", [None, 2])
+def test_head_dim_padding_is_never_read(triton_backend, device, num_splits):
+    # D=80 rows in 128-wide rows whose tail is NaN: every load of the padded head dim must be masked.
+    from ops_util import nan_padded
+
+    q, k, v = (nan_padded(t, 128) for t in make_inputs(2, 2, 2, 70, 80, torch.float32, device, seed=16))
+    lens = seqlens([70, 33], device)
+    out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
+    assert_matches(out, q, k, v, lens)

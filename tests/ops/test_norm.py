@@ -4,6 +4,8 @@ Kernel tests force ENGINE_BACKEND=triton (`triton_backend`), so on a CPU they ru
 interpreter and a silent fallback to PyTorch is an error. Outputs are NaN-poisoned buffers passed as `out=`, so
 every element must be written by the kernel. Sizes are small on CPU; `gpu` tests repeat the checks at full size.
 """
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -383,3 +385,60 @@ def test_rms_full_size_on_gpu(triton_backend, n, dtype):
     exact = x.double() + r.double()
     _assert_close(s2, exact, dtype)
     _assert_close(y2, _ref_rms_norm(exact, (n,), w, 1e-6), dtype)
+
+
+# ---------------------------------------------------------------- scale, 64-bit offsets (issue 19)
+
+@pytest.mark.parametrize("n", [45, 9001])  # one-pass and looped kernels
+@pytest.mark.parametrize("fused", [False, True])
+def test_eps_decides_at_small_scale(triton_backend, device, n, fused):
+    # Rows with a std of 3e-3: variance 1e-5, the size of eps, so a wrong eps (or eps left out) moves the output by
+    # tens of percent. Unit-scale inputs cannot see eps at all.
+    gen = torch.Generator().manual_seed(n)
+    x = _rand((2, n), F32, device, gen, scale=3e-3, shift=0.2)
+    r = _rand((2, n), F32, device, gen, scale=1e-3)
+    w, b = _rand((n,), F32, device, gen), _rand((n,), F32, device, gen)
+    out = _poisoned((2, n), F32, device)
+    if fused:  # the documented default eps (1e-5) of both ops
+        ops.add_layer_norm(x, r, w, b, out=out)
+        ref = _ref_layer_norm(x.double() + r.double(), (n,), w, b, 1e-5)
+    else:
+        ops.layer_norm(x, n, w, b, out=out)
+        ref = _ref_layer_norm(x, (n,), w, b, 1e-5)
+    # fp32 statistics of values ~0.2 with a 3e-3 spread: the mean's rounding is ~1e-8, i.e. 1e-5 of a std.
+    torch.testing.assert_close(out.double().cpu(), ref.cpu(), atol=5e-4, rtol=5e-4)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rows_past_2_31_elements(triton_backend, device, fused):
+    # A row-strided view (read in place) whose third row starts 2**31 + 16 elements after the first: row * stride
+    # must be computed in 64 bits (the stride itself still fits in int32).
+    from ops_util import TWO_31, strided_view
+
+    stride = TWO_31 // 2 + 8
+    x = strided_view((3, 40), (stride, 1), F16, device, seed=1)
+    r = strided_view((3, 40), (stride, 1), F16, device, seed=2, offset=40, buffer=x)
+    assert 2 * x.stride(0) >= TWO_31 and x.stride(0) < TWO_31
+    w, b = torch.randn(40, device=device).half(), torch.randn(40, device=device).half()
+    out = _poisoned((3, 40), F16, device)
+    if fused:
+        y, s = ops.add_layer_norm(x, r, w, b, out=out)
+        _assert_close(s, x.double() + r.double(), F16)
+        _assert_close(y, _ref_layer_norm(x.double() + r.double(), (40,), w, b, 1e-5), F16)
+    else:
+        _assert_close(ops.layer_norm(x, 40, w, b, out=out), _ref_layer_norm(x, (40,), w, b, 1e-5), F16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or sys.platform == "win32", reason="a CPU page guard (POSIX mmap)")
+@pytest.mark.parametrize("n", [45, 9001])
+def test_loads_stay_inside_every_buffer(triton_backend, n):
+    # Weight, bias and the last row end flush against an unreadable page: a load past the end of any of them (a
+    # dropped mask on the padded lanes of the last tile) crashes here, though it could never change a stored value.
+    from ops_util import at_page_end
+
+    gen = torch.Generator().manual_seed(n)
+    x, r = at_page_end(_rand((3, n), F32, "cpu", gen)), at_page_end(_rand((3, n), F32, "cpu", gen))
+    w, b = at_page_end(_rand((n,), F32, "cpu", gen)), at_page_end(_rand((n,), F32, "cpu", gen))
+    _assert_close(ops.layer_norm(x, n, w, b), _ref_layer_norm(x, (n,), w, b, 1e-5), F32)
+    y, s = ops.add_layer_norm(x, r, w, b)
+    _assert_close(y, _ref_layer_norm(x.double() + r.double(), (n,), w, b, 1e-5), F32)

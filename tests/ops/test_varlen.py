@@ -203,3 +203,19 @@ def test_varlen_gpu_bert_batch(causal, d):
                                causal=causal, validate=False)
     ref = reference(q.cpu(), k.cpu(), v.cpu(), lens, lens, causal)
     torch.testing.assert_close(out.cpu().double(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_token_offsets_past_2_31_elements(triton_backend, device):
+    # Packed q/k/v whose token stride is 2**24 + 64 elements (fits in int32): the second sequence starts at token 128,
+    # past 2**31 elements, so cu_seqlens[b] * stride must be 64-bit. One fp16 buffer, q/k/v interleaved. (issue 19)
+    from ops_util import TWO_31, strided_view
+
+    lens, h, d = [128, 5], 1, 16
+    total, st = sum(lens), TWO_31 // 128 + 64
+    q = strided_view((total, h, d), (st, d, 1), torch.float16, device, seed=1)
+    k = strided_view((total, h, d), (st, d, 1), torch.float16, device, seed=2, offset=h * d, buffer=q)
+    v = strided_view((total, h, d), (st, d, 1), torch.float16, device, seed=3, offset=2 * h * d, buffer=q)
+    assert 128 * st >= TWO_31 and st < TWO_31
+    out = ops.varlen_attention(q, k, v, cu_of(lens, device), cu_of(lens, device), 128, 128, causal=True)
+    ref = reference(q.cpu(), k.cpu(), v.cpu(), lens, lens, True)
+    torch.testing.assert_close(out.cpu().double(), ref, atol=4e-3, rtol=4e-3)

@@ -1,0 +1,72 @@
+"""What the mutation check mutates, and which tests judge each file.
+
+``PY_TARGETS``: repository-relative file -> (area, test files, sample size). Test files are the smallest set that
+covers the file, fastest and broadest first (pytest stops at the first failure with -x). ``sample`` is how many
+of the file's mutants a default run draws (stratified by operator, fixed seed); ``--all`` runs every one.
+
+``SKIP``: names (functions, classes, module-level assignments) left unmutated, each with the reason.
+``EQUIVALENT``: mutant ids (see ``Mutant.id``) that cannot change any result, with the argument why; a survivor
+listed here is reported as "equivalent", not as a blind spot. ``GPU_ONLY``: mutants only a gpu-marked test can
+kill (sizes the interpreter cannot reach), with that test; they still count as survivors on a CPU run.
+``KILLED_ELSEWHERE``: mutants a test outside the per-mutant map kills (too slow to run per mutant), checked once.
+"""
+from __future__ import annotations
+
+OPS = "tests/ops"
+BACKEND = "tests/test_backend.py"  # dispatch: every kernel dtype really runs its kernel
+
+PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "kernels/gelu.py": ("kernels", (f"{OPS}/test_activation.py",), 20),
+    "kernels/norm.py": ("kernels", (f"{OPS}/test_norm.py",), 26),
+    "kernels/attention/fwd.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py"), 40),
+    "kernels/attention/decode.py": ("kernels", (f"{OPS}/test_decode.py",), 40),
+    "engine/ops/_checks.py": ("ops", (BACKEND, f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
+    "engine/ops/activation.py": ("ops", (BACKEND, f"{OPS}/test_activation.py"), 8),
+    "engine/ops/norm.py": ("ops", (BACKEND, f"{OPS}/test_norm.py"), 12),
+    "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py"), 20),
+    "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py"), 12),
+    "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
+}
+
+# C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
+CPP_TESTS = ("tests/test_sampling.py",)
+
+_AOT = "the AOT build list: checked by tests/kernels/test_aot.py, which compiles every sm_90 configuration (minutes)"
+_TUNING = "a tuning table: tile sizes, warps, stages and SM counts change speed, not results (GPU autotuning)"
+_CUDA = "CUDA-only (graph capture on a side stream): exercised by the gpu-marked generate test"
+
+SKIP: dict[str, dict[str, str]] = {
+    "kernels/gelu.py": {"aot_specs": _AOT, "configs": _AOT},
+    "kernels/norm.py": {"aot_specs": _AOT, "configs": _AOT},
+    "kernels/attention/fwd.py": {"CONFIGS": _TUNING, "FP32_CONFIGS": _TUNING, "smem_estimate": _AOT,
+                                 "_device_smem": _TUNING},
+    "kernels/attention/decode.py": { "_H200_SMS": _TUNING, "_COMBINE_WARPS": _TUNING,
+                          "_ctas_per_sm": _TUNING, "_sm_count": _CUDA},
+    "engine/generate.py": {"_on_side_stream": _CUDA, "_capture": _CUDA},
+}
+
+EQUIVALENT: dict[str, str] = {
+    'engine/ops/attention.py::_sdpa_torch::where::torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)) '
+    '-> (mask)#0': "after the float32-mask fix (e8d0467) this narrowing is reached only when the mask's range fits "
+                   "the query dtype's, where the clamp changes nothing; the dead clamp was then removed (b4834e5)",
+    "engine/ops/attention.py::_sdpa_torch::minmax::mask.clamp(min=lo) -> (mask)#0": "the same dead clamp (above)",
+    "kernels/attention/decode.py::_decode_split_kernel::minmax::tl.minimum(lo + run, kv_len) -> (lo + run)#0":
+        "hi = min(lo + run, kv_len, shift + last_row + 1) and shift + last_row + 1 <= kv_len - q_len + q_len = kv_len "
+        "(last_row <= q_len - 1): the kv_len bound is implied by the causal one",
+    "engine/ops/decode.py::decode_attention_torch::dtype::cache_seqlens.to(torch.long) -> (cache_seqlens)#0":
+        "int32 lengths are clamped to [0, Tmax] and compared with int64 aranges: torch promotes, nothing overflows",
+}
+
+GPU_ONLY: dict[str, str] = {
+    "kernels/gelu.py::_gelu_fwd_kernel::dtype::pid_n.to(tl.int64) -> (pid_n)#0":
+        "the flat row's column start passes 2**31 only past 2**31 elements (4 GiB, minutes in the interpreter): "
+        "tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
+    "kernels/gelu.py::_gelu_fwd_kernel::dtype::tl.int64 -> (tl.int32)#1":
+        "the same 64-bit column start (above): tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
+}
+
+KILLED_ELSEWHERE: dict[str, str] = {
+    "kernels/norm.py::_norm_fwd_kernel::dtype::tl.float32 -> (tl.float16)#5":
+        "m2 starts fp16 and becomes fp32 in the loop: the interpreter promotes silently, Triton's compiler rejects "
+        "the loop-carried type change; tests/kernels/test_aot.py[norm] fails on it (checked once, 139 s, as kernels/layernorm.py before the norm kernels merged)",
+}
