@@ -92,8 +92,34 @@ def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KI
     return tl.broadcast_to(bias, (BLOCK_M, BLOCK_N))
 
 
+@triton.jit
+def relative_bias(bias_rows, cols, n_k, inv_scale, BOUNDARY: tl.constexpr):
+    """The relative position bias of one (BLOCK_M, BLOCK_N) score tile for keys ``cols``, in the units of q . k
+    (fp32, divided by the softmax scale like ``mask_bias``), gathered from the table row of the tile's head.
+
+    ``bias_rows`` (BLOCK_M,): pointers to table[h, L - 1 - pos_i] for each query row i, so key j's entry is
+    bias_rows[i] + j (table[h, L - 1 + j - pos_i]; the table's distances have unit stride). The indices stay in
+    the table when every row's position lies in 0 .. L - 1 of the call's alignment and every key j < n_k
+    (L >= the op's lengths; rows past the end are clamped by the caller); BOUNDARY: keys past ``n_k`` exist in
+    this tile: they read key n_k - 1's entry (their scores are masked out afterwards).
+    """
+    if BOUNDARY:
+        cols = tl.minimum(cols, n_k - 1)
+    return tl.load(bias_rows[:, None] + cols[None, :]).to(tl.float32) * inv_scale
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Host side: dot precision, and the one place that decides how K/V tiles are loaded.
+
+def bias_args(table: torch.Tensor | None, pointer: str) -> dict:
+    """The kernel arguments of a relative position table (H, 2L - 1), passed as ``pointer``, its head stride
+    ``stride_bh`` and L as ``bias_len``, with HAS_BIAS=True; {} for None (the kernels' defaults: no bias). The
+    kernels step along distances with unit stride: an odd view of the (small) table is copied first."""
+    if table is None:
+        return {}
+    table = table if table.stride(1) == 1 else table.contiguous()
+    return {pointer: table, "stride_bh": table.stride(0), "bias_len": (table.shape[1] + 1) // 2, "HAS_BIAS": True}
+
 
 def precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision for ``dtype``: fp32 runs three TF32 products per dot ("tf32x3", fp32-accurate),
