@@ -39,8 +39,8 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, bias_args, kv_descriptors, kv_tile, mask_bias, masked_load, precision, relative_bias, set_kv_block_shape,
-    use_kv_tma,
+    LOG2E, MAX_BLOCK_N, bias_args, kv_descriptors, kv_tile, mask_bias, masked_load, precision, relative_bias,
+    set_kv_block_shape, shifted_rows, use_kv_tma,
 )
 from engine.kernels.launch import launch
 
@@ -86,7 +86,7 @@ def _attn_fwd_inner(
         if DOT_UPCAST:
             k = k.to(tl.float32)
         if HAS_BIAS:  # (BLOCK_M, BLOCK_N): q . k + (relative bias [+ mask]) / scale
-            init = relative_bias(bias_rows, cols, n_k, inv_scale, BOUNDARY)
+            init = relative_bias(bias_rows, cols, inv_scale)
             if MASK_KIND != 0:
                 init += mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KIND, MASK_PER_ROW,
                                   BOUNDARY, BLOCK_M, BLOCK_N)
@@ -147,7 +147,8 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_TMA: tl.constexpr = False,
     DOT_UPCAST: tl.constexpr = False,  # interpreter only: bf16 tl.dot is wrong there, so dot in fp32
-    Bias=None, stride_bh=0, bias_len=0,  # HAS_BIAS only: the (H, 2 * bias_len - 1) relative position table
+    Bias=None, stride_bh=0, stride_bs=0, bias_len=0,  # HAS_BIAS only: common.shifted_table of the relative
+    # position table (H, 2 * bias_len - 1)
     HAS_BIAS: tl.constexpr = False,
 ):
     if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
@@ -200,7 +201,7 @@ def _attn_fwd_kernel(
     bias_rows = Bias
     if HAS_BIAS:  # query row i sits at position i + causal_shift (the causal alignment); rows past the end clamped
         pos = tl.minimum(offs_m, n_q - 1) + causal_shift
-        bias_rows = Bias + off_h.to(tl.int64) * stride_bh + (bias_len - 1 - pos)
+        bias_rows = shifted_rows(Bias, off_h, stride_bh, stride_bs, bias_len, pos)
 
     # Masks start the q @ k^T product in its own units (divided by the softmax scale), floored so a finite mask
     # stays finite (see common.mask_bias).
@@ -259,9 +260,9 @@ def seqlen_bucket(n: int) -> int:
 def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
                   mask_per_row: bool = False) -> int:
     """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles for
-    the pipelined key loop, plus, for a per-row mask, the 2 bytes per score that Triton's layout conversion of the
-    mask tile into the accumulator's layout stages (key-padding vectors need none; the sm_90 builds agree, see
-    the gate's table)."""
+    the pipelined key loop, plus, for a per-row mask (or a relative position bias: also a tile per row block),
+    the 2 bytes per score that Triton's layout conversion of the mask tile into the accumulator's layout stages
+    (key-padding vectors need none; the sm_90 builds agree, see the gate's table)."""
     mask = 2 * block_m * block_n if mask_per_row else 0
     return block_m * block_d * elem + 2 * block_n * block_d * elem * num_stages + mask
 
@@ -293,7 +294,8 @@ def _early_prune(configs, named_args, **kwargs):
     q = args["Q"]
     return prune_configs(configs, block_d=args["BLOCK_D"], elem=q.element_size(), bucket=args["N_BUCKET"],
                          smem_limit=_device_smem(q.device.index or 0),
-                         mask_per_row=args["MASK_KIND"] != 0 and bool(args["MASK_PER_ROW"]))
+                         mask_per_row=(args["MASK_KIND"] != 0 and bool(args["MASK_PER_ROW"]))
+                         or bool(args.get("HAS_BIAS", False)))  # a bias tile is staged like a per-row mask
 
 
 def _configs(block_d: int) -> list:
@@ -325,7 +327,10 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
     args = (q, k, v, out, mask, cu_q, cu_k, *descs, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
                  MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), KV_TMA=kv_tma)
-    flags.update(bias_args(bias, "Bias"))
+    if bias is not None and config is not None and config[1] > MAX_BLOCK_N:
+        raise ValueError(f"a relative position bias needs BLOCK_N <= {MAX_BLOCK_N} (the shifted table's padding); "
+                         f"got config {config}")
+    flags.update(bias_args(bias, "Bias", shifted=True))
     if config is not None:
         bm, bn, warps, stages = config
         if interpreting() and q.dtype == torch.bfloat16:

@@ -87,14 +87,15 @@ def fwd_specs() -> list:
         dense("", bf16, 64, _kept(64)[0], kv_tma=False)
         dense("", bf16, 128, _kept(128)[0], kv_tma=False)
         dense("", fp32, 64, fwd.FP32_CONFIGS[64], kv_tma=False)
-        for d in (64, 128):
-            for cfg in _kept(d):
+        for d in (64, 128):  # a bias tile stages through shared memory as a per-row mask does: pruned alike
+            for cfg in _kept(d, per_row=True):
                 dense("", bf16, d, cfg, causal=False, bias=True)
-        dense("_keypadbool", bf16, 64, _kept(64)[0], causal=False, mask=meta((b, 1, 1, n), torch.bool), bias=True)
-        dense("", bf16, 64, _kept(64)[0], bias=True)
-        varlen(64, _kept(64)[0], causal=False, bias=True)
+        biased = _kept(64, per_row=True)[0]
+        dense("_keypadbool", bf16, 64, biased, causal=False, mask=meta((b, 1, 1, n), torch.bool), bias=True)
+        dense("", bf16, 64, biased, bias=True)
+        varlen(64, biased, causal=False, bias=True)
         dense("", fp32, 64, fwd.FP32_CONFIGS[64], causal=False, bias=True)
-        dense("", bf16, 64, _kept(64)[0], causal=False, kv_tma=False, bias=True)
+        dense("", bf16, 64, biased, causal=False, kv_tma=False, bias=True)
     return rec.launches
 
 

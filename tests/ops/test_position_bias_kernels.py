@@ -158,3 +158,48 @@ def test_decode_kernel_bias(case, device):
     _close(out, ref, dtype)
     dead = q_pos < 0
     assert (out.cpu()[dead[:, None].expand(B, H, Tq)] == 0).all()
+
+
+def test_shifted_table_holds_every_entry_aligned():
+    """shifted_table(t)[h, r, x] == t[h, x + r] wherever x + r is in the table; rows are 16 entries wide multiples,
+    so any start index s is copy s % 8 at the aligned offset s - s % 8."""
+    from engine.kernels.attention.common import MAX_BLOCK_N, TABLE_SHIFTS, shifted_table
+
+    gen = torch.Generator().manual_seed(37)
+    for L in (1, 4, 9, 17):
+        t = _rand(3, 2 * L - 1, gen=gen, dtype=BF16)
+        s = shifted_table(t)
+        assert s.shape[:2] == (3, TABLE_SHIFTS) and s.shape[2] % 16 == 0
+        assert s.shape[2] >= 2 * L - 1 + MAX_BLOCK_N  # a ragged last key tile reads padding, not past the end
+        assert s.is_contiguous()
+        for start in range(2 * L - 1):
+            r, a = start % TABLE_SHIFTS, start - start % TABLE_SHIFTS
+            n = 2 * L - 1 - start
+            assert torch.equal(s[:, r, a:a + n], t[:, start:])
+
+
+def test_every_key_tile_fits_the_table_padding():
+    """The bias loads of a ragged last key tile are unmasked: no configuration's BLOCK_N may exceed the padding."""
+    from engine.kernels.attention.common import MAX_BLOCK_N
+
+    tiles = [c[1] for cs in kfwd.CONFIGS.values() for c in cs] + [c[1] for c in kfwd.FP32_CONFIGS.values()]
+    assert max(tiles + [kfwd.INTERPRETER_CONFIG[1]]) <= MAX_BLOCK_N
+
+
+def test_autotuner_prunes_bias_calls_as_per_row_masks(monkeypatch):
+    """The bias tile is staged through shared memory like a per-row mask: the autotuner's pruning counts it (calls
+    without a bias pass no HAS_BIAS at all: the kernel's default)."""
+    from engine.kernels import aot
+
+    monkeypatch.setattr(kfwd, "_device_smem", lambda index: aot.H200_MAX_SHARED_BYTES)
+    configs = kfwd._configs(128)
+    q = torch.empty(1, 1, 1, 128, dtype=BF16)
+
+    def kept(**flags):
+        args = dict(BLOCK_D=128, N_BUCKET=16384, MASK_KIND=0, MASK_PER_ROW=False, **flags)
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kfwd._early_prune(configs, {"Q": q}, **args)]
+
+    per_row = kfwd.prune_configs(configs, block_d=128, elem=2, bucket=16384, smem_limit=aot.H200_MAX_SHARED_BYTES,
+                                 mask_per_row=True)
+    assert kept(HAS_BIAS=True) == [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in per_row]
+    assert len(kept()) > len(kept(HAS_BIAS=True))  # without the bias the widest tile fits
