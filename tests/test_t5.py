@@ -37,6 +37,8 @@ VARIANTS = {
     "umt5": ("UMT5ForConditionalGeneration", T.UMT5Config, {}),  # a bias table in every layer
     "umt5-model": ("UMT5Model", T.UMT5Config, dict(feed_forward_proj="relu")),
     "umt5-encoder": ("UMT5EncoderModel", T.UMT5Config, {}),
+    "t5-d16": ("T5ForConditionalGeneration", T.T5Config,  # a head dim the decode kernel is built for
+               dict(feed_forward_proj="gated-gelu", d_kv=16)),
 }
 LM_VARIANTS = ["t5-v1.0", "t5-v1.1", "mt5", "umt5"]
 _CACHE: dict[str, tuple] = {}
@@ -45,9 +47,9 @@ _CACHE: dict[str, tuple] = {}
 def make_hf(variant: str, seed: int = 0, noise: float = 0.3) -> torch.nn.Module:
     cls, cfg_cls, extra = VARIANTS[variant]
     untie = extra.get("tie_word_embeddings", True) is False  # the config says so: no d_model**-0.5 rescale
-    cfg = cfg_cls(vocab_size=VOCAB, d_model=24, d_kv=5, d_ff=37, num_layers=2, num_heads=3,
-                  relative_attention_num_buckets=8, relative_attention_max_distance=12, decoder_start_token_id=0,
-                  eos_token_id=1, pad_token_id=0, **extra)
+    cfg = cfg_cls(**{**dict(vocab_size=VOCAB, d_model=24, d_kv=5, d_ff=37, num_layers=2, num_heads=3,
+                            relative_attention_num_buckets=8, relative_attention_max_distance=12,
+                            decoder_start_token_id=0, eos_token_id=1, pad_token_id=0), **extra})
     torch.manual_seed(seed)
     model = getattr(T, cls)(cfg).eval()
     with torch.no_grad():
@@ -275,6 +277,36 @@ def test_greedy_generate_matches_transformers(variant, tmp_path_factory):
     with torch.no_grad():  # the config's defaults (eos_token_id=1, pad 0, start 0)
         ref_default = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12), ref_default)
+
+
+def test_triton_kernels_gather_the_bias_and_match_transformers(monkeypatch, tmp_path_factory):
+    """ENGINE_BACKEND=triton (the interpreter on the CPU): the encoder packed (the varlen kernel) and padded (the dense
+    kernel under the key-padding mask), the decoder's causal forward (dense) and greedy generation (the decode
+    kernel) all take the bias into the kernels, and match transformers."""
+    pytest.importorskip("triton")
+    import engine.kernels.attention as attn_k
+    import engine.kernels.attention.decode as dec_k
+
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    calls = []
+    for mod, name in ((attn_k, "attention_fwd"), (attn_k, "varlen_fwd"), (dec_k, "decode_attention_fwd")):
+        def spy(*a, _real=getattr(mod, name), _name=name, **k):
+            if k.get("relative_position_bias") is not None:
+                calls.append(_name)
+            return _real(*a, **k)
+        monkeypatch.setattr(mod, name, spy)
+    src, hf, x, ref, valid = reference("t5-d16", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    for packed in (True, False):
+        model.packed = packed
+        with torch.no_grad():
+            assert_max_abs(model(**x), ref, valid)
+    assert {"varlen_fwd", "attention_fwd"} <= set(calls), calls
+    ids, mask = _gen_inputs(B=3)
+    with torch.no_grad():
+        ref_ids = hf.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, eos_token_id=[])
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[]), ref_ids)
+    assert "decode_attention_fwd" in calls
 
 
 def test_greedy_with_repetition_penalty_matches_transformers(tmp_path_factory):

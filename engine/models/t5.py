@@ -17,9 +17,10 @@ transformers does (finite values kept, infinities replaced), so fp16 checkpoints
 
 A stack pass attends through a ``Context``: full sequences (masks, causal flag) for ``model(...)``, or a KV cache
 for generation (engine/seq2seq.py), which also hands in the cross-attention keys/values computed once. A padded
-encoder batch whose rows each hold one run of real tokens runs packed on the CPU when at least 1/16 of it is padding
-(``model.packed = True / False`` forces either path): the real tokens go through varlen attention, the distances
-between them, and so the bias, unchanged. (On CUDA packing waits for the varlen kernel to gather the bias.)
+encoder batch whose rows each hold one run of real tokens runs packed, as the BERT family's does (always on CUDA,
+where the varlen kernel gathers the bias; on the CPU when at least 1/16 of it is padding; ``model.packed = True /
+False`` forces either path): the real tokens go through varlen attention, the distances between them, and so the
+bias, unchanged.
 
 The encoder pass replays CUDA graphs for small CUDA batches (engine/graphs.py: padded right to a length bucket with
 the mask, which keeps every distance between real tokens and so the bias): T5EncoderModel's forward, and the encoder
@@ -244,8 +245,8 @@ class T5(nn.Module):
 
     def _pack(self, attention_mask: torch.Tensor, packed: bool | None) -> bool:
         """Run this padded batch packed? Only if every row's real tokens are one run (packing keeps the distances
-        between them, so the bias); then ``packed``, or by default on the CPU with enough padding."""
-        if packed is False or (packed is None and not blocks.pack_by_default(attention_mask, cuda=False)):
+        between them, so the bias); then ``packed``, or by default as ``blocks.pack_by_default`` says."""
+        if packed is False or (packed is None and not blocks.pack_by_default(attention_mask)):
             return False
         m = attention_mask.bool()
         runs = m[:, 0].long() + (m[:, 1:] & ~m[:, :-1]).sum(1)  # runs of real tokens per row

@@ -15,8 +15,8 @@ and PyTorch otherwise (float64, dropout, head dims above 256, requires-grad, CPU
 * The first CUDA call of each (head dim, dtype, causal, mask kind, sequence-length bucket) autotunes over at most
   three configurations (each compiled once, a few seconds each); fp32 uses one fixed configuration.
 * ``relative_position_bias`` (T5's learned bias by distance, a (H, 2L - 1) table: see engine.ops.position_bias) is
-  added to the scores after the scale. Until the flash kernels gather it themselves, calls that pass it run the
-  PyTorch path, which builds only the (H, Nq, Nk) block the call needs.
+  added to the scores after the scale. The flash kernel gathers it tile by tile from the table (no (Nq, Nk) block
+  in memory), with every mask kind and causal; the PyTorch path builds only the (H, Nq, Nk) block the call needs.
 """
 from __future__ import annotations
 
@@ -221,27 +221,28 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
             return torch.ops.engine.scaled_dot_product_attention(q, k, v, mask, float(dropout_p), is_causal, scale,
                                                                  bias)
     elif not _SDPA.pytorch_only(q):
-        shape_ok = (bias is None  # the flash kernel does not gather the bias table yet: the PyTorch path honours it
-                    and dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
+        shape_ok = (dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
                     and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
                     and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y)
-        if _SDPA(q, (dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask):
-            return _sdpa_kernel(q, k, v, mask, is_causal, scale)
+        if _SDPA(q, (dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask, bias):
+            return _sdpa_kernel(q, k, v, mask, is_causal, scale, bias)
     if mask is None and bias is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
     return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
 
 
 def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                 scale: float | None) -> torch.Tensor:
-    """The Triton path of ``scaled_dot_product_attention`` (arguments checked; mask 4-D or None)."""
+                 scale: float | None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton path of ``scaled_dot_product_attention`` (arguments checked; mask 4-D or None; bias a table
+    covering the call or None)."""
     from engine.kernels.attention import attention_fwd
 
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     out = output_like(q, (b, h, n_q, d))
     mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
-    return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5)
+    return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5,
+                         relative_position_bias=bias)
 
 
 def _check_cu(name: str, cu: object, device: torch.device) -> torch.Tensor:
@@ -396,9 +397,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         else:
             _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
 
-    shape_ok = (bias is None  # the varlen kernel does not gather the bias table yet
-                and d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0)
-    if not _VARLEN(q, (dtype, shape_ok), k, v, cu_q, cu_k):
+    shape_ok = (d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0)
+    if not _VARLEN(q, (dtype, shape_ok), k, v, cu_q, cu_k, bias):
         if cq is None and (batch > 1 or total_q == 0 or total_k == 0):  # one sequence is [0, total]: no read
             cq, ck = cu_q.tolist(), cu_k.tolist()
         return _varlen_torch(q, k, v, cq, ck, causal, scale, bias)
@@ -407,7 +407,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         return out.zero_()
     from engine.kernels.attention import varlen_fwd
 
-    return varlen_fwd(q, k, v, out, cu_q, cu_k, max_q, causal=causal, scale=scale)
+    return varlen_fwd(q, k, v, out, cu_q, cu_k, max_q, causal=causal, scale=scale, relative_position_bias=bias)
 
 
 def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,

@@ -18,7 +18,7 @@ never tf32). Other head dims or dtypes, grad-recording inputs and ENGINE_BACKEND
 
 ``relative_position_bias`` (T5's bias by distance, a (H, 2L - 1) table with L >= Tmax; see
 engine.ops.position_bias) adds ``table[h, L - 1 + j - (cache_seqlens[b] - Tq + i)]`` to the score of query i and
-key j. Until the decode kernel gathers it itself, calls that pass it run the PyTorch path.
+key j; the decode kernel gathers it from the table tile by tile.
 """
 from __future__ import annotations
 
@@ -190,9 +190,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         else:
             _check_seqlens(cache_seqlens, Tq, Tmax)
     sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
-    # The decode kernel does not gather the bias table yet: calls with it run the PyTorch path.
-    if bias is None and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens):
+    if _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):
         from engine.kernels.attention.decode import decode_attention_fwd
 
-        return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale)
+        return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale,
+                                    relative_position_bias=bias)
     return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale, bias, host_lengths=host)

@@ -12,9 +12,12 @@ where pos_j = j is the key's position and pos_i the query's, aligned as each op 
 must cover every distance the call can see: L >= max(Nq, Nk) (sdpa), >= max(max_seqlen_q, max_seqlen_k) (varlen),
 >= Tmax (decode). Entries for distances a causal mask hides are never used. The table is shared by the batch.
 
-The PyTorch paths gather only the (H, Nq, Nk) block each call needs, in fp32: ``bias_block`` for queries at
-consecutive positions (SDPA, varlen: the block's rows are overlapping windows of the table, read as one strided view
-and copied once), ``bias_scores`` for any positions (decode: one position per batch row).
+The flash kernels (engine.kernels.attention) read the table itself, tile by tile: nothing of size Nq x Nk is built
+(the dense / varlen kernel reads it as 8 shifted copies, ``common.shifted_table``, one small copy per call, so every
+row of a tile loads as aligned vectors). The PyTorch paths gather only the (H, Nq, Nk) block each call needs, in
+fp32: ``bias_block`` for queries at consecutive positions (SDPA, varlen: the block's rows are overlapping windows
+of the table, read as one strided view and copied once), ``bias_scores`` for any positions (decode: one position
+per batch row).
 """
 from __future__ import annotations
 

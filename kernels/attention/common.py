@@ -30,6 +30,10 @@ from engine.backend import interpreting
 
 # exp(x) = exp2(x * LOG2E): the kernels work in base 2 with log2(e) folded into the score scale.
 LOG2E = 1.4426950408889634
+# Copies of a relative position table, each shifted by one more entry (``shifted_table``): 8 16-bit values = 16 bytes.
+TABLE_SHIFTS = 8
+SHIFTS = tl.constexpr(TABLE_SHIFTS)
+MAX_BLOCK_N = 128  # the widest key tile of any configuration: a shifted table's padding past its last entry
 
 
 @triton.jit
@@ -92,8 +96,58 @@ def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KI
     return tl.broadcast_to(bias, (BLOCK_M, BLOCK_N))
 
 
+@triton.jit
+def shifted_rows(Bias, off_h, stride_bh, stride_bs, bias_len, pos):
+    """(BLOCK_M,) pointers into ``shifted_table``'s copies for query positions ``pos`` (BLOCK_M,): row i reads key
+    j's entry table[h, L - 1 + j - pos_i] at pointer + j, and every row pointer is 8-element aligned, so a tile's
+    rows load as 16-byte vectors. Needs L - 1 - pos_i >= 0 (the call's positions within the table)."""
+    start = bias_len - 1 - pos  # table index of key 0 for each row
+    return Bias + off_h.to(tl.int64) * stride_bh + (start % SHIFTS) * stride_bs + (start // SHIFTS) * SHIFTS
+
+
+@triton.jit
+def relative_bias(bias_rows, cols, inv_scale):
+    """The relative position bias of one (BLOCK_M, BLOCK_N) score tile for keys ``cols``, in the units of q . k
+    (fp32, divided by the softmax scale like ``mask_bias``), gathered from the table of the tile's head.
+
+    ``bias_rows`` (BLOCK_M,): ``shifted_rows`` of the tile's query rows (key j's entry at bias_rows[i] + j). The
+    entries read stay in the shifted table when every row's position lies in the call's range (L >= the op's
+    lengths; the caller clamps rows past the end) and the tile starts at a key < n_k: keys past the end of a
+    ragged last tile read the table's padding (``MAX_BLOCK_N`` entries), never used (their scores are masked out
+    afterwards). No load mask, so every row loads as 16-byte vectors.
+    """
+    return tl.load(bias_rows[:, None] + cols[None, :]).to(tl.float32) * inv_scale
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Host side: dot precision, and the one place that decides how K/V tiles are loaded.
+
+def bias_args(table: torch.Tensor | None, pointer: str, *, shifted: bool = False) -> dict:
+    """The kernel arguments of a relative position table (H, 2L - 1): {} for None (the kernels' defaults: no bias),
+    else HAS_BIAS=True, L as ``bias_len`` and, passed as ``pointer``, the table with its head stride ``stride_bh``
+    (distances with unit stride: an odd view of the small table is copied first), or with ``shifted`` its
+    ``shifted_table`` with the head and copy strides ``stride_bh``, ``stride_bs``."""
+    if table is None:
+        return {}
+    length = (table.shape[1] + 1) // 2
+    if shifted:
+        t = shifted_table(table)
+        return {pointer: t, "stride_bh": t.stride(0), "stride_bs": t.stride(1), "bias_len": length, "HAS_BIAS": True}
+    table = table if table.stride(1) == 1 else table.contiguous()
+    return {pointer: table, "stride_bh": table.stride(0), "bias_len": length, "HAS_BIAS": True}
+
+
+def shifted_table(table: torch.Tensor) -> torch.Tensor:
+    """(H, 2L - 1) -> (H, SHIFTS, W) with [h, r, x] = table[h, x + r] (W: 2L - 1 + MAX_BLOCK_N rounded up to 16;
+    entries past the table are zeros, read only for keys past the end of a tile): the flash kernel's form of the
+    table. Any entry x of a row is some copy's entry at a multiple of SHIFTS, so each query row of a tile loads its
+    contiguous run of keys as aligned vectors (one gathered value per score would cost a scalar load and its 64-bit
+    address each). One small copy per call: H * SHIFTS * W values."""
+    h, width = table.shape
+    w = (width + MAX_BLOCK_N + 15) // 16 * 16
+    padded = torch.nn.functional.pad(table, (0, w + TABLE_SHIFTS - 1 - width))  # (H, W + SHIFTS - 1)
+    return padded.unfold(1, w, 1).contiguous()  # (H, SHIFTS, W)
+
 
 def precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision for ``dtype``: fp32 runs three TF32 products per dot ("tf32x3", fp32-accurate),

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.attention.common import precision
+from engine.kernels.attention.common import bias_args, precision
 from engine.kernels.launch import launch
 
 # Head dims the kernel is built for (others go to PyTorch); non-powers of two are masked up to BLOCK_D.
@@ -76,6 +76,8 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    BIAS=None, stride_bh=0, bias_len=0,  # HAS_BIAS only: the (H, 2 * bias_len - 1) relative position table
+    HAS_BIAS: tl.constexpr = False,
 ):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -109,6 +111,12 @@ def _decode_split_kernel(
     v_ptrs = (V + b64 * stride_vb + h64 * stride_vh + lo64 * stride_vt
               + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd)
 
+    bias_row = BIAS
+    bias_base = offs_m
+    if HAS_BIAS:
+        bias_row = BIAS + h64 * stride_bh
+        bias_base = bias_len - 1 - shift - offs_m  # (BLOCK_M,) key j's entry: bias_base + j
+
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -120,7 +128,11 @@ def _decode_split_kernel(
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         qk = _dot(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST)  # (BLOCK_M, BLOCK_N) fp32
         visible = n_valid[None, :] & (cols[None, :] <= shift + offs_m[:, None])
-        qk = tl.where(visible, qk * qk_scale, float("-inf"))
+        qk = qk * qk_scale
+        if HAS_BIAS:  # table[h, L - 1 + j - pos_i], pos_i = shift + i; clamped to the table as bias_scores does
+            idx = tl.minimum(tl.maximum(bias_base[:, None] + cols[None, :], 0), 2 * bias_len - 2)
+            qk += tl.load(bias_row + idx).to(tl.float32) * 1.4426950408889634
+        qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no inf - inf
         p = tl.exp2(qk - m_safe[:, None])
@@ -272,13 +284,16 @@ def sm_count(device: torch.device) -> int:
 def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          cache_seqlens: torch.Tensor, *, scale: float, out: torch.Tensor | None = None,
                          num_splits: int | None = None,
-                         workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                         workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Launch decode attention. Arguments must already be validated (engine.ops.decode does it).
 
     q (B, H, Tq, D); k_cache, v_cache (B, H, Tmax, D) with any strides; cache_seqlens (B,) int32 on q's device.
     out: optional (B, H, Tq, D) result buffer in q's dtype. num_splits: key splits (default: plan_decode's choice).
     workspace: optional (partial (B, H, Tq, S, D) fp32, lse (B, H, Tq, S) fp32) contiguous scratch for S > 1 splits
-    (S = plan_decode(...).num_splits); allocated here when omitted. Returns out (B, H, Tq, D).
+    (S = plan_decode(...).num_splits); allocated here when omitted. relative_position_bias: None, or a floating
+    (H, 2L - 1) table (L >= Tmax): table[h, L - 1 + j - pos] is added to the score of key j for the query at
+    pos = cache_seqlens[b] - Tq + i (indices clamped to the table). Returns out (B, H, Tq, D).
     """
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
@@ -310,7 +325,7 @@ def decode_attention_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n,
         DOT_PRECISION=dot_precision(q.dtype, plan.block_d),
         DOT_UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        num_warps=plan.num_warps, num_stages=plan.num_stages, **bias_args(relative_position_bias, "BIAS"),
     )
     if S > 1:
         launch(_decode_combine_kernel, (Tq, H, B),

@@ -14,6 +14,11 @@ Each mask tile goes straight to registers as the starting value of the q @ k^T a
 softmax scale; ``common.mask_bias``), not added to the scores after the product: that keeps Triton 3.6 from
 serialising the wgmma of masked calls. A query row that sees no key (all masked) outputs zeros.
 
+Relative position bias (``HAS_BIAS``, T5): a (H, 2L - 1) table by distance, gathered tile by tile from the head's
+row (``common.relative_bias``: entry L - 1 + j - pos_i for query position pos_i, aligned as the causal mask) and
+added, divided by the scale, to the same starting accumulator as a mask; nothing of size N x N is built. Bias
+calls take the masked (-inf safe) softmax update, as masked calls do.
+
 K/V tiles arrive by TMA on Hopper (``KV_TMA``, host tensor descriptors) or through pointers (cp.async
 pipelined); ``engine.kernels.attention.common.use_kv_tma`` decides. Dots: 16-bit inputs on tensor cores (wgmma
 on Hopper); fp32 inputs as three TF32 products per dot (``PRECISION="tf32x3"``: each operand split into a TF32
@@ -34,7 +39,8 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, kv_descriptors, kv_tile, mask_bias, masked_load, precision, set_kv_block_shape, use_kv_tma,
+    LOG2E, MAX_BLOCK_N, bias_args, kv_descriptors, kv_tile, mask_bias, masked_load, precision, relative_bias,
+    set_kv_block_shape, shifted_rows, use_kv_tma,
 )
 from engine.kernels.launch import launch
 
@@ -68,6 +74,7 @@ def _attn_fwd_inner(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, KV_TMA: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    bias_rows, HAS_BIAS: tl.constexpr,  # HAS_BIAS: (BLOCK_M,) pointers into the table (see common.relative_bias)
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     d_ok = offs_d < HEAD_DIM
@@ -78,13 +85,19 @@ def _attn_fwd_inner(
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         if DOT_UPCAST:
             k = k.to(tl.float32)
-        if MASK_KIND != 0:  # (BLOCK_M, BLOCK_N): q . k + mask / scale
+        if HAS_BIAS:  # (BLOCK_M, BLOCK_N): q . k + (relative bias [+ mask]) / scale
+            init = relative_bias(bias_rows, cols, inv_scale)
+            if MASK_KIND != 0:
+                init += mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KIND, MASK_PER_ROW,
+                                  BOUNDARY, BLOCK_M, BLOCK_N)
+            qk = tl.dot(q, tl.trans(k), init, input_precision=PRECISION)
+        elif MASK_KIND != 0:  # (BLOCK_M, BLOCK_N): q . k + mask / scale
             qk = tl.dot(q, tl.trans(k), mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale,
                                                   MASK_KIND, MASK_PER_ROW, BOUNDARY, BLOCK_M, BLOCK_N),
                         input_precision=PRECISION)
         else:
             qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
-        if (MASK_KIND == 0) and (not BOUNDARY):
+        if (MASK_KIND == 0) and (not HAS_BIAS) and (not BOUNDARY):
             # Hot path: scale the row max, not every score, so the exponent is one FMA (needs qk_scale > 0).
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
@@ -134,6 +147,9 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_TMA: tl.constexpr = False,
     DOT_UPCAST: tl.constexpr = False,  # interpreter only: bf16 tl.dot is wrong there, so dot in fp32
+    Bias=None, stride_bh=0, stride_bs=0, bias_len=0,  # HAS_BIAS only: common.shifted_table of the relative
+    # position table (H, 2 * bias_len - 1)
+    HAS_BIAS: tl.constexpr = False,
 ):
     if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
         start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -182,6 +198,10 @@ def _attn_fwd_kernel(
             # Clamp rows past the end instead of masking the load: those rows are never stored.
             rows = tl.minimum(offs_m, n_q - 1)
             mask_ptrs = mask_ptrs + rows[:, None].to(tl.int64) * stride_mm
+    bias_rows = Bias
+    if HAS_BIAS:  # query row i sits at position i + causal_shift (the causal alignment); rows past the end clamped
+        pos = tl.minimum(offs_m, n_q - 1) + causal_shift
+        bias_rows = shifted_rows(Bias, off_h, stride_bh, stride_bs, bias_len, pos)
 
     # Masks start the q @ k^T product in its own units (divided by the softmax scale), floored so a finite mask
     # stays finite (see common.mask_bias).
@@ -205,13 +225,13 @@ def _attn_fwd_kernel(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DOT_UPCAST,
+        PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DOT_UPCAST,
+        PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS,
     )
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
@@ -240,9 +260,9 @@ def seqlen_bucket(n: int) -> int:
 def smem_estimate(block_m: int, block_n: int, num_stages: int, block_d: int, elem: int,
                   mask_per_row: bool = False) -> int:
     """Bytes of shared memory a configuration needs: the Q tile, plus num_stages buffers of the K and V tiles for
-    the pipelined key loop, plus, for a per-row mask, the 2 bytes per score that Triton's layout conversion of the
-    mask tile into the accumulator's layout stages (key-padding vectors need none; the sm_90 builds agree, see
-    the gate's table)."""
+    the pipelined key loop, plus, for a per-row mask (or a relative position bias: also a tile per row block),
+    the 2 bytes per score that Triton's layout conversion of the mask tile into the accumulator's layout stages
+    (key-padding vectors need none; the sm_90 builds agree, see the gate's table)."""
     mask = 2 * block_m * block_n if mask_per_row else 0
     return block_m * block_d * elem + 2 * block_n * block_d * elem * num_stages + mask
 
@@ -274,7 +294,8 @@ def _early_prune(configs, named_args, **kwargs):
     q = args["Q"]
     return prune_configs(configs, block_d=args["BLOCK_D"], elem=q.element_size(), bucket=args["N_BUCKET"],
                          smem_limit=_device_smem(q.device.index or 0),
-                         mask_per_row=args["MASK_KIND"] != 0 and bool(args["MASK_PER_ROW"]))
+                         mask_per_row=(args["MASK_KIND"] != 0 and bool(args["MASK_PER_ROW"]))
+                         or bool(args.get("HAS_BIAS", False)))  # a bias tile is staged like a per-row mask
 
 
 def _configs(block_d: int) -> list:
@@ -288,13 +309,14 @@ def _tuned_kernel(block_d: int):
     """The autotuned kernel for one padded head dim (built lazily: nothing compiles at import)."""
     return triton.autotune(
         configs=_configs(block_d),
-        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION", "KV_TMA"],
+        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION", "KV_TMA",
+             "HAS_BIAS"],
         prune_configs_by={"early_config_prune": _early_prune},
     )(_attn_fwd_kernel)
 
 
 def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m, batch, *, head_dim, causal,
-            varlen, mask_kind, mask_per_row, config, kv_tma):
+            varlen, mask_kind, mask_per_row, config, kv_tma, bias):
     block_d = block_d_of(head_dim)
     if config is None and interpreting():
         config = INTERPRETER_CONFIG
@@ -305,6 +327,10 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
     args = (q, k, v, out, mask, cu_q, cu_k, *descs, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
                  MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), KV_TMA=kv_tma)
+    if bias is not None and config is not None and config[1] > MAX_BLOCK_N:
+        raise ValueError(f"a relative position bias needs BLOCK_N <= {MAX_BLOCK_N} (the shifted table's padding); "
+                         f"got config {config}")
+    flags.update(bias_args(bias, "Bias", shifted=True))
     if config is not None:
         bm, bn, warps, stages = config
         if interpreting() and q.dtype == torch.bfloat16:
@@ -322,10 +348,13 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *,
                   mask: torch.Tensor | None, causal: bool, scale: float,
-                  config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None) -> torch.Tensor:
+                  config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None,
+                  relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Dense attention into ``out``. q, out: (B, H, Nq, D); k, v: (B, H, Nk, D); any strides.
 
     mask: None, or a view of shape (B, H, Nq, Nk) (stride 0 on broadcast dims), bool or floating (additive).
+    relative_position_bias: None, or a floating (H, 2L - 1) table with L >= max(Nq, Nk): table[h, L - 1 + j - i]
+    is added to the score of query i and key j after the scale (top-left positions; engine.ops.position_bias).
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to skip autotuning (tests); None = autotune
     (the interpreter always uses ``INTERPRETER_CONFIG``). kv_tma: load K/V tiles by TMA (True), through
     pointers (False), or as ``common.use_kv_tma`` decides (None). Validation is the caller's job.
@@ -341,16 +370,20 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
         per_row = mstr[2] != 0 and n_q > 1
     strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *mstr)
     return _launch(q, k, v, out, mask_arg, q, q, scale, strides, h, n_q, n_k, n_q, b, head_dim=d, causal=causal,
-                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma)
+                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma,
+                   bias=relative_position_bias)
 
 
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cu_q: torch.Tensor,
                cu_k: torch.Tensor, max_seqlen_q: int, *, causal: bool, scale: float,
-               config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None) -> torch.Tensor:
+               config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None,
+               relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Packed attention into ``out``. q, out: (total_q, H, D); k, v: (total_k, H, D); cu_q, cu_k: (B + 1,) int32.
 
     Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma: as for ``attention_fwd``.
-    Validation is the caller's job.
+    relative_position_bias: None, or a floating (H, 2L - 1) table with L >= every sequence's query and key
+    lengths, aligned bottom-right as the causal mask: query i of a sequence sits at i + len_k - len_q.
+    Validation is the caller's job (the table's length included: ops.varlen_attention checks it).
     """
     _, h, d = q.shape
     batch = cu_q.shape[0] - 1
@@ -360,4 +393,5 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
 
     strides = (*s4(q), *s4(k), *s4(v), *s4(out), 0, 0, 0, 0)
     return _launch(q, k, v, out, q, cu_q, cu_k, scale, strides, h, 0, 0, max_seqlen_q, batch, head_dim=d,
-                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, config=config, kv_tma=kv_tma)
+                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, config=config, kv_tma=kv_tma,
+                   bias=relative_position_bias)

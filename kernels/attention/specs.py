@@ -37,27 +37,35 @@ def fwd_specs() -> list:
       fp32 additive mask on a causal call (D = 64, 128); a boolean per-row mask once (fp16, D=64);
     - varlen (packed (total, H, D) views of a fused qkv): bidirectional at D=64 (BERT packed), causal at
       D=128, and a padded head dim (80 in a 128 tile);
-    - the pointer (cp.async) path that GPUs before Hopper and older Tritons take: bf16 D = 64 and 128, fp32 D=64.
+    - the pointer (cp.async) path that GPUs before Hopper and older Tritons take: bf16 D = 64 and 128, fp32 D=64;
+    - T5's relative position bias (``_bias``: a (H, 2N - 1) table in the model's dtype, gathered per tile):
+      bidirectional bf16 in every configuration kept at D = 64 and 128, with the encoder's boolean key-padding
+      mask (D=64), causal (the decoder, D=64), varlen (the packed encoder, D=64), fp32 (D=64) and the pointer
+      path (bf16, D=64).
     """
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     b, h, n = 2, 16, 4096
 
-    def dense(tag, dtype, d, cfg, *, causal=True, mask=None, kv_tma=True):
+    def dense(tag, dtype, d, cfg, *, causal=True, mask=None, kv_tma=True, bias=False):
         q, k, v, out = _fused_qkv(b, h, n, d, dtype)
         bm, bn, w, st = cfg
         kind = "causal" if causal else "bidir"
+        tag += "_bias" if bias else ""
         with rec.name(f"attn_{TRITON_DTYPES[dtype]}_d{d}_{kind}{tag}{'' if kv_tma else '_ptr'}_m{bm}n{bn}w{w}s{st}"):
             fwd.attention_fwd(q, k, v, out, mask=None if mask is None else mask.expand(b, h, n, n), causal=causal,
-                              scale=d ** -0.5, config=cfg, kv_tma=kv_tma)
+                              scale=1.0 if bias else d ** -0.5, config=cfg, kv_tma=kv_tma,
+                              relative_position_bias=meta((h, 2 * n - 1), dtype) if bias else None)
 
-    def varlen(d, cfg, *, causal):
+    def varlen(d, cfg, *, causal, bias=False):
         total = b * n
         qkv = meta((total, 3, h, d), bf16)
         bm, bn, w, st = cfg
-        with rec.name(f"attn_bf16_d{d}_{'causal' if causal else 'bidir'}_varlen_m{bm}n{bn}w{w}s{st}"):
+        tag = "_bias" if bias else ""
+        with rec.name(f"attn_bf16_d{d}_{'causal' if causal else 'bidir'}_varlen{tag}_m{bm}n{bn}w{w}s{st}"):
             fwd.varlen_fwd(qkv[:, 0], qkv[:, 1], qkv[:, 2], meta((total, h, d), bf16),
                            meta((b + 1,), torch.int32), meta((b + 1,), torch.int32), n, causal=causal,
-                           scale=d ** -0.5, config=cfg, kv_tma=True)
+                           scale=1.0 if bias else d ** -0.5, config=cfg, kv_tma=True,
+                           relative_position_bias=meta((h, 2 * n - 1), bf16) if bias else None)
 
     with recording() as rec:
         for bd in fwd.CONFIGS:
@@ -79,19 +87,40 @@ def fwd_specs() -> list:
         dense("", bf16, 64, _kept(64)[0], kv_tma=False)
         dense("", bf16, 128, _kept(128)[0], kv_tma=False)
         dense("", fp32, 64, fwd.FP32_CONFIGS[64], kv_tma=False)
+        for d in (64, 128):  # a bias tile stages through shared memory as a per-row mask does: pruned alike
+            for cfg in _kept(d, per_row=True):
+                dense("", bf16, d, cfg, causal=False, bias=True)
+        biased = _kept(64, per_row=True)[0]
+        dense("_keypadbool", bf16, 64, biased, causal=False, mask=meta((b, 1, 1, n), torch.bool), bias=True)
+        dense("", bf16, 64, biased, bias=True)
+        varlen(64, biased, causal=False, bias=True)
+        dense("", fp32, 64, fwd.FP32_CONFIGS[64], causal=False, bias=True)
+        dense("", bf16, 64, biased, causal=False, kv_tma=False, bias=True)
     return rec.launches
 
 
 def decode_specs() -> list:
     """Launches of ``decode_attention_fwd`` per dtype and head dim: one new token per sequence (q a view of a
     fused (B, 1, 3, H, D) projection, as the models pass it) against a (B=4, H=12, Tmax=4096, D) cache, split in
-    two so both the split kernel (one build for one split and for several) and the combine kernel launch."""
+    two so both the split kernel (one build for one split and for several) and the combine kernel launch; and
+    with T5's relative position bias (``_bias``: a (H, 2 Tmax - 1) table in the model's dtype) per dtype at
+    D = 64 and bf16 at D = 128 (the combine kernel is the same build: not repeated)."""
     b, h, t = 4, 12, 4096
+
+    def one(dtype, d, bias):
+        ty = TRITON_DTYPES[dtype]
+        q = meta((b, 1, 3, h, d), dtype).permute(2, 0, 3, 1, 4)[0]
+        with rec.name(f"decode_{ty}_d{d}{'_bias' if bias else ''}"):
+            decode.decode_attention_fwd(q, meta((b, h, t, d), dtype), meta((b, h, t, d), dtype),
+                                        meta((b,), torch.int32), scale=1.0 if bias else d ** -0.5,
+                                        num_splits=1 if bias else 2,
+                                        relative_position_bias=meta((h, 2 * t - 1), dtype) if bias else None)
+
     with recording() as rec:
-        for dtype, ty in TRITON_DTYPES.items():
+        for dtype in TRITON_DTYPES:
             for d in decode.HEAD_DIMS:
-                q = meta((b, 1, 3, h, d), dtype).permute(2, 0, 3, 1, 4)[0]
-                with rec.name(f"decode_{ty}_d{d}"):
-                    decode.decode_attention_fwd(q, meta((b, h, t, d), dtype), meta((b, h, t, d), dtype),
-                                                meta((b,), torch.int32), scale=d ** -0.5, num_splits=2)
+                one(dtype, d, False)
+        for dtype in TRITON_DTYPES:
+            one(dtype, 64, True)
+        one(torch.bfloat16, 128, True)
     return rec.launches

@@ -7,7 +7,8 @@ launch). Read from ptxas's -v report and the SASS (engine.kernels.audit), per ke
 - no wgmma serialized by ptxas (its "wgmma.mma_async instructions are serialized" warnings, C7510-C7515);
 - attention: wgmma (HGMMA), never mma.sync (HMMA), in every configuration, 16-bit and fp32 (three TF32 products)
   alike; at most ``MAX_WAITS`` wgmma waits per iteration of the hot loop; K/V tiles by TMA where the launch
-  takes that path (no cp.async for K/V in the hot loop), by cp.async where it takes the pointer path;
+  takes that path (no cp.async in the hot loop but for mask or relative-bias tiles), by cp.async where it takes
+  the pointer path;
 - memory-bound kernels (LayerNorm, GELU, decode): 16-byte global loads and stores (LDG/STG.128, or 16-byte
   cp.async for the decode K/V tiles);
 - shared memory within the H200's 227 KiB (test_aot.py).
@@ -101,7 +102,8 @@ def test_attention_uses_wgmma_and_tma(sm90_builds, family):
                 return f"pointer path: {loop['ldgsts']} cp.async and {loop['tma']} TMA loads per iteration"
         elif loop["tma"] < 2:
             return f"{loop['tma']} TMA loads per iteration (want K and V by TMA)"
-        elif loop["ldgsts"] and "mask" not in r["name"]:  # a mask tile still arrives by cp.async
+        elif loop["ldgsts"] and "mask" not in r["name"] and "_bias" not in r["name"]:
+            # a mask or (fp32) relative-bias tile may still arrive by cp.async
             return f"{loop['ldgsts']} cp.async per iteration beside TMA"
         return None
 

@@ -1,8 +1,9 @@
 """The attention ops' ``relative_position_bias`` argument (a (H, 2L - 1) table by distance) against float64 references
 that add the bias explicitly to every score.
 
-Every call runs with ENGINE_BACKEND=triton too: until the flash kernels gather the table themselves, calls with a bias
-must take the PyTorch path (the kernels would ignore it), which these tests check by making the kernels raise.
+Every call runs with ENGINE_BACKEND=triton too: calls with a bias in a kernel dtype must then reach the kernels that
+gather the table (spied: called, with the table), float64 ones the PyTorch path. The kernels' own coverage (odd sizes,
+every mask kind, poisoned outputs) is in test_position_bias_kernels.py.
 """
 import math
 
@@ -36,21 +37,42 @@ def _reference(q, k, v, table, q_pos, keep, scale):
     return torch.einsum("bhqk,bhkd->bhqd", p, v.double())
 
 
+class Backend:
+    """The backend setting of a test, and (under "triton") the kernel calls made with a table."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[str] = []
+
+    def expect(self, dtype: torch.dtype, n: int) -> None:
+        """Under "triton", exactly ``n`` kernel calls (each with the table) for a kernel dtype, none for float64."""
+        if self.name == "triton":
+            assert len(self.calls) == (0 if dtype == torch.float64 else n), self.calls
+        self.calls.clear()
+
+
 @pytest.fixture(params=["torch", "triton"])
 def backend(request, monkeypatch):
-    """Both backend settings; under "triton" the kernels raise if called with a bias."""
+    """Both backend settings; under "triton" the kernels are spied on (each call must pass the table)."""
     monkeypatch.setenv("ENGINE_BACKEND", request.param)
+    b = Backend(request.param)
     if request.param == "triton":
         pytest.importorskip("triton")
         import engine.kernels.attention as attn_k
         import engine.kernels.attention.decode as dec_k
 
-        def refuse(*a, **k):
-            raise AssertionError("a kernel that ignores relative_position_bias was called")
+        def spy(mod, name):
+            real = getattr(mod, name)
+
+            def call(*a, **k):
+                assert k.get("relative_position_bias") is not None, f"{name} called without the table"
+                b.calls.append(name)
+                return real(*a, **k)
+            monkeypatch.setattr(mod, name, call)
 
         for mod, name in ((attn_k, "attention_fwd"), (attn_k, "varlen_fwd"), (dec_k, "decode_attention_fwd")):
-            monkeypatch.setattr(mod, name, refuse)
-    return request.param
+            spy(mod, name)
+    return b
 
 
 @pytest.mark.parametrize("dtype", [F32, F16, BF16, torch.float64])
@@ -90,6 +112,7 @@ def test_sdpa_with_bias(backend, dtype, causal, mask):
         ref = _reference(q, k, v, ref_table, torch.arange(N)[None], keep, 1.0)
     assert out.dtype == dtype and out.shape == (B, H, N, D)
     torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
+    backend.expect(dtype, 1)
 
 
 def test_sdpa_bias_rectangular_and_scaled(backend):
@@ -104,6 +127,7 @@ def test_sdpa_bias_rectangular_and_scaled(backend):
     ref = _reference(q, k, v, table, torch.arange(Nq)[None], keep, 0.3)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
     assert (out[..., 3, :] == 0).all()
+    backend.expect(F32, 1)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -129,6 +153,7 @@ def test_varlen_with_bias(backend, causal):
             keep = keep & (torch.arange(lk[b])[None, :] <= q_pos[0][:, None])
         ref = _reference(qb, kb, vb, table, q_pos, keep, 1.0)[0].transpose(0, 1)
         torch.testing.assert_close(out[qs:qs + lq[b]].double(), ref, atol=2e-5, rtol=2e-5)
+    backend.expect(F32, 1)
 
 
 @pytest.mark.parametrize("Tq", [1, 3])
@@ -147,6 +172,7 @@ def test_decode_with_bias(backend, Tq, dtype):
         keep = (torch.arange(Tmax)[None, None, :] <= q_pos[:, :, None])[:, None]
         ref = _reference(q, kc, vc, table, q_pos, keep, 1.0)
         torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
+        backend.expect(dtype, 1)
 
 
 def test_without_bias_the_kernels_still_run(monkeypatch, device):
@@ -162,6 +188,21 @@ def test_without_bias_the_kernels_still_run(monkeypatch, device):
     q = _rand(1, 1, 4, 16, gen=gen).to(device)
     out = ops.scaled_dot_product_attention(q, q, q)
     assert called and out.shape == q.shape
+
+
+def test_a_table_that_requires_grad_runs_pytorch(backend):
+    """The kernels have no backward: a learned table being trained takes the PyTorch path (any backend), and its
+    gradient is the float64 reference's."""
+    gen = torch.Generator().manual_seed(31)
+    H, N, D = 2, 6, 8
+    q, k, v = (_rand(1, H, N, D, gen=gen) for _ in range(3))
+    table = _table(H, N, gen).requires_grad_()
+    out = ops.scaled_dot_product_attention(q, k, v, scale=1.0, relative_position_bias=table)
+    backend.expect(F32, 0)  # no kernel call on either backend
+    out.sum().backward()
+    t64 = table.detach().double().requires_grad_()
+    _reference(q, k, v, t64, torch.arange(N)[None], torch.ones(1, 1, N, N, dtype=torch.bool), 1.0).sum().backward()
+    torch.testing.assert_close(table.grad.double(), t64.grad, atol=1e-4, rtol=1e-4)
 
 
 def _bad_calls():
