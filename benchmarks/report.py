@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-RATE_KEYS = ("TFLOP/s", "GB/s")
+RATE_KEYS = ("TFLOP/s", "GB/s", "tokens/s")
 RESULTS_START = "<!-- results:start -->"
 RESULTS_END = "<!-- results:end -->"
 

@@ -196,16 +196,12 @@ def _looks_like_path(arg: str) -> bool:
     return Path(arg).is_dir() or (("/" in arg or "\\" in arg) and not any(c.isspace() for c in arg))
 
 
-# embed's choices, spelled here so building the parser imports no torch (tests check them against the library)
-EMBED_POOLINGS = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", "pooler")
-CORPUS_FORMATS = ("text", "jsonl", "csv", "tsv")
-ON_EMPTY = ("skip", "error", "keep")
-ENCODING_ERRORS = ("strict", "replace")
-
-
 def _embed_options(p: argparse.ArgumentParser) -> None:
+    from engine.corpus.inputs import ENCODING_ERRORS, FORMATS, ON_EMPTY
+    from engine.embed_spec import POOLINGS
+
     g = p.add_argument_group("what an embedding is (default: the folder's sentence-transformers files, if any)")
-    g.add_argument("--pooling", default=None, choices=EMBED_POOLINGS,
+    g.add_argument("--pooling", default=None, choices=POOLINGS,
                    help="default: the folder's 1_Pooling config, else mean; pooler: the checkpoint's pooler output")
     g.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
                    help="L2-normalise each vector (default: when the folder has a Normalize module)")
@@ -219,7 +215,7 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input", default=None, metavar="FILE", help="items to embed: one a line, JSON lines or CSV")
     g.add_argument("--output", default=None, metavar="DIR",
                    help="output directory (manifest.json, ids.npy, shard-*.npy); rerun the same command to resume")
-    g.add_argument("--format", default=None, choices=CORPUS_FORMATS,
+    g.add_argument("--format", default=None, choices=FORMATS,
                    help="default: from the extension (.jsonl/.ndjson, .csv, .tsv; anything else is text)")
     g.add_argument("--field", default=None, help="JSON lines: the field holding the text (default: text)")
     g.add_argument("--column", default=None, help="CSV / TSV: the header's column holding the text (default: text)")

@@ -3,184 +3,32 @@
     emb = Embedder.from_pretrained(path)               # reads modules.json & co. when the folder has them
     vecs = emb.encode(["first sentence", "second"])    # (2, dim) float32, in input order
 
-A sentence-transformers folder defines its embedding in files next to the weights: ``modules.json`` (the module
-chain), ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``), ``1_Pooling/config.json`` (the
-pooling modes), a ``Normalize`` module (L2 norm) and ``config_sentence_transformers.json`` (a default prompt).
-``embedding_spec`` reads them into an ``EmbeddingSpec``; a chain engine cannot reproduce exactly (a Dense
-layer, an unknown pooling mode, ...) is refused with the module's name rather than embedded differently. A
-folder without ``modules.json`` gets mean pooling, no normalisation and the tokenizer's / model's max length.
+engine/embed_spec.py reads a folder's sentence-transformers files into an ``EmbeddingSpec`` (max length, lower
+casing, prompt, pooling modes, normalisation); this module pools hidden states and runs the batches.
 
 Texts run in token-budget batches (``token_batches``): sorted by length, each batch filled up to a budget of
 padded tokens, so there is almost no padding; BERT-family models pack what is left (varlen attention).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
-import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.embed_spec import (POOLING_MODES, POOLINGS, EmbeddingConfigError, EmbeddingSpec,  # noqa: F401
+                               embedding_spec, read_sentence_transformers)
 from engine.tokenizer import Tokenizer
 
-# sentence-transformers' Pooling modes, in the order it concatenates them when several are on
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-# "pooler": the checkpoint's own pooler (tanh(dense(first token))), as transformers' pooler_output
-POOLINGS = (*POOLING_MODES, "pooler")
-_ST_MODULES = ("Transformer", "Pooling", "Normalize")
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
-
-
-class EmbeddingConfigError(ValueError):
-    """A sentence-transformers file that engine cannot follow exactly (names the file and the field)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddingSpec:
-    """What turns a text into one vector.
-
-    pooling: modes concatenated in this order (each adds ``hidden_size`` columns); normalize: L2 norm last;
-    max_length: tokens per text, special tokens included (longer texts are truncated); lower_case: lower-case
-    the text first; prompt: prepended to every text; model_dir: the folder holding the transformer's weights
-    (a sentence-transformers Transformer module may live in a sub-folder); source: where this came from.
-    """
-
-    pooling: tuple[str, ...] = ("mean",)
-    normalize: bool = False
-    max_length: int | None = None
-    lower_case: bool = False
-    prompt: str = ""
-    model_dir: str = ""
-    source: str = "defaults (no modules.json)"
-
-    def describe(self) -> str:
-        norm = ", L2-normalised" if self.normalize else ""
-        return f"{'+'.join(self.pooling)} pooling{norm}, max {self.max_length} tokens"
-
-
-def _read_json(path: Path, what: str) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbeddingConfigError(f"cannot read {what} {str(path)!r}: {exc}") from None
-
-
-def read_sentence_transformers(path: str | os.PathLike) -> dict | None:
-    """The embedding fields a sentence-transformers folder defines, or None when it has no modules.json.
-
-    Returns a dict with the keys of ``EmbeddingSpec`` that the files set (``max_length`` only when
-    sentence_bert_config.json gives ``max_seq_length``). Raises EmbeddingConfigError for a module chain other
-    than Transformer -> Pooling -> [Normalize], or a pooling setting engine does not implement.
-    """
-    root = Path(path)
-    if not (root / "modules.json").is_file():
-        return None
-    modules = _read_json(root / "modules.json", "modules.json")
-    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
-                                                for m in modules):
-        raise EmbeddingConfigError(f"{root / 'modules.json'} must be a list of objects with a 'type' string")
-    kinds = []
-    for i, m in enumerate(modules):
-        kind = m["type"].rsplit(".", 1)[-1]
-        if not m["type"].startswith("sentence_transformers.") or kind not in _ST_MODULES:
-            raise EmbeddingConfigError(
-                f"modules.json module {i} is {m['type']}, which engine does not implement (it runs Transformer "
-                "-> Pooling -> optional Normalize); its embeddings would differ from sentence-transformers'")
-        kinds.append(kind)
-    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-        raise EmbeddingConfigError(f"modules.json chains {' -> '.join(kinds)}; engine runs Transformer -> "
-                                   "Pooling -> optional Normalize")
-    out: dict = {"normalize": kinds[-1] == "Normalize", "model_dir": str(root / modules[0].get("path", "")),
-                 "source": f"sentence-transformers ({root / 'modules.json'})"}
-    sbert = Path(out["model_dir"]) / "sentence_bert_config.json"
-    if sbert.is_file():
-        cfg = _read_json(sbert, "sentence_bert_config.json")
-        if not isinstance(cfg, dict):
-            raise EmbeddingConfigError(f"{sbert} must hold a JSON object")
-        msl = cfg.get("max_seq_length")
-        if msl is not None:
-            if not isinstance(msl, int) or isinstance(msl, bool) or msl < 1:
-                raise EmbeddingConfigError(f"{sbert}: max_seq_length must be a positive integer; got {msl!r}")
-            out["max_length"] = msl
-        out["lower_case"] = bool(cfg.get("do_lower_case", False))
-    pool_file = root / modules[1].get("path", "") / "config.json"
-    pool = _read_json(pool_file, "pooling config") if pool_file.is_file() else {}
-    if not isinstance(pool, dict):
-        raise EmbeddingConfigError(f"{pool_file} must hold a JSON object")
-    out["pooling"] = _pooling_from_config(pool, pool_file)
-    if pool.get("include_prompt", True) is False:
-        out["exclude_prompt"] = True
-    st_cfg = root / "config_sentence_transformers.json"
-    if st_cfg.is_file():
-        cfg = _read_json(st_cfg, "config_sentence_transformers.json")
-        name = cfg.get("default_prompt_name") if isinstance(cfg, dict) else None
-        if name:
-            prompts = cfg.get("prompts") or {}
-            if not isinstance(prompts, dict) or not isinstance(prompts.get(name), str):
-                raise EmbeddingConfigError(f"{st_cfg}: default_prompt_name {name!r} is not among its prompts")
-            out["prompt"] = prompts[name]
-    return out
-
-
-def _pooling_from_config(pool: dict, file: Path) -> tuple[str, ...]:
-    """sentence-transformers' Pooling config -> the modes in its concatenation order (default: mean)."""
-    if "pooling_mode" in pool and pool["pooling_mode"] is not None:  # a string overrides the flags
-        mode = str(pool["pooling_mode"]).lower()
-        if mode not in POOLING_MODES:
-            raise EmbeddingConfigError(f"{file}: pooling_mode {mode!r} is not one of {', '.join(POOLING_MODES)}")
-        return (mode,)
-    flags = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
-             "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
-             "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
-    unknown = sorted(k for k in pool if k.startswith("pooling_mode_") and k not in flags.values() and pool[k])
-    if unknown:
-        raise EmbeddingConfigError(f"{file} turns on {', '.join(unknown)}, which engine does not implement")
-    defaults = {"mean": True}  # sentence-transformers' Pooling defaults
-    modes = tuple(m for m in POOLING_MODES if pool.get(flags[m], defaults.get(m, False)))
-    if not modes:
-        raise EmbeddingConfigError(f"{file} turns every pooling mode off")
-    return modes
-
-
-def embedding_spec(path: str | os.PathLike, *, max_positions: int, tokenizer_max: int | None,
-                   pooling: str | Sequence[str] | None = None, normalize: bool | None = None,
-                   max_length: int | None = None, prompt: str | None = None) -> EmbeddingSpec:
-    """The spec for the folder ``path``: sentence-transformers' files when present, then the caller's overrides.
-
-    max_positions: the model's longest input; tokenizer_max: the tokenizer's model_max_length (or None). As in
-    sentence-transformers, the default max length is max_seq_length when given, else the smaller of the two.
-    pooling / normalize / max_length / prompt: None keeps the folder's choice.
-    """
-    st = read_sentence_transformers(path) or {"model_dir": str(Path(path))}
-    if pooling is not None:
-        modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
-        bad = [m for m in modes if m not in POOLINGS]
-        if not modes or bad:
-            raise ValueError(f"pooling must be one or more of {', '.join(POOLINGS)}; got {pooling!r}")
-        st["pooling"] = tuple(m for m in POOLINGS if m in modes)  # sentence-transformers' order
-    if normalize is not None:
-        st["normalize"] = bool(normalize)
-    if prompt is not None:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
-        st["prompt"] = prompt
-    if st.pop("exclude_prompt", False) and st.get("prompt"):
-        raise EmbeddingConfigError(f"{path}: the pooling config leaves the prompt out of the pooling "
-                                   "(include_prompt false), which engine does not implement; pass prompt=''")
-    if max_length is not None:
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-            raise ValueError(f"max_length must be a positive integer; got {max_length!r}")
-        st["max_length"] = max_length
-    elif "max_length" not in st:
-        st["max_length"] = min(max_positions, tokenizer_max or max_positions)
-    if st["max_length"] > max_positions:
-        raise ValueError(f"max_length {st['max_length']} exceeds this model's {max_positions} positions")
-    return EmbeddingSpec(**st)
+DEFAULT_WINDOW = 16384  # texts sorted by length together (encode); the corpus job's shard size by default
+K, V = TypeVar("K"), TypeVar("V")
 
 
 # ---- pooling ------------------------------------------------------------------------------------------------
@@ -254,6 +102,20 @@ def token_batches(lengths: Sequence[int] | np.ndarray, *, budget: int) -> list[n
         batches.append(order[start:start + rows])
         start += rows
     return batches
+
+
+def prefetched(keys: Sequence[K], load: Callable[[K], V]) -> Iterator[tuple[K, V]]:
+    """(key, load(key)) for each key in order; the next key's ``load`` runs in a background thread meanwhile
+    (tokenizers release the GIL, so reading and tokenizing the next window overlaps this one's model calls)."""
+    if not keys:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(load, keys[0])
+        for i, key in enumerate(keys):
+            value = nxt.result()
+            if i + 1 < len(keys):
+                nxt = pool.submit(load, keys[i + 1])
+            yield key, value
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +192,7 @@ class Embedder:
     def default_batch_tokens(self) -> int:
         return DEFAULT_BATCH_TOKENS.get(self.device.type, DEFAULT_BATCH_TOKENS["cpu"])
 
-    def prepare(self, text: str) -> str:
+    def preprocess(self, text: str) -> str:
         """The string the tokenizer sees, as sentence-transformers builds it: prompt + text, stripped, lowered."""
         s = (self.spec.prompt + text).strip()
         return s.lower() if self.spec.lower_case else s
@@ -340,44 +202,94 @@ class Embedder:
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be strings")
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        encs = encode([self.prepare(t) for t in texts])
+        encs = encode([self.preprocess(t) for t in texts])
         return [e.ids for e in encs], np.fromiter((bool(e.overflowing) for e in encs), dtype=bool,
                                                   count=len(encs))
 
-    @torch.inference_mode()
-    def embed_tokens(self, ids: Sequence[Sequence[int]], *, batch_tokens: int | None = None,
-                     on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Token id lists -> (len(ids), dim) float32 on the CPU, in input order.
-
-        batch_tokens: padded tokens per model call (default: DEFAULT_BATCH_TOKENS for the device);
-        on_batch(items, tokens) is called after each batch (progress).
-        """
+    def batch(self, ids: Sequence[Sequence[int]], truncated: np.ndarray | None = None, *,
+              batch_tokens: int | None = None) -> "Window":
+        """Token id lists -> a Window of padded batches (CPU tensors, pinned for a CUDA model): all the host-side
+        work of a model call, so it can run in a background thread. batch_tokens: padded tokens per model call
+        (default: DEFAULT_BATCH_TOKENS for the model's device)."""
         budget = self.default_batch_tokens() if batch_tokens is None else batch_tokens
-        dev = self.device
-        out = torch.empty(len(ids), self.dim, dtype=torch.float32, device=dev)
-        want_pooled = "pooler" in self.spec.pooling
-        pad_id = self.tokenizer.pad_token_id
+        pin = self.device.type == "cuda"
+        batches = []
         for idx in token_batches([len(s) for s in ids], budget=budget):
-            input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-            input_ids, mask = input_ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True)
-            res = self.model(input_ids, attention_mask=mask, return_pooled=want_pooled)
+            input_ids, mask = pad_batch([ids[i] for i in idx], self.tokenizer.pad_token_id)
+            index = torch.from_numpy(idx)
+            if pin:
+                input_ids, mask, index = input_ids.pin_memory(), mask.pin_memory(), index.pin_memory()
+            batches.append(Batch(index, input_ids, mask, int(sum(len(ids[i]) for i in idx))))
+        if truncated is None:
+            truncated = np.zeros(len(ids), dtype=bool)
+        return Window(len(ids), batches, truncated, sum(b.tokens for b in batches))
+
+    def prepare(self, texts: Sequence[str], *, batch_tokens: int | None = None) -> "Window":
+        """Texts -> a Window ready to ``run`` (tokenize + batch)."""
+        ids, truncated = self.tokenize(texts)
+        return self.batch(ids, truncated, batch_tokens=batch_tokens)
+
+    @torch.inference_mode()
+    def run(self, window: "Window", *, on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """A Window's batches through the model -> (window.size, dim) float32 on the CPU, in input order.
+
+        on_batch(items, tokens) is called after each batch (progress)."""
+        dev = self.device
+        out = torch.empty(window.size, self.dim, dtype=torch.float32, device=dev)
+        want_pooled = "pooler" in self.spec.pooling
+        for b in window.batches:
+            mask = b.attention_mask.to(dev, non_blocking=True)
+            res = self.model(b.input_ids.to(dev, non_blocking=True), attention_mask=mask, return_pooled=want_pooled)
             hidden, pooled = res if want_pooled else (res, None)
             vecs = pool(hidden, mask, self.spec.pooling, pooled=pooled)
             if self.spec.normalize:
                 vecs = F.normalize(vecs, p=2, dim=-1)
-            out[torch.from_numpy(idx).to(dev)] = vecs
+            out[b.index.to(dev, non_blocking=True)] = vecs
             if on_batch is not None:
-                on_batch(len(idx), int(sum(len(ids[i]) for i in idx)))
+                on_batch(len(b.index), b.tokens)
         return out.cpu()
 
-    def encode(self, texts: Sequence[str], *, batch_tokens: int | None = None) -> torch.Tensor:
-        """Texts -> (len(texts), dim) float32 embeddings on the CPU, in input order."""
+    def embed_tokens(self, ids: Sequence[Sequence[int]], *, batch_tokens: int | None = None,
+                     on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Token id lists -> (len(ids), dim) float32 on the CPU, in input order (``batch`` then ``run``)."""
+        return self.run(self.batch(ids, batch_tokens=batch_tokens), on_batch=on_batch)
+
+    def encode(self, texts: Sequence[str], *, batch_tokens: int | None = None,
+               window: int = DEFAULT_WINDOW) -> torch.Tensor:
+        """Texts -> (len(texts), dim) float32 embeddings on the CPU, in input order.
+
+        Texts are sorted by length within windows of ``window`` texts; the next window is tokenized and batched
+        in a background thread while this one runs."""
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("texts must be a list of strings")
-        if not texts:
-            return torch.empty(0, self.dim)
-        ids, _ = self.tokenize(texts)
-        return self.embed_tokens(ids, batch_tokens=batch_tokens)
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be a positive integer; got {window!r}")
+        out = torch.empty(len(texts), self.dim)
+        starts = list(range(0, len(texts), window))
+        load = lambda s: self.prepare(texts[s:s + window], batch_tokens=batch_tokens)  # noqa: E731
+        for start, win in prefetched(starts, load):
+            out[start:start + win.size] = self.run(win)
+        return out
+
+
+@dataclasses.dataclass
+class Batch:
+    """One model call: rows ``index`` (B,) of its window, input_ids and attention_mask (B, N), real tokens."""
+
+    index: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    tokens: int
+
+
+@dataclasses.dataclass
+class Window:
+    """Texts tokenized and batched: ``size`` rows, their batches, which were truncated, real tokens in all."""
+
+    size: int
+    batches: list[Batch]
+    truncated: np.ndarray
+    tokens: int
 
 
 @torch.inference_mode()

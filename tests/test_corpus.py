@@ -276,15 +276,6 @@ def test_cli_corpus_mode(tiny, tmp_path, capsys):
         assert __import__("re").search(pattern, err), (pattern, err)
 
 
-def test_cli_choices_match_the_library():
-    from engine import cli
-    from engine.corpus import inputs
-    from engine.embed import POOLINGS
-
-    assert cli.EMBED_POOLINGS == POOLINGS and cli.CORPUS_FORMATS == inputs.FORMATS
-    assert cli.ON_EMPTY == inputs.ON_EMPTY and cli.ENCODING_ERRORS == inputs.ENCODING_ERRORS
-
-
 # ---- torch.distributed ----------------------------------------------------------------------------------------
 def test_torchrun_two_ranks_identical_to_one_process(tiny, corpus, reference, tmp_path):
     out = tmp_path / "out"

@@ -8,7 +8,6 @@ rows are sorted by length only inside the shard, so its vectors do not depend on
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -22,9 +21,9 @@ import numpy as np
 import torch
 
 from engine.corpus import inputs, store
-from engine.embed import Embedder
+from engine.embed import DEFAULT_WINDOW, Embedder, Window, prefetched
 
-DEFAULT_SHARD_SIZE = 16384
+DEFAULT_SHARD_SIZE = DEFAULT_WINDOW  # items per shard, and per length-sorting window
 OUTPUT_DTYPES = ("float32", "float16")
 # the files of a model folder that decide its embeddings (hashed into the manifest)
 _MODEL_FILES = ("*.json", "*/config.json", "*.safetensors", "pytorch_model*.bin", "vocab.txt", "merges.txt",
@@ -278,8 +277,8 @@ def _run(emb: Embedder, spec: inputs.InputSpec, st: store.Store, ranks: Ranks, *
 def _embed_shards(emb: Embedder, spec: inputs.InputSpec, st: store.Store, scan: inputs.Scan, mine: list[int],
                   rows_of: list[int], *, batch_tokens: int | None, output_dtype: str, bar) -> tuple[int, int]:
     """Embed and write the shards ``mine``; the next shard is read and tokenized while this one runs."""
-    def load(k: int) -> tuple[list[list[int]], np.ndarray]:
-        return emb.tokenize(inputs.read_shard(spec, scan.starts[k], rows_of[k]))
+    def load(k: int) -> Window:
+        return emb.prepare(inputs.read_shard(spec, scan.starts[k], rows_of[k]), batch_tokens=batch_tokens)
 
     t_start, tokens_total, rows_total = time.perf_counter(), 0, 0
 
@@ -292,22 +291,17 @@ def _embed_shards(emb: Embedder, spec: inputs.InputSpec, st: store.Store, scan: 
             bar.set_postfix_str(f"{tokens_total / max(time.perf_counter() - t_start, 1e-9):.0f} tokens/s",
                                 refresh=False)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(load, mine[0]) if mine else None
-        for i, k in enumerate(mine):
-            ids, truncated = nxt.result()
-            nxt = pool.submit(load, mine[i + 1]) if i + 1 < len(mine) else None
-            t0 = time.perf_counter()
-            vecs = emb.embed_tokens(ids, batch_tokens=batch_tokens, on_batch=on_batch).numpy()
-            if output_dtype == "float16":
-                big = float(np.abs(vecs).max())
-                if not big <= np.finfo(np.float16).max:
-                    raise store.OutputError(f"shard {k} holds values up to {big:.4g}, beyond float16's range; "
-                                            "use output_dtype float32 (or normalize)")
-            tokens = int(sum(map(len, ids)))
-            st.write_shard(k, vecs.astype(output_dtype, copy=False),
-                           {"rows": len(ids), "tokens": tokens, "truncated": int(truncated.sum()),
-                            "seconds": round(time.perf_counter() - t0, 3)})
-            store.fault("shard")
-            rows_total += len(ids)
+    for k, window in prefetched(mine, load):
+        t0 = time.perf_counter()
+        vecs = emb.run(window, on_batch=on_batch).numpy()
+        if output_dtype == "float16":
+            big = float(np.abs(vecs).max())
+            if not big <= np.finfo(np.float16).max:
+                raise store.OutputError(f"shard {k} holds values up to {big:.4g}, beyond float16's range; "
+                                        "use output_dtype float32 (or normalize)")
+        st.write_shard(k, vecs.astype(output_dtype, copy=False),
+                       {"rows": window.size, "tokens": window.tokens, "truncated": int(window.truncated.sum()),
+                        "seconds": round(time.perf_counter() - t0, 3)})
+        store.fault("shard")
+        rows_total += window.size
     return rows_total, tokens_total
