@@ -109,12 +109,12 @@ def prefetched(keys: Sequence[K], load: Callable[[K], V]) -> Iterator[tuple[K, V
     (tokenizers release the GIL, so reading and tokenizing the next window overlaps this one's model calls)."""
     if not keys:
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(load, keys[0])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        nxt = executor.submit(load, keys[0])
         for i, key in enumerate(keys):
             value = nxt.result()
             if i + 1 < len(keys):
-                nxt = pool.submit(load, keys[i + 1])
+                nxt = executor.submit(load, keys[i + 1])
             yield key, value
 
 
@@ -133,8 +133,8 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 class Embedder:
     """A base encoder, its tokenizer and an EmbeddingSpec: texts -> vectors in input order.
 
-    ``tokenize`` and ``embed_tokens`` are the two halves of ``encode``; the corpus job runs them apart (the
-    next shard's tokenization overlaps this shard's model calls).
+    ``prepare`` (tokenize + batch: host work) and ``run`` (model calls) are the two halves of ``encode``; the
+    corpus job runs them apart, the next shard's ``prepare`` in a background thread during this one's ``run``.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, spec: EmbeddingSpec, *,
@@ -149,6 +149,8 @@ class Embedder:
         self.path = None if path is None else Path(path)
         self.dim = cfg.hidden_size * len(spec.pooling)
         specials = tokenizer.tok.num_special_tokens_to_add(False)
+        if spec.max_length is not None and spec.max_length > cfg.max_seq_len:
+            raise ValueError(f"max_length {spec.max_length} exceeds this model's {cfg.max_seq_len} positions")
         if spec.max_length is not None and spec.max_length <= specials:
             raise ValueError(f"max_length must leave room for text beside the {specials} special tokens; "
                              f"got {spec.max_length}")

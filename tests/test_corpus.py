@@ -288,3 +288,14 @@ def test_torchrun_two_ranks_identical_to_one_process(tiny, corpus, reference, tm
     assert run.stdout.count("embedded 90 items") == 1 and "on 2 ranks" in run.stdout  # rank 0 alone reports
     vecs, ids = load_embeddings(out)
     assert vecs.tobytes() == reference.tobytes() and ids.tolist() == list(range(90))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,atol", [("float32", 1e-4), ("bfloat16", 3e-2)])
+def test_cuda_corpus_matches_cpu(tiny, corpus, reference, tmp_path, dtype, atol):
+    """The CUDA path (pinned batches, packed varlen kernel, results gathered on the GPU) against the CPU run."""
+    res = embed_corpus(tiny, corpus[0], tmp_path / "o", device="cuda", dtype=dtype, shard_size=16,
+                       batch_tokens=200, progress=False)
+    vecs, ids = res.load()
+    assert ids.tolist() == list(range(90)) and res.shards_now == 6
+    np.testing.assert_allclose(vecs, reference, atol=atol, rtol=0)

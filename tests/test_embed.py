@@ -244,3 +244,19 @@ def test_sentence_transformers_files_read_or_refused(tmp_path):
     (tmp_path / "k" / "modules.json").write_text("{not json")
     with pytest.raises(EmbeddingConfigError, match="cannot read modules.json"):
         read(tmp_path / "k")
+
+
+def test_cli_sentence_mode_truncates_at_256(minilm, capsys):
+    """``python -m engine embed`` on MiniLM: a long text is cut at 256 tokens, counted, and embedded as
+    sentence-transformers embeds it (the printed cosine against a short text matches transformers at 256)."""
+    from engine.__main__ import main
+
+    texts = [LONG, "The committee asked for a revised budget."]
+    assert main(["embed", "--model", str(minilm), *texts]) == 0
+    out = capsys.readouterr().out
+    assert "mean pooling, L2-normalised, max 256 tokens; 1 truncated" in out
+    cos = float(out.strip().splitlines()[-1].split()[-2])  # row [1], column [0]
+    ref = hf_mean_normalized(minilm, texts, 256)
+    assert abs(cos - float(ref[0] @ ref[1])) < 1e-4
+    ref512 = hf_mean_normalized(minilm, texts, 512)
+    assert abs(float(ref512[0] @ ref512[1]) - float(ref[0] @ ref[1])) > 1e-3  # 512 would print another number

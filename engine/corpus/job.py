@@ -242,6 +242,7 @@ def _run(emb: Embedder, spec: inputs.InputSpec, st: store.Store, ranks: Ranks, *
             raise store.OutputError(f"rank {r} sees another {what} than rank 0; every rank must read the same "
                                     "model folder, input file and options")
     pending = ranks.agree(lambda: st.prepare(manifest, scan.ids, overwrite=overwrite), only_rank0=True)
+
     def sees_manifest() -> None:  # every rank must see rank 0's manifest: the output directory is shared
         if ranks.rank != 0 and st.read_manifest()["identity"] != manifest["identity"]:
             raise store.OutputError(f"rank {ranks.rank} reads another manifest in {str(st.out)!r} than rank 0 "
