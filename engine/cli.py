@@ -234,7 +234,7 @@ def _embedder(model_dir: Path, args: argparse.Namespace):
     """The Embedder for ``model_dir``: the sentence-transformers spec of the folder, the options given."""
     from engine.embed import Embedder, read_sentence_transformers
 
-    st = read_sentence_transformers(model_dir)
+    st = read_sentence_transformers(model_dir) if str(model_dir) else None  # "": an error from _load, not "."
     model, tok = _load(Path(st["model_dir"]) if st else model_dir, "embed", args)
     return Embedder.from_model(model, tok, model_dir, pooling=args.pooling, normalize=args.normalize,
                                max_length=args.max_length, prompt=args.prompt)

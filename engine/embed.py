@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.embed_spec import (POOLING_MODES, POOLINGS, EmbeddingConfigError, EmbeddingSpec,  # noqa: F401
-                               embedding_spec, read_sentence_transformers)
+                               embedding_spec, positive_int, read_sentence_transformers)
 from engine.tokenizer import Tokenizer
 
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
@@ -92,8 +92,7 @@ def token_batches(lengths: Sequence[int] | np.ndarray, *, budget: int) -> list[n
     Items are sorted by length (descending, stable); a batch grows while rows x its longest item <= budget
     (one item always fits, whatever its length). Returns int64 index arrays covering every item once.
     """
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-        raise ValueError(f"the token budget must be a positive integer; got {budget!r}")
+    positive_int("budget", budget)
     lens = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lens, kind="stable")
     batches, start = [], 0
@@ -213,7 +212,7 @@ class Embedder:
         """Token id lists -> a Window of padded batches (CPU tensors, pinned for a CUDA model): all the host-side
         work of a model call, so it can run in a background thread. batch_tokens: padded tokens per model call
         (default: DEFAULT_BATCH_TOKENS for the model's device)."""
-        budget = self.default_batch_tokens() if batch_tokens is None else batch_tokens
+        budget = self.default_batch_tokens() if batch_tokens is None else positive_int("batch_tokens", batch_tokens)
         pin = self.device.type == "cuda"
         batches = []
         for idx in token_batches([len(s) for s in ids], budget=budget):
@@ -264,8 +263,7 @@ class Embedder:
         in a background thread while this one runs."""
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("texts must be a list of strings")
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"window must be a positive integer; got {window!r}")
+        positive_int("window", window)
         out = torch.empty(len(texts), self.dim)
         starts = list(range(0, len(texts), window))
         load = lambda s: self.prepare(texts[s:s + window], batch_tokens=batch_tokens)  # noqa: E731

@@ -22,6 +22,13 @@ POOLINGS = (*POOLING_MODES, "pooler")
 _ST_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else ValueError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
 class EmbeddingConfigError(ValueError):
     """A sentence-transformers file that engine cannot follow exactly (names the file and the field)."""
 
@@ -159,9 +166,7 @@ def embedding_spec(path: str | os.PathLike, *, max_positions: int, tokenizer_max
         raise EmbeddingConfigError(f"{path}: the pooling config leaves the prompt out of the pooling "
                                    "(include_prompt false), which engine does not implement; pass prompt=''")
     if max_length is not None:
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-            raise ValueError(f"max_length must be a positive integer; got {max_length!r}")
-        st["max_length"] = max_length
+        st["max_length"] = positive_int("max_length", max_length)
     elif "max_length" not in st:
         st["max_length"] = min(max_positions, tokenizer_max or max_positions)
     if st["max_length"] > max_positions:

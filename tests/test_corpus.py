@@ -97,9 +97,11 @@ def test_rows_in_input_order_equal_sentence_mode(tiny, corpus, reference):
     assert max(map(len, ids)) == MAX_LEN and 0 < truncated.sum() < len(texts)
 
 
-def test_manifest_totals_ids_and_float16(tiny, corpus, reference, tmp_path):
+def test_manifest_totals_ids_and_float16(tiny, corpus, reference, tmp_path, capsys):
     res = embed_corpus(tiny, corpus[0], tmp_path / "o", shard_size=32, batch_tokens=512, output_dtype="float16",
-                       progress=False)
+                       progress=True)
+    bar = capsys.readouterr().err  # forced on, though stderr is not a terminal here
+    assert "90/90" in bar and "item" in bar and "tokens/s" in bar
     vecs, ids = res.load()
     assert vecs.dtype == np.float16 and ids.tolist() == list(range(90))
     np.testing.assert_allclose(vecs.astype(np.float32), reference, atol=2e-3, rtol=0)
@@ -299,3 +301,25 @@ def test_cuda_corpus_matches_cpu(tiny, corpus, reference, tmp_path, dtype, atol)
     vecs, ids = res.load()
     assert ids.tolist() == list(range(90)) and res.shards_now == 6
     np.testing.assert_allclose(vecs, reference, atol=atol, rtol=0)
+
+
+def test_transformer_module_in_its_own_folder(tiny, tmp_path, corpus):
+    """Older sentence-transformers folders keep the transformer in 0_Transformer/: same embeddings, and its
+    weights are part of the model hash."""
+    root = tmp_path / "st"
+    shutil.copytree(tiny, root / "0_Transformer")
+    for name in ("modules.json", "1_Pooling"):
+        shutil.move(str(root / "0_Transformer" / name), str(root / name))
+    modules = json.loads((root / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (root / "modules.json").write_text(json.dumps(modules))
+    texts = corpus[1][:7]
+    got = Embedder.from_pretrained(root)
+    assert got.spec.max_length == MAX_LEN and got.spec.normalize
+    np.testing.assert_allclose(got.encode(texts).numpy(), Embedder.from_pretrained(tiny).encode(texts).numpy(),
+                               atol=2e-6)
+    from engine.corpus.job import model_sha256
+
+    before = model_sha256(root, root / "0_Transformer")
+    (root / "0_Transformer" / "config.json").write_text((tiny / "config.json").read_text() + " ")
+    assert model_sha256(root, root / "0_Transformer") != before

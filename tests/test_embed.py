@@ -186,7 +186,7 @@ def test_token_batches_cover_everything_within_budget():
     assert [lens[i] for i in flat] == sorted(lens, reverse=True)
     assert all(len(b) * max(lens[i] for i in b) <= 1000 for b in batches)
     assert token_batches([5000, 3], budget=1000)[0].tolist() == [0]  # an item longer than the budget runs alone
-    with pytest.raises(ValueError, match="token budget must be a positive integer"):
+    with pytest.raises(ValueError, match="budget must be a positive integer"):
         token_batches(lens, budget=0)
 
 

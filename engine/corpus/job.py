@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine.corpus import inputs, store
-from engine.embed import DEFAULT_WINDOW, Embedder, Window, prefetched
+from engine.embed import DEFAULT_WINDOW, Embedder, Window, positive_int, prefetched
 
 DEFAULT_SHARD_SIZE = DEFAULT_WINDOW  # items per shard, and per length-sorting window
 OUTPUT_DTYPES = ("float32", "float16")
@@ -142,13 +142,15 @@ class Ranks:
 
 
 # ---- hashes ---------------------------------------------------------------------------------------------------
-def model_sha256(path: str | os.PathLike) -> str:
-    """sha256 over the files of a model folder that decide its embeddings (configs, tokenizer, weights)."""
+def model_sha256(path: str | os.PathLike, *more: str | os.PathLike) -> str:
+    """sha256 over the files of a model folder that decide its embeddings (configs, tokenizer, weights); ``more``:
+    sub-folders read too (a sentence-transformers Transformer module kept in its own folder)."""
     root = Path(path)
-    files = sorted({p for pattern in _MODEL_FILES for p in root.glob(pattern) if p.is_file()})
+    dirs = [root, *(Path(m) for m in more if m)]
+    files = sorted({p for d in dirs for pattern in _MODEL_FILES for p in d.glob(pattern) if p.is_file()})
     h = hashlib.sha256()
     for p in files:
-        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(os.path.relpath(p, root).encode() + b"\0")
         with open(p, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
@@ -156,12 +158,6 @@ def model_sha256(path: str | os.PathLike) -> str:
 
 
 # ---- the job --------------------------------------------------------------------------------------------------
-def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
-
-
 def embed_corpus(model: str | os.PathLike | Embedder, input: str | os.PathLike, output: str | os.PathLike, *,
                  format: str | None = None, field: str | None = None, column: str | None = None,
                  pooling: str | Sequence[str] | None = None, normalize: bool | None = None,
@@ -182,9 +178,9 @@ def embed_corpus(model: str | os.PathLike | Embedder, input: str | os.PathLike, 
     Under torchrun the work is split across the ranks; the output is the same as one process's.
     Returns a CorpusResult; ``load_embeddings(output)`` reads the vectors and their record numbers.
     """
-    _positive("shard_size", shard_size)
+    positive_int("shard_size", shard_size)
     if batch_tokens is not None:
-        _positive("batch_tokens", batch_tokens)
+        positive_int("batch_tokens", batch_tokens)
     if output_dtype not in OUTPUT_DTYPES:
         raise ValueError(f"output_dtype must be one of {', '.join(OUTPUT_DTYPES)}; got {output_dtype!r}")
     spec = inputs.input_spec(input, format=format, field=field, column=column, on_empty=on_empty,
@@ -222,7 +218,7 @@ def _plan(emb: Embedder, spec: inputs.InputSpec, scan: inputs.Scan, *, shard_siz
     from engine import __version__
 
     return {"kind": store.KIND, "version": store.VERSION,
-            "identity": {"model_sha256": model_sha256(emb.path), "input_sha256": scan.sha256, "options": options},
+            "identity": {"model_sha256": model_sha256(emb.path, s.model_dir), "input_sha256": scan.sha256, "options": options},
             "model": str(emb.path), "input": spec.path, "input_bytes": scan.size, "records": scan.records,
             "rows": rows, "skipped_empty": scan.skipped, "replaced_utf8": scan.replaced, "dim": emb.dim,
             "shards": shards, "complete": False, "engine_version": __version__,
