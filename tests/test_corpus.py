@@ -194,6 +194,14 @@ def test_output_directory_is_never_taken_over(tiny, corpus, tmp_path):
         embed_corpus(tiny, corpus[0], tmp_path / "file", progress=False)
     with pytest.raises(OutputError, match="no engine embeddings"):
         load_embeddings(mine)
+    busy = store.Store(tmp_path / "busy")
+    busy.prepare({"kind": store.KIND, "version": store.VERSION, "identity": {}, "shards": []}, np.zeros(0, np.int64),
+                 overwrite=False)  # holds the lock, as a running job does
+    try:
+        with pytest.raises(OutputError, match="another job is writing"):
+            embed_corpus(tiny, corpus[0], tmp_path / "busy", overwrite=True, progress=False)
+    finally:
+        busy.release()
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------

@@ -123,11 +123,12 @@ class Store:
         except PermissionError as exc:
             raise OutputError(f"cannot write to output directory {str(out)!r}: {exc.strerror}") from None
         foreign = sorted(n for n in names if not _OURS.fullmatch(n))
-        old = self.read_manifest() if MANIFEST in names else None
-        if old is None and foreign:
+        if MANIFEST not in names and foreign:
             raise OutputError(f"output directory {str(out)!r} is not empty and holds no engine manifest "
                               f"(e.g. {foreign[0]!r}); choose a new or empty directory")
-        self._take_lock()
+        self._take_lock()  # before reading the state it acts on, and before changing anything
+        names = [n for n in os.listdir(out) if n != LOCK]
+        old = self.read_manifest() if MANIFEST in names else None
         if old is not None and old.get("identity") != manifest["identity"]:
             if not overwrite:
                 raise OutputError(f"{str(out)!r} holds embeddings of {_differences(old, manifest)}: pass "
