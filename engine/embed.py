@@ -4,10 +4,13 @@
     vecs = emb.encode(["first sentence", "second"])    # (2, dim) float32, in input order
 
 engine/embed_spec.py reads a folder's sentence-transformers files into an ``EmbeddingSpec`` (max length, lower
-casing, prompt, pooling modes, normalisation); this module pools hidden states and runs the batches.
+casing, prompt, pooling modes, Dense modules, normalisation); this module pools hidden states, applies the Dense
+modules and runs the batches. Any base encoder engine loads works: the BERT family and T5 encoders
+(T5EncoderModel; sentence-T5 / GTR folders: T5 encoder -> mean pooling -> Dense -> Normalize).
 
 Texts run in token-budget batches (``token_batches``): sorted by length, each batch filled up to a budget of
-padded tokens, so there is almost no padding; BERT-family models pack what is left (varlen attention).
+padded tokens, so there is almost no padding; the model packs what is left by its own rule (BERT family on CUDA,
+BERT and T5 on the CPU: varlen attention over the real tokens).
 """
 from __future__ import annotations
 
@@ -22,13 +25,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.embed_spec import (POOLING_MODES, POOLINGS, EmbeddingConfigError, EmbeddingSpec,  # noqa: F401
-                               embedding_spec, positive_int, read_sentence_transformers)
+from engine.embed_spec import (DENSE_ACTIVATIONS, POOLING_MODES, POOLINGS, DenseSpec,  # noqa: F401
+                               EmbeddingConfigError, EmbeddingSpec, embedding_spec, positive_int,
+                               read_sentence_transformers)
 from engine.tokenizer import Tokenizer
 
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
 DEFAULT_WINDOW = 16384  # texts sorted by length together (encode); the corpus job's shard size by default
 K, V = TypeVar("K"), TypeVar("V")
+_ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu,
+                "sigmoid": torch.sigmoid, "silu": F.silu}  # DENSE_ACTIVATIONS' values, as torch.nn's defaults
+
+
+def check_texts(texts: object) -> Sequence[str]:
+    """``texts`` if it is a list (any Sequence but a str) of str, else a TypeError naming the first bad item."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings; got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be a str; got {type(t).__name__}")
+    return texts
 
 
 # ---- pooling ------------------------------------------------------------------------------------------------
@@ -83,6 +99,39 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, 
     """
     pooled = pool(hidden, attention_mask, ("mean",))
     return F.normalize(pooled, p=2, dim=-1) if normalize else pooled
+
+
+def load_dense(spec: DenseSpec, *, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A Dense module's weights -> (weight (out, in), bias (out,) or None), float32 on ``device``; the tensors
+    must be exactly linear.weight (+ linear.bias) with the config's shapes (else EmbeddingConfigError)."""
+    from engine.checkpoint import TensorSource
+
+    try:
+        src = TensorSource(spec.path, device=torch.device("cpu"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise EmbeddingConfigError(f"Dense module {spec.path}: {exc}") from None
+    want = {"linear.weight": (spec.out_features, spec.in_features)}
+    if spec.bias:
+        want["linear.bias"] = (spec.out_features,)
+    if set(src.names()) != set(want):
+        raise EmbeddingConfigError(f"Dense module {spec.path} holds tensors {sorted(src.names())}; its config.json "
+                                   f"(bias {str(spec.bias).lower()}) means exactly {sorted(want)}")
+    out = []
+    for name, shape in want.items():
+        t = src.get(name) if src.shape(name) == shape else None  # read only what has the right shape
+        if t is None or not t.dtype.is_floating_point:
+            raise EmbeddingConfigError(f"Dense module {spec.path}: {name} is "
+                                       f"{src.dtype(name) if t is None else t.dtype} {src.shape(name)}; its "
+                                       f"config.json means a float tensor of shape {shape}")
+        out.append(t.to(device=device, dtype=torch.float32))
+    return out[0], (out[1] if spec.bias else None)
+
+
+def apply_dense(vecs: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor | None, str]]) -> torch.Tensor:
+    """(B, in) float32 -> each layer's activation(vecs @ weight.T + bias) in turn -> (B, out of the last)."""
+    for weight, bias, activation in layers:
+        vecs = _ACTIVATIONS[activation](F.linear(vecs, weight, bias))
+    return vecs
 
 
 # ---- batching -----------------------------------------------------------------------------------------------
@@ -143,10 +192,20 @@ class Embedder:
             raise ValueError("embeddings need a base model (BertModel, RobertaModel, AlbertModel, ...) that "
                              f"returns hidden states; got {getattr(cfg, 'architecture', type(model).__name__)}")
         if "pooler" in spec.pooling and getattr(model, "pooler", None) is None:
-            raise ValueError("pooling 'pooler' needs pooler weights, which this checkpoint does not have")
+            raise ValueError(f"pooling 'pooler' needs pooler weights, which this {cfg.architecture} checkpoint "
+                             "does not have")
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.path = None if path is None else Path(path)
         self.dim = cfg.hidden_size * len(spec.pooling)
+        self.dense: list[tuple[torch.Tensor, torch.Tensor | None, str]] = []
+        for d in spec.dense:  # sentence-transformers' Dense modules, in float32 like the pooled vectors
+            if d.in_features != self.dim:
+                raise EmbeddingConfigError(
+                    f"{Path(d.path) / 'config.json'}: in_features is {d.in_features}, but the vectors reaching it "
+                    f"have {self.dim} columns ({'+'.join(spec.pooling)} pooling of hidden size {cfg.hidden_size}"
+                    f"{', then the Dense modules before it' if self.dense else ''})")
+            self.dense.append((*load_dense(d, device=self.device), d.activation))
+            self.dim = d.out_features
         specials = tokenizer.tok.num_special_tokens_to_add(False)
         if spec.max_length is not None and spec.max_length > cfg.max_seq_len:
             raise ValueError(f"max_length {spec.max_length} exceeds this model's {cfg.max_seq_len} positions")
@@ -200,8 +259,7 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Texts -> token id lists (truncated to spec.max_length) and a bool array: was each one truncated."""
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be strings")
+        check_texts(texts)
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
         encs = encode([self.preprocess(t) for t in texts])
         return [e.ids for e in encs], np.fromiter((bool(e.overflowing) for e in encs), dtype=bool,
@@ -231,18 +289,24 @@ class Embedder:
         return self.batch(ids, truncated, batch_tokens=batch_tokens)
 
     @torch.inference_mode()
-    def run(self, window: "Window", *, on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def run(self, window: "Window", *, on_batch: Callable[[int, int], None] | None = None,
+            cuda_graph: bool | None = None) -> torch.Tensor:
         """A Window's batches through the model -> (window.size, dim) float32 on the CPU, in input order.
 
-        on_batch(items, tokens) is called after each batch (progress)."""
+        on_batch(items, tokens) is called after each batch (progress). cuda_graph: the model calls' choice (None:
+        the model's own; the corpus job passes False: its batch shapes rarely repeat, so graphs would only pile
+        up, and eager BERT-family batches run packed)."""
         dev = self.device
         out = torch.empty(window.size, self.dim, dtype=torch.float32, device=dev)
-        want_pooled = "pooler" in self.spec.pooling
+        want_pooled = "pooler" in self.spec.pooling  # only the BERT family has a pooler (checked in __init__)
+        extra = {"return_pooled": True} if want_pooled else {}
+        if cuda_graph is not None and hasattr(self.model, "graph_forward"):  # models that take part in engine.graphs
+            extra["cuda_graph"] = cuda_graph
         for b in window.batches:
             mask = b.attention_mask.to(dev, non_blocking=True)
-            res = self.model(b.input_ids.to(dev, non_blocking=True), attention_mask=mask, return_pooled=want_pooled)
+            res = self.model(b.input_ids.to(dev, non_blocking=True), attention_mask=mask, **extra)
             hidden, pooled = res if want_pooled else (res, None)
-            vecs = pool(hidden, mask, self.spec.pooling, pooled=pooled)
+            vecs = apply_dense(pool(hidden, mask, self.spec.pooling, pooled=pooled), self.dense)
             if self.spec.normalize:
                 vecs = F.normalize(vecs, p=2, dim=-1)
             out[b.index.to(dev, non_blocking=True)] = vecs
@@ -260,10 +324,12 @@ class Embedder:
         """Texts -> (len(texts), dim) float32 embeddings on the CPU, in input order.
 
         Texts are sorted by length within windows of ``window`` texts; the next window is tokenized and batched
-        in a background thread while this one runs."""
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError("texts must be a list of strings")
+        in a background thread while this one runs. An empty list gives a (0, dim) tensor, as sentence-transformers.
+        """
+        check_texts(texts)
         positive_int("window", window)
+        if batch_tokens is not None:
+            positive_int("batch_tokens", batch_tokens)
         out = torch.empty(len(texts), self.dim)
         starts = list(range(0, len(texts), window))
         load = lambda s: self.prepare(texts[s:s + window], batch_tokens=batch_tokens)  # noqa: E731
@@ -297,15 +363,25 @@ def encode(model: torch.nn.Module, tokenizer: Tokenizer, texts: list[str], *, no
            batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Texts -> (len(texts), C) float32 mean-pooled embeddings on the model's device (a *Model required).
 
-    The plain form, without a folder's sentence-transformers settings (``Embedder`` reads those).
+    The plain form, without a folder's sentence-transformers settings (``Embedder`` reads those). texts: a list
+    of str (an empty list gives (0, C)); batch_size: texts per model call; max_length: None (the tokenizer's) or
+    the tokens per text, longer ones truncated.
     """
-    if getattr(getattr(model, "config", None), "head", None) != "base":
-        raise ValueError("encode needs a base model (BertModel, RobertaModel, ...) that returns hidden states")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "head", None) != "base":
+        raise ValueError("encode needs a base model (BertModel, RobertaModel, T5EncoderModel, ...) that returns "
+                         f"hidden states; got {getattr(cfg, 'architecture', type(model).__name__)}")
+    check_texts(texts)
+    positive_int("batch_size", batch_size)
+    if max_length is not None:
+        positive_int("max_length", max_length)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
+    if not texts:
+        return torch.empty(0, cfg.hidden_size, device=next(model.parameters()).device)
     out = []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[i:i + batch_size], max_length=max_length)
+        batch = tokenizer(list(texts[i:i + batch_size]), max_length=max_length)
         hidden = model(**batch)
         out.append(mean_pool(hidden, batch["attention_mask"], normalize=normalize))
     return torch.cat(out)

@@ -2,15 +2,18 @@
 
 A sentence-transformers folder defines its embedding in files next to the weights: ``modules.json`` (the module
 chain), ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``), ``1_Pooling/config.json`` (the
-pooling modes), a ``Normalize`` module (L2 norm) and ``config_sentence_transformers.json`` (a default prompt).
-``embedding_spec`` reads them; a chain engine cannot reproduce exactly (a Dense layer, an unknown pooling mode,
-a prompt left out of the pooling, ...) is refused with the file and field rather than embedded differently. A
-folder without ``modules.json`` gets mean pooling, no normalisation and the tokenizer's / model's max length.
+pooling modes), ``Dense`` modules (``2_Dense/config.json`` + weights: activation(linear(vector)), as sentence-T5 /
+GTR folders have), a ``Normalize`` module (L2 norm) and ``config_sentence_transformers.json`` (a default prompt).
+``embedding_spec`` reads them; a chain engine cannot reproduce exactly (an unknown module or pooling mode, a Dense
+activation outside DENSE_ACTIVATIONS, a prompt left out of the pooling, ...) is refused with the file and field
+rather than embedded differently. A folder without ``modules.json`` gets mean pooling, no normalisation and the
+tokenizer's / model's max length.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,14 +22,21 @@ from typing import Sequence
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # "pooler": the checkpoint's own pooler (tanh(dense(first token))), as transformers' pooler_output
 POOLINGS = (*POOLING_MODES, "pooler")
-_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+# a Dense module's activation_function (the torch.nn class sentence-transformers instantiates with its defaults)
+DENSE_ACTIVATIONS = {"Identity": "identity", "Tanh": "tanh", "ReLU": "relu", "GELU": "gelu", "Sigmoid": "sigmoid",
+                     "SiLU": "silu"}
+_DENSE_KEYS = ("in_features", "out_features", "bias", "activation_function")
 
 
 def positive_int(name: str, value: object) -> int:
-    """``value`` if it is an int >= 1 (not a bool), else ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """``value`` as an int if it is an integer >= 1 (Python's or numpy's; not a bool), else a ValueError (a wrong
+    value) or TypeError (not an integer at all) naming ``name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive integer; got {type(value).__name__} {value!r}")
+    if value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
+    return int(value)
 
 
 class EmbeddingConfigError(ValueError):
@@ -34,16 +44,32 @@ class EmbeddingConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class DenseSpec:
+    """A sentence-transformers Dense module: (B, in_features) -> activation(x @ W.T + b) (B, out_features).
+
+    path: its folder (config.json and model.safetensors or pytorch_model.bin with ``linear.weight`` (out, in)
+    and, when ``bias``, ``linear.bias`` (out,)); activation: a value of DENSE_ACTIVATIONS."""
+
+    path: str
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EmbeddingSpec:
     """What turns a text into one vector.
 
-    pooling: modes concatenated in this order (each adds ``hidden_size`` columns); normalize: L2 norm last;
+    pooling: modes concatenated in this order (each adds ``hidden_size`` columns); dense: Dense modules applied
+    in order to the pooled vector; normalize: L2 norm last;
     max_length: tokens per text, special tokens included (longer texts are truncated); lower_case: lower-case
     the text first; prompt: prepended to every text; model_dir: the folder holding the transformer's weights
     (a sentence-transformers Transformer module may live in a sub-folder); source: where this came from.
     """
 
     pooling: tuple[str, ...] = ("mean",)
+    dense: tuple[DenseSpec, ...] = ()
     normalize: bool = False
     max_length: int | None = None
     lower_case: bool = False
@@ -52,8 +78,9 @@ class EmbeddingSpec:
     source: str = "defaults (no modules.json)"
 
     def describe(self) -> str:
+        dense = "".join(f", Dense {d.in_features}->{d.out_features} {d.activation}" for d in self.dense)
         norm = ", L2-normalised" if self.normalize else ""
-        return f"{'+'.join(self.pooling)} pooling{norm}, max {self.max_length} tokens"
+        return f"{'+'.join(self.pooling)} pooling{dense}{norm}, max {self.max_length} tokens"
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -68,7 +95,7 @@ def read_sentence_transformers(path: str | os.PathLike) -> dict | None:
 
     Returns a dict with the keys of ``EmbeddingSpec`` that the files set (``max_length`` only when
     sentence_bert_config.json gives ``max_seq_length``). Raises EmbeddingConfigError for a module chain other
-    than Transformer -> Pooling -> [Normalize], or a pooling setting engine does not implement.
+    than Transformer -> Pooling -> Dense* -> [Normalize], or a pooling or Dense setting engine does not implement.
     """
     root = Path(path)
     if not (root / "modules.json").is_file():
@@ -83,12 +110,16 @@ def read_sentence_transformers(path: str | os.PathLike) -> dict | None:
         if not m["type"].startswith("sentence_transformers.") or kind not in _ST_MODULES:
             raise EmbeddingConfigError(
                 f"modules.json module {i} is {m['type']}, which engine does not implement (it runs Transformer "
-                "-> Pooling -> optional Normalize); its embeddings would differ from sentence-transformers'")
+                "-> Pooling -> Dense modules -> optional Normalize); its embeddings would differ from "
+                "sentence-transformers'")
         kinds.append(kind)
-    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+    tail = kinds[2:-1] if kinds[-1:] == ["Normalize"] else kinds[2:]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Dense" for k in tail):
         raise EmbeddingConfigError(f"modules.json chains {' -> '.join(kinds)}; engine runs Transformer -> "
-                                   "Pooling -> optional Normalize")
+                                   "Pooling -> Dense modules -> optional Normalize")
+    dense = tuple(_dense_from_config(root / m.get("path", "")) for m in modules if m["type"].endswith(".Dense"))
     out: dict = {"normalize": kinds[-1] == "Normalize", "model_dir": str(root / modules[0].get("path", "")),
+                 "dense": dense,
                  "source": f"sentence-transformers ({root / 'modules.json'})"}
     sbert = Path(out["model_dir"]) / "sentence_bert_config.json"
     if sbert.is_file():
@@ -118,6 +149,34 @@ def read_sentence_transformers(path: str | os.PathLike) -> dict | None:
                 raise EmbeddingConfigError(f"{st_cfg}: default_prompt_name {name!r} is not among its prompts")
             out["prompt"] = prompts[name]
     return out
+
+
+def _dense_from_config(folder: Path) -> DenseSpec:
+    """A Dense module's config.json -> DenseSpec (its weights are read by the Embedder)."""
+    file = folder / "config.json"
+    cfg = _read_json(file, "Dense config")
+    if not isinstance(cfg, dict):
+        raise EmbeddingConfigError(f"{file} must hold a JSON object")
+    unknown = sorted(set(cfg) - set(_DENSE_KEYS))
+    if unknown:
+        raise EmbeddingConfigError(f"{file}: {', '.join(unknown)} not understood (engine reads "
+                                   f"{', '.join(_DENSE_KEYS)})")
+    sizes = {}
+    for key in ("in_features", "out_features"):
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise EmbeddingConfigError(f"{file}: {key} must be a positive integer; got {v!r}")
+        sizes[key] = v
+    bias = cfg.get("bias", True)
+    if not isinstance(bias, bool):
+        raise EmbeddingConfigError(f"{file}: bias must be true or false; got {bias!r}")
+    act = cfg.get("activation_function")
+    name = act.rsplit(".", 1)[-1] if isinstance(act, str) and act.startswith("torch.nn.") else None
+    if name not in DENSE_ACTIVATIONS:
+        raise EmbeddingConfigError(
+            f"{file}: activation_function {act!r} is not one engine implements (torch.nn's "
+            f"{', '.join(DENSE_ACTIVATIONS)})")
+    return DenseSpec(str(folder), sizes["in_features"], sizes["out_features"], bias, DENSE_ACTIVATIONS[name])
 
 
 def _pooling_from_config(pool: dict, file: Path) -> tuple[str, ...]:

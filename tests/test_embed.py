@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from engine.embed import (POOLING_MODES, Embedder, EmbeddingConfigError, embedding_spec, encode, mean_pool, pool,
-                          read_sentence_transformers, token_batches)
+from engine.embed import (POOLING_MODES, DenseSpec, Embedder, EmbeddingConfigError, embedding_spec, encode, mean_pool,
+                          pool, read_sentence_transformers, token_batches)
 from engine.tokenizer import load_tokenizer
 
 SENTENCES = [
@@ -158,7 +158,8 @@ def pool_reference(h: torch.Tensor, lens: list[int], mode: str) -> torch.Tensor:
     for b, n in enumerate(lens):
         x = h[b, :n].double()
         w = torch.arange(1, n + 1, dtype=torch.float64)[:, None]
-        rows.append({"cls": x[0], "max": x.max(0).values, "mean": x.mean(0), "mean_sqrt_len_tokens": x.sum(0) / n ** 0.5,
+        rows.append({"cls": x[0], "max": x.max(0).values, "mean": x.mean(0),
+                     "mean_sqrt_len_tokens": x.sum(0) / n ** 0.5,
                      "weightedmean": (x * w).sum(0) / w.sum(), "lasttoken": x[-1]}[mode])
     return torch.stack(rows)
 
@@ -190,15 +191,17 @@ def test_token_batches_cover_everything_within_budget():
         token_batches(lens, budget=0)
 
 
-def st_folder(root: Path, modules: list[str], pooling: dict | None = None, **files) -> Path:
+def st_folder(root: Path, modules: list[str], pooling: dict | None = None, dense: dict | None = None,
+              **files) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     paths = {"Transformer": "", "Pooling": "1_Pooling", "Normalize": "2_Normalize", "Dense": "2_Dense"}
     (root / "modules.json").write_text(json.dumps([
         {"idx": i, "name": str(i), "path": paths[m], "type": f"sentence_transformers.models.{m}"}
         for i, m in enumerate(modules)]))
-    if pooling is not None:
-        (root / "1_Pooling").mkdir(exist_ok=True)
-        (root / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    for folder, cfg in (("1_Pooling", pooling), ("2_Dense", dense)):
+        if cfg is not None:
+            (root / folder).mkdir(exist_ok=True)
+            (root / folder / "config.json").write_text(json.dumps(cfg))
     for name, obj in files.items():
         (root / f"{name}.json").write_text(json.dumps(obj))
     return root
@@ -221,13 +224,36 @@ def test_sentence_transformers_files_read_or_refused(tmp_path):
     plain = st_folder(tmp_path / "c", ["Transformer", "Pooling", "Normalize"], {})
     assert read(plain)["pooling"] == ("mean",) and read(plain)["normalize"]
     assert embedding_spec(plain, max_positions=514, tokenizer_max=512).max_length == 512  # the smaller of the two
-    bad = [(st_folder(tmp_path / "d", ["Transformer", "Pooling", "Dense"], {}), "models.Dense, which engine does not"),
-           (st_folder(tmp_path / "e", ["Transformer", "Pooling"], {"pooling_mode_new_thing": True}), "pooling_mode_new"),
+    dense = {"in_features": 384, "out_features": 768, "bias": False,
+             "activation_function": "torch.nn.modules.activation.Tanh"}
+    got = read(st_folder(tmp_path / "dense", ["Transformer", "Pooling", "Dense", "Normalize"], {}, dense))
+    assert got["dense"] == (DenseSpec(str(tmp_path / "dense" / "2_Dense"), 384, 768, False, "tanh"),)
+    assert got["normalize"] and got["pooling"] == ("mean",)
+    bad = [(st_folder(tmp_path / "d", ["Transformer", "Pooling", "Dense"], {}), r"cannot read Dense config .*2_Dense"),
+           (st_folder(tmp_path / "d1", ["Transformer", "Pooling", "Dense"], {},
+                      {**dense, "activation_function": "torch.nn.modules.activation.Softmax"}),
+            r"activation_function 'torch.nn.modules.activation.Softmax' is not one engine implements"),
+           (st_folder(tmp_path / "d2", ["Transformer", "Pooling", "Dense"], {}, {**dense, "in_features": 0}),
+            "in_features must be a positive integer; got 0"),
+           (st_folder(tmp_path / "d3", ["Transformer", "Pooling", "Dense"], {}, {**dense, "bias": "no"}),
+            "bias must be true or false"),
+           (st_folder(tmp_path / "d4", ["Transformer", "Pooling", "Dense"], {}, {**dense, "init_scale": 2}),
+            "init_scale not understood"),
+           (st_folder(tmp_path / "d5", ["Transformer", "Pooling", "Normalize", "Dense"], {}, dense),
+            "chains Transformer -> Pooling -> Normalize -> Dense"),
+           (st_folder(tmp_path / "d6", ["Transformer", "Pooling"], {}), None),  # replaced below: an unknown module
+           (st_folder(tmp_path / "e", ["Transformer", "Pooling"], {"pooling_mode_new_thing": True}),
+            "pooling_mode_new"),
            (st_folder(tmp_path / "f", ["Transformer", "Pooling"], {"pooling_mode": "median"}), "'median' is not one"),
-           (st_folder(tmp_path / "g", ["Transformer", "Pooling"], {"pooling_mode_mean_tokens": False}), "every pooling"),
+           (st_folder(tmp_path / "g", ["Transformer", "Pooling"], {"pooling_mode_mean_tokens": False}),
+            "every pooling"),
            (st_folder(tmp_path / "h", ["Pooling", "Transformer"], {}), "chains Pooling -> Transformer"),
            (st_folder(tmp_path / "i", ["Transformer", "Pooling"], {},
                       sentence_bert_config={"max_seq_length": 2.5}), "max_seq_length must be a positive integer")]
+    modules = json.loads((tmp_path / "d6" / "modules.json").read_text())
+    (tmp_path / "d6" / "modules.json").write_text(json.dumps(
+        modules + [{"idx": 2, "name": "2", "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}]))
+    bad[-1] = (tmp_path / "d6", "models.LayerNorm, which engine does not implement")
     for folder, pattern in bad:
         with pytest.raises(EmbeddingConfigError, match=pattern):
             read(folder)
@@ -260,3 +286,40 @@ def test_cli_sentence_mode_truncates_at_256(minilm, capsys):
     assert abs(cos - float(ref[0] @ ref[1])) < 1e-4
     ref512 = hf_mean_normalized(minilm, texts, 512)
     assert abs(float(ref512[0] @ ref512[1]) - float(ref[0] @ ref[1])) > 1e-3  # 512 would print another number
+
+
+def test_encode_bad_inputs_are_named_errors(minilm):
+    """Both encode forms: texts must be a list of str (the first bad item named), options positive integers (numpy
+    integers too); an empty list gives (0, dim), as sentence-transformers."""
+    model, tok = engine.from_pretrained(minilm), load_tokenizer(minilm)
+    emb = Embedder.from_model(model, tok, minilm)
+    for call in (lambda texts: encode(model, tok, texts), emb.encode):
+        for texts, pattern in [(None, "texts must be a list of strings; got NoneType"),
+                               ("one text", "texts must be a list of strings; got str"),
+                               ((t for t in SENTENCES), "got generator"),
+                               (["ok", 3], r"texts\[1\] must be a str; got int"),
+                               ([b"bytes"], r"texts\[0\] must be a str; got bytes"),
+                               (["ok", None], r"texts\[1\] .*NoneType")]:
+            with pytest.raises(TypeError, match=pattern):
+                call(texts)
+        assert tuple(call([]).shape) == (0, 384)
+    for kw, exc, pattern in [({"batch_size": 0}, ValueError, "batch_size must be a positive integer; got 0"),
+                             ({"batch_size": "8"}, TypeError, "batch_size must be a positive integer; got str '8'"),
+                             ({"batch_size": 2.0}, TypeError, "batch_size .*got float 2.0"),
+                             ({"batch_size": True}, TypeError, "batch_size .*got bool"),
+                             ({"batch_size": None}, TypeError, "batch_size .*got NoneType"),
+                             ({"max_length": -1}, ValueError, "max_length must be a positive integer; got -1"),
+                             ({"normalize": "yes"}, TypeError, "normalize must be a bool; got str")]:
+        with pytest.raises(exc, match=pattern):
+            encode(model, tok, SENTENCES, **kw)
+    for kw, exc, pattern in [({"batch_tokens": 0}, ValueError, "batch_tokens must be a positive integer; got 0"),
+                             ({"batch_tokens": "4096"}, TypeError, "batch_tokens .*got str"),
+                             ({"window": 1.5}, TypeError, "window .*got float"),
+                             ({"window": -2}, ValueError, "window")]:
+        for texts in (SENTENCES, []):  # checked before any work, also when there is nothing to do
+            with pytest.raises(exc, match=pattern):
+                emb.encode(texts, **kw)
+    ref = encode(model, tok, SENTENCES, batch_size=5)
+    torch.testing.assert_close(encode(model, tok, tuple(SENTENCES), batch_size=np.int64(2)), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(emb.encode(SENTENCES, batch_tokens=np.int32(20), window=np.int64(2)),
+                               emb.encode(SENTENCES), atol=1e-6, rtol=0)

@@ -118,7 +118,7 @@ class Ranks:
         if not only_rank0 or self.rank == 0:
             try:
                 result = fn()
-            except (ValueError, OSError) as exc:
+            except (ValueError, TypeError, OSError) as exc:
                 error = exc
         if not self.on:
             if error is not None:
@@ -144,7 +144,7 @@ class Ranks:
 # ---- hashes ---------------------------------------------------------------------------------------------------
 def model_sha256(path: str | os.PathLike, *more: str | os.PathLike) -> str:
     """sha256 over the files of a model folder that decide its embeddings (configs, tokenizer, weights); ``more``:
-    sub-folders read too (a sentence-transformers Transformer module kept in its own folder)."""
+    sub-folders read too (a sentence-transformers Transformer module kept in its own folder, Dense modules)."""
     root = Path(path)
     dirs = [root, *(Path(m) for m in more if m)]
     files = sorted({p for d in dirs for pattern in _MODEL_FILES for p in d.glob(pattern) if p.is_file()})
@@ -218,7 +218,8 @@ def _plan(emb: Embedder, spec: inputs.InputSpec, scan: inputs.Scan, *, shard_siz
     from engine import __version__
 
     return {"kind": store.KIND, "version": store.VERSION,
-            "identity": {"model_sha256": model_sha256(emb.path, s.model_dir), "input_sha256": scan.sha256, "options": options},
+            "identity": {"model_sha256": model_sha256(emb.path, s.model_dir, *(d.path for d in s.dense)),
+                         "input_sha256": scan.sha256, "options": options},
             "model": str(emb.path), "input": spec.path, "input_bytes": scan.size, "records": scan.records,
             "rows": rows, "skipped_empty": scan.skipped, "replaced_utf8": scan.replaced, "dim": emb.dim,
             "shards": shards, "complete": False, "engine_version": __version__,
@@ -290,7 +291,7 @@ def _embed_shards(emb: Embedder, spec: inputs.InputSpec, st: store.Store, scan: 
 
     for k, window in prefetched(mine, load):
         t0 = time.perf_counter()
-        vecs = emb.run(window, on_batch=on_batch).numpy()
+        vecs = emb.run(window, on_batch=on_batch, cuda_graph=False).numpy()
         if output_dtype == "float16":
             big = float(np.abs(vecs).max())
             if not big <= np.finfo(np.float16).max:
