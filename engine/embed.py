@@ -47,6 +47,15 @@ def check_texts(texts: object) -> Sequence[str]:
     return texts
 
 
+def base_config(model: object):
+    """``model.config`` if ``model`` is an engine base encoder (its output: hidden states), else a ValueError."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "head", None) != "base":
+        raise ValueError("embeddings need a base model (BertModel, RobertaModel, AlbertModel, T5EncoderModel, ...) "
+                         f"that returns hidden states; got {getattr(cfg, 'architecture', type(model).__name__)}")
+    return cfg
+
+
 # ---- pooling ------------------------------------------------------------------------------------------------
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, modes: Sequence[str], *,
          pooled: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,10 +196,7 @@ class Embedder:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, spec: EmbeddingSpec, *,
                  path: str | os.PathLike | None = None) -> None:
-        cfg = getattr(model, "config", None)
-        if getattr(cfg, "head", None) != "base":
-            raise ValueError("embeddings need a base model (BertModel, RobertaModel, AlbertModel, ...) that "
-                             f"returns hidden states; got {getattr(cfg, 'architecture', type(model).__name__)}")
+        cfg = base_config(model)
         if "pooler" in spec.pooling and getattr(model, "pooler", None) is None:
             raise ValueError(f"pooling 'pooler' needs pooler weights, which this {cfg.architecture} checkpoint "
                              "does not have")
@@ -367,10 +373,7 @@ def encode(model: torch.nn.Module, tokenizer: Tokenizer, texts: list[str], *, no
     of str (an empty list gives (0, C)); batch_size: texts per model call; max_length: None (the tokenizer's) or
     the tokens per text, longer ones truncated.
     """
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "head", None) != "base":
-        raise ValueError("encode needs a base model (BertModel, RobertaModel, T5EncoderModel, ...) that returns "
-                         f"hidden states; got {getattr(cfg, 'architecture', type(model).__name__)}")
+    cfg = base_config(model)
     check_texts(texts)
     positive_int("batch_size", batch_size)
     if max_length is not None:

@@ -319,6 +319,9 @@ def test_encode_bad_inputs_are_named_errors(minilm):
         for texts in (SENTENCES, []):  # checked before any work, also when there is nothing to do
             with pytest.raises(exc, match=pattern):
                 emb.encode(texts, **kw)
+    for make in (lambda m: encode(m, tok, SENTENCES), lambda m: Embedder(m, tok, emb.spec)):
+        with pytest.raises(ValueError, match="embeddings need a base model .*; got Linear"):
+            make(torch.nn.Linear(2, 2))
     ref = encode(model, tok, SENTENCES, batch_size=5)
     torch.testing.assert_close(encode(model, tok, tuple(SENTENCES), batch_size=np.int64(2)), ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(emb.encode(SENTENCES, batch_tokens=np.int32(20), window=np.int64(2)),
