@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from engine.__main__ import main
-from engine.corpus import OutputError, embed_corpus, load_embeddings
+from engine.corpus import OutputError, embed_corpus
 from engine.embed import DenseSpec, Embedder, EmbeddingConfigError, load_dense
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -119,8 +120,6 @@ def test_corpus_job_and_cli(st5, tmp_path, capsys):
     np.testing.assert_allclose(vecs, Embedder.from_pretrained(st5).encode(texts).numpy(), atol=2e-6, rtol=0)
     np.testing.assert_allclose(vecs, reference(st5, "sentence-t5", texts).numpy(), atol=1e-5, rtol=0)
     changed = tmp_path / "changed"  # the same folder with other Dense weights is another model
-    import shutil
-
     shutil.copytree(st5, changed)
     write_dense(changed / "2_Dense", 32, 32, False, "Identity", seed=99)
     with pytest.raises(OutputError, match="another model"):
