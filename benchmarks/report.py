@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-RATE_KEYS = ("TFLOP/s", "GB/s")
+RATE_KEYS = ("TFLOP/s", "GB/s", "tokens/s")
 RESULTS_START = "<!-- results:start -->"
 RESULTS_END = "<!-- results:end -->"
 
@@ -129,7 +129,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"group": group, "area": members[0].get("area"), "engine": None, "speedups": {}}
         if engine:
             best = min(engine, key=lambda r: r["median_s"])
-            entry["engine"] = {k: best.get(k) for k in ("provider", "median_s", "TFLOP/s", "GB/s", "frac_peak", "peak")}
+            entry["engine"] = {k: best.get(k) for k in ("provider", "median_s", *RATE_KEYS, "frac_peak", "peak")}
             for ref in sorted(refs, key=lambda r: r["provider"]):
                 entry["speedups"][ref["provider"]] = ref["median_s"] / best["median_s"]
         else:

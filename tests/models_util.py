@@ -1,8 +1,11 @@
 """Helpers for the model tests: tiny random HF models (every parameter perturbed), inputs, main outputs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as T
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 VOCAB = {"gpt2": 97, "bert": 103, "albert": 89, "roberta": 101}
 
@@ -89,3 +92,28 @@ def assert_close_valid(ours, ref, mask: torch.Tensor, *, rtol: float = 1e-4) -> 
             a, b = a[mask.bool()], b[mask.bool()]
         err = (a.double() - b.double()).abs().max() / b.double().abs().max()
         assert err < rtol, f"relative error {err:.3g} >= {rtol}"
+
+
+T5_WORDS = ("translate english to german summarize the cat sat on mat a dog ran in park sky is blue das ist "
+            "gut haus katze hund").split()
+T5_VOCAB = ["<pad>", "</s>", "<unk>", *T5_WORDS]
+
+
+def t5_dir(root: Path, arch: str, *, seed: int = 0) -> Path:
+    """A tiny random T5-family folder (d_model 32, GeGLU, every parameter perturbed) with a word-level tokenizer.json
+    built here (T5's ids: <pad> 0, </s> 1 appended to every text); ``arch`` its class (T5EncoderModel, ...)."""
+    d = root / arch
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(T5_VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.add_special_tokens(T5_VOCAB[:3])  # as T5's tokenizer.json: decode skips them
+    cfg = T.T5Config(vocab_size=len(T5_VOCAB), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                     feed_forward_proj="gated-gelu", decoder_start_token_id=0, architectures=[arch])
+    torch.manual_seed(seed)
+    model = getattr(T, arch)(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.4)
+    model.save_pretrained(d)
+    tok.save(str(d / "tokenizer.json"))
+    return d

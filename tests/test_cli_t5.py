@@ -9,34 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as T
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from models_util import t5_dir
+from tokenizers import Tokenizer
 
 from engine.__main__ import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-WORDS = ("translate english to german summarize the cat sat on mat a dog ran in park sky is blue das ist gut "
-         "haus katze hund").split()
-VOCAB = ["<pad>", "</s>", "<unk>", *WORDS]
-
-
-def t5_dir(root: Path, arch: str) -> Path:
-    d = root / arch
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tok.add_special_tokens(VOCAB[:3])  # as T5's tokenizer.json: decode skips them
-    cfg = T.T5Config(vocab_size=len(VOCAB), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                     feed_forward_proj="gated-gelu", decoder_start_token_id=0, architectures=[arch])
-    torch.manual_seed(0)
-    model = getattr(T, arch)(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.4)
-    model.save_pretrained(d)
-    tok.save(str(d / "tokenizer.json"))
-    return d
-
-
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory) -> Path:
     return t5_dir(tmp_path_factory.mktemp("t5cli"), "T5ForConditionalGeneration")
