@@ -19,11 +19,20 @@ How it works (gpt-fast style, Hugging Face ``generate`` semantics):
   its draws by (seed, row), so step s uses a seed derived from (seed, s).
 - Each row stops at its own EOS and is padded with ``pad_token_id`` (default: the first EOS id, as HF does for
   GPT-2) after it; the loop ends once every row has stopped, so the output has HF's length.
+
+Concurrency: sessions (cache, step buffers, CUDA graphs; one per batch size and cache length) live in a per-model
+``engine.sessions.SessionPool``. Each request checks one out for its whole run (``generate``: the call;
+``stream``: from the first ``next()`` until the iterator ends, is closed or is dropped), so threads calling
+``generate`` on one model, and interleaved streams in one thread, each decode in their own session: correct
+tokens, no waiting on each other, no deadlock. Memory: one session per concurrent request. CUDA graph captures
+are serialised by a lock and use thread-local capture mode, so other threads keep working during a capture.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +41,7 @@ import torch
 from engine import sampling
 from engine.kv_cache import StaticKVCache
 from engine.models import blocks
+from engine.sessions import SessionPool
 
 __all__ = ["StaticKVCache", "generate", "stream"]
 
@@ -39,6 +49,7 @@ MAX_EOS_IDS = 8  # EOS ids live in a fixed-size device tensor (static shapes for
 CACHE_ALIGN = 64  # cache lengths are rounded up to this, so nearby request sizes share a session and its graphs
 CHECK_EVERY = 8  # on CUDA without streaming, "has every row stopped?" (a host sync) is asked every N steps
 _SEED_STEP = 0x9E3779B97F4A7C15
+_CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in this process
 
 
 @dataclass
@@ -64,7 +75,7 @@ class _Session:
     def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int) -> None:
         cfg, w = model.config, model.wte.weight
         B, dev = batch_size, w.device
-        self.model, self.key = model, _session_key(model, batch_size, max_len)
+        self.model = model
         self.cache = StaticKVCache(num_layers=cfg.num_layers, batch_size=B, num_heads=cfg.num_heads,
                                    head_dim=cfg.head_dim, max_len=max_len, dtype=w.dtype, device=dev)
         long = dict(dtype=torch.long, device=dev)
@@ -179,9 +190,10 @@ def _on_side_stream(fn) -> None:
 
 
 def _capture(fn) -> torch.cuda.CUDAGraph:
-    """Record ``fn``'s kernels into a CUDA graph (with a private memory pool) without running them."""
+    """Record ``fn``'s kernels into a CUDA graph (with a private memory pool) without running them. One capture
+    at a time; thread-local capture mode leaves other threads free to allocate and synchronise meanwhile."""
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with _CAPTURE_LOCK, torch.cuda.graph(g, capture_error_mode="thread_local"):
         fn()
     return g
 
@@ -191,13 +203,11 @@ def _session_key(model: torch.nn.Module, batch_size: int, max_len: int) -> tuple
     return batch_size, max_len, w.device, w.dtype, w.data_ptr()
 
 
-def _session(model: torch.nn.Module, batch_size: int, max_len: int) -> _Session:
-    s = model.__dict__.get("_engine_generate_session")
-    if s is None or s.key != _session_key(model, batch_size, max_len):
-        model.__dict__["_engine_generate_session"] = None  # free the old buffers before allocating new ones
-        s = _Session(model, batch_size, max_len)
-        model.__dict__["_engine_generate_session"] = s
-    return s
+def _checkout(model: torch.nn.Module, req: _Request, max_len: int) -> contextlib.AbstractContextManager[_Session]:
+    """The session ``req`` owns while the ``with`` block runs (see engine/sessions.py)."""
+    B = req.input_ids.shape[0]
+    return SessionPool.of(model, "generate").checkout(_session_key(model, B, max_len),
+                                                      lambda: _Session(model, B, max_len))
 
 
 def _steps(s: _Session, req: _Request, *, streaming: bool) -> Iterator[torch.Tensor]:
@@ -351,12 +361,12 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
 
 
 # ---- public functions ----------------------------------------------------------------------------------------
-def _start(model: torch.nn.Module, input_ids: object, kw: dict) -> tuple[_Session, _Request]:
+def _prepare(model: torch.nn.Module, input_ids: object, kw: dict) -> tuple[_Request, int]:
+    """(validated request, the cache length its session needs)."""
     req = _request(model, input_ids, **kw)
     B, T = req.input_ids.shape
     need = T + req.max_new_tokens
-    max_len = min(model.config.max_position_embeddings, -(-need // CACHE_ALIGN) * CACHE_ALIGN)
-    return _session(model, B, max_len), req
+    return req, min(model.config.max_position_embeddings, -(-need // CACHE_ALIGN) * CACHE_ALIGN)
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -372,28 +382,35 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask:
     ``pad_token_id`` (default: the first EOS id); None (the default) takes the model config's EOS id(s), as HF
     does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens only when every row stopped early.
     ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA graph (default: on
-    for CUDA models).
+    for CUDA models). Safe to call from several threads on one model (each call decodes in its own session).
     """
     kw = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
               repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
               seed=seed, cuda_graph=cuda_graph)
-    s, req = _start(model, input_ids, kw)
-    for _ in _steps(s, req, streaming=False):
-        pass
-    return s.out[:, :req.input_ids.shape[1] + int(s.n_new)].clone()
+    req, max_len = _prepare(model, input_ids, kw)
+    with _checkout(model, req, max_len) as s:
+        for _ in _steps(s, req, streaming=False):
+            pass
+        return s.out[:, :req.input_ids.shape[1] + int(s.n_new)].clone()
+
+
+def _stream(model: torch.nn.Module, req: _Request, max_len: int) -> Iterator[torch.Tensor]:
+    with _checkout(model, req, max_len) as s:  # held from the first next() until the stream ends or is closed
+        yield from _steps(s, req, streaming=True)
 
 
 def stream(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs) -> Iterator[torch.Tensor]:
     """Like :func:`generate` (same keywords), but yields each step's new ids as they are produced: (B,) int64
     on the CPU (``pad_token_id`` for rows that already stopped). Concatenated, they equal the new part of
-    ``generate``'s result. Arguments are checked by this call, before any work; the model must not run another
-    generation until the iterator is exhausted or closed (they share its cache).
+    ``generate``'s result. Arguments are checked by this call, before any work. An open stream owns its decode
+    session, so other calls (other threads, or other streams interleaved with it) run beside it unharmed; close
+    it (or drop it, or run it to the end) to hand the session back for reuse.
     """
     kw = {k: p.default for k, p in inspect.signature(generate).parameters.items() if p.kind == p.KEYWORD_ONLY}
     unknown = sorted(set(kwargs) - set(kw))
     if unknown:
         raise TypeError(f"stream() got unexpected keyword arguments: {', '.join(unknown)}")
     kw.update(kwargs)
-    s, req = _start(model, input_ids, kw)
-    return _steps(s, req, streaming=True)
+    req, max_len = _prepare(model, input_ids, kw)
+    return _stream(model, req, max_len)

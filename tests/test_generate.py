@@ -11,6 +11,7 @@ import transformers as T
 import engine
 from engine import generate as gen
 from engine import sampling
+from engine.sessions import SessionPool
 
 V, NPOS = 97, 96
 
@@ -196,9 +197,10 @@ def test_reused_session_is_reset_between_calls(models):
     ids_a, mask_a = prompts(2, 9, seed=29, pads=(0, 4))
     ids_b, mask_b = prompts(2, 12, seed=31, pads=(7, 0))
     first = m.generate(ids_a, attention_mask=mask_a, max_new_tokens=20, eos_token_id=3)
-    session = m.__dict__["_engine_generate_session"]
+    pool = SessionPool.of(m, "generate")
+    created = pool.created
     m.generate(ids_b, attention_mask=mask_b, max_new_tokens=21, repetition_penalty=1.2)
-    assert m.__dict__["_engine_generate_session"] is session  # same (batch, cache length): buffers reused
+    assert pool.created == created and pool.idle() == 1  # same (batch, cache length): the session is reused
     assert torch.equal(m.generate(ids_a, attention_mask=mask_a, max_new_tokens=20, eos_token_id=3), first)
 
 
@@ -216,9 +218,10 @@ def test_static_cache_matches_full_forward_each_step(models, backend, monkeypatc
         real = kd.decode_attention_fwd
         monkeypatch.setattr(kd, "decode_attention_fwd", lambda *a, **k: kernel_calls.append(1) or real(*a, **k))
     ids, mask = prompts(3, 7, seed=37, pads=(0, 2, 5))
-    s, req = gen._start(m, ids, dict(attention_mask=mask, max_new_tokens=steps, do_sample=False, temperature=1.0,
-                                     top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, eos_token_id=None,
-                                     pad_token_id=None, seed=0, cuda_graph=False))
+    req, max_len = gen._prepare(m, ids, dict(attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                                             temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                                             eos_token_id=None, pad_token_id=None, seed=0, cuda_graph=False))
+    s = gen._Session(m, 3, max_len)
     with torch.no_grad():
         s.start(req)  # prefill: logits of the first new token
         for step in range(steps):
@@ -257,9 +260,10 @@ def test_graph_orchestration_on_cpu(models, monkeypatch, do_sample):
     kw = dict(attention_mask=mask, max_new_tokens=20, do_sample=do_sample, temperature=1.0, top_k=0, top_p=0.9,
               min_p=0.0, repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, seed=5, cuda_graph=False)
     want = m.generate(ids, **{k: v for k, v in kw.items() if k != "cuda_graph"})
+    req, max_len = gen._prepare(m, ids, kw)
+    req.cuda_graph = True
+    s = gen._Session(m, 3, max_len)
     for call in range(2):  # the second call replays the graphs captured by the first
-        s, req = gen._start(m, ids, kw)
-        req.cuda_graph = True
         for _ in gen._steps(s, req, streaming=False):
             pass
         assert torch.equal(s.out[:, :8 + int(s.n_new)], want)
