@@ -165,6 +165,10 @@ def test_convert_cli_refuses_non_empty_dir(bert_dir, tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     assert cli(["convert", str(bert_dir), str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
+    assert cli(["convert", str(bert_dir), str(out), "--force"]) == 2  # keep.txt is the user's: never deleted
+    assert "engine did not write (keep.txt)" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    assert cli(["convert", str(bert_dir), str(out)]) == 0
     assert cli(["convert", str(bert_dir), str(out), "--force", "--dtype", "bfloat16"]) == 0
     model = engine.from_pretrained(out)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
