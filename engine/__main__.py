@@ -8,8 +8,15 @@ import argparse
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like every command's own errors."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="engine", description="A small, fast Transformer inference runtime.")
+    parser = _Parser(prog="engine", description="A small, fast Transformer inference runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("bench", help="self-check and time engine's ops against PyTorch on this device")

@@ -329,8 +329,9 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
         eos = _token_ids("eos_token_id", eos_token_id, cfg.vocab_size, allow_empty=True)
     if len(eos) > MAX_EOS_IDS:
         raise ValueError(f"eos_token_id holds {len(eos)} ids; at most {MAX_EOS_IDS} are supported")
-    if pad_token_id is None:
-        pad = eos[0] if eos else 0
+    if pad_token_id is None:  # as HF: the model's pad id (generation_config.json / config.json), else EOS
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None and cfg.pad_token_id < cfg.vocab_size else \
+            eos[0] if eos else 0
     else:
         pad = _token_ids("pad_token_id", pad_token_id, cfg.vocab_size)
         if len(pad) != 1:
@@ -379,8 +380,9 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask:
     input_ids: (B, T) prompts; attention_mask: (B, T) of 0/1, left padding only. Greedy unless ``do_sample``;
     sampling follows HF's processors (repetition penalty, then temperature, top-k, top-p, min-p; top_k=0 is off,
     unlike HF's default of 50). ``eos_token_id`` (an id or a list) stops a row, which is then padded with
-    ``pad_token_id`` (default: the first EOS id); None (the default) takes the model config's EOS id(s), as HF
-    does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens only when every row stopped early.
+    ``pad_token_id`` (default, as HF: the model's pad id, else the first EOS id); None (the default) takes the
+    model config's EOS id(s), as HF does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens
+    only when every row stopped early.
     ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA graph (default: on
     for CUDA models). Safe to call from several threads on one model (each call decodes in its own session).
     """

@@ -89,13 +89,25 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load ``path/tokenizer.json``, else a WordPiece ``path/vocab.txt`` (lower-cased per tokenizer_config.json)."""
     p = Path(path)
     cfg: dict = {}
-    if (p / "tokenizer_config.json").is_file():
-        cfg = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8"))
+    file = p / "tokenizer_config.json"
+    if file.is_file():
+        try:
+            cfg = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{file} must hold a JSON object; got {type(cfg).__name__}")
     max_len = cfg.get("model_max_length")
-    max_len = int(max_len) if isinstance(max_len, (int, float)) and max_len < 1e9 else None
-    if (p / "tokenizer.json").is_file():
-        return Tokenizer(_HFTokenizer.from_file(str(p / "tokenizer.json")), model_max_length=max_len)
-    if (p / "vocab.txt").is_file():
-        wp = BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=bool(cfg.get("do_lower_case", True)))
-        return Tokenizer(wp._tokenizer, model_max_length=max_len)
+    max_len = int(max_len) if isinstance(max_len, (int, float)) and 1 <= max_len < 1e9 else None
+    for name in ("tokenizer.json", "vocab.txt"):
+        file = p / name
+        if not file.is_file():
+            continue
+        try:
+            if name == "tokenizer.json":
+                return Tokenizer(_HFTokenizer.from_file(str(file)), model_max_length=max_len)
+            wp = BertWordPieceTokenizer(str(file), lowercase=bool(cfg.get("do_lower_case", True)))
+            return Tokenizer(wp._tokenizer, model_max_length=max_len)
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
     raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {str(p)!r}")

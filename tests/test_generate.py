@@ -4,6 +4,8 @@ repetition penalty), sampling semantics (the distribution each step draws from v
 seeded reproducibility, streaming, the static KV cache vs a full forward at every step, and bad input."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers as T
@@ -107,6 +109,23 @@ def test_eos_stops_each_row_and_pads(models, pad_token_id):
         hits = [i for i, t in enumerate(row.tolist()) if t in eos]
         if hits:
             assert (row[hits[0] + 1:] == pad).all()
+
+
+def test_default_pad_is_the_models_pad_id_as_in_transformers(models, tmp_path):
+    """HF pads stopped rows with the generation config's pad id (from generation_config.json / config.json), and
+    falls back to the first EOS id only when there is none."""
+    hf, _ = models
+    ids, mask = prompts(3, 9, seed=7, pads=(0, 4, 2))
+    free = hf_generate(hf, ids, mask, max_new_tokens=40, do_sample=False)[:, 9:]
+    eos = free[0, 3].item()
+    hf.save_pretrained(tmp_path)
+    gen_cfg = {"eos_token_id": eos, "pad_token_id": 5, "bos_token_id": 0}
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen_cfg))
+    hf2 = T.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        want = hf2.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False)  # its own defaults
+    got = engine.from_pretrained(tmp_path).generate(ids, attention_mask=mask, max_new_tokens=40)
+    assert torch.equal(got, want) and (got[0, 9 + 4:] == 5).all()
 
 
 def test_all_rows_stop_early_like_transformers(models):
