@@ -52,21 +52,6 @@ def _check_scale(scale: object) -> float | None:
     return float(scale)
 
 
-def _check_mask(mask: object, shape: tuple[int, int, int, int], device: torch.device) -> torch.Tensor | None:
-    """attn_mask: None, or bool / floating, broadcastable to ``shape`` = (B, H, Nq, Nk); returned as a 4-D view."""
-    if mask is None:
-        return None
-    mask = check_tensor("attn_mask", mask)
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(f"attn_mask must be bool (True = attend) or floating (added to scores); got {mask.dtype}")
-    if mask.device != device:
-        raise ValueError(f"attn_mask must be on the query's device {device}; got {mask.device}")
-    ok = mask.dim() <= 4 and all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape)))
-    if not ok:
-        raise ValueError(f"attn_mask must be broadcastable to (B, H, Nq, Nk) = {shape}; got shape {tuple(mask.shape)}")
-    return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
-
-
 def _causal_keep(n_q: int, n_k: int, device: torch.device, *, bottom_right: bool) -> torch.Tensor:
     """(Nq, Nk) bool: True where query i may see key j (top-left: j <= i; bottom-right: j <= i + Nk - Nq)."""
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q if bottom_right else 0)
@@ -75,14 +60,18 @@ def _causal_keep(n_q: int, n_k: int, device: torch.device, *, bottom_right: bool
 def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale):
     """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros)."""
     n_q, n_k = q.shape[2], k.shape[2]
-    if is_causal and mask is not None:
+    if is_causal and (mask is not None or (scale is not None and not scale > 0)):
+        # an explicit triangle: torch 2.13's fused CPU path returns NaN for is_causal with a scale <= 0
         keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
-        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        mask = keep if mask is None else mask & keep if mask.dtype == torch.bool else \
+            mask.masked_fill(~keep, float("-inf"))
         is_causal = False
     if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
         # Older PyTorch wants the float mask in the query dtype; keep huge finite values finite when narrowing.
-        lo = torch.finfo(q.dtype).min
-        mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)).to(q.dtype)
+        if torch.finfo(mask.dtype).max > torch.finfo(q.dtype).max:
+            lo = torch.finfo(q.dtype).min
+            mask = torch.where(mask == float("-inf"), mask, mask.clamp(min=lo))
+        mask = mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                          scale=scale)
     if mask is not None:
@@ -100,53 +89,128 @@ def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) ->
     return torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
 
 
+def _real(name: str, value: object) -> float:
+    """A Python / numpy real or a 0-d tensor as a float (what torch's argument parser takes for a float)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        return float(value)
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float; got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    """Check torch's SDPA arguments as torch does (names, types, shapes) and bring q/k/v/mask to (B, H, N, D)
+    views. Returns (q, k, v, mask, dropout_p, scale, out_shape); k/v already carry q's heads (GQA repeated)."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_floating(name, t)
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dims (..., N, D), as torch requires; got shape "
+                             f"{tuple(t.shape)}")
+    check_same_device(query=query, key=key, value=value)
+    check_same_dtype(query=query, key=key, value=value)
+    for name, flag in (("is_causal", is_causal), ("enable_gqa", enable_gqa)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
+    dropout_p = _real("dropout_p", dropout_p)
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be a probability in [0, 1]; got {dropout_p!r}")
+    scale = None if scale is None else _real("scale", scale)
+    n_q, d = query.shape[-2:]
+    n_k, dv = key.shape[-2], value.shape[-1]
+    if key.shape[-1] != d:
+        raise ValueError(f"key head dim must equal query head dim {d}; got {key.shape[-1]}")
+    if value.shape[-2] != n_k:  # (torch 2.13's CPU path returns garbage here instead of an error)
+        raise ValueError(f"value must have as many positions as key ({n_k}); got {value.shape[-2]}")
+    lead_q, lead_k, lead_v = list(query.shape[:-2]), list(key.shape[:-2]), list(value.shape[:-2])
+    if enable_gqa:  # torch: key/value heads (dim -3) repeat_interleave'd up to the query's
+        if query.dim() < 3:
+            raise ValueError(f"enable_gqa needs a heads dim (-3); query has shape {tuple(query.shape)}")
+        h_q = query.shape[-3]
+        for name, lead in (("key", lead_k), ("value", lead_v)):
+            if not lead or lead[-1] < 1 or h_q % lead[-1]:
+                raise ValueError(f"enable_gqa: the {name} heads (dim -3: {lead[-1] if lead else 'none'}) must "
+                                 f"divide the query heads ({h_q})")
+    try:
+        lead = list(torch.broadcast_shapes(tuple(lead_q), tuple(lead_k[:-1] + [lead_q[-1]] if enable_gqa
+                                                                 else lead_k),
+                                           tuple(lead_v[:-1] + [lead_q[-1]] if enable_gqa else lead_v)))
+    except RuntimeError:
+        raise ValueError(f"query, key and value batch/head dims must broadcast (enable_gqa={enable_gqa}); got "
+                         f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}") from None
+    lead4 = [1] * max(0, 2 - len(lead)) + lead  # >= 2 dims: (..., H)
+    b, h = math.prod(lead4[:-1]), lead4[-1]
+
+    def to4(t: torch.Tensor, n: int, width: int, heads: int) -> torch.Tensor:
+        t = t.expand(*lead4[:-1], heads, n, width)  # a view: broadcast dims get stride 0
+        return t if len(lead4) == 2 else t.reshape(b, heads, n, width)  # (B, H, N, D); copies only for 5-D+
+
+    q = to4(query, n_q, d, h)
+    k = to4(key, n_k, d, lead_k[-1] if enable_gqa else h)
+    v = to4(value, n_k, dv, lead_v[-1] if enable_gqa else h)
+    if enable_gqa:
+        k = k if k.shape[1] == h else k.repeat_interleave(h // k.shape[1], 1)
+        v = v if v.shape[1] == h else v.repeat_interleave(h // v.shape[1], 1)
+    mask = attn_mask
+    if mask is not None:
+        mask = check_tensor("attn_mask", mask)
+        if mask.dtype != torch.bool and mask.dtype not in (torch.float32, query.dtype):
+            raise TypeError(f"attn_mask must be bool (True = attend), float32 or the query's dtype {query.dtype} "
+                            f"(added to scores), as torch requires; got {mask.dtype}")
+        if mask.device != query.device:
+            raise ValueError(f"attn_mask must be on the query's device {query.device}; got {mask.device}")
+        full = (*lead, n_q, n_k)
+        ok = mask.dim() <= len(full) and all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(full)))
+        if not ok:
+            raise ValueError(f"attn_mask must be broadcastable to (..., Nq, Nk) = {full}; got shape "
+                             f"{tuple(mask.shape)}")
+        if len(lead4) > 2:
+            mask = mask.expand(full).reshape(b, h, n_q, n_k)
+        elif mask.dim() < 4:
+            mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    return q, k, v, mask, dropout_p, scale, (*lead, n_q, dv)
+
+
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
-    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
+                                 is_causal: bool = False, scale: float | None = None,
+                                 enable_gqa: bool = False) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments, shapes and results).
 
-    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
-    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
-    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
-    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
-    scale: default 1 / sqrt(D). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
+    query: (..., Hq, Nq, D); key: (..., Hk, Nk, D); value: (..., Hv, Nk, Dv); the leading dims broadcast as in
+    torch (a key/value batch or head dim of 1 is shared), any rank >= 2, any strides (transposed views are read in
+    place). enable_gqa: grouped-query attention as torch: Hk and Hv must divide Hq, and query head i uses key/value
+    head i // (Hq / Hk). attn_mask: None, bool (True = attend), or float32 / the query's dtype (added to the
+    scores), broadcastable to (..., Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk),
+    (Nq, Nk), (Nk,), ... Broadcast dims are read with stride 0, never expanded in memory (4-D inputs). is_causal:
+    top-left aligned (query i sees keys j <= i), combined with attn_mask by AND (as torch does). dropout_p in
+    [0, 1] (applied as torch applies it: always). scale: default 1 / sqrt(D). Returns (..., Hq, Nq, Dv) in the
+    query's dtype; a row with no visible key is zeros (as torch 2.13). Where this op deliberately differs from
+    torch (errors it raises, inputs torch mishandles), see README "Where engine's ops differ from PyTorch".
 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
-    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
+    D <= 256 with Dv == D, dropout_p == 0, a finite positive scale; anything else runs PyTorch's SDPA. GQA key/value
+    heads are repeated in memory for the kernel (one copy of K and V per call).
     """
-    q, k, v = _check_qkv("(B, H, N, D)", query=query, key=key, value=value)
+    q, k, v, mask, dropout_p, scale, out_shape = _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal,
+                                                            scale, enable_gqa)
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(f"query, key and value must have the same batch size; got {b}, {k.shape[0]}, {v.shape[0]}")
-    if k.shape[1] != h or v.shape[1] != h:
-        raise ValueError(f"query, key and value must have the same number of heads; got {h}, {k.shape[1]}, "
-                         f"{v.shape[1]}")
-    if k.shape[3] != d:
-        raise ValueError(f"key head dim must equal query head dim {d}; got {k.shape[3]}")
-    if v.shape[2] != n_k:
-        raise ValueError(f"value must have as many positions as key ({n_k}); got {v.shape[2]}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a number in [0, 1); got {dropout_p!r}")
-    if not isinstance(is_causal, bool):
-        raise TypeError(f"is_causal must be a bool; got {type(is_causal).__name__}")
-    scale = _check_scale(scale)
-    mask = _check_mask(attn_mask, (b, h, n_q, n_k), q.device)
-
     supported = (
         q.dtype in KERNEL_DTYPES and dropout_p == 0.0 and v.shape[3] == d and d <= MAX_HEAD_DIM
-        and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
+        and (scale is None or (math.isfinite(scale) and scale > 0))  # the kernel scales row maxima
         and min(b, h, n_q, n_k) > 0 and b * h <= _MAX_GRID_Y
         and (mask is None or mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES)
     )
     if not backend.use_triton(q, k, v, mask, supported=supported, op="scaled_dot_product_attention"):
-        return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale)
+        out = _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale)
+    else:
+        from engine.kernels.attention import attention_fwd
 
-    from engine.kernels.attention import attention_fwd
-
-    out = _empty_like_layout(q, (b, h, n_q, d))
-    mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
-    return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5)
+        out = _empty_like_layout(q, (b, h, n_q, d))
+        mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
+        out = attention_fwd(q, k, v, out, mask=mask4, causal=is_causal,
+                            scale=scale if scale is not None else d ** -0.5)
+    return out if out.shape == out_shape else out.reshape(out_shape)
 
 
 def _check_cu(name: str, cu: object, device: torch.device) -> torch.Tensor:
