@@ -98,6 +98,19 @@ def _real(name: str, value: object) -> float:
     return float(value)
 
 
+def _broadcast(*shapes: list[int]) -> list[int] | None:
+    """torch's broadcasting of shapes (right-aligned; 1 stretches), or None when they do not broadcast. (Plain
+    Python: torch.broadcast_shapes costs ~100 us a call.)"""
+    out = [1] * max(map(len, shapes))
+    for shape in shapes:
+        for i, x in enumerate(shape, len(out) - len(shape)):
+            if x != 1:
+                if out[i] not in (1, x):
+                    return None
+                out[i] = x
+    return out
+
+
 def _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
     """Check torch's SDPA arguments as torch does (names, types, shapes) and bring q/k/v/mask to (B, H, N, D)
     views. Returns (q, k, v, mask, dropout_p, scale, out_shape); k/v already carry q's heads (GQA repeated)."""
@@ -130,23 +143,24 @@ def _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
             if not lead or lead[-1] < 1 or h_q % lead[-1]:
                 raise ValueError(f"enable_gqa: the {name} heads (dim -3: {lead[-1] if lead else 'none'}) must "
                                  f"divide the query heads ({h_q})")
-    try:
-        lead = list(torch.broadcast_shapes(tuple(lead_q), tuple(lead_k[:-1] + [lead_q[-1]] if enable_gqa
-                                                                 else lead_k),
-                                           tuple(lead_v[:-1] + [lead_q[-1]] if enable_gqa else lead_v)))
-    except RuntimeError:
+    if enable_gqa:  # broadcast as if key/value had the query's heads
+        lead_k, lead_v = lead_k[:-1] + [lead_q[-1]], lead_v[:-1] + [lead_q[-1]]
+    lead = _broadcast(lead_q, lead_k, lead_v)
+    if lead is None:
         raise ValueError(f"query, key and value batch/head dims must broadcast (enable_gqa={enable_gqa}); got "
-                         f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}") from None
+                         f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
     lead4 = [1] * max(0, 2 - len(lead)) + lead  # >= 2 dims: (..., H)
     b, h = math.prod(lead4[:-1]), lead4[-1]
 
     def to4(t: torch.Tensor, n: int, width: int, heads: int) -> torch.Tensor:
+        if len(lead4) == 2 and t.dim() == 4 and t.shape[0] == lead4[0] and t.shape[1] == heads:
+            return t  # the common case: already (B, H, N, D)
         t = t.expand(*lead4[:-1], heads, n, width)  # a view: broadcast dims get stride 0
         return t if len(lead4) == 2 else t.reshape(b, heads, n, width)  # (B, H, N, D); copies only for 5-D+
 
     q = to4(query, n_q, d, h)
-    k = to4(key, n_k, d, lead_k[-1] if enable_gqa else h)
-    v = to4(value, n_k, dv, lead_v[-1] if enable_gqa else h)
+    k = to4(key, n_k, d, key.shape[-3] if enable_gqa else h)
+    v = to4(value, n_k, dv, value.shape[-3] if enable_gqa else h)
     if enable_gqa:
         k = k if k.shape[1] == h else k.repeat_interleave(h // k.shape[1], 1)
         v = v if v.shape[1] == h else v.repeat_interleave(h // v.shape[1], 1)
