@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="self-check and time engine's ops against PyTorch on this device")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="smallest sizes only")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the whole comparison (default: torch's current setting)")
     p.set_defaults(run=_bench)
 
     p = sub.add_parser("convert", help="write a Hugging Face model folder in engine's format")
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     from engine.bench import main as bench_main
 
-    return bench_main(device=args.device, quick=args.quick)
+    return bench_main(device=args.device, quick=args.quick, threads=args.threads)
 
 
 def _convert(args: argparse.Namespace) -> int:
