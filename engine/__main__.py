@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli import register  # generate, embed, fill-mask, classify
 
     register(sub)
+    for p in sub.choices.values():  # so that main can report stray arguments against the command given
+        p.set_defaults(parser=p)
     return parser
 
 
@@ -53,7 +55,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.run(args) or 0)
 
 
