@@ -62,6 +62,9 @@ class Tokenizer:
             raise TypeError("texts must be a str or a non-empty list of str")
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs must have one entry per text ({len(texts)}); got {len(text_pairs)}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 1):
+            raise ValueError(f"max_length must be a positive int or None; got {max_length!r}")
         max_length = max_length or self.model_max_length
         if max_length is not None:
             self.tok.enable_truncation(max_length)

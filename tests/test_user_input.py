@@ -276,3 +276,25 @@ def test_model_inputs(dirs):
         assert math.isfinite(float(out.float().sum()))
 
     check()
+
+
+def test_tokenizer_call_arguments(dirs):
+    from engine.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(dirs["mlm"])
+
+    @settings(max_examples=examples(40), **SETTINGS)
+    @given(texts=st.one_of(anything, st.lists(st.one_of(st.text(max_size=20), anything), max_size=3), texts),
+           max_length=st.one_of(st.none(), anything))
+    def check(texts, max_length):
+        try:
+            batch = tok(texts, max_length=max_length)
+        except Exception as exc:  # noqa: BLE001
+            assert isinstance(exc, (ValueError, TypeError)), f"{type(exc).__name__}: {exc}"
+            assert "\n" not in str(exc) and ("texts" in str(exc) or "max_length" in str(exc)), str(exc)
+            return
+        assert batch["input_ids"].shape == batch["attention_mask"].shape
+        if max_length is not None:
+            assert batch["input_ids"].shape[1] <= max_length
+
+    check()
