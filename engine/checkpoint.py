@@ -325,6 +325,9 @@ def from_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
 def from_transformers(hf_model: torch.nn.Module, *, device: str | torch.device | None = None,
                       dtype: torch.dtype | str | None = None) -> torch.nn.Module:
     """An engine model with the weights of an in-memory transformers model (same checks as from_pretrained)."""
+    if not isinstance(hf_model, torch.nn.Module) or not hasattr(getattr(hf_model, "config", None), "to_dict"):
+        raise TypeError(f"hf_model must be a transformers model (an nn.Module with a config); got "
+                        f"{type(hf_model).__name__}")
     dev, dtype = _resolve(device, dtype)
     d = hf_model.config.to_dict()
     d["architectures"] = [type(hf_model).__name__]

@@ -242,6 +242,10 @@ def test_path_errors_name_the_path(tmp_path):
         engine.from_pretrained("x" * 5000)
     with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
         engine.from_pretrained(3)
+    from engine.checkpoint import from_transformers
+
+    with pytest.raises(TypeError, match="hf_model must be a transformers model"):
+        from_transformers(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
