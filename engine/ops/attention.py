@@ -91,6 +91,8 @@ def _empty_like_layout(q: torch.Tensor, n_q_shape: tuple[int, int, int, int]) ->
 
 def _real(name: str, value: object) -> float:
     """A Python / numpy real or a 0-d tensor as a float (what torch's argument parser takes for a float)."""
+    if type(value) is float:
+        return value
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
         return float(value)
     if not isinstance(value, numbers.Real):
@@ -109,6 +111,41 @@ def _broadcast(*shapes: list[int]) -> list[int] | None:
                     return None
                 out[i] = x
     return out
+
+
+def _to_4d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           enable_gqa: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Any-rank q (..., Hq, Nq, D), k, v (broadcastable leading dims; GQA heads) -> (B, H, N, D) views (copies
+    only for 5-D+ inputs with broadcast dims, and GQA's repeated K/V heads), and the broadcast leading shape."""
+    lead_q, lead_k, lead_v = list(query.shape[:-2]), list(key.shape[:-2]), list(value.shape[:-2])
+    if enable_gqa:  # torch: key/value heads (dim -3) repeat_interleave'd up to the query's
+        if query.dim() < 3:
+            raise ValueError(f"enable_gqa needs a heads dim (-3); query has shape {tuple(query.shape)}")
+        h_q = query.shape[-3]
+        for name, lead in (("key", lead_k), ("value", lead_v)):
+            if not lead or lead[-1] < 1 or h_q % lead[-1]:
+                raise ValueError(f"enable_gqa: the {name} heads (dim -3: {lead[-1] if lead else 'none'}) must "
+                                 f"divide the query heads ({h_q})")
+        lead_k, lead_v = lead_k[:-1] + [h_q], lead_v[:-1] + [h_q]  # broadcast as if they had the query's heads
+    lead = _broadcast(lead_q, lead_k, lead_v)
+    if lead is None:
+        raise ValueError(f"query, key and value batch/head dims must broadcast (enable_gqa={enable_gqa}); got "
+                         f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    lead4 = [1] * max(0, 2 - len(lead)) + lead  # >= 2 dims: (..., H)
+    b, h = math.prod(lead4[:-1]), lead4[-1]
+    n_q, d, n_k, dv = query.shape[-2], query.shape[-1], key.shape[-2], value.shape[-1]
+
+    def to4(t: torch.Tensor, n: int, width: int, heads: int) -> torch.Tensor:
+        t = t.expand(*lead4[:-1], heads, n, width)  # a view: broadcast dims get stride 0
+        return t if len(lead4) == 2 else t.reshape(b, heads, n, width)  # (B, H, N, D); copies only for 5-D+
+
+    q = to4(query, n_q, d, h)
+    k = to4(key, n_k, d, key.shape[-3] if enable_gqa else h)
+    v = to4(value, n_k, dv, value.shape[-3] if enable_gqa else h)
+    if enable_gqa:
+        k = k if k.shape[1] == h else k.repeat_interleave(h // k.shape[1], 1)
+        v = v if v.shape[1] == h else v.repeat_interleave(h // v.shape[1], 1)
+    return q, k, v, lead
 
 
 def _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
@@ -134,36 +171,12 @@ def _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
         raise ValueError(f"key head dim must equal query head dim {d}; got {key.shape[-1]}")
     if value.shape[-2] != n_k:  # (torch 2.13's CPU path returns garbage here instead of an error)
         raise ValueError(f"value must have as many positions as key ({n_k}); got {value.shape[-2]}")
-    lead_q, lead_k, lead_v = list(query.shape[:-2]), list(key.shape[:-2]), list(value.shape[:-2])
-    if enable_gqa:  # torch: key/value heads (dim -3) repeat_interleave'd up to the query's
-        if query.dim() < 3:
-            raise ValueError(f"enable_gqa needs a heads dim (-3); query has shape {tuple(query.shape)}")
-        h_q = query.shape[-3]
-        for name, lead in (("key", lead_k), ("value", lead_v)):
-            if not lead or lead[-1] < 1 or h_q % lead[-1]:
-                raise ValueError(f"enable_gqa: the {name} heads (dim -3: {lead[-1] if lead else 'none'}) must "
-                                 f"divide the query heads ({h_q})")
-    if enable_gqa:  # broadcast as if key/value had the query's heads
-        lead_k, lead_v = lead_k[:-1] + [lead_q[-1]], lead_v[:-1] + [lead_q[-1]]
-    lead = _broadcast(lead_q, lead_k, lead_v)
-    if lead is None:
-        raise ValueError(f"query, key and value batch/head dims must broadcast (enable_gqa={enable_gqa}); got "
-                         f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
-    lead4 = [1] * max(0, 2 - len(lead)) + lead  # >= 2 dims: (..., H)
-    b, h = math.prod(lead4[:-1]), lead4[-1]
-
-    def to4(t: torch.Tensor, n: int, width: int, heads: int) -> torch.Tensor:
-        if len(lead4) == 2 and t.dim() == 4 and t.shape[0] == lead4[0] and t.shape[1] == heads:
-            return t  # the common case: already (B, H, N, D)
-        t = t.expand(*lead4[:-1], heads, n, width)  # a view: broadcast dims get stride 0
-        return t if len(lead4) == 2 else t.reshape(b, heads, n, width)  # (B, H, N, D); copies only for 5-D+
-
-    q = to4(query, n_q, d, h)
-    k = to4(key, n_k, d, key.shape[-3] if enable_gqa else h)
-    v = to4(value, n_k, dv, value.shape[-3] if enable_gqa else h)
-    if enable_gqa:
-        k = k if k.shape[1] == h else k.repeat_interleave(h // k.shape[1], 1)
-        v = v if v.shape[1] == h else v.repeat_interleave(h // v.shape[1], 1)
+    qs, ks, vs = query.shape, key.shape, value.shape
+    if len(qs) == len(ks) == len(vs) == 4 and qs[:2] == ks[:2] == vs[:2]:  # the common case: (B, H, N, D) alike
+        q, k, v, lead = query, key, value, list(qs[:2])
+    else:
+        q, k, v, lead = _to_4d(query, key, value, enable_gqa)
+    b, h = q.shape[:2]
     mask = attn_mask
     if mask is not None:
         mask = check_tensor("attn_mask", mask)
@@ -177,7 +190,7 @@ def _sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
         if not ok:
             raise ValueError(f"attn_mask must be broadcastable to (..., Nq, Nk) = {full}; got shape "
                              f"{tuple(mask.shape)}")
-        if len(lead4) > 2:
+        if len(lead) > 2:
             mask = mask.expand(full).reshape(b, h, n_q, n_k)
         elif mask.dim() < 4:
             mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
