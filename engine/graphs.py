@@ -31,6 +31,7 @@ and calls ``use_graph(model, input_ids, choice)`` / ``graphs_of(model).run(...)`
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,7 @@ LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 LONG_BUCKET_STEP = 256  # beyond the table: multiples of this
 WARMUP_CALLS = 2  # eager runs of a new key before its capture
 GRAPH_MAX_TOKENS = 8192  # cuda_graph=None: graphs for batches of at most this many (bucket-padded) tokens
+_CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in this process (encoders and generate)
 
 
 def length_bucket(n: int, max_len: int) -> int:
@@ -63,9 +65,11 @@ def on_side_stream(fn) -> None:
 
 
 def capture(fn, pool=None) -> torch.cuda.CUDAGraph:
-    """Record ``fn``'s kernels into a CUDA graph (memory from ``pool``, else a private pool) without running them."""
+    """Record ``fn``'s kernels into a CUDA graph (memory from ``pool``, else a private pool) without running them.
+    One capture at a time in the process; thread-local capture mode leaves other threads free to allocate and
+    synchronise meanwhile."""
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, pool=pool):
+    with _CAPTURE_LOCK, torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
         fn()
     return g
 

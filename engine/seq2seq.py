@@ -84,12 +84,10 @@ def _prepare(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
                                        device=model.shared.weight.device)
     if mask is not None and not bool(mask.any(1).all()):
         raise ValueError("attention_mask has a row with no real token (all zeros): each source needs at least one")
-    pad = cfg.pad_token_id
-    default_pad = pad if isinstance(pad, int) and 0 <= pad < cfg.vocab_size else None
     max_new, params, eos, pad, seed = decoding_options(
         cfg, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        seed=seed, default_pad=default_pad)
+        seed=seed)
     start = _start_id(cfg, decoder_start_token_id)
     host = do_sample or params["repetition_penalty"] != 1.0
     return _Call(ids, mask, max_new, params, host, eos, pad, seed, start)
