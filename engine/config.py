@@ -448,8 +448,9 @@ def _read_json(file: str) -> dict[str, Any]:
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """Read ``path/config.json`` (engine's or Hugging Face's) into a ModelConfig.
 
-    For a Hugging Face GPT-2 folder, ``generation_config.json`` (when present) supplies the EOS and pad ids, as
-    it does for transformers' ``generate``. Errors name the file and the field.
+    For a Hugging Face folder of a family that generates (GPT-2, the T5 family), ``generation_config.json`` (when
+    present) supplies the EOS and pad ids (and T5's decoder start id), as it does for transformers' ``generate``.
+    Errors name the file and the field.
     """
     folder = os.fspath(path)
     file = os.path.join(folder, "config.json")
@@ -463,10 +464,13 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     except ValueError as exc:
         raise ValueError(f"{file}: {exc}") from None
     gen_file = os.path.join(folder, "generation_config.json")
-    if cfg.family == "gpt2" and os.path.isfile(gen_file):
+    if (cfg.family == "gpt2" or cfg.family in T5_FAMILIES) and os.path.isfile(gen_file):
         g = _read_json(gen_file)
+        keys = [("eos_token_id", "tokens"), ("pad_token_id", "token")]
+        if cfg.family in T5_FAMILIES:
+            keys.append(("decoder_start_token_id", "token"))
         try:
-            for key, kind in (("eos_token_id", "tokens"), ("pad_token_id", "token")):
+            for key, kind in keys:
                 if key in g:
                     setattr(cfg, key, _check(key, g[key], kind))
         except ValueError as exc:

@@ -187,6 +187,30 @@ BAD_FIELDS = [
     ("GPT2LMHeadModel", {"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a finite number"),
     ("GPT2LMHeadModel", {"add_cross_attention": True}, "add_cross_attention=true is not supported"),
     ("GPT2LMHeadModel", {"architectures": "GPT2LMHeadModel"}, "architectures must be a list of class names"),
+    # the T5 family's own fields, held to the same rules
+    ("T5ForConditionalGeneration", {"d_model": 24.0}, "d_model must be a positive integer; got 24.0"),
+    ("T5ForConditionalGeneration", {"d_kv": "5"}, "d_kv must be a positive integer; got '5'"),
+    ("T5ForConditionalGeneration", {"d_ff": None}, "d_ff must be a positive integer; got None"),
+    ("T5ForConditionalGeneration", {"num_heads": True}, "num_heads must be a positive integer; got True"),
+    ("T5ForConditionalGeneration", {"num_layers": 2.5}, "num_layers must be a positive integer; got 2.5"),
+    ("T5ForConditionalGeneration", {"num_decoder_layers": 0}, "num_decoder_layers must be a positive integer or null"),
+    ("MT5ForConditionalGeneration", {"relative_attention_num_buckets": "32"},
+     "relative_attention_num_buckets must be a positive integer; got '32'"),
+    ("UMT5EncoderModel", {"relative_attention_max_distance": -128},
+     "relative_attention_max_distance must be a positive integer; got -128"),
+    ("T5EncoderModel", {"layer_norm_epsilon": "1e-6"}, "layer_norm_epsilon must be a finite number > 0"),
+    ("T5ForConditionalGeneration", {"n_positions": 1.5}, "n_positions must be a positive integer or null"),
+    ("T5ForConditionalGeneration", {"vocab_size": 0}, "vocab_size must be a positive integer; got 0"),
+    ("T5ForConditionalGeneration", {"feed_forward_proj": 3}, "feed_forward_proj=3 is not valid"),
+    ("T5ForConditionalGeneration", {"dense_act_fn": ["relu"]}, r"dense_act_fn must be a string; got \['relu'\]"),
+    ("T5ForConditionalGeneration", {"is_gated_act": 0}, "is_gated_act must be true or false; got 0"),
+    ("T5ForConditionalGeneration", {"tie_word_embeddings": "true"}, "tie_word_embeddings must be true or false"),
+    ("T5ForConditionalGeneration", {"scale_decoder_outputs": 1}, "scale_decoder_outputs must be true or false"),
+    ("T5ForConditionalGeneration", {"decoder_start_token_id": -1}, "decoder_start_token_id must be a token id"),
+    ("T5ForConditionalGeneration", {"eos_token_id": 1.0}, "eos_token_id must be a token id, a list of token ids"),
+    ("T5ForConditionalGeneration", {"pad_token_id": "0"}, "pad_token_id must be a token id"),
+    ("T5ForConditionalGeneration", {"is_decoder": "no"}, "is_decoder must be true or false"),
+    ("T5ForConditionalGeneration", {"problem_type": "x"}, "problem_type must be one of"),
 ]
 
 
@@ -225,6 +249,36 @@ def test_fields_that_change_the_meaning_of_outputs_are_carried():
     assert ModelConfig.from_hf({**d, "dtype": "float16", "torch_dtype": "bfloat16"}).dtype == "float16"
     gpt = ModelConfig.from_hf({"model_type": "gpt2"})  # GPT2Config's own defaults, as transformers reads them
     assert (gpt.eos_token_id, gpt.bos_token_id, gpt.pad_token_id) == (50256, 50256, None)
+
+
+@pytest.mark.parametrize("field,value", [("d_kv", 2.5), ("d_kv", None), ("num_decoder_layers", None),
+                                         ("relative_attention_num_buckets", "8"), ("gated_mlp", 1),
+                                         ("activation", 3), ("decoder_start_token_id", -1), ("scale_decoder_outputs", 0)])
+def test_engine_config_fields_of_t5_are_checked_too(field, value):
+    """engine's own config.json of a T5 model (what convert writes): every T5 field checked as from_hf checks it."""
+    d = ModelConfig.from_hf(hf_config("T5ForConditionalGeneration").to_dict()).to_dict()
+    assert ModelConfig.from_dict(d).to_dict() == d
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        ModelConfig.from_dict({**d, field: value})
+
+
+def test_generation_config_supplies_t5_eos_pad_and_start(tmp_path):
+    """As transformers' generate: generation_config.json's EOS, pad and decoder start ids win over config.json's."""
+    d = hf_config("T5ForConditionalGeneration").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**d, "decoder_start_token_id": 0}))
+    cfg = load_config(tmp_path)
+    assert (cfg.eos_token_id, cfg.pad_token_id, cfg.decoder_start_token_id) == (1, 0, 0)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 7], "pad_token_id": 3,
+                                                                  "decoder_start_token_id": 3}))
+    cfg = load_config(tmp_path)
+    assert (cfg.eos_token_id, cfg.pad_token_id, cfg.decoder_start_token_id) == ([1, 7], 3, 3)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"decoder_start_token_id": 2.0}))
+    with pytest.raises(ValueError, match="generation_config.json: decoder_start_token_id must be a token id"):
+        load_config(tmp_path)
+    enc = {**hf_config("T5EncoderModel").to_dict(), "decoder_start_token_id": 0}  # a non-generating class too
+    (tmp_path / "config.json").write_text(json.dumps(enc))
+    with pytest.raises(ValueError, match="generation_config.json: decoder_start_token_id"):
+        load_config(tmp_path)
 
 
 def test_generation_config_supplies_gpt2_eos_and_pad(tmp_path):
