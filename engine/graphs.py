@@ -17,6 +17,8 @@ for T5EncoderModel's forward and the encoder pass of the seq2seq classes (forwar
 - The first two calls of a key run eagerly on a side stream (kernel compiles, autotuning, cuBLAS set-up), the
   third captures the graph and replays it; later calls replay only. Graphs of one model share one memory pool.
   Outputs are copied out of the graph's memory, so a result stays valid after the next call.
+- Calls from several threads are correct: one model's graphs serve one call at a time (a lock held from filling
+  the static inputs to copying the outputs out); the GPU runs the calls of one stream in order anyway.
 
 ``run(..., graph=False)`` runs the same bucketed computation eagerly on any device: that is how the CPU tests
 check the padding logic gives the eager path's results.
@@ -134,6 +136,12 @@ class EncoderGraphs:
         self.model = model
         self.entries: dict[tuple, _Entry] = {}
         self.pool = None
+        # One call at a time: a call fills its entry's static inputs, runs (or replays) and copies the outputs out,
+        # and the graphs share one memory pool, so another call in between (a thread) would corrupt either.
+        self.lock = threading.Lock()
+
+    def __reduce__(self):  # deepcopy / pickle of a model: fresh, empty graphs (graphs and locks are not copied)
+        return (EncoderGraphs, (self.model,))
 
     def _entry(self, key: tuple) -> _Entry:
         e = self.entries.get(key)
@@ -151,6 +159,11 @@ class EncoderGraphs:
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             token_type_ids: torch.Tensor | None, *, return_pooled: bool = False, graph: bool = True):
+        with self.lock:
+            return self._run(input_ids, attention_mask, token_type_ids, return_pooled, graph)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+             token_type_ids: torch.Tensor | None, return_pooled: bool, graph: bool):
         B, N = input_ids.shape
         Nb = length_bucket(N, self.model.config.max_seq_len)
         has_mask = attention_mask is not None or Nb > N

@@ -16,7 +16,9 @@ How it works:
   for sampling or a repetition penalty, the same per-step seeds); rows that stopped are padded with the config's
   pad_token_id (HF's default for T5), and the call ends once every row has stopped. The result starts with the
   decoder start token, like HF's encoder-decoder generate.
-Decoding state lives in the call (nothing is kept on the model), so calls on one model may run concurrently.
+Decoding state (cache, buffers) lives in the call, nothing is kept on the model, so calls on one model may run
+concurrently from threads, and streams may interleave: no decode session is shared (unlike GPT-2's, which
+engine.sessions lends out). The encoder's CUDA graphs serve one call at a time (engine/graphs.py).
 """
 from __future__ import annotations
 

@@ -195,3 +195,58 @@ def test_threads_and_interleaved_streams_with_cuda_graphs():
         got_b.append(y)
     assert torch.equal(torch.stack(got_a, 1), want[1][:, a_ids.shape[1]:].cpu())
     assert torch.equal(torch.stack(got_b, 1), want[5][:, b_ids.shape[1]:].cpu())
+
+
+# ---- the T5 family (engine/seq2seq.py): no shared session, the decoding state lives in each call ---------------
+def tiny_t5() -> torch.nn.Module:
+    from models_util import make_hf, perturb
+
+    hf = perturb(make_hf("T5ForConditionalGeneration", seed=4), 0.5)
+    hf.config.decoder_start_token_id = 0  # as T5 checkpoints have it
+    return from_transformers(hf)
+
+
+def t5_requests() -> list[tuple[torch.Tensor, dict]]:
+    """Sources of batch 1-3 with padding on either side, greedy / sampling / repetition penalty."""
+    out = []
+    for i in range(6):
+        g = torch.Generator().manual_seed(200 + i)
+        B, N = (1, 2, 3)[i % 3], 4 + (3 * i) % 7
+        ids = torch.randint(2, 61, (B, N), generator=g)
+        mask = torch.ones(B, N, dtype=torch.long)
+        mask[B - 1, :i % 3] = 0  # left padding in the last row (none for i % 3 == 0)
+        kw = dict(attention_mask=mask, max_new_tokens=8 + i % 4, eos_token_id=[])
+        if i % 3 == 1:
+            kw.update(do_sample=True, top_k=20, seed=i)
+        elif i % 3 == 2:
+            kw.update(repetition_penalty=1.4)
+        out.append((ids, kw))
+    return out
+
+
+def test_t5_threads_and_interleaved_streams_get_their_own_tokens():
+    from engine import seq2seq
+
+    m = tiny_t5()
+    reqs = t5_requests()
+    want = [m.generate(ids, **kw) for ids, kw in reqs]
+    assert len({tuple(w[0].tolist()) for w in want}) > 3  # varied outputs: a mix-up would show
+
+    def call(i: int) -> torch.Tensor:
+        ids, kw = reqs[i]
+        if i % 2:
+            return torch.cat([torch.zeros(ids.shape[0], 1, dtype=torch.long),  # the start token
+                              torch.stack(list(seq2seq.stream(m, ids, **kw)), 1)], 1)
+        return m.generate(ids, **kw)
+
+    for i, (g, w) in enumerate(zip(run_threads(call, len(reqs)), want)):
+        assert isinstance(g, torch.Tensor), f"request {i} raised {g!r}"
+        assert torch.equal(g, w), f"request {i}: wrong tokens"
+    streams = [seq2seq.stream(m, ids, **kw) for ids, kw in reqs[:3]]  # stepped in turn, in one thread
+    got = [[] for _ in streams]
+    for step in range(max(w.shape[1] - 1 for w in want[:3])):
+        for j, s in enumerate(streams):
+            if step < want[j].shape[1] - 1:
+                got[j].append(next(s))
+    for j in range(3):
+        assert torch.equal(torch.stack(got[j], 1), want[j][:, 1:])
