@@ -196,3 +196,40 @@ def test_engine_files_are_what_convert_writes(conversions):
     old_ref, new_ref = conversions
     assert set(snapshot(old_ref)) | set(snapshot(new_ref)) <= set(ENGINE_FILES)
     assert json.loads((old_ref / "config.json").read_text())["engine_format"] == 1
+
+
+def test_t5_conversions_are_atomic_too(sources, tmp_path):
+    """A T5 folder (SentencePiece and tokenizer.json files, a generation_config.json) over a BERT conversion and
+    back: --force leaves no file of the other family; generation_config's ids are carried in engine's config; a T5
+    convert killed after its weights leaves the earlier conversion as it was."""
+    bert, _ = sources
+    t5 = tmp_path / "t5"
+    hf = make_hf("T5ForConditionalGeneration")
+    hf.config.decoder_start_token_id = 0
+    hf.save_pretrained(t5)
+    (t5 / "generation_config.json").write_text(json.dumps({"decoder_start_token_id": 0, "eos_token_id": [1, 5],
+                                                           "pad_token_id": 0}))
+    (t5 / "spiece.model").write_bytes(b"sentencepiece bytes")
+    (t5 / "tokenizer.json").write_text("{}")
+    out = tmp_path / "out"
+    convert(bert, out, progress=False)
+    convert(t5, out, force=True, progress=False)
+    assert set(snapshot(out)) == {"config.json", "model.safetensors", "spiece.model", "tokenizer.json"}
+    model = engine.from_pretrained(out)
+    assert (model.config.eos_token_id, model.config.decoder_start_token_id) == ([1, 5], 0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 61, (2, 7), generator=g)
+    dec = torch.randint(2, 61, (2, 4), generator=g)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, decoder_input_ids=dec).logits
+    assert ((model(ids, decoder_input_ids=dec) - ref).abs().max() / ref.abs().max()) < 1e-4
+    t5_state = snapshot(out)
+    code = ("import os, signal, sys\nfrom engine import atomic\nfrom engine.checkpoint import convert\n"
+            "atomic.STEP_HOOK = lambda s: s == 'file:model.safetensors' and os.kill(os.getpid(), signal.SIGKILL)\n"
+            "convert(sys.argv[1], sys.argv[2], force=True, progress=False)\n")
+    run = subprocess.run([sys.executable, "-c", code, bert, out], capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert snapshot(out) == t5_state and siblings(out) != []  # the dead writer's temp folder, cleaned next time
+    convert(bert, out, force=True, progress=False)
+    assert "spiece.model" not in snapshot(out) and siblings(out) == []
+    assert engine.from_pretrained(out).config.family == "bert"

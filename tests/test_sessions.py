@@ -198,12 +198,12 @@ def test_threads_and_interleaved_streams_with_cuda_graphs():
 
 
 # ---- the T5 family (engine/seq2seq.py): no shared session, the decoding state lives in each call ---------------
-def tiny_t5() -> torch.nn.Module:
+def tiny_t5(device: str = "cpu") -> torch.nn.Module:
     from models_util import make_hf, perturb
 
     hf = perturb(make_hf("T5ForConditionalGeneration", seed=4), 0.5)
     hf.config.decoder_start_token_id = 0  # as T5 checkpoints have it
-    return from_transformers(hf)
+    return from_transformers(hf, device=device)
 
 
 def t5_requests() -> list[tuple[torch.Tensor, dict]]:
@@ -250,3 +250,18 @@ def test_t5_threads_and_interleaved_streams_get_their_own_tokens():
                 got[j].append(next(s))
     for j in range(3):
         assert torch.equal(torch.stack(got[j], 1), want[j][:, 1:])
+
+
+@pytest.mark.gpu
+def test_t5_threads_with_encoder_cuda_graphs():
+    """T5 generate from threads on CUDA, the encoder pass replayed as CUDA graphs (warm-up, capture, replay)."""
+    m = tiny_t5("cuda")
+    reqs = [(ids.cuda(), {**kw, "attention_mask": kw["attention_mask"].cuda()}) for ids, kw in t5_requests()]
+    m.cuda_graph = False
+    want = [m.generate(ids, **kw) for ids, kw in reqs]  # eager, alone
+    m.cuda_graph = True
+    for _ in range(3):
+        got = run_threads(lambda i: m.generate(reqs[i][0], **reqs[i][1]), len(reqs))
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert isinstance(g, torch.Tensor), f"request {i} raised {g!r}"
+            assert torch.equal(g, w), f"request {i}: wrong tokens"
