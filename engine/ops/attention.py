@@ -132,8 +132,11 @@ def _real(name: str, value: object) -> float:
     """A Python / numpy real or a 0-d tensor as a float (what torch's argument parser takes for a float)."""
     if type(value) is float:
         return value
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
-        return float(value)
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and not value.is_complex():
+            return float(value)
+        raise TypeError(f"{name} must be a float (or a 0-d real tensor); got a {value.dtype} tensor of shape "
+                        f"{tuple(value.shape)}")  # not its repr: one line
     if not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float; got {type(value).__name__} {value!r}")
     return float(value)
