@@ -38,7 +38,8 @@ WORDS = "the a cat dog sat ran on in park mat sky blue is paris france capital o
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny model folders: a GPT-2 LM with a word-level tokenizer.json, BERT MLM / classifier / base with a
-    vocab.txt; plus a folder without config, a file, and a root for fresh paths."""
+    vocab.txt, a T5 text2text model and a T5 encoder with a word-level tokenizer.json (T5's special ids: pad 0,
+    EOS 1); plus a folder without config, a file, and a root for fresh paths."""
     root = tmp_path_factory.mktemp("fuzz")
     torch.manual_seed(0)
     vocab = {w: i for i, w in enumerate(["<|endoftext|>", "[UNK]", *WORDS])}
@@ -53,9 +54,21 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
                            intermediate_size=11, max_position_embeddings=24, architectures=[arch])
         getattr(T, arch)(cfg).save_pretrained(root / name)
         (root / name / "vocab.txt").write_text("\n".join(bert_vocab) + "\n")
+    t5_vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
+    t5_tok = Tokenizer(models.WordLevel(t5_vocab, unk_token="<unk>"))
+    t5_tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    for name, arch in (("t5", "T5ForConditionalGeneration"), ("t5enc", "T5EncoderModel")):
+        cfg = T.T5Config(vocab_size=len(t5_vocab), d_model=8, d_kv=4, d_ff=12, num_layers=1, num_heads=2,
+                         relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                         feed_forward_proj="gated-gelu", decoder_start_token_id=0, architectures=[arch])
+        getattr(T, arch)(cfg).save_pretrained(root / name)
+        t5_tok.save(str(root / name / "tokenizer.json"))
     (root / "empty").mkdir()
     (root / "a_file").write_text("not a folder")
-    return {"root": root, **{n: root / n for n in ("gpt2", "mlm", "cls", "base", "empty", "a_file")}}
+    return {"root": root, **{n: root / n for n in MODEL_DIRS + ("empty", "a_file")}}
+
+
+MODEL_DIRS = ("gpt2", "mlm", "cls", "base", "t5", "t5enc")
 
 
 # ---- strategies ------------------------------------------------------------------------------------------------
@@ -72,7 +85,7 @@ def path_kinds(dirs: dict[str, Path]):
     """Existing model folders of every kind, a folder without config.json, a file, missing and odd paths (all
     under the test's temporary root, so a convert never writes elsewhere)."""
     root = dirs["root"]
-    fixed = [dirs[n] for n in ("gpt2", "mlm", "cls", "base", "empty", "a_file")]
+    fixed = [dirs[n] for n in MODEL_DIRS + ("empty", "a_file")]
     fixed += [root / "missing", root / ("x" * 300), root / "a_file" / "below", Path(""), root / "nul\x00byte"]
     return st.one_of(st.sampled_from(fixed), st.builds(lambda t: root / "new" / t.replace("/", "_")[:50],
                                                        st.text(min_size=1, max_size=20).filter(
@@ -103,7 +116,8 @@ def assert_clean(argv: list, rc: int, out: str, err: str) -> None:
 def cli_calls(draw, dirs):
     paths = path_kinds(dirs)
     cmd = draw(st.sampled_from(["generate", "embed", "fill-mask", "classify", "convert", "bench"]))
-    right = {"generate": "gpt2", "embed": "base", "fill-mask": "mlm", "classify": "cls"}.get(cmd, "cls")
+    right = {"generate": draw(st.sampled_from(["gpt2", "t5"])), "embed": draw(st.sampled_from(["base", "t5enc"])),
+             "fill-mask": "mlm", "classify": "cls"}.get(cmd, draw(st.sampled_from(["cls", "t5"])))
     model = draw(st.one_of(st.just(dirs[right]), paths, texts))  # the right kind of model a third of the time
     opts: list = []
 
@@ -144,6 +158,16 @@ def cli_calls(draw, dirs):
     return argv + opts
 
 
+def test_the_tiny_models_run(dirs):
+    """The fuzzed commands' right-model cases can succeed (so the property above sees successes, not only errors)."""
+    for argv in (["generate", dirs["gpt2"], "--prompt", "the cat", "--max-new-tokens", "2"],
+                 ["generate", dirs["t5"], "--prompt", "the cat", "--max-new-tokens", "2", "--temperature", "0.7"],
+                 ["embed", dirs["base"], "the cat"], ["embed", dirs["t5enc"], "the cat", "a dog"],
+                 ["fill-mask", dirs["mlm"], "the [MASK] sat"], ["classify", dirs["cls"], "the cat"]):
+        rc, out, err = run_cli(argv)
+        assert rc == 0 and out, (argv, err)
+
+
 def test_cli_any_input_is_success_or_one_clean_line(dirs):
     @settings(max_examples=examples(60), **SETTINGS)
     @given(argv=cli_calls(dirs))
@@ -171,17 +195,23 @@ GENERATE_OPTIONS = ["max_new_tokens", "do_sample", "temperature", "top_k", "top_
 
 
 def test_generate_and_stream_options(dirs):
-    model = engine.from_pretrained(dirs["gpt2"])
+    """GPT-2's generate / stream and the T5 family's (engine.seq2seq: the same decoding options, plus
+    decoder_start_token_id; no cuda_graph keyword)."""
+    from engine import seq2seq
+
+    models_ = {n: engine.from_pretrained(dirs[n]) for n in ("gpt2", "t5")}
+    streams = {"gpt2": engine.generate.stream, "t5": seq2seq.stream}
     ids = torch.tensor([[2, 3, 4]])
 
-    @settings(max_examples=examples(80), **SETTINGS)
-    @given(name=st.sampled_from(GENERATE_OPTIONS), value=anything, do_sample=st.booleans(),
-           use_stream=st.booleans())
-    def check(name, value, do_sample, use_stream):
+    @settings(max_examples=examples(100), **SETTINGS)
+    @given(which=st.sampled_from(sorted(models_)), name=st.sampled_from(GENERATE_OPTIONS + ["decoder_start_token_id"]),
+           value=anything, do_sample=st.booleans(), use_stream=st.booleans())
+    def check(which, name, value, do_sample, use_stream):
+        model, prompt = models_[which], 1 if which == "t5" else 3  # T5's output starts with the start token
         kw = {"max_new_tokens": 3, "do_sample": do_sample, name: value}
         try:
-            out = torch.stack(list(engine.generate.stream(model, ids, **kw)), 1) if use_stream else \
-                model.generate(ids, **kw)[:, 3:]
+            out = torch.stack(list(streams[which](model, ids, **kw)), 1) if use_stream else \
+                model.generate(ids, **kw)[:, prompt:]
         except Exception as exc:  # noqa: BLE001 - judged below
             assert_named(exc, name)
             return
@@ -218,9 +248,12 @@ def test_sampling_options():
 
 def test_sdpa_options():
     q = torch.randn(1, 2, 3, 8)
+    tables = st.builds(lambda h, w, dt: torch.randn(h, w).to(dt), st.integers(0, 3), st.integers(0, 8),
+                       st.sampled_from([torch.float32, torch.float64, torch.int64, torch.bool]))
 
     @settings(max_examples=examples(60), **SETTINGS)
-    @given(name=st.sampled_from(["attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]), value=anything)
+    @given(name=st.sampled_from(["attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
+                                 "relative_position_bias"]), value=st.one_of(anything, tables))
     def check(name, value):
         try:
             out = ops.scaled_dot_product_attention(q, q, q, **{name: value})
@@ -258,7 +291,7 @@ def test_load_and_convert_arguments(dirs):
 
 
 def test_model_inputs(dirs):
-    models_ = {n: engine.from_pretrained(dirs[n]) for n in ("gpt2", "cls")}
+    models_ = {n: engine.from_pretrained(dirs[n]) for n in ("gpt2", "cls", "t5enc")}
     tensors = st.one_of(anything, st.builds(lambda shape, lo, hi, dt: torch.randint(lo, hi, shape).to(dt),
                                             st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple),
                                             st.integers(-3, 0), st.integers(1, 200),
