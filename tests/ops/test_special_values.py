@@ -41,7 +41,10 @@ def test_norms_and_activations_agree(monkeypatch, device, val, dtype, tol):
     x, r, w, b = (t.to(device, dtype) for t in (x, r, w, b))
     for fn in (lambda: ops.layer_norm(x, (37,), w, b), lambda: ops.add_layer_norm(x, r, w, b),
                lambda: ops.add_layer_norm(r, x, w, b), lambda: ops.gelu(x), lambda: ops.gelu(x, approximate="tanh"),
-               lambda: ops.bias_gelu(x, b), lambda: ops.bias_gelu(r, x[1], approximate="tanh")):
+               lambda: ops.bias_gelu(x, b), lambda: ops.bias_gelu(r, x[1], approximate="tanh"),
+               # the T5 family's ops: RMSNorm, add + RMSNorm, GeGLU (the special value in the gate or the up half)
+               lambda: ops.rms_norm(x, (37,), w), lambda: ops.add_rms_norm(x, r, w), lambda: ops.add_rms_norm(r, x, w),
+               lambda: ops.gelu_and_mul(x[:, :36]), lambda: ops.gelu_and_mul(x.flip(-1)[:, :36], approximate="tanh")):
         assert_agree(*run_both(monkeypatch, fn), tol)
 
 
