@@ -141,6 +141,36 @@ def test_same_results_and_same_refusals_as_torch(c):
     torch.testing.assert_close(got, want, atol=tol, rtol=tol, equal_nan=True)
 
 
+@settings(max_examples=int(os.environ.get("SDPA_EXAMPLES", 60)), deadline=None, database=None,
+          derandomize=not os.environ.get("SDPA_RANDOM"), suppress_health_check=[HealthCheck.too_slow])
+@given(c=calls(), extra=st.integers(0, 3))
+def test_relative_position_bias_with_any_rank_gqa_and_broadcasting(c, extra):
+    """engine's relative_position_bias beside torch's whole signature: the same as torch's SDPA given the bias block
+    (table[h, L - 1 + j - i], one per query head, shared by the batch dims) as a float mask added to attn_mask."""
+    q, k, v, kw = make(c)
+    plain, refused = torch_result(q, k, v, kw)
+    if refused is not None:
+        return
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    heads = plain.shape[-3] if plain.dim() >= 3 else 1
+    length = max(n_q, n_k) + extra
+    table = torch.randn(heads, 2 * length - 1, generator=torch.Generator().manual_seed(c["seed"] % 1000),
+                        dtype=c["dtype"])
+    block = table[:, (torch.arange(n_k)[None] - torch.arange(n_q)[:, None]) + length - 1]  # (H, Nq, Nk)
+    block = block if plain.dim() >= 3 else block[0]
+    m = kw["attn_mask"]
+    add = block if m is None else block.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else block + m
+    want, refused = torch_result(q, k, v, {**kw, "attn_mask": add.to(q.dtype)})
+    assert refused is None, refused
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_BACKEND", "torch")
+        got = ops.scaled_dot_product_attention(q, k, v, **kw, relative_position_bias=table)
+    tol = 1e-5 if c["dtype"] == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol, equal_nan=True)
+    with pytest.raises(ValueError, match="relative_position_bias"):  # one head too many: named
+        ops.scaled_dot_product_attention(q, k, v, **kw, relative_position_bias=torch.cat([table, table[:1]]))
+
+
 @settings(max_examples=10, deadline=None, database=None, derandomize=not os.environ.get("SDPA_RANDOM"),
           suppress_health_check=[HealthCheck.too_slow])
 @given(c=calls())
