@@ -44,12 +44,17 @@ def requests(device: str = "cpu") -> list[tuple[torch.Tensor, dict]]:
         B, T_ = (1, 2, 3, 2)[i % 4], 3 + (5 * i) % 11
         ids = torch.randint(0, V, (B, T_), generator=g).to(device)
         kw = dict(max_new_tokens=12 + 3 * (i % 3), eos_token_id=[])
-        if i % 3 == 1:
-            kw.update(do_sample=True, top_p=0.9, seed=i)
-        elif i % 3 == 2:
-            kw.update(repetition_penalty=1.3)
-        out.append((ids, kw))
+        out.append((ids, decoding(i, kw, sample={"top_p": 0.9}, penalty=1.3)))
     return out
+
+
+def decoding(i: int, kw: dict, *, sample: dict, penalty: float) -> dict:
+    """Request i's decoding keywords: greedy, sampling (with ``sample`` and seed i) or a repetition penalty, in turn."""
+    if i % 3 == 1:
+        kw.update(do_sample=True, seed=i, **sample)
+    elif i % 3 == 2:
+        kw.update(repetition_penalty=penalty)
+    return kw
 
 
 def run_threads(fn, n: int) -> list:
@@ -216,11 +221,7 @@ def t5_requests() -> list[tuple[torch.Tensor, dict]]:
         mask = torch.ones(B, N, dtype=torch.long)
         mask[B - 1, :i % 3] = 0  # left padding in the last row (none for i % 3 == 0)
         kw = dict(attention_mask=mask, max_new_tokens=8 + i % 4, eos_token_id=[])
-        if i % 3 == 1:
-            kw.update(do_sample=True, top_k=20, seed=i)
-        elif i % 3 == 2:
-            kw.update(repetition_penalty=1.4)
-        out.append((ids, kw))
+        out.append((ids, decoding(i, kw, sample={"top_k": 20}, penalty=1.4)))
     return out
 
 
