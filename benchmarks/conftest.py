@@ -21,6 +21,11 @@ Use the `bench` fixture:
   fixture: `sets = rotating(make_inputs, nbytes=bytes_per_set)`, then `bench(lambda: op(*sets()), ...)`;
   `sets.last` is the input set of the most recent call (to check the returned output against).
 
+Threads: the torch thread count is pinned for the whole session (`--engine-threads N` or ENGINE_BENCH_THREADS=N;
+default: torch's setting at start-up), recorded in every result's extra_info "threads" and in the report header,
+so engine and its references always run with the same count. Each result also records its per-call q1_s, q3_s,
+min_s and max_s, from which the summary prints the spread of every ratio and flags the noisy ones.
+
 At the end of the run a short table (engine vs each reference per group) is printed; `--engine-report DIR`
 (or ENGINE_BENCH_REPORT=DIR) also writes results.json, summary.md, summary.txt and attention.png there.
 On CPU, pytest-benchmark's --benchmark-max-time / --benchmark-min-rounds default to small values (CI runs
@@ -70,6 +75,8 @@ ceilings_mod = _load("ceilings")
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--engine-report", default=os.environ.get("ENGINE_BENCH_REPORT"), metavar="DIR",
                      help="write engine's benchmark report (results.json, summary.md/.txt, attention.png) to DIR")
+    parser.addoption("--engine-threads", type=int, default=int(os.environ.get("ENGINE_BENCH_THREADS", "0") or 0),
+                     metavar="N", help="torch threads for every benchmark (default: torch's setting at start-up)")
 
 
 def _user_gave(config: pytest.Config, flag: str) -> bool:
@@ -82,6 +89,10 @@ def _user_gave(config: pytest.Config, flag: str) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    threads = config.getoption("--engine-threads", default=0) or torch.get_num_threads()
+    if threads < 1:
+        raise pytest.UsageError(f"--engine-threads must be a positive integer; got {threads}")
+    torch.set_num_threads(threads)  # pinned: engine and every reference use the same count
     if CUDA:
         return
     for dest, (flag, value) in CPU_DEFAULTS.items():
@@ -197,6 +208,7 @@ def bench(benchmark, ceilings):
         benchmark.group = group
         benchmark.extra_info["provider"] = provider
         benchmark.extra_info["device"] = "cuda" if CUDA else "cpu"
+        benchmark.extra_info["threads"] = torch.get_num_threads()
         if extra:
             benchmark.extra_info.update(extra)
         fn()  # warm-up, untimed: compilation, autotuning, allocator growth
@@ -219,6 +231,9 @@ def bench(benchmark, ceilings):
             info = benchmark.extra_info
             info["median_s"] = median
             info["calls_per_round"] = calls
+            scale = 1 if per_call else calls
+            for key in ("q1", "q3", "min", "max"):  # the spread, per call, for the summary's ratio ranges
+                info[f"{key}_s"] = getattr(stats.stats, key) / scale
             if nbytes:
                 info["GB/s"] = nbytes / median / 1e9
             if flops:
@@ -249,7 +264,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     c = config.stash.get(CEILINGS_KEY, None)
     report.add_peak_fractions(rows, c)
     summary = report.summarize(rows)
-    terminalreporter.write_sep("=", "engine vs reference (speedup = reference time / engine time)")
+    terminalreporter.write_sep("=", "engine vs reference (speedup = reference time / engine time; "
+                                    f"{torch.get_num_threads()} torch threads)")
     if c:
         terminalreporter.write_line(ceilings_mod.describe(c))
     terminalreporter.write_line(report.format_table(summary))

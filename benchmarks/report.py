@@ -10,12 +10,17 @@ rates the ``bench`` fixture put in extra_info (GB/s, TFLOP/s, fraction of the me
 fields (area, N, head dim, causal) come from extra_info keys "area", "n", "head_dim", "causal" when present,
 else are parsed from the group name, e.g. "attention d64 causal N=1024".
 
-In the summary, ``speedup`` = reference median / engine median: above 1 means engine is faster.
+In the summary, ``speedup`` = reference median / engine median: above 1 means engine is faster. Beside each
+ratio the table gives its spread, [reference q1 / engine q3 - reference q3 / engine q1] from the two interquartile
+ranges (per call), and marks it "noisy" when that range is wider than ``engine.bench.NOISY_SPREAD`` (1.5x): such a
+ratio is not a result (a loaded machine), and a warning line says so; geometric means leave noisy ratios out.
+The header gives the torch thread count the run was pinned to (benchmarks/conftest.py).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import io
 import json
 import math
 import platform
@@ -24,6 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
+
+from engine.atomic import write_file
+from engine.bench import NOISY_SPREAD, noisy
 
 RATE_KEYS = ("TFLOP/s", "GB/s", "tokens/s")
 RESULTS_START = "<!-- results:start -->"
@@ -91,6 +99,10 @@ def make_row(item: Any) -> dict[str, Any] | None:
     for key in RATE_KEYS + ("frac_peak", "peak"):
         if extra.get(key) is not None:
             row[key] = extra[key]
+    for key in ("q1", "q3", "min", "max"):  # per call (the bench fixture rescales multi-call rounds)
+        value = extra.get(f"{key}_s", stats.get(key))
+        if isinstance(value, (int, float)) and value > 0:
+            row[f"{key}_s"] = float(value)
     row["extra"] = {k: v for k, v in extra.items() if k not in row and k != "provider"}
     return row
 
@@ -130,8 +142,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if engine:
             best = min(engine, key=lambda r: r["median_s"])
             entry["engine"] = {k: best.get(k) for k in ("provider", "median_s", *RATE_KEYS, "frac_peak", "peak")}
+            entry["spread"], entry["noisy"] = {}, []
             for ref in sorted(refs, key=lambda r: r["provider"]):
-                entry["speedups"][ref["provider"]] = ref["median_s"] / best["median_s"]
+                name = ref["provider"]
+                entry["speedups"][name] = ref["median_s"] / best["median_s"]
+                if all(k in r for r in (ref, best) for k in ("q1_s", "q3_s")):
+                    lo, hi = ref["q1_s"] / best["q3_s"], ref["q3_s"] / best["q1_s"]
+                    entry["spread"][name] = (lo, hi)
+                    if noisy(lo, hi):
+                        entry["noisy"].append(name)
         else:
             fastest = min(members, key=lambda r: r["median_s"])
             entry["fastest"] = {"provider": fastest["provider"], "median_s": fastest["median_s"]}
@@ -140,12 +159,30 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def geomean_speedups(summary: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, int]]:
-    """(area, reference) -> (geometric-mean speedup, number of groups)."""
+    """(area, reference) -> (geometric-mean speedup, number of groups), noisy ratios left out."""
     acc: dict[tuple[str, str], list[float]] = {}
     for e in summary:
         for ref, s in e["speedups"].items():
-            acc.setdefault((e["area"] or "?", ref), []).append(s)
+            if ref not in e.get("noisy", ()):
+                acc.setdefault((e["area"] or "?", ref), []).append(s)
     return {k: (math.exp(sum(map(math.log, v)) / len(v)), len(v)) for k, v in sorted(acc.items())}
+
+
+def noise_warning(summary: list[dict[str, Any]]) -> str | None:
+    """One line naming the ratios inside the noise, or None."""
+    total = sum(len(e["speedups"]) for e in summary)
+    bad = [f"{e['group']} vs {ref}" for e in summary for ref in e.get("noisy", ())]
+    if not bad:
+        return None
+    return (f"warning: {len(bad)} of {total} speedups are inside the noise (interquartile spread wider than "
+            f"{NOISY_SPREAD}x), not results: {'; '.join(bad[:8])}{'; ...' if len(bad) > 8 else ''}")
+
+
+def _fmt_speedup(e: dict[str, Any], ref: str, s: float) -> str:
+    spread = e.get("spread", {}).get(ref)
+    if spread is None:
+        return f"{ref} {s:.2f}x"
+    return f"{ref} {s:.2f}x [{spread[0]:.2f}-{spread[1]:.2f}]" + (" noisy" if ref in e.get("noisy", ()) else "")
 
 
 def _fmt_ms(s: float | None) -> str:
@@ -164,7 +201,7 @@ def _fmt_rate(e: dict[str, Any]) -> str:
 
 
 def table_rows(summary: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    head = ("group", "engine ms", "rate", "% peak", "speedup (ref ms / engine ms)")
+    head = ("group", "engine ms", "rate", "% peak", "speedup (ref ms / engine ms) [IQR spread]")
     lines = []
     for e in summary:
         eng = e["engine"]
@@ -174,7 +211,7 @@ def table_rows(summary: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tup
                                                    f"{_fmt_ms(f['median_s'])} ms)"))
             continue
         peak = f"{100 * eng['frac_peak']:.0f}% {eng['peak'] or ''}".strip() if eng.get("frac_peak") else "-"
-        vs = ", ".join(f"{ref} {s:.2f}x" for ref, s in e["speedups"].items()) or "no reference"
+        vs = ", ".join(_fmt_speedup(e, ref, s) for ref, s in e["speedups"].items()) or "no reference"
         lines.append((e["group"], _fmt_ms(eng["median_s"]), _fmt_rate(eng), peak, vs))
     return head, lines
 
@@ -192,6 +229,9 @@ def format_table(summary: list[dict[str, Any]], *, title: str | None = None) -> 
     gm = geomean_speedups(summary)
     if gm:
         out.append("geo-mean speedup: " + "; ".join(f"{a} vs {ref} {g:.2f}x ({n})" for (a, ref), (g, n) in gm.items()))
+    warning = noise_warning(summary)
+    if warning:
+        out.append(warning)
     return "\n".join(out)
 
 
@@ -221,6 +261,7 @@ def environment() -> dict[str, Any]:
         import torch
 
         env["torch"] = torch.__version__
+        env["threads"] = torch.get_num_threads()
         env["cuda"] = torch.version.cuda
         env["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
         env["driver"] = _driver() if torch.cuda.is_available() else None
@@ -236,9 +277,9 @@ def environment() -> dict[str, Any]:
 
 
 def to_markdown(summary: list[dict[str, Any]], *, meta: dict[str, Any], ceilings: dict[str, Any] | None) -> str:
-    lines = [f"Measured {meta.get('date', '?')} on {meta.get('device', '?')}; torch {meta.get('torch')}, "
-             f"triton {meta.get('triton')}, CUDA {meta.get('cuda')}, driver {meta.get('driver')}, "
-             f"Python {meta.get('python')}.",
+    lines = [f"Measured {meta.get('date', '?')} on {meta.get('device', '?')}; torch {meta.get('torch')} "
+             f"({meta.get('threads', '?')} threads), triton {meta.get('triton')}, CUDA {meta.get('cuda')}, driver "
+             f"{meta.get('driver')}, Python {meta.get('python')}.",
              f"Command: `{meta.get('command', '?')}`", ""]
     if ceilings:
         lines += [f"Ceilings (measured): copy {_num(ceilings['copy_GB/s'])} GB/s read+write, matmul "
@@ -252,6 +293,9 @@ def to_markdown(summary: list[dict[str, Any]], *, meta: dict[str, Any], ceilings
     if gm:
         lines += ["", "Geometric-mean speedup: " + "; ".join(f"{a} vs {ref} {g:.2f}x over {n} groups"
                                                              for (a, ref), (g, n) in gm.items()) + "."]
+    warning = noise_warning(summary)
+    if warning:
+        lines += ["", f"**{warning}**"]
     return "\n".join(lines) + "\n"
 
 
@@ -290,8 +334,10 @@ def plot_attention(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
+    write_file(out, png.getvalue())
     return out
 
 
@@ -305,9 +351,9 @@ def write_report(out_dir: str | Path, rows: list[dict[str, Any]], *, meta: dict[
     summary = summarize(rows)
     written = {"json": out / "results.json", "md": out / "summary.md", "txt": out / "summary.txt"}
     doc = {"meta": meta, "ceilings": ceilings, "summary": summary, "rows": rows}
-    written["json"].write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    written["md"].write_text(to_markdown(summary, meta=meta, ceilings=ceilings))
-    written["txt"].write_text(format_table(summary) + "\n")
+    write_file(written["json"], json.dumps(doc, indent=1, default=str) + "\n")
+    write_file(written["md"], to_markdown(summary, meta=meta, ceilings=ceilings))
+    write_file(written["txt"], format_table(summary) + "\n")
     png = plot_attention(rows, out / "attention.png")
     if png is not None:
         written["png"] = png
@@ -321,7 +367,7 @@ def update_results_md(path: str | Path, section: str) -> None:
     start, end = text.find(RESULTS_START), text.find(RESULTS_END)
     if start < 0 or end < start:
         raise ValueError(f"{path} must contain the markers {RESULTS_START} and {RESULTS_END}")
-    p.write_text(text[: start + len(RESULTS_START)] + "\n" + section.rstrip() + "\n" + text[end:])
+    write_file(p, text[: start + len(RESULTS_START)] + "\n" + section.rstrip() + "\n" + text[end:])  # temp + rename
 
 
 def main(argv: list[str] | None = None) -> int:

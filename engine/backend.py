@@ -196,3 +196,24 @@ class Route:
             self._cache.clear()
         self._cache[ck] = d
         return d
+
+
+def resolve_device(device: object, *, name: str = "device") -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:N" or a torch.device) as a torch.device engine can run on here; a
+    ValueError naming ``name`` otherwise (an unknown device type, CUDA asked for where there is none, an index
+    past the last GPU)."""
+    expected = f"{name} must be 'cpu', 'cuda' or 'cuda:N'"
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{expected}; got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{expected}; got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{expected}; got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r} needs CUDA, which is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

@@ -12,6 +12,7 @@ initialisation), so peak host memory stays near one copy of the weights. Pickled
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,16 +25,42 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from engine import atomic
+from engine.backend import resolve_device
 from engine.config import ModelConfig, load_config
 from engine.models import Rename, build_model, hf_rename
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "spiece.model")
+ENGINE_FILES = ("config.json", "model.safetensors", *TOKENIZER_FILES)  # all that `convert` writes
 _TIED = {"mlm.decoder", "lm_head.weight"}  # dropped silently when the model ties them to its embeddings
 # Weights of another head (or a T5 decoder, for an encoder-only class) are dropped with a warning, not an error.
 _HEAD_PREFIXES = ("mlm.", "nsp.", "qa.", "classifier.", "pooler.", "sop.", "decoder.")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+# safetensors' dtype names (the header's "dtype") -> torch dtypes
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def model_dir(path: object, *, name: str = "path") -> Path:
+    """``path`` as an existing directory; TypeError / FileNotFoundError / ValueError naming ``name`` otherwise
+    (never the current directory for "", never a raw OSError for a name the OS cannot take)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike (a model directory); got {type(path).__name__}")
+    if os.fspath(path) in ("", b""):
+        raise ValueError(f"{name} is empty; expected a model directory")
+    p = Path(os.fsdecode(path))
+    try:
+        is_dir = p.is_dir()
+    except OSError as exc:  # e.g. a name longer than the OS allows
+        shown = str(p) if len(str(p)) <= 80 else str(p)[:77] + "..."
+        raise ValueError(f"{name} {shown!r} cannot be used as a directory: {exc.strerror}") from None
+    if not is_dir:
+        raise FileNotFoundError(f"{name} {str(p)!r} is not a directory (expected a Hugging Face or engine model "
+                                "folder)")
+    return p
 
 
 class TensorSource:
@@ -116,8 +143,11 @@ class TensorSource:
     def dtype(self, name: str) -> torch.dtype:
         h = self._open[self._file_of[name]]
         if self.kind == "safetensors":
-            return _DTYPES.get({"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-                               .get(h.get_slice(name).get_dtype(), ""), torch.float32)
+            code = h.get_slice(name).get_dtype()
+            if code not in _ST_DTYPES:
+                raise ValueError(f"tensor {name!r} in {self._file_of[name]} has dtype {code}, which engine cannot "
+                                 "load (expected a floating-point dtype: F32, F16, BF16 or F64)")
+            return _ST_DTYPES[code]
         return h[name].dtype
 
     def get(self, name: str) -> torch.Tensor:
@@ -216,12 +246,23 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
             found = source.shape(src)
             if found != want:
                 problems.append(f"{src} has shape {found}, expected {want}")
+            kind = source.dtype(src)
+            if not kind.is_floating_point:
+                problems.append(f"{src} has dtype {str(kind).replace('torch.', '')}, expected a floating-point tensor")
     if problems:
         raise ValueError(f"checkpoint does not fit {cfg.architecture} ({len(problems)} problems): "
                          + "; ".join(problems[:20]))
-    if dtype is None:  # keep the checkpoint's own floating dtype
-        dtype = next((source.dtype(e[1]) for srcs in plan.values() for e in srcs
-                      if source.dtype(e[1]).is_floating_point), torch.float32)
+    if dtype is None:  # the config's dtype (transformers' dtype="auto"), else the checkpoint's own
+        if cfg.dtype is not None:
+            if cfg.dtype not in _DTYPES:
+                raise ValueError(f"config.json names dtype {cfg.dtype!r}, which engine does not compute in; pass "
+                                 "dtype= (float32, float16, bfloat16 or float64)")
+            dtype = _DTYPES[cfg.dtype]
+        else:
+            dtype = next((source.dtype(e[1]) for name in expected for e in plan[name]), torch.float32)
+            if dtype not in _DTYPES.values():
+                raise ValueError(f"the checkpoint stores {str(dtype).replace('torch.', '')} weights, which engine "
+                                 "does not compute in; pass dtype= (float32, float16, bfloat16 or float64)")
     state: dict[str, torch.Tensor] = {}
     for i, (name, shape) in enumerate(expected.items()):
         pieces = []
@@ -240,20 +281,18 @@ def load_state_dict(cfg: ModelConfig, source: TensorSource, expected: dict[str, 
 
 
 def _resolve(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, Any]:
-    dev = torch.device("cpu" if device is None else device)
+    dev = torch.device("cpu") if device is None else resolve_device(device)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or a torch.dtype; got {dtype!r}")
         dtype = _DTYPES[dtype]
     if dtype is not None and dtype not in _DTYPES.values():
-        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64; got {dtype}")
+        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64; got {dtype!r}")
     return dev, dtype
 
 
-def _read(path: str | os.PathLike, dev: torch.device) -> tuple[ModelConfig, TensorSource, bool]:
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"{str(p)!r} is not a directory (expected a Hugging Face or engine model folder)")
+def _read(path: str | os.PathLike, dev: torch.device, *, name: str = "path") -> tuple[ModelConfig, TensorSource, bool]:
+    p = model_dir(path, name=name)
     cfg = load_config(p)
     converted = json.loads((p / "config.json").read_text(encoding="utf-8")).get("engine_format") is not None
     return cfg, TensorSource(p, device=dev), converted
@@ -290,6 +329,9 @@ def from_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
 def from_transformers(hf_model: torch.nn.Module, *, device: str | torch.device | None = None,
                       dtype: torch.dtype | str | None = None) -> torch.nn.Module:
     """An engine model with the weights of an in-memory transformers model (same checks as from_pretrained)."""
+    if not isinstance(hf_model, torch.nn.Module) or not hasattr(getattr(hf_model, "config", None), "to_dict"):
+        raise TypeError(f"hf_model must be a transformers model (an nn.Module with a config); got "
+                        f"{type(hf_model).__name__}")
     dev, dtype = _resolve(device, dtype)
     d = hf_model.config.to_dict()
     d["architectures"] = [type(hf_model).__name__]
@@ -301,31 +343,72 @@ def from_transformers(hf_model: torch.nn.Module, *, device: str | torch.device |
     return model.eval()
 
 
+def _engine_output(out: Path) -> str | None:
+    """None when ``out`` is an earlier engine conversion that ``--force`` may replace, else why not."""
+    entries = sorted(out.iterdir())
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
+               if e.name not in ENGINE_FILES or not e.is_file() or e.is_symlink()]
+    if foreign:
+        return f"holds files engine did not write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})"
+    try:
+        ours = "engine_format" in json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    return None if ours else "is not an engine conversion (no config.json with engine_format)"
+
+
 def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False,
             dtype: torch.dtype | str | None = None, progress: bool = True) -> Path:
     """Write ``hf_dir`` (a Hugging Face model folder) to ``out_dir`` in engine's format; returns out_dir.
 
-    Refuses a non-empty ``out_dir`` unless ``force``. Tokenizer files are copied along.
+    The output (engine's config.json, model.safetensors, the source's tokenizer files) is written into a
+    temporary folder next to ``out_dir`` and renamed into place (engine/atomic.py): ``out_dir`` is always either
+    what it was before or the complete new conversion, also when the process is killed half-way. A non-empty
+    ``out_dir`` is refused unless ``force``; ``force`` replaces an earlier engine conversion as a whole (no file
+    of it survives), and refuses a folder holding anything engine did not write (user files are never deleted).
     """
-    out = Path(out_dir)
-    if out.resolve() == Path(hf_dir).resolve():
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool; got {type(force).__name__}")
+    src = model_dir(hf_dir, name="HF_DIR")
+    if not isinstance(out_dir, (str, os.PathLike)) or os.fspath(out_dir) in ("", b""):
+        raise TypeError(f"OUT_DIR must be a non-empty str or os.PathLike; got {out_dir!r}")
+    out = Path(os.fsdecode(out_dir))
+    try:
+        out = out.resolve()  # a symlinked OUT_DIR: write where it points
+        exists, is_dir = out.exists(), out.is_dir()
+    except OSError as exc:
+        raise ValueError(f"OUT_DIR {str(out_dir)[:80]!r} cannot be used as a directory: {exc.strerror}") from None
+    if out == src.resolve():
         raise ValueError("OUT_DIR must differ from HF_DIR (the source is read while the output is written)")
-    if out.exists() and not out.is_dir():
+    if exists and not is_dir:
         raise FileExistsError(f"OUT_DIR {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"OUT_DIR {str(out)!r} is not empty; pass --force (force=True) to overwrite it")
+    if is_dir and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"OUT_DIR {str(out)!r} is not empty; pass --force (force=True) to replace an "
+                                  "earlier conversion there")
+        why = _engine_output(out)
+        if why is not None:
+            raise FileExistsError(f"OUT_DIR {str(out)!r} {why}; --force only replaces an earlier engine "
+                                  "conversion: move those files or choose another OUT_DIR")
     _, dtype = _resolve(None, dtype)
-    cfg, source, converted = _read(hf_dir, torch.device("cpu"))
+    cfg, source, converted = _read(src, torch.device("cpu"), name="HF_DIR")
     if converted:
-        raise ValueError(f"{str(hf_dir)!r} is already in engine's format")
+        raise ValueError(f"{str(src)!r} is already in engine's format")
     _, state = _instantiate(cfg, source, converted, dtype, progress, contiguous=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "engine_format": "1"})
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
-    for name in TOKENIZER_FILES:
-        if (Path(hf_dir) / name).is_file():
-            shutil.copyfile(Path(hf_dir) / name, out / name)
-    return out
+    stored = next(iter(state.values())).dtype
+    cfg = dataclasses.replace(cfg, dtype=str(stored).replace("torch.", ""))  # reloads in the stored dtype
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "engine_format": "1"})
+        atomic.step("file:model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic.step("file:config.json")
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+                atomic.step(f"file:{name}")
+
+    return atomic.replace_dir(out, fill)
 
 
 def convert_main(hf_dir: str, out_dir: str, *, force: bool = False, dtype: str | None = None) -> int:
@@ -333,8 +416,8 @@ def convert_main(hf_dir: str, out_dir: str, *, force: bool = False, dtype: str |
     every other command). The progress line is shown on a terminal only."""
     try:
         out = convert(hf_dir, out_dir, force=force, dtype=dtype, progress=sys.stderr.isatty())
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
-        print(f"engine convert: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"engine convert: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(run=_fill_mask)
 
-    p = sub.add_parser("classify", help="label probabilities of a sequence classifier")
+    p = sub.add_parser("classify", help="label scores of a sequence classifier (softmax, per-label sigmoid or raw "
+                                        "regression scores, as transformers' pipeline picks from the config)")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     common(p)
@@ -89,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _guard(command: str, fn, args: argparse.Namespace) -> int:
     try:
         return fn(args)
-    except (CommandError, ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
+    except (CommandError, ValueError, TypeError, OSError) as exc:  # OSError: unreadable files, names too long
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"engine {command}: error: {msg}", file=sys.stderr)
         return 2
@@ -100,12 +101,15 @@ def _load(path: str | Path, command: str, args: argparse.Namespace):
     import torch
 
     import engine
+    from engine.backend import resolve_device
+    from engine.checkpoint import model_dir
     from engine.config import load_config
     from engine.tokenizer import load_tokenizer, tokenizer_problem
 
-    p = Path(path)
-    if not p.is_dir():
-        raise CommandError(f"model directory {str(p)!r} not found")
+    try:
+        p = model_dir(path, name="model directory")
+    except FileNotFoundError:
+        raise CommandError(f"model directory {str(path)!r} not found") from None
     if not (p / "config.json").is_file():
         raise CommandError(f"{str(p)!r} has no config.json: not a model directory")
     cfg = load_config(p)
@@ -115,10 +119,9 @@ def _load(path: str | Path, command: str, args: argparse.Namespace):
     problem = tokenizer_problem(p)
     if problem:
         raise CommandError(f"{command} needs a tokenizer: {problem}")
+    device = resolve_device(args.device, name="--device") if args.device is not None else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(p)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CommandError(f"--device {device} asked for CUDA, which is not available here")
     model = engine.from_pretrained(p, device=device, dtype=args.dtype)
     return model, tok
 
@@ -157,7 +160,7 @@ def _generate_impl(args: argparse.Namespace) -> int:
     if max_new is None:
         max_new = 64 if text2text else max(1, min(64, model.config.max_position_embeddings - len(ids)))
     temperature = args.temperature if args.temperature is not None else 0.0 if text2text else 0.8
-    sample = temperature > 0
+    sample = temperature != 0  # 0 is greedy; anything else (negative or NaN too) is checked by generate
     steps = stream(model, torch.tensor([ids]), max_new_tokens=max_new, do_sample=sample,
                    temperature=temperature if sample else 1.0, top_k=args.top_k, top_p=args.top_p,
                    min_p=args.min_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos,
@@ -204,7 +207,17 @@ def default_embed_model() -> Path:
 
 
 def _looks_like_path(arg: str) -> bool:
-    return Path(arg).is_dir() or (("/" in arg or "\\" in arg) and not any(c.isspace() for c in arg))
+    """Whether embed's first positional argument names a model folder rather than a text: an existing folder, or
+    a path-like word (a separator, no spaces). "" is a text (not the current folder); so is anything the OS
+    cannot take as a name (e.g. longer than NAME_MAX)."""
+    if not arg.strip():
+        return False
+    try:
+        if Path(arg).is_dir():
+            return True
+    except OSError:
+        return False
+    return ("/" in arg or "\\" in arg) and not any(c.isspace() for c in arg)
 
 
 def _embed_options(p: argparse.ArgumentParser) -> None:
@@ -241,7 +254,7 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
                    help="replace an output written for another model, input or options (refused otherwise)")
 
 
-def _embedder(model_dir: Path, args: argparse.Namespace):
+def _embedder(model_dir: str | Path, args: argparse.Namespace):
     """The Embedder for ``model_dir``: the sentence-transformers spec of the folder, the options given."""
     from engine.embed import Embedder, read_sentence_transformers
 
@@ -262,7 +275,7 @@ def _embed_impl(args: argparse.Namespace) -> int:
     model_dir = args.model
     if model_dir is None and rest and _looks_like_path(rest[0]):
         model_dir = rest.pop(0)
-    model_dir = Path(model_dir) if model_dir is not None else default_embed_model()
+    model_dir = model_dir if model_dir is not None else default_embed_model()  # "" stays "" (an error)
     if args.input is not None or args.output is not None:
         return _embed_corpus(args, model_dir, rest)
     corpus_only = [flag for flag, value in (("--format", args.format), ("--field", args.field),
@@ -292,7 +305,7 @@ def _embed_impl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_corpus(args: argparse.Namespace, model_dir: Path, texts: list[str]) -> int:
+def _embed_corpus(args: argparse.Namespace, model_dir: str | Path, texts: list[str]) -> int:
     from engine.corpus import DEFAULT_SHARD_SIZE, embed_corpus
     from engine.corpus.job import Ranks
 
@@ -370,7 +383,8 @@ def _classify_impl(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits = model(**tok(list(args.texts))).float().cpu()  # (B, num_labels)
     n = logits.shape[-1]
-    probs = torch.sigmoid(logits) if n == 1 else torch.softmax(logits, dim=-1)
+    how = model.config.score_function  # as transformers' text-classification pipeline: problem_type, num_labels
+    probs = torch.sigmoid(logits) if how == "sigmoid" else torch.softmax(logits, -1) if how == "softmax" else logits
     labels = _labels(model.config.id2label, n)
     for text, row in zip(args.texts, probs.tolist()):
         order = sorted(range(n), key=lambda j: -row[j])

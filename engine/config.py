@@ -2,7 +2,8 @@
 
 ``ModelConfig.from_hf(dict)`` reads an HF config (GPT-2, BERT, ALBERT, RoBERTa, T5 / mT5 / UMT5) and refuses, with
 a clear message naming the field, anything engine cannot run exactly (BERT's relative position embeddings, decoder
-BERTs, activations engine does not have, T5 stacks used alone as decoders, unknown architectures). ``to_dict`` /
+BERTs, activations engine does not have, T5 stacks used alone as decoders, unknown architectures) and every value
+that is not what it claims (a fractional layer count, a string for a number: never silently int()-ed). ``to_dict`` /
 ``from_dict`` round-trip engine's own config.json, the one ``python -m engine convert`` writes (it carries
 ``"engine_format"`` so a loader can tell the two apart).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -56,6 +58,10 @@ GELU_APPROXIMATION: dict[str, str] = {
 }
 
 
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # the compute dtypes engine loads weights in
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Everything the model code needs, for every family (fields a family does not use keep their defaults).
@@ -77,11 +83,16 @@ class ModelConfig:
     type_vocab_size: int = 0
     pad_token_id: int | None = None
     num_labels: int = 2
-    # Carried through `engine convert` for the CLI: class names of a classifier head, and the special ids.
+    # Carried through `engine convert` for the CLI: class names of a classifier head, how its logits become
+    # scores (problem_type, as transformers' text-classification pipeline reads it), and the special ids.
     id2label: dict[str, str] | None = None
+    problem_type: str | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     tie_word_embeddings: bool = True
+    # The dtype the checkpoint's config names (HF "dtype" / "torch_dtype"): from_pretrained's default, as with
+    # transformers' dtype="auto" (one of DTYPES to be usable; others are refused when they would be used).
+    dtype: str | None = None
     # ALBERT: factorised embeddings and shared layers.
     embedding_size: int | None = None
     num_hidden_groups: int = 1
@@ -112,16 +123,11 @@ class ModelConfig:
             raise ValueError(f"gelu must be 'none' or 'tanh'; got {self.gelu!r}")
         if self.activation not in ("gelu", "relu"):
             raise ValueError(f"activation must be 'gelu' or 'relu'; got {self.activation!r}")
-        positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                    "max_position_embeddings", "num_hidden_groups", "inner_group_num"]
+        for name, kind in _FIELD_KINDS.items():  # every field has the type it claims (engine config.json too)
+            _check(name, getattr(self, name), kind)
         if self.family in T5_FAMILIES:
-            positive += ["d_kv", "num_decoder_layers", "relative_attention_num_buckets",
-                         "relative_attention_max_distance"]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if self.family in T5_FAMILIES:
+            for name in ("d_kv", "num_decoder_layers"):  # optional for other families, needed by T5's
+                _check(name, getattr(self, name), "count")
             if self.relative_attention_num_buckets < 4:  # bidirectional: 2 signs x (exact + log) buckets
                 raise ValueError(f"relative_attention_num_buckets must be >= 4; got "
                                  f"{self.relative_attention_num_buckets}")
@@ -129,8 +135,17 @@ class ModelConfig:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
-        if self.family == "roberta" and self.pad_token_id is None:
-            raise ValueError("RoBERTa needs pad_token_id (its position ids start at pad_token_id + 1)")
+        if self.family == "roberta" and (self.pad_token_id is None or self.pad_token_id >= self.vocab_size):
+            raise ValueError("RoBERTa needs pad_token_id in [0, vocab_size) (its position ids start at "
+                             f"pad_token_id + 1); got {self.pad_token_id!r}")
+        if self.family == "roberta" and self.max_seq_len < 1:
+            raise ValueError(f"max_position_embeddings ({self.max_position_embeddings}) leaves no position for "
+                             f"RoBERTa after pad_token_id + 1 = {self.pad_token_id + 1}")
+        if self.id2label is not None and len(self.id2label) != self.num_labels:
+            raise ValueError(f"id2label has {len(self.id2label)} labels but num_labels is {self.num_labels}")
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            raise ValueError("problem_type 'single_label_classification' needs num_labels > 1 (as transformers "
+                             "requires); use 'regression' for a single-output head")
 
     @property
     def head(self) -> str:
@@ -151,6 +166,17 @@ class ModelConfig:
             return T5_MAX_SEQ_LEN
         return self.max_position_embeddings
 
+    @property
+    def score_function(self) -> str:
+        """How a sequence classifier's logits become the scores users see, exactly as transformers'
+        text-classification pipeline decides: "none" (raw, regression), "sigmoid" (per label:
+        multi_label_classification, or a single logit) or "softmax"."""
+        if self.problem_type == "regression":
+            return "none"
+        if self.problem_type == "multi_label_classification" or self.num_labels == 1:
+            return "sigmoid"
+        return "softmax"
+
     # ---- engine's own config.json -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"engine_format": ENGINE_FORMAT, **dataclasses.asdict(self)}
@@ -164,6 +190,10 @@ class ModelConfig:
         unknown = sorted(set(d) - fields - {"engine_format"})
         if unknown:
             raise ValueError(f"unknown fields in engine config: {', '.join(unknown)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.name not in d)
+        if missing:
+            raise ValueError(f"engine config is missing fields: {', '.join(missing)}")
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     # ---- Hugging Face config.json -------------------------------------------------------------------------
@@ -172,6 +202,8 @@ class ModelConfig:
         """Parse an HF config.json dict; raise ValueError for anything engine cannot run exactly."""
         model_type = d.get("model_type")
         archs = d.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ValueError(f"architectures must be a list of class names; got {archs!r}")
         if len(archs) > 1:
             raise ValueError(f"config.json lists several architectures {archs}; engine needs exactly one")
         if archs:
@@ -181,7 +213,7 @@ class ModelConfig:
                     f"architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
                 )
             family = ARCHITECTURES[arch][0]
-        elif model_type in FAMILIES:
+        elif isinstance(model_type, str) and model_type in FAMILIES:
             family, arch = model_type, _DEFAULT_ARCH[model_type]
         else:
             raise ValueError(
@@ -190,13 +222,110 @@ class ModelConfig:
             )
         if model_type is not None and model_type != family:
             raise ValueError(f"model_type {model_type!r} does not match architecture {arch}")
-        if family in T5_FAMILIES:
-            return _from_t5(d, family, arch)
-        return _from_gpt2(d, arch) if family == "gpt2" else _from_bert_like(d, family, arch)
+        _refuse_unsupported(d, family)
+        body = (_from_t5(d, family) if family in T5_FAMILIES else _from_gpt2(d) if family == "gpt2"
+                else _from_bert_like(d, family))
+        return cls(family=family, architecture=arch, **body, **_common(d, family))
+
+
+# ---- typed fields: each value must be what it claims (no silent int("12") / int(2.5) / int(True)) ------------
+_EXPECTED = {
+    "count": "a positive integer",
+    "size": "an integer >= 0",
+    "eps": "a finite number > 0",
+    "bool": "true or false",
+    "str": "a string",
+    "token": "a token id (an integer >= 0) or null",
+    "tokens": "a token id, a list of token ids, or null",
+    "count?": "a positive integer or null",
+    "labels": "an object mapping label ids 0..n-1 to names, or null",
+    "problem": f"one of {', '.join(PROBLEM_TYPES)}, or null",
+    "dtype": "a dtype name (a string) or null",
+}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _valid(v: object, kind: str) -> bool:
+    if kind == "count":
+        return _is_int(v) and v >= 1
+    if kind == "size":
+        return _is_int(v) and v >= 0
+    if kind == "eps":
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if v is None:
+        return kind in ("token", "tokens", "count?", "labels", "problem", "dtype")
+    if kind == "token":
+        return _is_int(v) and v >= 0
+    if kind == "tokens":
+        return (_is_int(v) and v >= 0) or (isinstance(v, list) and bool(v) and all(_is_int(i) and i >= 0 for i in v))
+    if kind == "count?":
+        return _is_int(v) and v >= 1
+    if kind == "labels":
+        return isinstance(v, dict) and bool(v) and sorted(map(str, v)) == sorted(str(i) for i in range(len(v))) \
+            and all(isinstance(x, str) for x in v.values())
+    if kind == "problem":
+        return v in PROBLEM_TYPES
+    if kind == "dtype":
+        return isinstance(v, str)
+    raise AssertionError(kind)
+
+
+def _check(name: str, value: object, kind: str) -> Any:
+    if not _valid(value, kind):
+        raise ValueError(f"{name} must be {_EXPECTED[kind]}; got {value!r}")
+    return value
+
+
+def _get(d: dict[str, Any], key: str, kind: str, default: Any) -> Any:
+    """``d[key]`` checked against ``kind``; a missing key gives ``default`` (transformers' class default)."""
+    return _check(key, d[key], kind) if key in d else default
+
+
+_FIELD_KINDS = {
+    "vocab_size": "count", "hidden_size": "count", "num_layers": "count", "num_heads": "count",
+    "intermediate_size": "count", "max_position_embeddings": "count", "layer_norm_eps": "eps",
+    "type_vocab_size": "size", "pad_token_id": "token", "num_labels": "count", "id2label": "labels",
+    "problem_type": "problem", "bos_token_id": "token", "eos_token_id": "tokens", "tie_word_embeddings": "bool",
+    "dtype": "dtype", "embedding_size": "count?", "num_hidden_groups": "count", "inner_group_num": "count",
+    "scale_attn_weights": "bool", "scale_attn_by_inverse_layer_idx": "bool",
+    "d_kv": "count?", "num_decoder_layers": "count?", "relative_attention_num_buckets": "count",
+    "relative_attention_max_distance": "count", "activation": "str", "gated_mlp": "bool",
+    "scale_decoder_outputs": "bool", "decoder_start_token_id": "token",
+}
+
+
+def _refuse_unsupported(d: dict[str, Any], family: str) -> None:
+    """HF config values that change what the model computes and that engine does not implement."""
+    if family in T5_FAMILIES:
+        if _get(d, "is_decoder", "bool", False):
+            raise ValueError(f"is_decoder=true is not supported for {family} (a T5 stack used alone as a decoder); "
+                             "the encoder-decoder and encoder-only classes are")
+    elif family != "gpt2":
+        pos = d.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise ValueError(
+                f"position_embedding_type={pos!r} is not supported; only 'absolute' position embeddings are"
+            )
+    for key in () if family in T5_FAMILIES else ("add_cross_attention",) if family == "gpt2" else \
+            ("is_decoder", "add_cross_attention"):
+        if _get(d, key, "bool", False):
+            raise ValueError(f"{key}=true is not supported ({family} runs as "
+                             f"{'a decoder-only LM' if family == 'gpt2' else 'an encoder'} only)")
+    if d.get("pruned_heads"):
+        raise ValueError("pruned_heads is not supported (engine runs every attention head)")
+    if d.get("per_layer_config") is not None:
+        raise ValueError("per_layer_config is not supported (engine runs identical layers)")
 
 
 def _activation(d: dict[str, Any], key: str, default: str) -> str:
-    name = d.get(key, default)
+    name = _get(d, key, "str", default)
     if name not in GELU_APPROXIMATION:
         raise ValueError(
             f"{key}={name!r} is not supported; supported activations: {', '.join(GELU_APPROXIMATION)}"
@@ -204,76 +333,43 @@ def _activation(d: dict[str, Any], key: str, default: str) -> str:
     return GELU_APPROXIMATION[name]
 
 
-def _num_labels(d: dict[str, Any]) -> int:
-    if isinstance(d.get("id2label"), dict) and d["id2label"]:
-        return len(d["id2label"])
-    return int(d.get("num_labels", 2))
-
-
-def _id2label(d: dict[str, Any]) -> dict[str, str] | None:
-    labels = d.get("id2label")
-    if not isinstance(labels, dict) or not labels:
-        return None
-    return {str(k): str(v) for k, v in labels.items()}
-
-
-def _special_ids(d: dict[str, Any]) -> dict[str, Any]:
-    """bos/eos token ids as HF writes them (eos may be a list), ints only."""
-    out: dict[str, Any] = {}
-    for key in ("bos_token_id", "eos_token_id"):
-        value = d.get(key)
-        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-            out[key] = list(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            out[key] = value
-    return out
-
-
 def _eps(d: dict[str, Any], default: float) -> float:
     for key in ("layer_norm_eps", "layer_norm_epsilon"):
         if key in d:
-            return float(d[key])
+            return float(_check(key, d[key], "eps"))
     return default
 
 
-def _from_gpt2(d: dict[str, Any], arch: str) -> ModelConfig:
-    if d.get("add_cross_attention"):
-        raise ValueError("GPT-2 with add_cross_attention=True is not supported (decoder-only GPT-2 is)")
-    hidden = int(d.get("n_embd", 768))
-    return ModelConfig(
-        family="gpt2", architecture=arch, vocab_size=int(d.get("vocab_size", 50257)), hidden_size=hidden,
-        num_layers=int(d.get("n_layer", 12)), num_heads=int(d.get("n_head", 12)),
-        intermediate_size=int(d.get("n_inner") or 4 * hidden),
-        max_position_embeddings=int(d.get("n_positions", 1024)), layer_norm_eps=_eps(d, 1e-5),
-        gelu=_activation(d, "activation_function", "gelu_new"), pad_token_id=d.get("pad_token_id"),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
-        scale_attn_weights=bool(d.get("scale_attn_weights", True)),
-        scale_attn_by_inverse_layer_idx=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
-        id2label=_id2label(d), **_special_ids(d),
+def _common(d: dict[str, Any], family: str) -> dict[str, Any]:
+    """Fields every family reads the same way: labels and how scores are made, special ids, dtype."""
+    labels = _check("id2label", d.get("id2label") or None, "labels")  # {} means none, as before
+    num_labels = len(labels) if labels else _get(d, "num_labels", "count", 2)  # as transformers: id2label wins
+    gpt2 = family == "gpt2"
+    bos = d.get("bos_token_id", 50256 if gpt2 else None)
+    dtype = d["dtype"] if d.get("dtype") is not None else d.get("torch_dtype")
+    return dict(
+        id2label=None if labels is None else {str(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))},
+        num_labels=num_labels, problem_type=_get(d, "problem_type", "problem", None),
+        bos_token_id=bos if _valid(bos, "token") else None,  # unused by engine: carried when well-formed
+        # GPT2Config's and T5Config's defaults
+        eos_token_id=_get(d, "eos_token_id", "tokens", 50256 if gpt2 else 1 if family in T5_FAMILIES else None),
+        pad_token_id=_get(d, "pad_token_id", "token", 1 if family == "roberta" else 0 if family != "gpt2" else None),
+        tie_word_embeddings=_get(d, "tie_word_embeddings", "bool", True),
+        dtype=_check("dtype", dtype, "dtype") if dtype is not None else None,
     )
 
 
-def _from_bert_like(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
-    pos = d.get("position_embedding_type", "absolute")
-    if pos != "absolute":
-        raise ValueError(
-            f"position_embedding_type={pos!r} is not supported; only 'absolute' position embeddings are"
-        )
-    if d.get("is_decoder") or d.get("add_cross_attention"):
-        raise ValueError(f"{family} as a decoder (is_decoder / add_cross_attention) is not supported")
-    default_act = "gelu_new" if family == "albert" else "gelu"
-    return ModelConfig(
-        family=family, architecture=arch, vocab_size=int(d.get("vocab_size", 30522)),
-        hidden_size=int(d.get("hidden_size", 768)), num_layers=int(d.get("num_hidden_layers", 12)),
-        num_heads=int(d.get("num_attention_heads", 12)), intermediate_size=int(d.get("intermediate_size", 3072)),
-        max_position_embeddings=int(d.get("max_position_embeddings", 512)), layer_norm_eps=_eps(d, 1e-12),
-        gelu=_activation(d, "hidden_act", default_act), type_vocab_size=int(d.get("type_vocab_size", 2)),
-        pad_token_id=d.get("pad_token_id", 1 if family == "roberta" else 0), num_labels=_num_labels(d),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
-        embedding_size=int(d.get("embedding_size", 128)) if family == "albert" else None,
-        num_hidden_groups=int(d.get("num_hidden_groups", 1)) if family == "albert" else 1,
-        inner_group_num=int(d.get("inner_group_num", 1)) if family == "albert" else 1,
-        id2label=_id2label(d), **_special_ids(d),
+def _from_gpt2(d: dict[str, Any]) -> dict[str, Any]:
+    hidden = _get(d, "n_embd", "count", 768)
+    _get(d, "reorder_and_upcast_attn", "bool", False)  # fp32 softmax: engine's attention always does that
+    return dict(
+        vocab_size=_get(d, "vocab_size", "count", 50257), hidden_size=hidden,
+        num_layers=_get(d, "n_layer", "count", 12), num_heads=_get(d, "n_head", "count", 12),
+        intermediate_size=_get(d, "n_inner", "count?", None) or 4 * hidden,
+        max_position_embeddings=_get(d, "n_positions", "count", 1024), layer_norm_eps=_eps(d, 1e-5),
+        gelu=_activation(d, "activation_function", "gelu_new"),
+        scale_attn_weights=_get(d, "scale_attn_weights", "bool", True),
+        scale_attn_by_inverse_layer_idx=_get(d, "scale_attn_by_inverse_layer_idx", "bool", False),
     )
 
 
@@ -289,10 +385,8 @@ def _t5_feed_forward(d: dict[str, Any]) -> tuple[str, str, bool]:
     act, gated = parts[-1], len(parts) == 2
     if proj == "gated-gelu":
         act = "gelu_new"
-    act = d.get("dense_act_fn", act)
-    gated = d.get("is_gated_act", gated)
-    if not isinstance(gated, bool):
-        raise ValueError(f"is_gated_act must be true or false; got {gated!r}")
+    act = _get(d, "dense_act_fn", "str", act)
+    gated = _get(d, "is_gated_act", "bool", gated)
     if act == "relu":
         return "relu", "none", gated
     if act in GELU_APPROXIMATION:
@@ -302,42 +396,83 @@ def _t5_feed_forward(d: dict[str, Any]) -> tuple[str, str, bool]:
                      f"{', '.join(GELU_APPROXIMATION)} (optionally gated, e.g. 'gated-gelu')")
 
 
-def _from_t5(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
-    if d.get("is_decoder"):
-        raise ValueError(f"{family} with is_decoder=true (a T5 stack used alone as a decoder) is not supported; "
-                         "the encoder-decoder and encoder-only classes are")
+def _from_t5(d: dict[str, Any], family: str) -> dict[str, Any]:
     activation, approx, gated = _t5_feed_forward(d)
-    layers = int(d.get("num_layers", 6 if family == "t5" else 8))
+    t5 = family == "t5"
+    layers = _get(d, "num_layers", "count", 6 if t5 else 8)
     # v1.0 checkpoints rescale the decoder output before the tied LM head; transformers 5.x keeps a saved
     # scale_decoder_outputs, else derives it from tie_word_embeddings (mT5 never rescales).
-    tie = d.get("tie_word_embeddings", True) is not False
-    scale = False if family == "mt5" else bool(d.get("scale_decoder_outputs", tie))
-    return ModelConfig(
-        family=family, architecture=arch, vocab_size=int(d.get("vocab_size", 32128 if family == "t5" else 250112)),
-        hidden_size=int(d.get("d_model", 512)), num_layers=layers, num_heads=int(d.get("num_heads", 8)),
-        intermediate_size=int(d.get("d_ff", 2048 if family == "t5" else 1024)),
-        max_position_embeddings=int(d.get("n_positions") or 512),
-        layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-6)),
-        gelu=approx, activation=activation, gated_mlp=gated, pad_token_id=d.get("pad_token_id", 0),
-        tie_word_embeddings=tie, d_kv=int(d.get("d_kv", 64)),
-        num_decoder_layers=int(d.get("num_decoder_layers") or layers),
-        relative_attention_num_buckets=int(d.get("relative_attention_num_buckets", 32)),
-        relative_attention_max_distance=int(d.get("relative_attention_max_distance", 128)),
-        scale_decoder_outputs=scale, decoder_start_token_id=d.get("decoder_start_token_id"),
-        **_special_ids({"eos_token_id": 1, **d}),
+    tie = _get(d, "tie_word_embeddings", "bool", True)
+    scale = False if family == "mt5" else _get(d, "scale_decoder_outputs", "bool", tie)
+    return dict(
+        vocab_size=_get(d, "vocab_size", "count", 32128 if t5 else 250112),
+        hidden_size=_get(d, "d_model", "count", 512), num_layers=layers, num_heads=_get(d, "num_heads", "count", 8),
+        intermediate_size=_get(d, "d_ff", "count", 2048 if t5 else 1024),
+        max_position_embeddings=_get(d, "n_positions", "count?", None) or 512, layer_norm_eps=_eps(d, 1e-6),
+        gelu=approx, activation=activation, gated_mlp=gated, d_kv=_get(d, "d_kv", "count", 64),
+        num_decoder_layers=_get(d, "num_decoder_layers", "count?", None) or layers,
+        relative_attention_num_buckets=_get(d, "relative_attention_num_buckets", "count", 32),
+        relative_attention_max_distance=_get(d, "relative_attention_max_distance", "count", 128),
+        scale_decoder_outputs=scale, decoder_start_token_id=_get(d, "decoder_start_token_id", "token", None),
     )
 
 
-def load_config(path: str | os.PathLike) -> ModelConfig:
-    """Read ``path/config.json`` (engine's or Hugging Face's) into a ModelConfig."""
-    file = os.path.join(os.fspath(path), "config.json")
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no config.json in {os.fspath(path)!r}")
+def _from_bert_like(d: dict[str, Any], family: str) -> dict[str, Any]:
+    albert = family == "albert"
+    return dict(
+        vocab_size=_get(d, "vocab_size", "count", 30000 if albert else 50265 if family == "roberta" else 30522),
+        hidden_size=_get(d, "hidden_size", "count", 4096 if albert else 768),
+        num_layers=_get(d, "num_hidden_layers", "count", 12),
+        num_heads=_get(d, "num_attention_heads", "count", 64 if albert else 12),
+        intermediate_size=_get(d, "intermediate_size", "count", 16384 if albert else 3072),
+        max_position_embeddings=_get(d, "max_position_embeddings", "count", 512), layer_norm_eps=_eps(d, 1e-12),
+        gelu=_activation(d, "hidden_act", "gelu_new" if albert else "gelu"),
+        type_vocab_size=_get(d, "type_vocab_size", "count", 2),
+        embedding_size=_get(d, "embedding_size", "count", 128) if albert else None,
+        num_hidden_groups=_get(d, "num_hidden_groups", "count", 1) if albert else 1,
+        inner_group_num=_get(d, "inner_group_num", "count", 1) if albert else 1,
+    )
+
+
+def _read_json(file: str) -> dict[str, Any]:
     try:
         with open(file, encoding="utf-8") as f:
             d = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{file} is not valid JSON: {exc}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{file} must hold a JSON object; got {type(d).__name__}")
-    return ModelConfig.from_dict(d) if "engine_format" in d else ModelConfig.from_hf(d)
+    return d
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """Read ``path/config.json`` (engine's or Hugging Face's) into a ModelConfig.
+
+    For a Hugging Face folder of a family that generates (GPT-2, the T5 family), ``generation_config.json`` (when
+    present) supplies the EOS and pad ids (and T5's decoder start id), as it does for transformers' ``generate``.
+    Errors name the file and the field.
+    """
+    folder = os.fspath(path)
+    file = os.path.join(folder, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no config.json in {folder!r}")
+    d = _read_json(file)
+    try:
+        if "engine_format" in d:
+            return ModelConfig.from_dict(d)
+        cfg = ModelConfig.from_hf(d)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from None
+    gen_file = os.path.join(folder, "generation_config.json")
+    if (cfg.family == "gpt2" or cfg.family in T5_FAMILIES) and os.path.isfile(gen_file):
+        g = _read_json(gen_file)
+        keys = [("eos_token_id", "tokens"), ("pad_token_id", "token")]
+        if cfg.family in T5_FAMILIES:
+            keys.append(("decoder_start_token_id", "token"))
+        try:
+            for key, kind in keys:
+                if key in g:
+                    setattr(cfg, key, _check(key, g[key], kind))
+        except ValueError as exc:
+            raise ValueError(f"{gen_file}: {exc}") from None
+    return cfg

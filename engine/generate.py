@@ -17,11 +17,19 @@ How it works (gpt-fast style, Hugging Face ``generate`` semantics):
 - Sampling (``do_sample``, or greedy with a repetition penalty) runs on the host through ``engine.sampling``
   (the C++ sampler): the step's logits go to pinned memory, the sampled ids come back. Seeds: the sampler keys
   its draws by (seed, row), so step s uses a seed derived from (seed, s).
-- Each row stops at its own EOS and is padded with ``pad_token_id`` (default: the first EOS id, as HF does for
-  GPT-2) after it; the loop ends once every row has stopped, so the output has HF's length.
+- Each row stops at its own EOS and is padded with ``pad_token_id`` (default, as HF: the model's pad id, else the
+  first EOS id) after it; the loop ends once every row has stopped, so the output has HF's length.
+
+Concurrency: sessions (cache, step buffers, CUDA graphs; one per batch size and cache length) live in a per-model
+``engine.sessions.SessionPool``. Each request checks one out for its whole run (``generate``: the call;
+``stream``: from the first ``next()`` until the iterator ends, is closed or is dropped), so threads calling
+``generate`` on one model, and interleaved streams in one thread, each decode in their own session: correct
+tokens, no waiting on each other, no deadlock. Memory: one session per concurrent request. CUDA graph captures
+are serialised by a lock and use thread-local capture mode, so other threads keep working during a capture.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 from collections.abc import Iterator, Sequence
@@ -34,6 +42,7 @@ from engine.graphs import capture as _capture
 from engine.graphs import on_side_stream as _on_side_stream
 from engine.kv_cache import StaticKVCache
 from engine.models import blocks
+from engine.sessions import SessionPool
 
 __all__ = ["StaticKVCache", "generate", "stream"]
 
@@ -66,7 +75,7 @@ class _Session:
     def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int) -> None:
         cfg, w = model.config, model.wte.weight
         B, dev = batch_size, w.device
-        self.model, self.key = model, _session_key(model, batch_size, max_len)
+        self.model = model
         self.cache = StaticKVCache(num_layers=cfg.num_layers, batch_size=B, num_heads=cfg.num_heads,
                                    head_dim=cfg.head_dim, max_len=max_len, dtype=w.dtype, device=dev)
         long = dict(dtype=torch.long, device=dev)
@@ -176,13 +185,11 @@ def _session_key(model: torch.nn.Module, batch_size: int, max_len: int) -> tuple
     return batch_size, max_len, w.device, w.dtype, w.data_ptr()
 
 
-def _session(model: torch.nn.Module, batch_size: int, max_len: int) -> _Session:
-    s = model.__dict__.get("_engine_generate_session")
-    if s is None or s.key != _session_key(model, batch_size, max_len):
-        model.__dict__["_engine_generate_session"] = None  # free the old buffers before allocating new ones
-        s = _Session(model, batch_size, max_len)
-        model.__dict__["_engine_generate_session"] = s
-    return s
+def _checkout(model: torch.nn.Module, req: _Request, max_len: int) -> contextlib.AbstractContextManager[_Session]:
+    """The session ``req`` owns while the ``with`` block runs (see engine/sessions.py)."""
+    B = req.input_ids.shape[0]
+    return SessionPool.of(model, "generate").checkout(_session_key(model, B, max_len),
+                                                      lambda: _Session(model, B, max_len))
 
 
 def _steps(s: _Session, req: _Request, *, streaming: bool) -> Iterator[torch.Tensor]:
@@ -271,12 +278,12 @@ def check_model(model: object) -> None:
 
 def decoding_options(cfg, *, max_new_tokens: object, do_sample: object, temperature: object, top_k: object,
                      top_p: object, min_p: object, repetition_penalty: object, eos_token_id: object,
-                     pad_token_id: object, seed: object,
-                     default_pad: int | None = None) -> tuple[int, dict, list[int], int, int]:
+                     pad_token_id: object, seed: object) -> tuple[int, dict, list[int], int, int]:
     """Check generate's decoding keywords for a model config (also used by engine.seq2seq).
 
     Returns (max_new_tokens, sampler params, EOS ids, pad id, seed). eos_token_id None: the config's EOS ids;
-    pad_token_id None: ``default_pad`` when given, else the first EOS id (HF's rule for GPT-2), else 0."""
+    pad_token_id None: the config's pad id (as HF, whose generation config carries it), else the first EOS id (HF's
+    fallback), else 0."""
     max_new = _number("max_new_tokens", max_new_tokens, lambda v: v >= 1, "an integer >= 1", integer=True)
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be a bool; got {type(do_sample).__name__} {do_sample!r}")
@@ -296,8 +303,9 @@ def decoding_options(cfg, *, max_new_tokens: object, do_sample: object, temperat
         eos = _token_ids("eos_token_id", eos_token_id, cfg.vocab_size, allow_empty=True)
     if len(eos) > MAX_EOS_IDS:
         raise ValueError(f"eos_token_id holds {len(eos)} ids; at most {MAX_EOS_IDS} are supported")
-    if pad_token_id is None:
-        pad = default_pad if default_pad is not None else eos[0] if eos else 0
+    if pad_token_id is None:  # as HF: the model's pad id (generation_config.json / config.json), else EOS
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None and cfg.pad_token_id < cfg.vocab_size else \
+            eos[0] if eos else 0
     else:
         pad = _token_ids("pad_token_id", pad_token_id, cfg.vocab_size)
         if len(pad) != 1:
@@ -356,12 +364,12 @@ def _request(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
 
 
 # ---- public functions ----------------------------------------------------------------------------------------
-def _start(model: torch.nn.Module, input_ids: object, kw: dict) -> tuple[_Session, _Request]:
+def _prepare(model: torch.nn.Module, input_ids: object, kw: dict) -> tuple[_Request, int]:
+    """(validated request, the cache length its session needs)."""
     req = _request(model, input_ids, **kw)
     B, T = req.input_ids.shape
     need = T + req.max_new_tokens
-    max_len = min(model.config.max_position_embeddings, -(-need // CACHE_ALIGN) * CACHE_ALIGN)
-    return _session(model, B, max_len), req
+    return req, min(model.config.max_position_embeddings, -(-need // CACHE_ALIGN) * CACHE_ALIGN)
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -374,31 +382,39 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask:
     input_ids: (B, T) prompts; attention_mask: (B, T) of 0/1, left padding only. Greedy unless ``do_sample``;
     sampling follows HF's processors (repetition penalty, then temperature, top-k, top-p, min-p; top_k=0 is off,
     unlike HF's default of 50). ``eos_token_id`` (an id or a list) stops a row, which is then padded with
-    ``pad_token_id`` (default: the first EOS id); None (the default) takes the model config's EOS id(s), as HF
-    does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens only when every row stopped early.
+    ``pad_token_id`` (default, as HF: the model's pad id, else the first EOS id); None (the default) takes the
+    model config's EOS id(s), as HF does, and ``[]`` stops on nothing. ``new`` is smaller than max_new_tokens
+    only when every row stopped early.
     ``seed`` makes sampling reproducible. ``cuda_graph``: replay each decode step as a CUDA graph (default: on
-    for CUDA models).
+    for CUDA models). Safe to call from several threads on one model (each call decodes in its own session).
     """
     kw = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
               repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
               seed=seed, cuda_graph=cuda_graph)
-    s, req = _start(model, input_ids, kw)
-    for _ in _steps(s, req, streaming=False):
-        pass
-    return s.out[:, :req.input_ids.shape[1] + int(s.n_new)].clone()
+    req, max_len = _prepare(model, input_ids, kw)
+    with _checkout(model, req, max_len) as s:
+        for _ in _steps(s, req, streaming=False):
+            pass
+        return s.out[:, :req.input_ids.shape[1] + int(s.n_new)].clone()
+
+
+def _stream(model: torch.nn.Module, req: _Request, max_len: int) -> Iterator[torch.Tensor]:
+    with _checkout(model, req, max_len) as s:  # held from the first next() until the stream ends or is closed
+        yield from _steps(s, req, streaming=True)
 
 
 def stream(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs) -> Iterator[torch.Tensor]:
     """Like :func:`generate` (same keywords), but yields each step's new ids as they are produced: (B,) int64
     on the CPU (``pad_token_id`` for rows that already stopped). Concatenated, they equal the new part of
-    ``generate``'s result. Arguments are checked by this call, before any work; the model must not run another
-    generation until the iterator is exhausted or closed (they share its cache).
+    ``generate``'s result. Arguments are checked by this call, before any work. An open stream owns its decode
+    session, so other calls (other threads, or other streams interleaved with it) run beside it unharmed; close
+    it (or drop it, or run it to the end) to hand the session back for reuse.
     """
     kw = {k: p.default for k, p in inspect.signature(generate).parameters.items() if p.kind == p.KEYWORD_ONLY}
     unknown = sorted(set(kwargs) - set(kw))
     if unknown:
         raise TypeError(f"stream() got unexpected keyword arguments: {', '.join(unknown)}")
     kw.update(kwargs)
-    s, req = _start(model, input_ids, kw)
-    return _steps(s, req, streaming=True)
+    req, max_len = _prepare(model, input_ids, kw)
+    return _stream(model, req, max_len)

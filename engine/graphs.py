@@ -17,6 +17,8 @@ for T5EncoderModel's forward and the encoder pass of the seq2seq classes (forwar
 - The first two calls of a key run eagerly on a side stream (kernel compiles, autotuning, cuBLAS set-up), the
   third captures the graph and replays it; later calls replay only. Graphs of one model share one memory pool.
   Outputs are copied out of the graph's memory, so a result stays valid after the next call.
+- Calls from several threads are correct: one model's graphs serve one call at a time (a lock held from filling
+  the static inputs to copying the outputs out); the GPU runs the calls of one stream in order anyway.
 
 ``run(..., graph=False)`` runs the same bucketed computation eagerly on any device: that is how the CPU tests
 check the padding logic gives the eager path's results.
@@ -31,6 +33,7 @@ and calls ``use_graph(model, input_ids, choice)`` / ``graphs_of(model).run(...)`
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +45,7 @@ LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 LONG_BUCKET_STEP = 256  # beyond the table: multiples of this
 WARMUP_CALLS = 2  # eager runs of a new key before its capture
 GRAPH_MAX_TOKENS = 8192  # cuda_graph=None: graphs for batches of at most this many (bucket-padded) tokens
+_CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in this process (encoders and generate)
 
 
 def length_bucket(n: int, max_len: int) -> int:
@@ -63,9 +67,11 @@ def on_side_stream(fn) -> None:
 
 
 def capture(fn, pool=None) -> torch.cuda.CUDAGraph:
-    """Record ``fn``'s kernels into a CUDA graph (memory from ``pool``, else a private pool) without running them."""
+    """Record ``fn``'s kernels into a CUDA graph (memory from ``pool``, else a private pool) without running them.
+    One capture at a time in the process; thread-local capture mode leaves other threads free to allocate and
+    synchronise meanwhile."""
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, pool=pool):
+    with _CAPTURE_LOCK, torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
         fn()
     return g
 
@@ -130,6 +136,12 @@ class EncoderGraphs:
         self.model = model
         self.entries: dict[tuple, _Entry] = {}
         self.pool = None
+        # One call at a time: a call fills its entry's static inputs, runs (or replays) and copies the outputs out,
+        # and the graphs share one memory pool, so another call in between (a thread) would corrupt either.
+        self.lock = threading.Lock()
+
+    def __reduce__(self):  # deepcopy / pickle of a model: fresh, empty graphs (graphs and locks are not copied)
+        return (EncoderGraphs, (self.model,))
 
     def _entry(self, key: tuple) -> _Entry:
         e = self.entries.get(key)
@@ -147,6 +159,11 @@ class EncoderGraphs:
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             token_type_ids: torch.Tensor | None, *, return_pooled: bool = False, graph: bool = True):
+        with self.lock:
+            return self._run(input_ids, attention_mask, token_type_ids, return_pooled, graph)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+             token_type_ids: torch.Tensor | None, return_pooled: bool, graph: bool):
         B, N = input_ids.shape
         Nb = length_bucket(N, self.model.config.max_seq_len)
         has_mask = attention_mask is not None or Nb > N

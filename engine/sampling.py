@@ -43,6 +43,8 @@ Param = Union[float, int, torch.Tensor, Sequence[float]]
 PrevTokens = Union[torch.Tensor, Sequence[Sequence[int]], Sequence[int], None]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_MAX_THREADS = 1 << 16  # num_threads beyond this (or beyond the rows) change nothing; kept inside C++'s int
+_INT_CAP = 2**62  # integer options go to C++ as int64; larger top_k values mean the same as this one (keep all)
 _ext = None
 
 
@@ -89,9 +91,13 @@ def _param(name: str, value: Param, B: int, keep: list) -> tuple[float | int, in
     integer, ok, expected = _RULES[name]
     kind = type(value)
     if (kind is int or (kind is float and not integer)) and ok(value):  # the common case, kept cheap
-        return value, 0
+        return min(value, _INT_CAP) if integer else value, 0  # top_k past any vocabulary means "all": cap for C++
     if isinstance(value, (list, tuple)):
-        value = torch.tensor(value)
+        try:
+            value = torch.tensor(value)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise TypeError(f"{name} given per row must be a list of numbers ({expected}); got {value!r:.80} "
+                            f"({type(exc).__name__}: {exc})") from None
     if isinstance(value, torch.Tensor):
         if value.dim() == 0:
             value = value.item()
@@ -107,7 +113,7 @@ def _param(name: str, value: Param, B: int, keep: list) -> tuple[float | int, in
         raise TypeError(f"{name} must be {expected}; got {type(value).__name__} {value!r}")
     if not ok(value):
         raise ValueError(f"{name} must be {expected}; got {value!r}")
-    return value, 0
+    return (min(int(value), _INT_CAP) if integer else value), 0
 
 
 def _prev(prev_tokens: PrevTokens, B: int, one_dim: bool, keep: list) -> tuple[int, int, int, int, int]:
@@ -148,14 +154,14 @@ _MESSAGES = {
     "prev_tokens": "prev_tokens ids must be in [0, {V}); got {value:.0f} in row {row}",
     "nonfinite": "logits must not contain NaN or +inf; row {row} does",
     "all_neg_inf": "logits row {row} is all -inf: there is no token to sample",
-    "overflow": "logits row {row} overflows float32 after the repetition penalty / temperature ({value!r}); "
-                "use a larger temperature, or temperature=0 for greedy",
+    "overflow": "logits row {row} overflows float32 once repetition_penalty / temperature scale it ({value!r}); "
+                "use a repetition_penalty nearer 1 or a larger temperature (temperature=0 is greedy)",
 }
 
 
 def _plain(t: Param, k: Param, p: Param, mp: Param, rp: Param) -> bool:
     """True when every option is a plain, in-range Python number (the common case; anything else takes _param)."""
-    return (type(k) is int and k >= 0 and type(t) in _NUMBER and t >= 0 and type(p) in _NUMBER and 0 < p <= 1
+    return (type(k) is int and 0 <= k <= _INT_CAP and type(t) in _NUMBER and t >= 0 and type(p) in _NUMBER and 0 < p <= 1
             and type(mp) in _NUMBER and 0 <= mp <= 1 and type(rp) in _NUMBER and rp > 0)
 
 
@@ -214,7 +220,7 @@ def _run(logits: torch.Tensor, *, temperature: Param, top_k: Param, top_p: Param
         return out if on_cpu else out.to(logits.device)
     status, row, value = ext.run(
         x.data_ptr(), code, B, V, sb, sv, float(t), t_ptr, int(k), k_ptr, float(p), p_ptr, float(mp), mp_ptr,
-        float(rp), rp_ptr, *prev, probs_ptr, ids_ptr, seed % 2**64, num_threads or 0)
+        float(rp), rp_ptr, *prev, probs_ptr, ids_ptr, seed % 2**64, min(num_threads or 0, _MAX_THREADS))
     if status:
         what = ext.STATUS[status]
         if what in _RULES:

@@ -16,7 +16,9 @@ How it works:
   for sampling or a repetition penalty, the same per-step seeds); rows that stopped are padded with the config's
   pad_token_id (HF's default for T5), and the call ends once every row has stopped. The result starts with the
   decoder start token, like HF's encoder-decoder generate.
-Decoding state lives in the call (nothing is kept on the model), so calls on one model may run concurrently.
+Decoding state (cache, buffers) lives in the call, nothing is kept on the model, so calls on one model may run
+concurrently from threads, and streams may interleave: no decode session is shared (unlike GPT-2's, which
+engine.sessions lends out). The encoder's CUDA graphs serve one call at a time (engine/graphs.py).
 """
 from __future__ import annotations
 
@@ -84,12 +86,10 @@ def _prepare(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
                                        device=model.shared.weight.device)
     if mask is not None and not bool(mask.any(1).all()):
         raise ValueError("attention_mask has a row with no real token (all zeros): each source needs at least one")
-    pad = cfg.pad_token_id
-    default_pad = pad if isinstance(pad, int) and 0 <= pad < cfg.vocab_size else None
     max_new, params, eos, pad, seed = decoding_options(
         cfg, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        seed=seed, default_pad=default_pad)
+        seed=seed)
     start = _start_id(cfg, decoder_start_token_id)
     host = do_sample or params["repetition_penalty"] != 1.0
     return _Call(ids, mask, max_new, params, host, eos, pad, seed, start)

@@ -62,6 +62,9 @@ class Tokenizer:
             raise TypeError("texts must be a str or a non-empty list of str")
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs must have one entry per text ({len(texts)}); got {len(text_pairs)}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 1):
+            raise ValueError(f"max_length must be a positive int or None; got {max_length!r}")
         max_length = max_length or self.model_max_length
         if max_length is not None:
             self.tok.enable_truncation(max_length)
@@ -105,13 +108,25 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load ``path/tokenizer.json``, else a WordPiece ``path/vocab.txt`` (lower-cased per tokenizer_config.json)."""
     p = Path(path)
     cfg: dict = {}
-    if (p / "tokenizer_config.json").is_file():
-        cfg = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8"))
+    file = p / "tokenizer_config.json"
+    if file.is_file():
+        try:
+            cfg = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{file} must hold a JSON object; got {type(cfg).__name__}")
     max_len = cfg.get("model_max_length")
-    max_len = int(max_len) if isinstance(max_len, (int, float)) and max_len < 1e9 else None
-    if (p / "tokenizer.json").is_file():
-        return Tokenizer(_HFTokenizer.from_file(str(p / "tokenizer.json")), model_max_length=max_len)
-    if (p / "vocab.txt").is_file():
-        wp = BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=bool(cfg.get("do_lower_case", True)))
-        return Tokenizer(wp._tokenizer, model_max_length=max_len)
+    max_len = int(max_len) if isinstance(max_len, (int, float)) and 1 <= max_len < 1e9 else None
+    for name in ("tokenizer.json", "vocab.txt"):
+        file = p / name
+        if not file.is_file():
+            continue
+        try:
+            if name == "tokenizer.json":
+                return Tokenizer(_HFTokenizer.from_file(str(file)), model_max_length=max_len)
+            wp = BertWordPieceTokenizer(str(file), lowercase=bool(cfg.get("do_lower_case", True)))
+            return Tokenizer(wp._tokenizer, model_max_length=max_len)
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
     raise FileNotFoundError(tokenizer_problem(p))

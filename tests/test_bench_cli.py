@@ -30,7 +30,9 @@ def test_cli_quick_runs_and_exits_zero():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("engine bench on cpu") and "ENGINE_BACKEND=auto" in lines[0]
-    assert re.match(r"op\s+shape\s+dtype\s+backend\s+engine ms\s+torch ms\s+speedup\s+max err\s+OK", lines[1])
+    assert re.search(rf"torch {re.escape(torch.__version__)}, \d+ threads;", lines[0])
+    assert re.match(r"op\s+shape\s+dtype\s+backend\s+engine ms\s+torch ms\s+speedup \[IQR\]\s+max err\s+OK",
+                    lines[1])
     rows = {l.split()[0] for l in lines[3:-1]}
     assert {"layer_norm", "add_layer_norm", "rms_norm", "add_rms_norm", "gelu", "bias_gelu", "gelu_and_mul",
             "sdpa", "decode_attention", "sampling.probs"} <= rows
@@ -113,9 +115,10 @@ def test_bad_device():
     with pytest.raises(ValueError, match="device must be"):
         bench._resolve_device("not a device")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="needs CUDA, which is not available"):
             bench._resolve_device("cuda")
     assert bench.main("tpu", quick=True) == 2
+    assert bench.main("cuda:x", quick=True) == 2
 
 
 def test_max_err_rules():
@@ -128,6 +131,56 @@ def test_max_err_rules():
     assert bench._max_err(out[:, :4], ref) == math.inf
     assert bench._max_err((out, ref + 2), (ref, ref)) == pytest.approx(2.0)
     assert bench._max_err((out,), (ref, ref)) == math.inf
+
+
+def test_spread_beside_every_ratio_and_noise_flagged(monkeypatch, capsys):
+    """Identical code on both sides: the ratio sits near 1 with its interquartile range; an engine op whose time
+    jumps around (a loaded machine) is flagged noisy with a warning instead of a bare 0.00x or 192x."""
+    _fake_ops(monkeypatch)
+    steady = engine.ops.gelu
+    jumpy = iter([0.0, 0.02] * 100)
+
+    def erratic(x, approximate="none"):
+        time.sleep(next(jumpy))  # 0 ms, 20 ms, 0 ms, ...: the ratio swings by orders of magnitude
+        return steady(x, approximate=approximate)
+
+    monkeypatch.setattr(engine.ops, "gelu", erratic)
+    assert bench.main("cpu", quick=True) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0] + (" tanh" if " tanh " in line else ""): line for line in out.splitlines()[3:-1]}
+    for op in ("gelu", "gelu tanh"):
+        m = re.search(r"\s([\d.]+)x \[([\d.]+)-([\d.]+)\]( noisy)?", rows[op])
+        assert m, rows[op]
+        lo, mid, hi = float(m[2]), float(m[1]), float(m[3])
+        assert lo <= mid <= hi and m[4] == " noisy" and hi / lo > bench.NOISY_SPREAD
+    w = re.search(r"warning: (\d+) of (\d+) speedups are inside the noise .*gelu", err)
+    assert w and 2 <= int(w[1]) and int(w[2]) == sum(bool(re.search(r"\dx \[", r)) for r in out.splitlines()[3:-1])
+    assert err.count("\n") == 1
+
+
+def test_threads_pinned_for_the_run(monkeypatch, capsys):
+    _fake_ops(monkeypatch)
+    seen = []
+    real = engine.ops.layer_norm
+    monkeypatch.setattr(engine.ops, "layer_norm", lambda *a, **k: (seen.append(torch.get_num_threads()),
+                                                                   real(*a, **k))[1])
+    before = torch.get_num_threads()
+    assert bench.main("cpu", quick=True, threads=1) == 0
+    assert ", 1 threads;" in capsys.readouterr().out.splitlines()[0]
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    for bad in (0, -2, 1.5, True):
+        assert bench.main("cpu", quick=True, threads=bad) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("engine bench: error: threads must be a positive integer") and err.count("\n") == 1
+
+
+def test_time_samples_interleave():
+    log = []
+    times = bench.time_samples(lambda: log.append("a"), lambda: log.append("b"), device="cpu", warmup=1, reps=4)
+    assert log == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(t) for t in times] == [4, 4]
+    assert bench.quartiles([1.0, 2.0, 3.0, 4.0, 100.0]) == (2.0, 3.0, 4.0)
+    assert not bench.noisy(0.9, 1.2) and bench.noisy(0.5, 1.1) and bench.noisy(0.0, 1.0)
 
 
 def test_time_ms():

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,30 @@ def test_summary_ratios_are_reference_time_over_engine_time(results):
     flash = [e["speedups"]["torch-flash"] for e in summary.values() if "torch-flash" in e["speedups"]]
     expect = math.exp(sum(math.log(s) for s in flash) / len(flash))
     assert gm[("attention", "torch-flash")] == (pytest.approx(expect, rel=1e-12), 12)
+
+
+def test_spread_beside_each_ratio_and_noise_flagged():
+    """Ratios carry [ref q1 / engine q3 - ref q3 / engine q1]; wider than NOISY_SPREAD: flagged, warned about, and
+    left out of the geometric mean (0.00x / 192x for identical code was the failure this guards against)."""
+    def timed(group, provider, q1, median, q3):
+        item = fake_result(group, provider, median)
+        item["stats"].update(q1=q1, q3=q3, min=q1 * 0.9, max=q3 * 1.1)
+        return item
+
+    rows = report.make_rows([timed("gelu steady", "engine", 0.98e-3, 1.0e-3, 1.02e-3),
+                             timed("gelu steady", "torch", 1.47e-3, 1.5e-3, 1.53e-3),
+                             timed("gelu loaded", "engine", 0.2e-3, 1.0e-3, 9.0e-3),
+                             timed("gelu loaded", "torch", 1.0e-3, 1.1e-3, 1.2e-3)])
+    summary = {e["group"]: e for e in report.summarize(rows)}
+    steady, loaded = summary["gelu steady"], summary["gelu loaded"]
+    assert steady["spread"]["torch"] == (pytest.approx(1.47 / 1.02), pytest.approx(1.53 / 0.98))
+    assert steady["noisy"] == [] and loaded["noisy"] == ["torch"]
+    text = report.format_table(list(summary.values()))
+    assert "torch 1.50x [1.44-1.56]" in text and "torch 1.10x [0.11-6.00] noisy" in text
+    assert re.search(r"warning: 1 of 2 speedups are inside the noise .*gelu loaded vs torch", text)
+    assert report.geomean_speedups(list(summary.values())) == {("gelu", "torch"): (pytest.approx(1.5), 1)}
+    md = report.to_markdown(list(summary.values()), meta={"threads": 3}, ceilings=None)
+    assert "(3 threads)" in md and "**warning: 1 of 2" in md
 
 
 def test_peak_fractions_use_the_measured_ceilings(results):
@@ -262,7 +287,7 @@ def _run_fake_suite(tmp_path: Path, *args: str, env: dict | None = None) -> tupl
 
 
 def test_bench_fixture_end_to_end(tmp_path):
-    proc, bench_json = _run_fake_suite(tmp_path)
+    proc, bench_json = _run_fake_suite(tmp_path, "--engine-threads", "1")
     assert "engine vs reference" in proc.stdout
     for group in ("attn N=33", "attn N=65", "layer_norm 37x129"):
         assert any(l.startswith(group + " ") and "torch " in l for l in proc.stdout.splitlines()), group
@@ -274,8 +299,14 @@ def test_bench_fixture_end_to_end(tmp_path):
         rate = info.get("TFLOP/s") or info.get("GB/s")
         assert rate > 0 and 0 < info["frac_peak"] and info["calls_per_round"] >= 1
         assert info["median_s"] == pytest.approx(b["stats"]["median"], rel=1e-12)
+        assert info["threads"] == 1  # pinned by --engine-threads below
+        assert info["min_s"] <= info["q1_s"] <= info["median_s"] <= info["q3_s"] <= info["max_s"]
     meta = bench_json["engine_meta"]  # recorded by the conftest for `report.py BENCH.json` elsewhere
-    assert "pytest" in meta["command"] and meta["torch"] == torch.__version__
+    assert "pytest" in meta["command"] and meta["torch"] == torch.__version__ and meta["threads"] == 1
+    assert "1 torch threads" in proc.stdout
+    for line in proc.stdout.splitlines():  # every ratio has its spread beside it
+        if line.startswith(("attn N=", "layer_norm 37x129")):
+            assert re.search(r"torch [\d.]+x \[[\d.]+-[\d.]+\]", line), line
     assert bench_json["engine_ceilings"]["copy_GB/s"] > 0
     doc = json.loads((tmp_path / "report" / "results.json").read_text())
     attn = [r for r in doc["rows"] if r["group"].startswith("attn")]

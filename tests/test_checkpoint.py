@@ -165,6 +165,10 @@ def test_convert_cli_refuses_non_empty_dir(bert_dir, tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     assert cli(["convert", str(bert_dir), str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
+    assert cli(["convert", str(bert_dir), str(out), "--force"]) == 2  # keep.txt is the user's: never deleted
+    assert "engine did not write (keep.txt)" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    assert cli(["convert", str(bert_dir), str(out)]) == 0
     assert cli(["convert", str(bert_dir), str(out), "--force", "--dtype", "bfloat16"]) == 0
     model = engine.from_pretrained(out)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
@@ -215,3 +219,58 @@ def test_sharded_pytorch_bin(tmp_path):
         ref = hf(**x).logits
     out = engine.from_pretrained(d)(**x)
     assert ((out - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def test_device_errors_name_the_device(bert_dir):
+    if not torch.cuda.is_available():  # a healthy checkpoint is not "corrupt" because there is no GPU
+        with pytest.raises(ValueError, match="device 'cuda' needs CUDA, which is not available on this machine"):
+            engine.from_pretrained(bert_dir, device="cuda")
+    with pytest.raises(ValueError, match="device 'cuda:99': this machine has|needs CUDA"):
+        engine.from_pretrained(bert_dir, device="cuda:99")
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"):
+        engine.from_pretrained(bert_dir, device="tpu")
+    with pytest.raises(ValueError, match="device must be .*got 'meta'"):
+        engine.from_pretrained(bert_dir, device="meta")
+    with pytest.raises(TypeError, match="device must be .*got float 3.5"):
+        engine.from_pretrained(bert_dir, device=3.5)
+
+
+def test_path_errors_name_the_path(tmp_path):
+    with pytest.raises(ValueError, match="path is empty"):  # not the current directory
+        engine.from_pretrained("")
+    with pytest.raises(ValueError, match="cannot be used as a directory: File name too long"):
+        engine.from_pretrained("x" * 5000)
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
+        engine.from_pretrained(3)
+    from engine.checkpoint import from_transformers
+
+    with pytest.raises(TypeError, match="hf_model must be a transformers model"):
+        from_transformers(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_integer_tensor_named(bert_dir, tmp_path, fmt):
+    sd = load_file(bert_dir / "model.safetensors")
+    name = "bert.encoder.layer.0.output.dense.weight"
+    sd[name] = (sd[name] * 100).to(torch.int32)
+    d = copy_with(bert_dir, tmp_path / "m", sd)
+    if fmt == "bin":
+        (d / "model.safetensors").unlink()
+        torch.save(sd, d / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=f"{name} has dtype int32, expected a floating-point tensor"):
+        engine.from_pretrained(d)
+
+
+def test_default_dtype_is_the_configs_as_in_transformers(bert_dir, tmp_path):
+    import transformers as T
+
+    cfg = json.loads((bert_dir / "config.json").read_text())
+    d = copy_with(bert_dir, tmp_path / "m", config={**cfg, "dtype": "float16"})  # fp32 weights
+    hf = T.BertForSequenceClassification.from_pretrained(d)
+    ours = engine.from_pretrained(d)
+    assert {p.dtype for p in ours.parameters()} == {hf.dtype} == {torch.float16}
+    assert {p.dtype for p in engine.from_pretrained(d, dtype="float32").parameters()} == {torch.float32}
+    copy_with(bert_dir, d, config={**cfg, "dtype": "int8"})
+    with pytest.raises(ValueError, match="config.json names dtype 'int8'.*pass dtype="):
+        engine.from_pretrained(d)
+    assert engine.from_pretrained(d, dtype="bfloat16").classifier.weight.dtype == torch.bfloat16

@@ -52,12 +52,12 @@ def gpt2_dir(tmp_path_factory) -> Path:
     return d
 
 
-def bert_dir(root: Path, name: str, arch: str) -> Path:
+def bert_dir(root: Path, name: str, arch: str, labels: dict[int, str] = LABELS, **extra) -> Path:
     d = root / name
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
     cfg = T.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=37, max_position_embeddings=32, architectures=[arch],
-                       id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+                       id2label=labels, label2id={v: k for k, v in labels.items()}, **extra)
     torch.manual_seed(0)
     perturb(getattr(T, arch)(cfg), 2, 0.3).save_pretrained(d)
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -76,7 +76,10 @@ def cls_dir(tmp_path_factory) -> Path:
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -146,6 +149,30 @@ def test_classify_matches_transformers(cls_dir, capsys):
         assert line.startswith(LABELS[max(range(3), key=lambda j: row[j])])
 
 
+@pytest.mark.parametrize("problem_type,labels", [
+    ("multi_label_classification", LABELS), ("regression", {0: "score"}), (None, {0: "yes"}),
+    ("single_label_classification", LABELS), ("regression", LABELS)])
+def test_classify_scores_as_the_transformers_pipeline(tmp_path, capsys, problem_type, labels):
+    """problem_type / num_labels decide softmax, per-label sigmoid or raw scores, exactly as the pipeline does;
+    also after convert (the fields travel in engine's config.json)."""
+    d = bert_dir(tmp_path, "cls", "BertForSequenceClassification", labels, problem_type=problem_type)
+    texts = ["i loved this movie.", "it was terrible"]
+    pipe = T.pipeline("text-classification", model=T.BertForSequenceClassification.from_pretrained(d),
+                      tokenizer=T.BertTokenizerFast(str(d / "vocab.txt"), do_lower_case=True), top_k=None)
+    assert main(["convert", str(d), str(tmp_path / "conv")]) == 0
+    capsys.readouterr()
+    for folder in (d, tmp_path / "conv"):
+        rc, out, err = run(capsys, "classify", folder, *texts)
+        assert rc == 0, err
+        for line, text, want in zip(out.splitlines(), texts, pipe(texts)):
+            assert line.endswith(text)
+            found = dict((lab, float(p)) for lab, p in re.findall(r"(\w+) (-?[\d.]+)", line[:-len(text)]))
+            assert set(found) == set(labels.values())
+            for item in want:
+                assert abs(found[item["label"]] - item["score"]) < 1e-4, (line, want)
+            assert line.startswith(want[0]["label"] + " ")  # the top score first, as the pipeline ranks
+
+
 def test_classify_on_converted_dir_keeps_labels(cls_dir, tmp_path, capsys):
     texts = ["i loved this movie.", "it was terrible"]
     rc, direct, err = run(capsys, "classify", cls_dir, *texts)
@@ -193,6 +220,15 @@ def test_embed_builtin_examples_and_explicit_model(capsys):
     assert rc == 0 and similarity_matrix(out3, 2).tolist() == similarity_matrix(out2, 2).tolist()
 
 
+def test_embed_long_and_odd_texts_are_texts(capsys):
+    """A text longer than a file name may be (and one naming no folder) is embedded, not probed as a path."""
+    long = "a man is eating a piece of bread in the park " * 8  # > 255 characters
+    rc, out, err = run(capsys, "embed", long, "x" * 300, "A man eats.")
+    assert rc == 0, err
+    sims = similarity_matrix(out, 3)
+    assert sims[0, 2] > sims[1, 2]
+
+
 def errors(tmp: Path, gpt2: Path, mlm: Path, cls: Path) -> list[tuple[list, str]]:
     no_tok = tmp / "no_tokenizer"
     no_tok.mkdir(exist_ok=True)
@@ -212,7 +248,20 @@ def errors(tmp: Path, gpt2: Path, mlm: Path, cls: Path) -> list[tuple[list, str]
         (["embed", cls, "text"], "embed needs a base encoder .* BertForSequenceClassification"),
         (["embed", "--model", tmp / "missing", "text"], "model directory .* not found"),
         (["embed", "./not/a/dir", "text"], "model directory .* not found"),
-    ]
+        (["embed", "--model", f"{tmp}/{'b' * 300}", "t"], "cannot be used as a directory: File name too long"),
+        (["embed", ""], "texts must not be empty"),
+        (["embed", "--model", "", "text"], "model directory is empty"),
+        (["generate", gpt2, "--prompt", "hi", "--temperature", "-1"], "temperature must be a number > 0"),
+        (["generate", gpt2, "--prompt", "hi", "--temperature", "nan"], "temperature must be a number > 0"),
+        (["generate", gpt2, "--prompt", "hi", "--device", "tpu"], "--device must be 'cpu', 'cuda' or 'cuda:N'; got"),
+        (["generate", gpt2, "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
+        (["generate", gpt2, "--prompt", "hi", "--top-k", "1.5"], "argument --top-k: invalid int value: '1.5'"),
+        (["generate", gpt2], "the following arguments are required: --prompt"),
+        (["fill-mask", mlm, "a [MASK]", "--top-k", "0"], "--top-k must be >= 1"),
+        (["classify", mlm, "text", "--dtype", "int8"], "argument --dtype: invalid choice"),
+    ] + ([] if torch.cuda.is_available() else [
+        (["generate", gpt2, "--prompt", "hi", "--device", "cuda"], "'cuda' needs CUDA, which is not available"),
+    ])
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path, gpt2_dir, mlm_dir, cls_dir, capsys):
@@ -220,7 +269,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, gpt2_dir, mlm_dir, cls_dir, 
         rc, out, err = run(capsys, *argv)
         cmd = argv[0]
         assert rc == 2, (argv, err)
-        assert err.count("\n") == 1 and err.startswith(f"engine {cmd}: error: "), err
+        assert err.count("\n") == 1 and err.startswith(f"engine {cmd}: error: "), (argv, err)
         assert re.search(pattern, err), (pattern, err)
         assert "Traceback" not in err and out == ""
 

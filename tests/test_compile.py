@@ -106,6 +106,39 @@ def test_packed_true_refuses_to_compile(arch):
         torch.compile(model, fullgraph=True, backend="aot_eager")(**x)
 
 
+def test_sdpa_with_torchs_whole_signature_compiles():
+    """ops.scaled_dot_product_attention as torch.compile traces it (one registered op, fullgraph): grouped K/V
+    heads (enable_gqa), broadcast batch, a 3-D call with a 1-D mask and a bias table, a 5-D call; compiled equals
+    eager bit for bit, and a GQA grouping torch refuses is refused while compiling with the eager message."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, n, 5, 8, generator=g) for n in (6, 2, 2))
+    keep = torch.rand(5, generator=g) > 0.3
+    table = torch.randn(6, 9, generator=g)
+
+    def f(q, k, v):
+        a = ops.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        b = ops.scaled_dot_product_attention(q, k[:1, :1], v[:1, :1], scale=0.3)
+        c = ops.scaled_dot_product_attention(q[0], q[1], q[0], attn_mask=keep, relative_position_bias=table)
+        d = ops.scaled_dot_product_attention(q[None], k[None], v[None], enable_gqa=True)
+        return a, b, c, d
+
+    eager = f(q, k, v)
+    _equal(torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v), eager)
+    seen = []
+
+    def record(gm, example_inputs):  # the dynamo graph: each call is the registered op, with its arguments
+        seen.extend(n for n in gm.graph.nodes if "engine.scaled_dot_product_attention" in str(n.target))
+        return gm.forward
+
+    torch._dynamo.reset()
+    _equal(torch.compile(f, fullgraph=True, backend=record)(q, k, v), eager)
+    assert [n.args[7] for n in seen] == [True, False, False, True]  # enable_gqa reaches the op as given
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="enable_gqa: the key heads"):
+        torch.compile(f, fullgraph=True, backend="aot_eager")(q[:, :5], k, v)
+
+
 def test_ops_that_need_grad_compile_to_differentiable_pytorch():
     """Inputs that require grad take the PyTorch path inside the compiled graph (the kernels have no backward)."""
     torch._dynamo.reset()

@@ -152,3 +152,141 @@ def test_t5_refusals_name_the_field(change, word):
     d = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], **change}
     with pytest.raises(ValueError, match=word):
         ModelConfig.from_hf(d)
+
+
+# ---- every field is what it claims; what engine cannot honour is refused, naming the field ------------------
+BAD_FIELDS = [
+    ("BertModel", {"num_hidden_layers": 2.5}, "num_hidden_layers must be a positive integer; got 2.5"),
+    ("BertModel", {"num_hidden_layers": "12"}, "num_hidden_layers must be a positive integer; got '12'"),
+    ("BertModel", {"num_hidden_layers": True}, "num_hidden_layers must be a positive integer; got True"),
+    ("BertModel", {"hidden_size": -768}, "hidden_size must be a positive integer; got -768"),
+    ("BertModel", {"intermediate_size": None}, "intermediate_size must be a positive integer; got None"),
+    ("BertModel", {"type_vocab_size": 0}, "type_vocab_size must be a positive integer; got 0"),
+    ("BertModel", {"layer_norm_eps": "1e-12"}, "layer_norm_eps must be a finite number > 0; got '1e-12'"),
+    ("BertModel", {"layer_norm_eps": 0}, "layer_norm_eps must be a finite number > 0; got 0"),
+    ("BertModel", {"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false; got 'false'"),
+    ("BertModel", {"pad_token_id": -1}, r"pad_token_id must be a token id \(an integer >= 0\) or null; got -1"),
+    ("BertModel", {"hidden_act": 3}, "hidden_act must be a string; got 3"),
+    ("BertModel", {"is_decoder": "no"}, "is_decoder must be true or false"),
+    ("BertForSequenceClassification", {"id2label": {"0": "a", "2": "b"}}, "id2label must be an object mapping"),
+    ("BertForSequenceClassification", {"id2label": None, "num_labels": 0}, "num_labels must be a positive integer"),
+    ("BertForSequenceClassification", {"problem_type": "multilabel"}, "problem_type must be one of regression"),
+    ("BertForSequenceClassification", {"id2label": {"0": "only"}, "problem_type": "single_label_classification"},
+     "single_label_classification' needs num_labels > 1"),
+    ("BertModel", {"pruned_heads": {"0": [1]}}, "pruned_heads is not supported"),
+    ("BertModel", {"per_layer_config": {"0": {"hidden_act": "relu"}}}, "per_layer_config is not supported"),
+    ("RobertaModel", {"pad_token_id": None}, "RoBERTa needs pad_token_id"),
+    ("RobertaModel", {"max_position_embeddings": 2, "pad_token_id": 1}, "leaves no position"),
+    ("AlbertModel", {"embedding_size": 16.0}, "embedding_size must be a positive integer; got 16.0"),
+    ("AlbertModel", {"inner_group_num": -1}, "inner_group_num must be a positive integer; got -1"),
+    ("GPT2LMHeadModel", {"n_layer": 1.0}, "n_layer must be a positive integer; got 1.0"),
+    ("GPT2LMHeadModel", {"n_inner": 0}, "n_inner must be a positive integer or null; got 0"),
+    ("GPT2LMHeadModel", {"scale_attn_weights": 1}, "scale_attn_weights must be true or false; got 1"),
+    ("GPT2LMHeadModel", {"eos_token_id": "x"}, "eos_token_id must be a token id, a list of token ids, or null"),
+    ("GPT2LMHeadModel", {"eos_token_id": [1, -2]}, "eos_token_id must be a token id, a list of token ids"),
+    ("GPT2LMHeadModel", {"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a finite number"),
+    ("GPT2LMHeadModel", {"add_cross_attention": True}, "add_cross_attention=true is not supported"),
+    ("GPT2LMHeadModel", {"architectures": "GPT2LMHeadModel"}, "architectures must be a list of class names"),
+    # the T5 family's own fields, held to the same rules
+    ("T5ForConditionalGeneration", {"d_model": 24.0}, "d_model must be a positive integer; got 24.0"),
+    ("T5ForConditionalGeneration", {"d_kv": "5"}, "d_kv must be a positive integer; got '5'"),
+    ("T5ForConditionalGeneration", {"d_ff": None}, "d_ff must be a positive integer; got None"),
+    ("T5ForConditionalGeneration", {"num_heads": True}, "num_heads must be a positive integer; got True"),
+    ("T5ForConditionalGeneration", {"num_layers": 2.5}, "num_layers must be a positive integer; got 2.5"),
+    ("T5ForConditionalGeneration", {"num_decoder_layers": 0}, "num_decoder_layers must be a positive integer or null"),
+    ("MT5ForConditionalGeneration", {"relative_attention_num_buckets": "32"},
+     "relative_attention_num_buckets must be a positive integer; got '32'"),
+    ("UMT5EncoderModel", {"relative_attention_max_distance": -128},
+     "relative_attention_max_distance must be a positive integer; got -128"),
+    ("T5EncoderModel", {"layer_norm_epsilon": "1e-6"}, "layer_norm_epsilon must be a finite number > 0"),
+    ("T5ForConditionalGeneration", {"n_positions": 1.5}, "n_positions must be a positive integer or null"),
+    ("T5ForConditionalGeneration", {"vocab_size": 0}, "vocab_size must be a positive integer; got 0"),
+    ("T5ForConditionalGeneration", {"feed_forward_proj": 3}, "feed_forward_proj=3 is not valid"),
+    ("T5ForConditionalGeneration", {"dense_act_fn": ["relu"]}, r"dense_act_fn must be a string; got \['relu'\]"),
+    ("T5ForConditionalGeneration", {"is_gated_act": 0}, "is_gated_act must be true or false; got 0"),
+    ("T5ForConditionalGeneration", {"tie_word_embeddings": "true"}, "tie_word_embeddings must be true or false"),
+    ("T5ForConditionalGeneration", {"scale_decoder_outputs": 1}, "scale_decoder_outputs must be true or false"),
+    ("T5ForConditionalGeneration", {"decoder_start_token_id": -1}, "decoder_start_token_id must be a token id"),
+    ("T5ForConditionalGeneration", {"eos_token_id": 1.0}, "eos_token_id must be a token id, a list of token ids"),
+    ("T5ForConditionalGeneration", {"pad_token_id": "0"}, "pad_token_id must be a token id"),
+    ("T5ForConditionalGeneration", {"is_decoder": "no"}, "is_decoder must be true or false"),
+    ("T5ForConditionalGeneration", {"problem_type": "x"}, "problem_type must be one of"),
+]
+
+
+@pytest.mark.parametrize("arch,change,msg", BAD_FIELDS, ids=[f"{a}-{next(iter(c))}" for a, c, _ in BAD_FIELDS])
+def test_config_values_that_are_not_what_they_claim(tmp_path, arch, change, msg):
+    d = {**hf_config(arch).to_dict(), **change}
+    with pytest.raises(ValueError, match=msg):
+        ModelConfig.from_hf(d)
+    (tmp_path / "config.json").write_text(json.dumps(d, allow_nan=True))
+    with pytest.raises(ValueError, match=f"config.json: .*{msg}") as info:  # through the loader: names the file
+        load_config(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("field,value", [("num_layers", 2.5), ("vocab_size", "97"), ("tie_word_embeddings", 1),
+                                         ("layer_norm_eps", -1.0), ("eos_token_id", [0.5]), ("problem_type", "x")])
+def test_engine_config_fields_are_checked_too(field, value):
+    d = ModelConfig.from_hf(hf_config("GPT2LMHeadModel").to_dict()).to_dict()
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        ModelConfig.from_dict({**d, field: value})
+    del d["vocab_size"]
+    with pytest.raises(ValueError, match="missing fields: vocab_size"):
+        ModelConfig.from_dict(d)
+
+
+def test_fields_that_change_the_meaning_of_outputs_are_carried():
+    d = hf_config("BertForSequenceClassification").to_dict()
+    for problem, labels, how in [("multi_label_classification", 3, "sigmoid"), ("regression", 1, "none"),
+                                 (None, 1, "sigmoid"), (None, 3, "softmax"), ("single_label_classification", 3,
+                                                                              "softmax")]:
+        cfg = ModelConfig.from_hf({**d, "problem_type": problem, "id2label": {str(i): f"L{i}" for i in range(labels)}})
+        assert (cfg.problem_type, cfg.num_labels, cfg.score_function) == (problem, labels, how)
+        assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # through engine's config.json
+    cfg = ModelConfig.from_hf({**d, "torch_dtype": "bfloat16"})
+    assert cfg.dtype == "bfloat16"
+    assert ModelConfig.from_hf({**d, "dtype": "float16", "torch_dtype": "bfloat16"}).dtype == "float16"
+    gpt = ModelConfig.from_hf({"model_type": "gpt2"})  # GPT2Config's own defaults, as transformers reads them
+    assert (gpt.eos_token_id, gpt.bos_token_id, gpt.pad_token_id) == (50256, 50256, None)
+
+
+@pytest.mark.parametrize("field,value", [("d_kv", 2.5), ("d_kv", None), ("num_decoder_layers", None),
+                                         ("relative_attention_num_buckets", "8"), ("gated_mlp", 1),
+                                         ("activation", 3), ("decoder_start_token_id", -1), ("scale_decoder_outputs", 0)])
+def test_engine_config_fields_of_t5_are_checked_too(field, value):
+    """engine's own config.json of a T5 model (what convert writes): every T5 field checked as from_hf checks it."""
+    d = ModelConfig.from_hf(hf_config("T5ForConditionalGeneration").to_dict()).to_dict()
+    assert ModelConfig.from_dict(d).to_dict() == d
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        ModelConfig.from_dict({**d, field: value})
+
+
+def test_generation_config_supplies_t5_eos_pad_and_start(tmp_path):
+    """As transformers' generate: generation_config.json's EOS, pad and decoder start ids win over config.json's."""
+    d = hf_config("T5ForConditionalGeneration").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**d, "decoder_start_token_id": 0}))
+    cfg = load_config(tmp_path)
+    assert (cfg.eos_token_id, cfg.pad_token_id, cfg.decoder_start_token_id) == (1, 0, 0)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 7], "pad_token_id": 3,
+                                                                  "decoder_start_token_id": 3}))
+    cfg = load_config(tmp_path)
+    assert (cfg.eos_token_id, cfg.pad_token_id, cfg.decoder_start_token_id) == ([1, 7], 3, 3)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"decoder_start_token_id": 2.0}))
+    with pytest.raises(ValueError, match="generation_config.json: decoder_start_token_id must be a token id"):
+        load_config(tmp_path)
+    enc = {**hf_config("T5EncoderModel").to_dict(), "decoder_start_token_id": 0}  # a non-generating class too
+    (tmp_path / "config.json").write_text(json.dumps(enc))
+    with pytest.raises(ValueError, match="generation_config.json: decoder_start_token_id"):
+        load_config(tmp_path)
+
+
+def test_generation_config_supplies_gpt2_eos_and_pad(tmp_path):
+    d = hf_config("GPT2LMHeadModel").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**d, "eos_token_id": 3, "pad_token_id": None}))
+    assert (load_config(tmp_path).eos_token_id, load_config(tmp_path).pad_token_id) == (3, None)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 6], "pad_token_id": 7}))
+    assert (load_config(tmp_path).eos_token_id, load_config(tmp_path).pad_token_id) == ([5, 6], 7)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"pad_token_id": "x"}))
+    with pytest.raises(ValueError, match="generation_config.json: pad_token_id must be a token id"):
+        load_config(tmp_path)

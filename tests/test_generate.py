@@ -4,6 +4,8 @@ repetition penalty), sampling semantics (the distribution each step draws from v
 seeded reproducibility, streaming, the static KV cache vs a full forward at every step, and bad input."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers as T
@@ -11,6 +13,7 @@ import transformers as T
 import engine
 from engine import generate as gen
 from engine import sampling
+from engine.sessions import SessionPool
 
 V, NPOS = 97, 96
 
@@ -120,6 +123,23 @@ def test_up_to_eight_eos_ids(models):
     assert torch.equal(got[0, :6 + first + 1], free[0, :6 + first + 1]) and (got[0, 6 + first + 1:] == 1).all()
 
 
+def test_default_pad_is_the_models_pad_id_as_in_transformers(models, tmp_path):
+    """HF pads stopped rows with the generation config's pad id (from generation_config.json / config.json), and
+    falls back to the first EOS id only when there is none."""
+    hf, _ = models
+    ids, mask = prompts(3, 9, seed=7, pads=(0, 4, 2))
+    free = hf_generate(hf, ids, mask, max_new_tokens=40, do_sample=False)[:, 9:]
+    eos = free[0, 3].item()
+    hf.save_pretrained(tmp_path)
+    gen_cfg = {"eos_token_id": eos, "pad_token_id": 5, "bos_token_id": 0}
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen_cfg))
+    hf2 = T.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        want = hf2.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False)  # its own defaults
+    got = engine.from_pretrained(tmp_path).generate(ids, attention_mask=mask, max_new_tokens=40)
+    assert torch.equal(got, want) and (got[0, 9 + 4:] == 5).all()
+
+
 def test_all_rows_stop_early_like_transformers(models):
     hf, m = models
     ids, mask = prompts(2, 6, seed=11, pads=(2, 0))
@@ -224,9 +244,10 @@ def test_reused_session_is_reset_between_calls(models):
     ids_a, mask_a = prompts(2, 9, seed=29, pads=(0, 4))
     ids_b, mask_b = prompts(2, 12, seed=31, pads=(7, 0))
     first = m.generate(ids_a, attention_mask=mask_a, max_new_tokens=20, eos_token_id=3)
-    session = m.__dict__["_engine_generate_session"]
+    pool = SessionPool.of(m, "generate")
+    created = pool.created
     m.generate(ids_b, attention_mask=mask_b, max_new_tokens=21, repetition_penalty=1.2)
-    assert m.__dict__["_engine_generate_session"] is session  # same (batch, cache length): buffers reused
+    assert pool.created == created and pool.idle() == 1  # same (batch, cache length): the session is reused
     assert torch.equal(m.generate(ids_a, attention_mask=mask_a, max_new_tokens=20, eos_token_id=3), first)
 
 
@@ -244,9 +265,10 @@ def test_static_cache_matches_full_forward_each_step(models, backend, monkeypatc
         real = kd.decode_attention_fwd
         monkeypatch.setattr(kd, "decode_attention_fwd", lambda *a, **k: kernel_calls.append(1) or real(*a, **k))
     ids, mask = prompts(3, 7, seed=37, pads=(0, 2, 5))
-    s, req = gen._start(m, ids, dict(attention_mask=mask, max_new_tokens=steps, do_sample=False, temperature=1.0,
-                                     top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, eos_token_id=None,
-                                     pad_token_id=None, seed=0, cuda_graph=False))
+    req, max_len = gen._prepare(m, ids, dict(attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                                             temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                                             eos_token_id=None, pad_token_id=None, seed=0, cuda_graph=False))
+    s = gen._Session(m, 3, max_len)
     with torch.no_grad():
         s.start(req)  # prefill: logits of the first new token
         for step in range(steps):
@@ -285,9 +307,10 @@ def test_graph_orchestration_on_cpu(models, monkeypatch, do_sample):
     kw = dict(attention_mask=mask, max_new_tokens=20, do_sample=do_sample, temperature=1.0, top_k=0, top_p=0.9,
               min_p=0.0, repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, seed=5, cuda_graph=False)
     want = m.generate(ids, **{k: v for k, v in kw.items() if k != "cuda_graph"})
+    req, max_len = gen._prepare(m, ids, kw)
+    req.cuda_graph = True
+    s = gen._Session(m, 3, max_len)
     for call in range(2):  # the second call replays the graphs captured by the first
-        s, req = gen._start(m, ids, kw)
-        req.cuda_graph = True
         for _ in gen._steps(s, req, streaming=False):
             pass
         assert torch.equal(s.out[:, :8 + int(s.n_new)], want)

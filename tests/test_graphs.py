@@ -126,6 +126,38 @@ def test_outputs_are_copies():
     assert torch.equal(a, keep)
 
 
+def test_threads_sharing_one_models_graphs_get_their_own_outputs():
+    """Calls from several threads with one key (so one entry's static inputs) and with other keys (the graphs share
+    a memory pool): each gets the output of its own inputs (EncoderGraphs serves one call at a time)."""
+    import copy
+    import threading
+
+    model = _model("BertModel")
+    runner = EncoderGraphs(model)
+    g = torch.Generator().manual_seed(7)
+    calls = [(torch.randint(0, 50, (2, n), generator=g), torch.ones(2, n, dtype=torch.long)) for n in (9, 13, 11, 16)]
+    calls += [(torch.randint(0, 50, (3, 12), generator=g), None)]  # another batch size: another entry
+    with torch.no_grad():
+        want = [runner.run(ids, mask, None, graph=False) for ids, mask in calls]
+    got, barrier = {}, threading.Barrier(len(calls))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        with torch.no_grad():
+            got[i] = [runner.run(*calls[i], None, graph=False) for _ in range(6)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i, w in enumerate(want):
+        for out in got[i]:
+            assert torch.equal(out, w), f"call {i}: another thread's inputs"
+    clone = copy.deepcopy(runner)  # a copy (of a model that holds its graphs) starts empty
+    assert clone.entries == {} and clone.lock is not runner.lock
+
+
 def test_cuda_graph_option_is_checked():
     model = _model("BertModel")
     ids = inputs("BertModel")["input_ids"]

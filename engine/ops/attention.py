@@ -37,13 +37,14 @@ from engine.ops._checks import (
     same_cuda_device,
 )
 from engine.ops.position_bias import bias_block, check_relative_position_bias, relative_position_bias_ok
+from engine.ops.sdpa_args import _check_sdpa  # SDPA's full check (torch's signature); the cheap path is below
 
 MAX_HEAD_DIM = 256  # largest head dim the kernel tiles
 _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
 _Tensor = torch.Tensor
 _I32 = torch.int32
 _INF = math.inf
-_MASK_DTYPES = FAST_FLOAT_DTYPES | {torch.bool}
+_BOOL, _F32 = torch.bool, torch.float32
 _KEEP_DTYPES = frozenset((torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and key = (dtype, mask dtype or None, shape class), where the
@@ -77,21 +78,6 @@ def _check_scale(scale: object) -> float | None:
     return float(scale)
 
 
-def _check_mask(mask: object, shape: tuple[int, int, int, int], device: torch.device) -> torch.Tensor | None:
-    """attn_mask: None, or bool / floating, broadcastable to ``shape`` = (B, H, Nq, Nk); returned as a 4-D view."""
-    if mask is None:
-        return None
-    mask = check_tensor("attn_mask", mask)
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(f"attn_mask must be bool (True = attend) or floating (added to scores); got {mask.dtype}")
-    if mask.device != device:
-        raise ValueError(f"attn_mask must be on the query's device {device}; got {mask.device}")
-    ok = mask.dim() <= 4 and all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape)))
-    if not ok:
-        raise ValueError(f"attn_mask must be broadcastable to (B, H, Nq, Nk) = {shape}; got shape {tuple(mask.shape)}")
-    return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
-
-
 def _causal_keep(n_q: int, n_k: int, device: torch.device, *, bottom_right: bool) -> torch.Tensor:
     """(Nq, Nk) bool: True where query i may see key j (top-left: j <= i; bottom-right: j <= i + Nk - Nq)."""
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q if bottom_right else 0)
@@ -102,12 +88,14 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
     relative-position table (H, 2L - 1), the queries at positions q_offset + 0..Nq-1 (keys at 0..Nk-1)."""
     n_q, n_k = q.shape[2], k.shape[2]
     dead, dead_known = None, False  # rows that see no key, when known without scanning a full float mask
-    if bias is not None:  # fold the (1, H, Nq, Nk) bias block, the mask and causality into one additive mask
-        if is_causal:
-            keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
-            mask = keep if mask is None else mask & keep if mask.dtype == torch.bool else \
-                mask.masked_fill(~keep, float("-inf"))
-            is_causal = False
+    if is_causal and (bias is not None or mask is not None or (scale is not None and not scale > 0)):
+        # an explicit triangle, folded into the mask (and the bias below); also for a scale <= 0 (or NaN), where
+        # torch 2.13's fused CPU path returns NaN for is_causal
+        keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
+        mask = keep if mask is None else mask & keep if mask.dtype == torch.bool else \
+            mask.masked_fill(~keep, float("-inf"))
+        is_causal = False
+    if bias is not None:  # fold the (1, H, Nq, Nk) bias block and the mask into one additive mask
         wide = torch.float64 if q.dtype == torch.float64 else torch.float32
         add = bias_block(bias, q_offset, n_q, n_k, dtype=wide)[None]
         if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
@@ -118,10 +106,6 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         else:
             add = add + mask.to(wide)
         mask = add
-    if is_causal and mask is not None:
-        keep = _causal_keep(n_q, n_k, q.device, bottom_right=False)
-        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
-        is_causal = False
     if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
         if torch.finfo(mask.dtype).max > torch.finfo(q.dtype).max:
             # A mask of a wider range than the queries (float32 with fp16 / bf16): narrowed, float32's min would
@@ -147,63 +131,47 @@ def output_like(q: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tens
     return torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
 
 
-def _check_sdpa(query: object, key: object, value: object, attn_mask: object, dropout_p: object, is_causal: object,
-                scale: object, relative_position_bias: object = None) -> tuple:
-    """Every check of ``scaled_dot_product_attention``'s arguments; returns
-    (q, k, v, mask as 4-D or None, scale, relative_position_bias)."""
-    q, k, v = _check_qkv("(B, H, N, D)", query=query, key=key, value=value)
-    b, h, n_q, d = q.shape
-    n_k = k.shape[2]
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(f"query, key and value must have the same batch size; got {b}, {k.shape[0]}, {v.shape[0]}")
-    if k.shape[1] != h or v.shape[1] != h:
-        raise ValueError(f"query, key and value must have the same number of heads; got {h}, {k.shape[1]}, "
-                         f"{v.shape[1]}")
-    if k.shape[3] != d:
-        raise ValueError(f"key head dim must equal query head dim {d}; got {k.shape[3]}")
-    if v.shape[2] != n_k:
-        raise ValueError(f"value must have as many positions as key ({n_k}); got {v.shape[2]}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a number in [0, 1); got {dropout_p!r}")
-    if not isinstance(is_causal, bool):
-        raise TypeError(f"is_causal must be a bool; got {type(is_causal).__name__}")
-    scale = _check_scale(scale)
-    mask = _check_mask(attn_mask, (b, h, n_q, n_k), q.device)
-    bias = check_relative_position_bias(relative_position_bias, heads=h, min_length=max(n_q, n_k), device=q.device)
-    return q, k, v, mask, scale, bias
-
-
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: float | None = None, *,
+                                 is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
                                  relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and results).
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (same arguments, shapes and results), plus
+    engine's keyword-only ``relative_position_bias``.
 
-    query: (B, H, Nq, D); key: (B, H, Nk, D); value: (B, H, Nk, Dv); any strides (transposed views are read in
-    place). attn_mask: None, bool (True = attend) or floating (added to the scores), broadcastable to
-    (B, H, Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk), (Nq, Nk), ... Broadcast dims are read with
-    stride 0, never expanded in memory. is_causal: top-left aligned (PyTorch); combined with attn_mask by AND.
-    scale: default 1 / sqrt(D). relative_position_bias: None, or a (H, 2L - 1) table with L >= max(Nq, Nk):
-    ``table[h, L - 1 + j - i]`` is added to the score of query i and key j after the scale (T5; see
-    engine.ops.position_bias). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
+    query: (..., Hq, Nq, D); key: (..., Hk, Nk, D); value: (..., Hv, Nk, Dv); the leading dims broadcast as in
+    torch (a key/value batch or head dim of 1 is shared), any rank >= 2, any strides (transposed views are read in
+    place). enable_gqa: grouped-query attention as torch: Hk and Hv must divide Hq, and query head i uses key/value
+    head i // (Hq / Hk). attn_mask: None, bool (True = attend), or float32 / the query's dtype (added to the
+    scores), broadcastable to (..., Nq, Nk): key-padding (B, 1, 1, Nk), full (B, H, Nq, Nk),
+    (Nq, Nk), (Nk,), ... Broadcast dims are read with stride 0, never expanded in memory (4-D inputs). is_causal:
+    top-left aligned (query i sees keys j <= i), combined with attn_mask by AND (as torch does). dropout_p in
+    [0, 1] (applied as torch applies it: always). scale: default 1 / sqrt(D). relative_position_bias: None, or a
+    (Hq, 2L - 1) table with L >= max(Nq, Nk): ``table[h, L - 1 + j - i]`` is added to the score of query i and key
+    j after the scale (T5; see engine.ops.position_bias), the same for every batch dim. Returns (..., Hq, Nq, Dv)
+    in the query's dtype; a row with no visible key is zeros (as torch 2.13). Where this op deliberately differs
+    from torch (errors it raises, inputs torch mishandles), see README "Where engine's ops differ from PyTorch".
 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
-    D <= 256 with Dv == D, dropout_p == 0; anything else runs PyTorch's SDPA.
+    D <= 256 with Dv == D, dropout_p == 0, a finite positive scale, no relative_position_bias; anything else runs
+    PyTorch's SDPA. GQA key/value heads are repeated in memory for the kernel (one copy of K and V per call).
     """
-    # Cheap path: 4-D tensors of one float dtype and device with matching sizes, float dropout_p and scale (or
-    # None), a bool is_causal, a 4-D mask (or None) and a bias table that covers the call (or None): attribute
-    # reads that imply every check in _check_sdpa.
+    # Cheap path: 4-D tensors of one float dtype and device with equal batch and head dims (no broadcasting, no GQA
+    # grouping), float dropout_p in [0, 1] and a finite float scale (or None), bool is_causal / enable_gqa, a 4-D
+    # mask (or None) of bool, float32 or the query's dtype, and a bias table that covers the call (or None):
+    # attribute reads that imply every check in _check_sdpa, which then has nothing to reshape.
     compiling = _compiling()
     q, k, v, mask, bias = query, key, value, attn_mask, relative_position_bias
+    out_shape = None  # (..., Hq, Nq, Dv) when the call is not 4-D already
     if (isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor)
             and (dtype := q.dtype) in FAST_FLOAT_DTYPES and k.dtype is dtype and v.dtype is dtype
             and len(qs := q.shape) == 4 and len(ks := k.shape) == 4 and len(vs := v.shape) == 4
             and ks[0] == qs[0] == vs[0] and ks[1] == qs[1] == vs[1] and ks[3] == qs[3] and vs[2] == ks[2]
-            and type(dropout_p) is float and 0.0 <= dropout_p < 1.0 and type(is_causal) is bool
-            and (scale is None or (type(scale) is float and -_INF < scale < _INF))
-            and (mask is None or (isinstance(mask, _Tensor) and mask.dtype in _MASK_DTYPES and len(ms := mask.shape) == 4
-                                  and ms[0] in (1, qs[0]) and ms[1] in (1, qs[1]) and ms[2] in (1, qs[2])
-                                  and ms[3] in (1, ks[2])))
+            and type(dropout_p) is float and 0.0 <= dropout_p <= 1.0 and type(is_causal) is bool
+            and type(enable_gqa) is bool and (scale is None or (type(scale) is float and -_INF < scale < _INF))
+            and (mask is None or (isinstance(mask, _Tensor)
+                                  and ((md := mask.dtype) is _BOOL or md is dtype or md is _F32)
+                                  and len(ms := mask.shape) == 4 and ms[0] in (1, qs[0]) and ms[1] in (1, qs[1])
+                                  and ms[2] in (1, qs[2]) and ms[3] in (1, ks[2])))
             and ((q.is_cpu and k.is_cpu and v.is_cpu and (mask is None or mask.is_cpu))
                  or same_cuda_device(q, k, v, mask))
             and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(qs[2], ks[2])))):
@@ -211,30 +179,37 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         n_k = ks[2]
         dv = vs[3]
     else:
-        q, k, v, mask, scale, bias = _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                                 relative_position_bias)
+        q, k, v, mask, dropout_p, scale, bias, out_shape = _check_sdpa(
+            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, relative_position_bias)
         b, h, n_q, d = q.shape
         n_k, dv, dtype = k.shape[2], v.shape[3], q.dtype
+        if len(out_shape) == 4:
+            out_shape = None
 
     if compiling:
-        if not backend.grad_recording(q, k, v, mask, bias):
-            return torch.ops.engine.scaled_dot_product_attention(q, k, v, mask, float(dropout_p), is_causal, scale,
-                                                                 bias)
+        # the registered op takes the call as given (any rank, broadcasting, enable_gqa): its fake implementation
+        # runs _check_sdpa on the trace's tensors, so the compiled graph has the eager semantics
+        if not backend.grad_recording(query, key, value, attn_mask, bias):
+            return torch.ops.engine.scaled_dot_product_attention(query, key, value, attn_mask, float(dropout_p),
+                                                                 is_causal, scale, enable_gqa, bias)
     elif not _SDPA.pytorch_only(q):
         shape_ok = (dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
-                    and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
+                    and (scale is None or 0.0 < scale < _INF)  # the kernel scales row maxima: a finite scale > 0
                     and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y)
         if _SDPA(q, (dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask, bias):
-            return _sdpa_kernel(q, k, v, mask, is_causal, scale, bias)
-    if mask is None and bias is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
-    return _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
+            out = _sdpa_kernel(q, k, v, mask, is_causal, scale, bias)
+            return out if out_shape is None else out.reshape(out_shape)
+    if mask is None and bias is None and (not is_causal or scale is None or scale > 0):
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    else:
+        out = _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
+    return out if out_shape is None else out.reshape(out_shape)
 
 
 def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                  scale: float | None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The Triton path of ``scaled_dot_product_attention`` (arguments checked; mask 4-D or None; bias a table
-    covering the call or None)."""
+    """The Triton path of ``scaled_dot_product_attention`` (arguments checked, (B, H, N, D); mask 4-D or None;
+    bias a table covering the call or None)."""
     from engine.kernels.attention import attention_fwd
 
     b, h, n_q, d = q.shape

@@ -8,22 +8,25 @@ the public function calls the registered op instead, which the compiled graph ke
     ops.add_layer_norm(...)  ->  torch.ops.engine.add_layer_norm  -> (Tensor, Tensor)
     ops.rms_norm / add_rms_norm                ->  same names (eps=None resolved to the dtype's epsilon first)
     ops.gelu / bias_gelu / gelu_and_mul        ->  same names
-    ops.scaled_dot_product_attention, ops.varlen_attention, ops.decode_attention -> same names, with the
-                             optional ``relative_position_bias`` table as a ``Tensor?`` argument (default None)
+    ops.scaled_dot_product_attention         ->  same name, torch's whole signature (any rank, broadcast batch /
+                             head dims, ``bool enable_gqa=False``) and the optional ``relative_position_bias`` table
+    ops.varlen_attention, ops.decode_attention -> same names, with the optional ``relative_position_bias`` table
+                             as a ``Tensor?`` argument (default None)
     (models)                 ->  torch.ops.engine.check_range     the value checks of model inputs, at run time
 
 At run time the registered op calls the eager function, so dispatch, kernels and error messages are the eager ones.
 At trace time the fake (meta) implementation runs the same argument checks on the fake tensors (same errors,
 raised while compiling) and returns outputs with the strides the real op produces: contiguous, except attention
 (B, H, N, D), which is laid out as (B, N, H, D) when the query is a transposed view of that layout (see
-``attention.output_like``). Optional ``out=`` buffers stay outside the op (the traced code copies into them).
+``attention.output_like``; SDPA calls of another rank, or broadcasting the query's batch / heads, are contiguous).
+Optional ``out=`` buffers stay outside the op (the traced code copies into them).
 
 Not registered: ``unpad_input`` (its output size is data dependent; compiled models run the padded path) and
 ``pad_input`` (plain PyTorch ops, traced as they are). The kernels are reached inside the ops (custom_op), not
 through ``triton_op``: the compiled graph calls our launchers, which keep engine's cached dispatch and launch path.
 
-Adding an argument to an op (e.g. ``enable_gqa`` to scaled_dot_product_attention): extend its schema string below
-(with a default, so older call sites stay valid), its real and fake functions, and the call in the public op.
+Adding an argument to an op (as ``enable_gqa`` was added to scaled_dot_product_attention): extend its schema string
+below (with a default, so older call sites stay valid), its real and fake functions, and the call in the public op.
 """
 from __future__ import annotations
 
@@ -155,22 +158,33 @@ def _(input, approximate):
 # ---- attention ----------------------------------------------------------------------------------------------
 @_op("scaled_dot_product_attention",
      "(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float dropout_p, bool is_causal, float? scale,"
-     " Tensor? relative_position_bias=None) -> Tensor")
-def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, relative_position_bias=None):
-    from engine.ops.attention import output_like, scaled_dot_product_attention
+     " bool enable_gqa=False, Tensor? relative_position_bias=None) -> Tensor")
+def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=False, relative_position_bias=None):
+    from engine.ops.attention import scaled_dot_product_attention
 
-    y = scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
+    y = scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                      relative_position_bias=relative_position_bias)
-    out = output_like(query, y.shape)
+    out = _sdpa_layout(query, y.shape)
     return y if y.stride() == out.stride() else out.copy_(y)
 
 
 @_sdpa.register_fake
-def _(query, key, value, attn_mask, dropout_p, is_causal, scale, relative_position_bias=None):
-    from engine.ops.attention import _check_sdpa, output_like
+def _(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=False, relative_position_bias=None):
+    from engine.ops.attention import _check_sdpa
 
-    q, k, v, *_ = _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, relative_position_bias)
-    return output_like(q, (q.shape[0], q.shape[1], q.shape[2], v.shape[3]))
+    *_, out_shape = _check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                relative_position_bias)
+    return _sdpa_layout(query, out_shape)
+
+
+def _sdpa_layout(query: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The registered SDPA's output buffer of ``shape`` (..., Hq, Nq, Dv): ``attention.output_like``'s layout when
+    the call is 4-D with the query's batch and heads (the kernel's layout), else contiguous."""
+    from engine.ops.attention import output_like
+
+    if len(shape) == 4 and query.dim() == 4 and tuple(query.shape[:2]) == tuple(shape[:2]):
+        return output_like(query, shape)
+    return query.new_empty(shape)
 
 
 @_op("varlen_attention",

@@ -323,14 +323,17 @@ def _bad_cases():
     yield "query", (TypeError, "query must be a torch.Tensor"), lambda: ops.scaled_dot_product_attention(
         q.numpy(), q, q)
     yield "int", (TypeError, "query must be a floating"), lambda: ops.scaled_dot_product_attention(q.long(), q, q)
-    yield "3d", (ValueError, r"key must be 4-D"), lambda: ops.scaled_dot_product_attention(q, q[0], q)
+    yield "1d", (ValueError, r"key must have at least 2 dims"), lambda: ops.scaled_dot_product_attention(
+        q, q[0, 0, 0], q)
     yield "dtype", (TypeError, "same dtype"), lambda: ops.scaled_dot_product_attention(q, q.half(), q)
-    yield "batch", (ValueError, "same batch size"), lambda: ops.scaled_dot_product_attention(
-        q, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))
-    yield "heads", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
+    yield "batch", (ValueError, "batch/head dims must broadcast"), lambda: ops.scaled_dot_product_attention(
+        torch.randn(2, 2, 5, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8))
+    yield "heads", (ValueError, "batch/head dims must broadcast"), lambda: ops.scaled_dot_product_attention(
         q, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8))
-    yield "heads_v", (ValueError, "same number of heads"), lambda: ops.scaled_dot_product_attention(
+    yield "heads_v", (ValueError, "batch/head dims must broadcast"), lambda: ops.scaled_dot_product_attention(
         q, q, torch.randn(1, 3, 5, 8))  # only value's differs: each tensor is checked on its own
+    yield "gqa", (ValueError, "enable_gqa: the key heads"), lambda: ops.scaled_dot_product_attention(
+        torch.randn(1, 6, 5, 8), torch.randn(1, 4, 5, 8), torch.randn(1, 4, 5, 8), enable_gqa=True)
     yield "head_dim", (ValueError, "key head dim"), lambda: ops.scaled_dot_product_attention(
         q, torch.randn(1, 2, 5, 4), q)
     yield "value_len", (ValueError, "value must have as many"), lambda: ops.scaled_dot_product_attention(
@@ -341,6 +344,8 @@ def _bad_cases():
         q, q, q, attn_mask=torch.ones(1, 1, 2, 5, 5, dtype=torch.bool))
     yield "mask_dtype", (TypeError, "attn_mask must be bool"), lambda: ops.scaled_dot_product_attention(
         q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.int64))
+    yield "mask_f64", (TypeError, "float32 or the query's dtype"), lambda: ops.scaled_dot_product_attention(
+        q, q, q, attn_mask=torch.zeros(5, 5, dtype=torch.float64))
     yield "dropout", (ValueError, "dropout_p"), lambda: ops.scaled_dot_product_attention(q, q, q, dropout_p=1.5)
     yield "causal", (TypeError, "is_causal"), lambda: ops.scaled_dot_product_attention(q, q, q, is_causal=1)
     yield "scale", (TypeError, "scale"), lambda: ops.scaled_dot_product_attention(q, q, q, scale="x")

@@ -2,9 +2,13 @@
 checks (the ``_check_*`` functions of engine/ops), which still run, with the same results, for every other call.
 The errors those checks raise are tested in each op's bad-input test.
 """
+import math
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import ops
 from engine.ops import activation, attention, decode, norm
@@ -111,3 +115,77 @@ def test_other_valid_calls_run_the_full_checks_with_the_same_result(count_full_c
     ref = cheap()
     assert count_full_checks == {}
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+@st.composite
+def _near_cheap_sdpa_calls(draw):
+    """4-D SDPA calls around the cheap path's edge: each argument now and then just outside what it accepts (a mask
+    dtype torch refuses, dropout_p 1 or 1.5, a non-finite or int scale, non-bool flags, grouped or broadcast heads,
+    a bias table too short, even-width, of other heads or dtype)."""
+    def pick(usual, *odd):  # the usual value 8 times in 9
+        return draw(st.sampled_from([usual] * (8 * len(odd)) + list(odd)))
+
+    b, h, n_q, n_k, d = (draw(st.integers(1, 3)) for _ in range(5))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16]))
+    k_bh = [pick(x, 1) for x in (b, h)]
+    mask_kind = pick(draw(st.sampled_from([None, torch.bool, torch.float32, "query"])), torch.float64, torch.float16,
+                     torch.int64)
+    mask_dims = [pick(draw(st.sampled_from([1, x])), x + 1) for x in (b, h, n_q, n_k)]
+    mask_dims = mask_dims[pick(0, 0, 1, 2):]
+    length = max(n_q, n_k) + pick(0, 2, -1)
+    bias = pick(draw(st.sampled_from([None, "ok"])), "heads", "even", "f64")
+    return dict(b=b, h=h, n_q=n_q, n_k=n_k, d=d, dtype=dtype, k_bh=k_bh, mask=mask_kind, mask_dims=mask_dims,
+                length=max(length, 1), bias=bias, dropout_p=pick(0.0, 1.0, 1.5, 0),
+                scale=draw(st.sampled_from([None, 0.4, 1.0, -1.0, 0.0, math.inf, math.nan, 1])),
+                is_causal=pick(draw(st.booleans()), 1), enable_gqa=pick(draw(st.booleans()), 0))
+
+
+def _make_sdpa_call(c):
+    g = torch.Generator().manual_seed(c["b"] * 7 + c["n_q"])
+    rand = lambda *s, dt=c["dtype"]: torch.randn(*s, generator=g).to(dt)  # noqa: E731
+    q = rand(c["b"], c["h"], c["n_q"], c["d"])
+    k, v = (rand(*c["k_bh"], c["n_k"], c["d"]) for _ in range(2))
+    m = None
+    if c["mask"] is torch.bool:
+        m = torch.rand(*c["mask_dims"], generator=g) > 0.3
+    elif c["mask"] is not None:
+        m = rand(*c["mask_dims"], dt=c["dtype"] if c["mask"] == "query" else c["mask"])
+    t = None
+    if c["bias"] is not None:
+        heads = c["h"] + (c["bias"] == "heads")
+        width = 2 * c["length"] - 1 + (c["bias"] == "even")
+        t = rand(heads, width, dt=torch.float64 if c["bias"] == "f64" else torch.float32)
+    return (q, k, v), dict(attn_mask=m, dropout_p=c["dropout_p"], is_causal=c["is_causal"], scale=c["scale"],
+                           enable_gqa=c["enable_gqa"], relative_position_bias=t)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(c=_near_cheap_sdpa_calls())
+def test_sdpa_cheap_path_implies_the_full_checks(c):
+    """Whenever scaled_dot_product_attention takes its cheap path (its full checks not called), the full checks
+    accept the same call and see nothing to reshape (out_shape is the 4-D result's), and the result is the one the
+    full-check path gives (the same call with a 0-d tensor scale, which only the full checks accept)."""
+    args, kw = _make_sdpa_call(c)
+    calls = []
+    real = attention._check_sdpa
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_BACKEND", "torch")
+        mp.setattr(attention, "_check_sdpa", lambda *a, **k: calls.append(1) or real(*a, **k))
+        try:
+            torch.manual_seed(0)
+            out = ops.scaled_dot_product_attention(*args, **kw)
+        except (TypeError, ValueError):
+            assert calls, "the cheap path accepted a call that then failed"
+            return
+        if calls:
+            return  # the full checks ran: nothing to show
+        checked = real(*args, *(kw[n] for n in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa",
+                                                "relative_position_bias")))
+        assert tuple(checked[-1]) == tuple(out.shape)
+        if kw["scale"] is not None and math.isfinite(kw["scale"]):
+            torch.manual_seed(0)
+            exact = torch.tensor(kw["scale"], dtype=torch.float64)  # float() of it is the same Python float
+            full = ops.scaled_dot_product_attention(*args, **{**kw, "scale": exact})
+            assert calls  # the tensor scale went through the full checks
+            torch.testing.assert_close(out, full, rtol=0, atol=0, equal_nan=True)

@@ -54,8 +54,13 @@ def cases(device):
         ("scaled_dot_product_attention", (q, k, v, None, 0.0, True, None)),
         ("scaled_dot_product_attention", (q.contiguous(), k, v, keep, 0.0, False, 0.3)),
         ("scaled_dot_product_attention", (q, k, v, add, 0.0, False, None)),
-        ("scaled_dot_product_attention", (q, k, v, keep, 0.0, False, 1.0, bias7)),
-        ("scaled_dot_product_attention", (q, k, v, None, 0.0, True, None, bias9)),
+        ("scaled_dot_product_attention", (q, k, v, keep, 0.0, False, 1.0, False, bias7)),
+        ("scaled_dot_product_attention", (q, k, v, None, 0.0, True, None, False, bias9)),
+        # torch's whole signature: grouped K/V heads, broadcast batch / heads, 3-D and 5-D calls, a 1-D mask
+        ("scaled_dot_product_attention", (q, k[:, :1], v[:, :1], keep, 0.0, True, None, True)),
+        ("scaled_dot_product_attention", (q, k[:1], v[:1], None, 0.0, False, 0.3, False)),
+        ("scaled_dot_product_attention", (q[0], k[0], v[0], keep[0, 0, 0], 0.0, False, None, False, bias7)),
+        ("scaled_dot_product_attention", (q[None], k[None, :1], v[None, :1], add, 0.0, False, None, True)),
         ("varlen_attention", (pq, pk, pv, cu, cu, 5, 5, True, None, True)),
         ("varlen_attention", (pq, pk, pv, cu, cu, 5, 5, False, 1.0, True, bias7)),
         ("decode_attention", (dq, kc, vc, lens, None, None)),
@@ -97,13 +102,14 @@ def test_registered_op_equals_eager_op(index, device):
     elif name == "decode_attention":
         eager = fn(*args[:5], validate=args[5], **extra(6))
     elif name == "scaled_dot_product_attention":
-        eager = fn(*args[:7], **extra(7))
+        eager = fn(*args[:8], **extra(8))
     else:
         eager = fn(*args)
     for a, e in zip(registered if isinstance(registered, tuple) else (registered,),
                     eager if isinstance(eager, tuple) else (eager,)):
         assert torch.equal(a, e)
-    if name == "scaled_dot_product_attention" and args[0].stride(1) < args[0].stride(2):
+    if name == "scaled_dot_product_attention" and args[0].dim() == 4 and args[0].shape[:2] == registered.shape[:2] \
+            and args[0].stride(1) < args[0].stride(2):
         assert registered.transpose(1, 2).is_contiguous()  # (B, N, H, D) storage, like the kernel's output
 
 
@@ -122,7 +128,11 @@ def test_fake_implementation_raises_the_eager_errors():
         with pytest.raises(ValueError, match="key head dim must equal query head dim 16"):
             torch.ops.engine.scaled_dot_product_attention(q, k, k, None, 0.0, False, None)
         with pytest.raises(ValueError, match=r"relative_position_bias covers distances up to 1 \(L = 2\)"):
-            torch.ops.engine.scaled_dot_product_attention(q, q, q, None, 0.0, False, None, torch.randn(2, 3))
+            torch.ops.engine.scaled_dot_product_attention(q, q, q, None, 0.0, False, None, False, torch.randn(2, 3))
+        with pytest.raises(ValueError, match="enable_gqa: the key heads"):
+            kv = torch.randn(1, 4, 3, 8)
+            torch.ops.engine.scaled_dot_product_attention(torch.randn(1, 6, 3, 8), kv, kv, None, 0.0, False, None,
+                                                          True)
         cache, lens = torch.randn(1, 2, 6, 16), torch.full((1,), 4, dtype=torch.int32)
         with pytest.raises(ValueError, match=r"relative_position_bias must be \(H, 2 \* L - 1\)"):
             torch.ops.engine.decode_attention(q[:, :, :1], cache, cache, lens, None, None, torch.randn(3, 11))

@@ -1,0 +1,133 @@
+"""inf, -inf, NaN and near-overflow values through every op on both backends (the kernels in Triton's interpreter on a
+CPU): they agree, except for the differences README lists under "Where engine's ops differ from PyTorch", which are
+asserted here exactly as written there."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import ops
+
+F32_MIN = torch.finfo(torch.float32).min
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy in the interpreter, on inf / NaN
+SPECIAL = [float("inf"), float("-inf"), float("nan"), 3e38, F32_MIN]
+
+
+def run_both(monkeypatch, fn):
+    outs = []
+    for name in ("torch", "triton"):
+        monkeypatch.setenv("ENGINE_BACKEND", name)
+        out = fn()
+        outs.append(tuple(o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))))
+    return outs
+
+
+def assert_agree(a, b, tol):
+    for x, y in zip(a, b):
+        assert torch.equal(x.isnan(), y.isnan()) and torch.equal(x.isposinf(), y.isposinf()) \
+            and torch.equal(x.isneginf(), y.isneginf())
+        fin = x.isfinite()
+        torch.testing.assert_close(x[fin], y[fin], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("val", SPECIAL, ids=str)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
+                         ids=["fp32", "fp16", "bf16"])
+def test_norms_and_activations_agree(monkeypatch, device, val, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(3, 37, generator=g), torch.randn(3, 37, generator=g)
+    w, b = torch.randn(37, generator=g), torch.randn(37, generator=g)
+    x[1, 5] = val
+    x, r, w, b = (t.to(device, dtype) for t in (x, r, w, b))
+    for fn in (lambda: ops.layer_norm(x, (37,), w, b), lambda: ops.add_layer_norm(x, r, w, b),
+               lambda: ops.add_layer_norm(r, x, w, b), lambda: ops.gelu(x), lambda: ops.gelu(x, approximate="tanh"),
+               lambda: ops.bias_gelu(x, b), lambda: ops.bias_gelu(r, x[1], approximate="tanh"),
+               # the T5 family's ops: RMSNorm, add + RMSNorm, GeGLU (the special value in the gate or the up half)
+               lambda: ops.rms_norm(x, (37,), w), lambda: ops.add_rms_norm(x, r, w), lambda: ops.add_rms_norm(r, x, w),
+               lambda: ops.gelu_and_mul(x[:, :36]), lambda: ops.gelu_and_mul(x.flip(-1)[:, :36], approximate="tanh")):
+        assert_agree(*run_both(monkeypatch, fn), tol)
+
+
+def qkv(device):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(1, 2, n, 16, generator=g).to(device) for n in (5, 6, 6)]
+
+
+@pytest.mark.parametrize("val", SPECIAL, ids=str)
+def test_attention_agrees_on_special_inputs(monkeypatch, device, val):
+    """inf / -inf / huge values in q, k or v, any special value in decode and varlen attention: the same on both."""
+    for which in range(3):
+        if val != val and which == 0:
+            continue  # NaN in q: a listed difference (below)
+        t = qkv(device)
+        t[which][0, 0, 1, 3] = val
+        for causal in (False, True):
+            assert_agree(*run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(*t, is_causal=causal)), 1e-4)
+        q1 = t[0][:, :, :1]
+        for n in (6, 2):  # the special value inside / beyond the valid cache length
+            lens = torch.tensor([n], dtype=torch.int32, device=device)
+            assert_agree(*run_both(monkeypatch, lambda: ops.decode_attention(q1, t[1], t[2], lens)), 1e-4)
+    if val == val:
+        m = torch.zeros(5, 6, device=device)
+        m[1, 2] = val
+        if val < 2e38:  # above: a listed difference
+            m2 = m.clone()
+            m2[3] = val  # a whole row
+            for mask in (m, m2):
+                assert_agree(*run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(
+                    *qkv(device), attn_mask=mask)), 1e-4)
+
+
+def test_listed_attention_differences(monkeypatch, device):
+    """README: NaN in a query row; NaN in a float mask; float-mask values above ~2.3e38 in the kernel."""
+    q, k, v = qkv(device)
+    q[0, 0, 1, 3] = float("nan")
+    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v))
+    assert kern[0][0, 0, 1].isnan().all() and not kern[0][0, 0, [0, 2, 3, 4]].isnan().any()
+    if device == "cpu":
+        assert ref[0].isfinite().all()  # PyTorch's CPU SDPA
+    q, k, v = qkv(device)
+    nan_mask = torch.zeros(5, 6, device=device)
+    nan_mask[1, 2] = float("nan")
+    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=nan_mask))
+    assert ref[0][:, :, 1].isnan().all() and ref[0][:, :, [0, 2, 3, 4]].isfinite().all()
+    keep = torch.ones(5, 6, dtype=torch.bool, device=device)
+    keep[1, 2] = False  # the kernel treats the NaN entry as a masked-out key
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    torch.testing.assert_close(kern[0], ops.scaled_dot_product_attention(q, k, v, attn_mask=keep).cpu())
+    big = torch.zeros(5, 6, device=device)
+    big[1, 2] = 3e38
+    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=big))
+    assert ref[0].isfinite().all() and kern[0][:, :, 1].isnan().all()
+    big[1, 2] = 2e38  # below the documented bound: agree
+    assert_agree(*run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=big)), 1e-4)
+
+
+@pytest.mark.parametrize("val", [float("inf"), float("-inf"), float("nan")], ids=str)
+def test_listed_hidden_key_difference(monkeypatch, device, val):
+    """README: a non-finite key hidden by a bool mask (or varlen's causal triangle) is ignored by the kernel and
+    turns rows NaN on the PyTorch path (which adds the mask as -inf); with a float -inf mask both give NaN."""
+    q, k, v = qkv(device)
+    k[0, 0, 2, 3] = val
+    hide = torch.ones(5, 6, dtype=torch.bool, device=device)
+    hide[:, 2] = False
+    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=hide))
+    assert ref[0].isnan().any() and kern[0].isfinite().all()
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    clean = k.clone()
+    clean[0, 0, 2] = 0.0
+    torch.testing.assert_close(kern[0], ops.scaled_dot_product_attention(q, clean, v, attn_mask=hide).cpu())
+    add = torch.zeros(5, 6, device=device).masked_fill(~hide, float("-inf"))
+    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=add))
+    assert ref[0].isnan().any() and torch.equal(ref[0].isnan(), kern[0].isnan())
+
+
+@pytest.mark.parametrize("val", SPECIAL, ids=str)
+def test_varlen_agrees(monkeypatch, device, val):
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in qkv(device))  # (N, H, D)
+    k[0, 0, 3] = val  # seen by every query of sequence 0 (a hidden one is a listed difference)
+    cu_q = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0, 3, 6], dtype=torch.int32, device=device)
+    for causal in (False, True):
+        assert_agree(*run_both(monkeypatch, lambda: ops.varlen_attention(q, k, v, cu_q, cu_k, 3, 3, causal=causal)),
+                     1e-4)
