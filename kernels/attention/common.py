@@ -84,12 +84,31 @@ def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KI
         mval = masked_load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY, False)
     else:
         mval = masked_load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
+    return tl.broadcast_to(mask_units(mval, bias_floor, inv_scale, MASK_KIND), (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def mask_units(mval, bias_floor, inv_scale, MASK_KIND: tl.constexpr):
+    """Loaded mask values (any shape) in the units of q . k (fp32): boolean (MASK_KIND 1) -> 0 or -inf; additive
+    (2) -> raised to ``bias_floor`` (a true -inf stays -inf) and multiplied by ``inv_scale`` (see ``mask_bias``)."""
     if MASK_KIND == 1:
         bias = tl.where(mval != 0, 0.0, float("-inf"))
     else:
         bias = mval.to(tl.float32)
         bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, bias_floor) * inv_scale)
-    return tl.broadcast_to(bias, (BLOCK_M, BLOCK_N))
+    return bias
+
+
+@triton.jit
+def dropout_keep(seed, base, rows, cols, n_k, dropout_p):
+    """Attention dropout's keep mask of one score tile, (rows x cols) in the orientation of ``rows[:, None]`` and
+    ``cols[None, :]`` (pass ``rows[None, :]`` and ``cols[:, None]`` for the transposed tile): True where the score
+    of query ``row`` and key ``col`` of one (batch, head) survives. One Philox draw per score at the counter
+    ``base + row * n_k + col``, where ``base`` = (batch * H + head) << 32 (rows and keys counted from the start of
+    their sequence, so the draw does not depend on tiles, layout or the kernel: the forward and both backward
+    kernels regenerate the same mask). Needs Nq * Nk < 2**32 per sequence.
+    """
+    return tl.rand(seed, base + rows.to(tl.int64) * n_k + cols) >= dropout_p
 
 
 # ----------------------------------------------------------------------------------------------------------------

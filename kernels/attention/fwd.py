@@ -34,7 +34,7 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, kv_descriptors, kv_tile, mask_bias, masked_load, precision, set_kv_block_shape, use_kv_tma,
+    LOG2E, dropout_keep, kv_descriptors, kv_tile, mask_bias, masked_load, precision, set_kv_block_shape, use_kv_tma,
 )
 from engine.kernels.launch import launch
 
@@ -68,6 +68,7 @@ def _attn_fwd_inner(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, KV_TMA: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    seed=0, drop_base=0, dropout_p=0.0, DROPOUT: tl.constexpr = False,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     d_ok = offs_d < HEAD_DIM
@@ -102,6 +103,8 @@ def _attn_fwd_inner(
             p = tl.math.exp2(s - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:  # the softmax sum counts every key; the product with V only the kept ones (see dropout_keep)
+            p = tl.where(dropout_keep(seed, drop_base, offs_m[:, None], cols[None, :], n_k, dropout_p), p, 0.0)
         acc = acc * alpha[:, None]
         v = kv_tile(v_ptrs + start_n * stride_vn, V_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
@@ -134,6 +137,9 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_TMA: tl.constexpr = False,
     DOT_UPCAST: tl.constexpr = False,  # interpreter only: bf16 tl.dot is wrong there, so dot in fp32
+    LSE=None, stride_lz=0, stride_lh=0,  # STORE_LSE: (B, H, Nq) / varlen (H, total_q) fp32, see bwd.py
+    seed=0, dropout_p=0.0,  # DROPOUT: philox seed, drop probability (common.dropout_keep)
+    STORE_LSE: tl.constexpr = False, DROPOUT: tl.constexpr = False,
 ):
     if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
         start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -205,17 +211,24 @@ def _attn_fwd_kernel(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DOT_UPCAST,
+        PRECISION, DOT_UPCAST, seed, off_zh.to(tl.int64) << 32, dropout_p, DROPOUT,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DOT_UPCAST,
+        PRECISION, DOT_UPCAST, seed, off_zh.to(tl.int64) << 32, dropout_p, DROPOUT,
     )
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    if STORE_LSE:  # log2-sum-exp of the scaled scores; +inf for rows that saw no key (the backward's P is 0 there)
+        l_off = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh
+        if IS_VARLEN:
+            l_off += q_start
+        tl.store(LSE + l_off + offs_m, tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe)), mask=row_ok)
+    if DROPOUT:  # kept probabilities are scaled by 1 / (1 - p)
+        l_safe = l_safe * (1.0 - dropout_p)
     out = acc / l_safe[:, None]
     o_ptrs = Out + o_off + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok
     if HEAD_DIM == BLOCK_D:
@@ -288,13 +301,14 @@ def _tuned_kernel(block_d: int):
     """The autotuned kernel for one padded head dim (built lazily: nothing compiles at import)."""
     return triton.autotune(
         configs=_configs(block_d),
-        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION", "KV_TMA"],
+        key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION", "KV_TMA",
+             "STORE_LSE", "DROPOUT"],
         prune_configs_by={"early_config_prune": _early_prune},
     )(_attn_fwd_kernel)
 
 
 def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m, batch, *, head_dim, causal,
-            varlen, mask_kind, mask_per_row, config, kv_tma):
+            varlen, mask_kind, mask_per_row, config, kv_tma, lse, lse_strides, dropout):
     block_d = block_d_of(head_dim)
     if config is None and interpreting():
         config = INTERPRETER_CONFIG
@@ -305,6 +319,10 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
     args = (q, k, v, out, mask, cu_q, cu_k, *descs, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
                  MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), KV_TMA=kv_tma)
+    if lse is not None:
+        flags.update(LSE=lse, stride_lz=lse_strides[0], stride_lh=lse_strides[1], STORE_LSE=True)
+    if dropout is not None:
+        flags.update(seed=dropout[0], dropout_p=dropout[1], DROPOUT=True)
     if config is not None:
         bm, bn, warps, stages = config
         if interpreting() and q.dtype == torch.bfloat16:
@@ -322,13 +340,17 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *,
                   mask: torch.Tensor | None, causal: bool, scale: float,
-                  config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None) -> torch.Tensor:
+                  config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None,
+                  lse: torch.Tensor | None = None, dropout: tuple[int, float] | None = None) -> torch.Tensor:
     """Dense attention into ``out``. q, out: (B, H, Nq, D); k, v: (B, H, Nk, D); any strides.
 
     mask: None, or a view of shape (B, H, Nq, Nk) (stride 0 on broadcast dims), bool or floating (additive).
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to skip autotuning (tests); None = autotune
     (the interpreter always uses ``INTERPRETER_CONFIG``). kv_tma: load K/V tiles by TMA (True), through
-    pointers (False), or as ``common.use_kv_tma`` decides (None). Validation is the caller's job.
+    pointers (False), or as ``common.use_kv_tma`` decides (None). lse: None, or a contiguous (B, H, Nq) fp32
+    buffer that receives each row's log2-sum-exp of the scaled scores (+inf for rows that see no key), which the
+    backward (``bwd.attention_bwd``) needs. dropout: None, or (seed, p): drop each probability with probability p
+    (``common.dropout_keep``'s Philox mask), scaling the kept ones by 1 / (1 - p). Validation is the caller's job.
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
@@ -341,15 +363,18 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
         per_row = mstr[2] != 0 and n_q > 1
     strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *mstr)
     return _launch(q, k, v, out, mask_arg, q, q, scale, strides, h, n_q, n_k, n_q, b, head_dim=d, causal=causal,
-                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma)
+                   varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma,
+                   lse=lse, lse_strides=(h * n_q, n_q), dropout=dropout)
 
 
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cu_q: torch.Tensor,
                cu_k: torch.Tensor, max_seqlen_q: int, *, causal: bool, scale: float,
-               config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None) -> torch.Tensor:
+               config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None,
+               lse: torch.Tensor | None = None, dropout: tuple[int, float] | None = None) -> torch.Tensor:
     """Packed attention into ``out``. q, out: (total_q, H, D); k, v: (total_k, H, D); cu_q, cu_k: (B + 1,) int32.
 
-    Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma: as for ``attention_fwd``.
+    Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma, dropout: as for
+    ``attention_fwd``; lse: None or a contiguous (H, total_q) fp32 buffer.
     Validation is the caller's job.
     """
     _, h, d = q.shape
@@ -360,4 +385,5 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
 
     strides = (*s4(q), *s4(k), *s4(v), *s4(out), 0, 0, 0, 0)
     return _launch(q, k, v, out, q, cu_q, cu_k, scale, strides, h, 0, 0, max_seqlen_q, batch, head_dim=d,
-                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, config=config, kv_tma=kv_tma)
+                   causal=causal, varlen=True, mask_kind=0, mask_per_row=False, config=config, kv_tma=kv_tma,
+                   lse=lse, lse_strides=(0, q.shape[0]), dropout=dropout)
