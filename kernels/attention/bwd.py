@@ -1,11 +1,14 @@
 """Flash attention backward in Triton: dense (B, H, N, D) and packed varlen (total, H, D), the forward's masks,
 causal alignments and dropout.
 
-The forward saves only its output O and each row's log2-sum-exp ``lse`` (``fwd`` with ``lse=``: (B, H, Nq) /
-(H, total_q) fp32, in the base-2 units of the scaled scores, +inf for a row that sees no key). The backward
-recomputes the probabilities tile by tile, P = exp2(q . k * scale * log2(e) - lse), never an N x N matrix:
+The forward saves only its output O and two softmax statistics per query row, ``lse`` (``fwd`` with ``lse=``:
+(2, B, H, Nq) / (2, H, total_q) fp32, base 2, scores scaled by scale * log2(e)): the row maximum m (+inf for a row
+that sees no key) and log2 of the row sum l. The backward recomputes the probabilities tile by tile,
+P = exp2(s - m - log2(l)), never an N x N matrix. (One log-sum-exp m + log2(l) would be cheaper by a subtraction
+per score, but loses log2(l) to rounding when m is huge: a row whose every key is masked by a most-negative finite
+additive mask, which PyTorch keeps finite (it averages those keys), as Hugging Face's padding masks make.)
 
-  1. ``_attn_bwd_preprocess``: Delta = rowsum(dO * O) per query row (fp32, the layout of lse);
+  1. ``_attn_bwd_preprocess``: Delta = rowsum(dO * O) per query row (fp32, the layout of one plane of lse);
   2. ``_attn_bwd_dkdv_kernel``: one program per BLOCK_N keys of one (batch, head) loops over the query blocks that
      can see them and accumulates dV += P^T dO and dK += scale * dS^T Q, dS = P * (dP - Delta), dP = dO V^T;
   3. ``_attn_bwd_dq_kernel``: one program per BLOCK_M queries loops over the key blocks it sees (the forward's
@@ -16,7 +19,7 @@ so results are deterministic (bit-identical run to run), need no zero-filled fp3
 the price is computing q . k and dO . v twice. The dK/dV kernel works on transposed tiles (keys as rows: S^T =
 K Q^T) so that its accumulators stay in the layout of the dots that feed them.
 
-Rows that see no key (lse = +inf) have P = 0: zero dQ, no contribution to dK / dV, as on the PyTorch path (which
+Rows that see no key (m = +inf) have P = 0: zero dQ, no contribution to dK / dV, as on the PyTorch path (which
 zeroes those outputs after the product). Masks get no gradient. Dropout regenerates the forward's keep mask
 (``common.dropout_keep``, same seed): with Z the kept entries scaled by 1 / (1 - p), dV = (P * Z)^T dO and
 dP = (dO V^T) * Z; Delta = rowsum(dO * O) is still rowsum(P * dP).
@@ -102,7 +105,7 @@ def _sequence(CU_Q, CU_K, off_z, N_Q, N_K, IS_VARLEN: tl.constexpr):
 @triton.jit
 def _bwd_dkdv_inner(
     dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_ptrs, mask_col,  # mask_col: (BLOCK_N, BLOCK_M) key-pad
-    stride_qm, stride_dom, stride_mm,
+    stride_qm, stride_dom, stride_mm, stride_lp,
     offs_n, offs_m0, offs_d, lo, hi, n_q, n_k, causal_shift, qk_scale, bias_floor, inv_scale,
     seed, drop_base, dropout_p, inv_keep,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -114,10 +117,11 @@ def _bwd_dkdv_inner(
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m0
         row_ok = rows < n_q
-        # Rows past the end: q = dO = 0, lse = +inf, so P = 0 there and they add nothing.
+        # Rows past the end: q = dO = 0, m = +inf, so P = 0 there and they add nothing.
         q = masked_load(q_ptrs + start_m * stride_qm, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
         do = masked_load(do_ptrs + start_m * stride_dom, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
-        lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
+        m = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
+        log2l = tl.load(lse_ptr + stride_lp + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
         if DOT_UPCAST:
             q = q.to(tl.float32)
@@ -131,7 +135,7 @@ def _bwd_dkdv_inner(
             qkT = tl.dot(k, tl.trans(q), init, input_precision=PRECISION)
         else:
             qkT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
-        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        pT = tl.math.exp2(qkT * qk_scale - m[None, :] - log2l[None, :])
         if CAUSAL_MASK:
             pT = tl.where(offs_n[:, None] <= rows[None, :] + causal_shift, pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (dO V^T)^T
@@ -155,7 +159,7 @@ def _bwd_dkdv_inner(
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV,  # dense: (B, H, N, D) with any strides; varlen: (total, H, D)
-    LSE, Delta,  # (B, H, Nq) / varlen (H, total_q) fp32 (strides stride_lz, stride_lh, 1)
+    LSE, Delta,  # (2, B, H, Nq) / varlen (2, H, total_q) fp32 (stride_lp, stride_lz, stride_lh, 1); Delta: 1 plane
     Mask,  # dense only: broadcast view of (B, H, Nq, Nk), uint8 (bool) or float (additive); else unused
     CU_Q, CU_K,  # varlen only: (B + 1,) int32 cumulative lengths
     sm_scale, qk_scale,  # softmax scale; softmax scale * log2(e)
@@ -167,7 +171,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dkz, stride_dkh, stride_dkn, stride_dkk,
     stride_dvz, stride_dvh, stride_dvn, stride_dvk,
     stride_mz, stride_mh, stride_mm, stride_mn,
-    stride_lz, stride_lh,
+    stride_lp, stride_lz, stride_lh,
     H, N_Q, N_K,  # heads; dense sequence lengths (varlen: ignored)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
@@ -225,7 +229,7 @@ def _attn_bwd_dkdv_kernel(
         m_full = tl.maximum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M, m_lo)
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_ptrs, mask_col, stride_qm, stride_dom, stride_mm,
-            offs_n, offs_m0, offs_d, m_lo, tl.minimum(m_full, n_q), n_q, n_k, shift, qk_scale, bias_floor, inv_scale,
+            stride_lp, offs_n, offs_m0, offs_d, m_lo, tl.minimum(m_full, n_q), n_q, n_k, shift, qk_scale, bias_floor, inv_scale,
             seed, drop_base, dropout_p, inv_keep, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, MASK_KIND, MASK_PER_ROW,
             PRECISION, DROPOUT, DOT_UPCAST,
         )
@@ -233,7 +237,7 @@ def _attn_bwd_dkdv_kernel(
         m_full = 0
     dk, dv = _bwd_dkdv_inner(
         dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_ptrs, mask_col, stride_qm, stride_dom, stride_mm,
-        offs_n, offs_m0, offs_d, m_full, n_q, n_q, n_k, shift, qk_scale, bias_floor, inv_scale,
+        stride_lp, offs_n, offs_m0, offs_d, m_full, n_q, n_q, n_k, shift, qk_scale, bias_floor, inv_scale,
         seed, drop_base, dropout_p, inv_keep, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, MASK_KIND, MASK_PER_ROW,
         PRECISION, DROPOUT, DOT_UPCAST,
     )
@@ -249,7 +253,7 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_inner(
-    dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn,
+    dq, q, do, m, log2l, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn,
     offs_m, offs_n, offs_d, lo, hi, n_k, causal_shift, qk_scale, bias_floor, inv_scale,
     seed, drop_base, dropout_p, inv_keep,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -272,7 +276,7 @@ def _bwd_dq_inner(
                         input_precision=PRECISION)
         else:
             qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        p = tl.math.exp2(qk * qk_scale - m[:, None] - log2l[:, None])
         if BOUNDARY:
             ok = cols[None, :] < n_k
             if IS_CAUSAL:
@@ -299,7 +303,7 @@ def _attn_bwd_dq_kernel(
     stride_doz, stride_doh, stride_dom, stride_dok,
     stride_dqz, stride_dqh, stride_dqm, stride_dqk,
     stride_mz, stride_mh, stride_mm, stride_mn,
-    stride_lz, stride_lh,
+    stride_lp, stride_lz, stride_lh,
     H, N_Q, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
@@ -329,7 +333,8 @@ def _attn_bwd_dq_kernel(
     do = masked_load(DO + zi * stride_doz + hi * stride_doh + rows_q[:, None] * stride_dom
                      + offs_d[None, :] * stride_dok, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
     l_off = zi * stride_lz + hi * stride_lh + rows_q
-    lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))
+    m = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))
+    log2l = tl.load(LSE + stride_lp + l_off, mask=row_ok, other=0.0)
     delta = tl.load(Delta + l_off, mask=row_ok, other=0.0)
     if DOT_UPCAST:
         q = q.to(tl.float32)
@@ -356,12 +361,12 @@ def _attn_bwd_dq_kernel(
     full_end = (full_end // BLOCK_N) * BLOCK_N
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn, offs_m, offs_n, offs_d,
+        dq, q, do, m, log2l, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn, offs_m, offs_n, offs_d,
         0, full_end, n_k, shift, qk_scale, bias_floor, inv_scale, seed, drop_base, dropout_p, inv_keep,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DROPOUT, DOT_UPCAST,
     )
     dq = _bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn, offs_m, offs_n, offs_d,
+        dq, q, do, m, log2l, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn, offs_m, offs_n, offs_d,
         full_end, hi_n, n_k, shift, qk_scale, bias_floor, inv_scale, seed, drop_base, dropout_p, inv_keep,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DROPOUT, DOT_UPCAST,
     )
@@ -393,7 +398,7 @@ def _launch_bwd(do, q, k, v, o, lse, dq, dk, dv, mask, cu_q, cu_k, strides4, lse
     head_dim = q.shape[-1]
     block_d = block_d_of(head_dim)
     sq, sk, sv, sdo, sdq, sdk, sdv, sm = strides4
-    delta = torch.empty_like(lse)
+    delta = torch.empty_like(lse[0])
     (o4, do4), m_rows = rows4
     z = o4.shape[0]
     interp = interpreting()
@@ -409,11 +414,11 @@ def _launch_bwd(do, q, k, v, o, lse, dq, dk, dv, mask, cu_q, cu_k, strides4, lse
     common = (scale, scale * LOG2E, seed, p)
     bm, bn, warps, stages = dkdv_cfg
     launch(_attn_bwd_dkdv_kernel, (triton.cdiv(grid_n, bn), batch * h), q, k, v, do, dk, dv, lse, delta, mask, cu_q,
-           cu_k, *common, *sq, *sk, *sv, *sdo, *sdk, *sdv, *sm, *lse_strides, h, n_q, n_k, **flags, BLOCK_M=bm,
+           cu_k, *common, *sq, *sk, *sv, *sdo, *sdk, *sdv, *sm, lse.stride(0), *lse_strides, h, n_q, n_k, **flags, BLOCK_M=bm,
            BLOCK_N=bn, num_warps=warps, num_stages=stages)
     bm, bn, warps, stages = dq_cfg
     launch(_attn_bwd_dq_kernel, (triton.cdiv(grid_m, bm), batch * h), q, k, v, do, dq, lse, delta, mask, cu_q,
-           cu_k, *common, *sq, *sk, *sv, *sdo, *sdq, *sm, *lse_strides, h, n_q, n_k, **flags, BLOCK_M=bm,
+           cu_k, *common, *sq, *sk, *sv, *sdo, *sdq, *sm, lse.stride(0), *lse_strides, h, n_q, n_k, **flags, BLOCK_M=bm,
            BLOCK_N=bn, num_warps=warps, num_stages=stages)
     return dq, dk, dv
 
@@ -425,7 +430,7 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
                   dq_config: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
     """Gradients of dense attention into dq, dk, dv (shapes of q, k, v; any strides).
 
-    do, o, q: (B, H, Nq, D); k, v: (B, H, Nk, D); lse: the contiguous (B, H, Nq) fp32 log2-sum-exp the forward
+    do, o, q: (B, H, Nq, D); k, v: (B, H, Nk, D); lse: the contiguous (2, B, H, Nq) fp32 statistics the forward
     stored (``fwd.attention_fwd(..., lse=)``); mask, causal, scale, dropout: the forward's (same seed: the same
     keep mask). dkdv_config / dq_config: (BLOCK_M, BLOCK_N, num_warps, num_stages) of each kernel (tests, AOT);
     None = the table for the head dim and dtype. Validation is the caller's job. Returns (dq, dk, dv).
@@ -451,7 +456,7 @@ def varlen_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                dropout: tuple[int, float] | None = None, dkdv_config: tuple[int, int, int, int] | None = None,
                dq_config: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
     """Gradients of packed attention into dq, dk, dv. do, o, q, dq: (total_q, H, D); k, v, dk, dv: (total_k, H, D);
-    lse: the contiguous (H, total_q) fp32 buffer of ``fwd.varlen_fwd(..., lse=)``; cu_q, cu_k: (B + 1,) int32.
+    lse: the contiguous (2, H, total_q) fp32 buffer of ``fwd.varlen_fwd(..., lse=)``; cu_q, cu_k: (B + 1,) int32.
     The rest as ``attention_bwd``. Returns (dq, dk, dv)."""
     total_q, h, d = q.shape
     batch = cu_q.shape[0] - 1

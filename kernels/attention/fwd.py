@@ -137,7 +137,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_TMA: tl.constexpr = False,
     DOT_UPCAST: tl.constexpr = False,  # interpreter only: bf16 tl.dot is wrong there, so dot in fp32
-    LSE=None, stride_lz=0, stride_lh=0,  # STORE_LSE: (B, H, Nq) / varlen (H, total_q) fp32, see bwd.py
+    LSE=None, stride_lp=0, stride_lz=0, stride_lh=0,  # STORE_LSE: (2, B, H, Nq) / varlen (2, H, total_q) fp32
     seed=0, dropout_p=0.0,  # DROPOUT: philox seed, drop probability (common.dropout_keep)
     STORE_LSE: tl.constexpr = False, DROPOUT: tl.constexpr = False,
 ):
@@ -222,11 +222,12 @@ def _attn_fwd_kernel(
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    if STORE_LSE:  # log2-sum-exp of the scaled scores; +inf for rows that saw no key (the backward's P is 0 there)
+    if STORE_LSE:  # the softmax statistics the backward needs (see bwd.py)
         l_off = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh
         if IS_VARLEN:
             l_off += q_start
-        tl.store(LSE + l_off + offs_m, tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe)), mask=row_ok)
+        tl.store(LSE + l_off + offs_m, tl.where(l_i == 0.0, float("inf"), m_i), mask=row_ok)
+        tl.store(LSE + stride_lp + l_off + offs_m, tl.math.log2(l_safe), mask=row_ok)
     if DROPOUT:  # kept probabilities are scaled by 1 / (1 - p)
         l_safe = l_safe * (1.0 - dropout_p)
     out = acc / l_safe[:, None]
@@ -320,7 +321,8 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, IS_VARLEN=varlen, MASK_KIND=mask_kind,
                  MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), KV_TMA=kv_tma)
     if lse is not None:
-        flags.update(LSE=lse, stride_lz=lse_strides[0], stride_lh=lse_strides[1], STORE_LSE=True)
+        flags.update(LSE=lse, stride_lp=lse.stride(0), stride_lz=lse_strides[0], stride_lh=lse_strides[1],
+                     STORE_LSE=True)
     if dropout is not None:
         flags.update(seed=dropout[0], dropout_p=dropout[1], DROPOUT=True)
     if config is not None:
@@ -347,9 +349,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     mask: None, or a view of shape (B, H, Nq, Nk) (stride 0 on broadcast dims), bool or floating (additive).
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to skip autotuning (tests); None = autotune
     (the interpreter always uses ``INTERPRETER_CONFIG``). kv_tma: load K/V tiles by TMA (True), through
-    pointers (False), or as ``common.use_kv_tma`` decides (None). lse: None, or a contiguous (B, H, Nq) fp32
-    buffer that receives each row's log2-sum-exp of the scaled scores (+inf for rows that see no key), which the
-    backward (``bwd.attention_bwd``) needs. dropout: None, or (seed, p): drop each probability with probability p
+    pointers (False), or as ``common.use_kv_tma`` decides (None). lse: None, or a contiguous (2, B, H, Nq) fp32
+    buffer that receives each row's softmax statistics, which the backward (``bwd.attention_bwd``) needs: the
+    maximum of the scaled scores in base 2 (+inf for a row that sees no key) and log2 of the sum of exp2(score -
+    maximum). dropout: None, or (seed, p): drop each probability with probability p
     (``common.dropout_keep``'s Philox mask), scaling the kept ones by 1 / (1 - p). Validation is the caller's job.
     """
     b, h, n_q, d = q.shape
@@ -374,7 +377,7 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
     """Packed attention into ``out``. q, out: (total_q, H, D); k, v: (total_k, H, D); cu_q, cu_k: (B + 1,) int32.
 
     Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma, dropout: as for
-    ``attention_fwd``; lse: None or a contiguous (H, total_q) fp32 buffer.
+    ``attention_fwd``; lse: None or a contiguous (2, H, total_q) fp32 buffer.
     Validation is the caller's job.
     """
     _, h, d = q.shape
