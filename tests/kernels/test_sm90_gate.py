@@ -8,6 +8,8 @@ launch). Read from ptxas's -v report and the SASS (engine.kernels.audit), per ke
 - attention: wgmma (HGMMA), never mma.sync (HMMA), in every configuration, 16-bit and fp32 (three TF32 products)
   alike; at most ``MAX_WAITS`` wgmma waits per iteration of the hot loop; K/V tiles by TMA where the launch
   takes that path (no cp.async for K/V in the hot loop), by cp.async where it takes the pointer path;
+- attention backward (attention_bwd): wgmma, never mma.sync, in the dK/dV and dQ kernels and in their hot loops
+  (the Delta preprocess has no product);
 - memory-bound kernels (LayerNorm, GELU, decode): 16-byte global loads and stores (LDG/STG.128, or 16-byte
   cp.async for the decode K/V tiles);
 - shared memory within the H200's 227 KiB (test_aot.py).
@@ -103,6 +105,21 @@ def test_attention_uses_wgmma_and_tma(sm90_builds, family):
             return f"{loop['tma']} TMA loads per iteration (want K and V by TMA)"
         elif loop["ldgsts"] and "mask" not in r["name"]:  # a mask tile still arrives by cp.async
             return f"{loop['ldgsts']} cp.async per iteration beside TMA"
+        return None
+
+    assert not (bad := _failures(_rows(sm90_builds, family), check)), "\n".join(bad)
+
+
+@pytest.mark.parametrize("family", ["attention_bwd"])
+def test_attention_backward_uses_wgmma(sm90_builds, family):
+    def check(r):
+        if r["kernel"] == "_attn_bwd_preprocess":
+            return None
+        a, loop = r["sass"]["all"], r["sass"]["loop"]
+        if a["hmma"] or not a["hgmma"]:
+            return f"{a['hgmma']} wgmma (HGMMA) and {a['hmma']} mma.sync (HMMA): want wgmma only"
+        if loop is None or not loop["hgmma"]:
+            return "no loop with tensor-core instructions"
         return None
 
     assert not (bad := _failures(_rows(sm90_builds, family), check)), "\n".join(bad)
