@@ -33,7 +33,9 @@ import triton
 import triton.language as tl
 
 from engine.backend import interpreting
-from engine.kernels.attention.common import LOG2E, dropout_keep, mask_bias, mask_units, masked_load, precision
+from engine.kernels.attention.common import (
+    LOG2E, dropout_keep, mask_bias, mask_launch_args, mask_units, masked_load, precision,
+)
 from engine.kernels.attention.fwd import block_d_of
 from engine.kernels.launch import launch
 
@@ -84,9 +86,12 @@ def _attn_bwd_preprocess(
 
 
 @triton.jit
-def _sequence(CU_Q, CU_K, off_z, N_Q, N_K, IS_VARLEN: tl.constexpr):
-    """(first query row, first key row, n_q, n_k, causal shift) of sequence ``off_z`` (varlen: packed tokens from
-    cu_seqlens, bottom-right causal; dense: (0, 0, N_Q, N_K), top-left causal), as the forward kernel computes."""
+def _sequence(CU_Q, CU_K, H, N_Q, N_K, IS_VARLEN: tl.constexpr):
+    """This program's (batch * H + head, batch and head as int64, first query row, first key row, n_q, n_k, causal
+    shift) for grid axis 1 = batch * H + head (varlen: packed tokens from cu_seqlens, bottom-right causal; dense:
+    (0, 0, N_Q, N_K), top-left causal), as the forward kernel computes them."""
+    off_zh = tl.program_id(1)
+    off_z = off_zh // H
     if IS_VARLEN:
         q_start = tl.load(CU_Q + off_z)
         n_q = tl.load(CU_Q + off_z + 1) - q_start
@@ -99,7 +104,7 @@ def _sequence(CU_Q, CU_K, off_z, N_Q, N_K, IS_VARLEN: tl.constexpr):
         n_q = N_Q
         n_k = N_K
         shift = 0
-    return q_start, k_start, n_q, n_k, shift
+    return off_zh, off_z.to(tl.int64), (off_zh % H).to(tl.int64), q_start, k_start, n_q, n_k, shift
 
 
 @triton.jit
@@ -177,15 +182,10 @@ def _attn_bwd_dkdv_kernel(
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_UPCAST: tl.constexpr = False,
 ):
-    off_zh = tl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
-    q_start, k_start, n_q, n_k, shift = _sequence(CU_Q, CU_K, off_z, N_Q, N_K, IS_VARLEN)
+    off_zh, zi, hi, q_start, k_start, n_q, n_k, shift = _sequence(CU_Q, CU_K, H, N_Q, N_K, IS_VARLEN)
     n0 = tl.program_id(0) * BLOCK_N
     if n0 >= n_k:
         return
-    zi = off_z.to(tl.int64)
-    hi = off_h.to(tl.int64)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -313,15 +313,10 @@ def _attn_bwd_dq_kernel(
         start_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
         start_m = tl.program_id(0)
-    off_zh = tl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
-    q_start, k_start, n_q, n_k, shift = _sequence(CU_Q, CU_K, off_z, N_Q, N_K, IS_VARLEN)
+    off_zh, zi, hi, q_start, k_start, n_q, n_k, shift = _sequence(CU_Q, CU_K, H, N_Q, N_K, IS_VARLEN)
     m0 = start_m * BLOCK_M
     if m0 >= n_q:
         return
-    zi = off_z.to(tl.int64)
-    hi = off_h.to(tl.int64)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -437,13 +432,7 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if mask is None:
-        mask_arg, mask_kind, per_row, mstr = q, 0, False, (0, 0, 0, 0)
-    else:
-        mask_kind = 1 if mask.dtype == torch.bool else 2
-        mask_arg = mask.view(torch.uint8) if mask_kind == 1 else mask
-        mstr = tuple(mask_arg.stride())
-        per_row = mstr[2] != 0 and n_q > 1
+    mask_arg, mask_kind, per_row, mstr = mask_launch_args(mask, q)
     strides4 = tuple(tuple(t.stride()) for t in (q, k, v, do, dq, dk, dv)) + (mstr,)
     return _launch_bwd(do, q, k, v, o, lse, dq, dk, dv, mask_arg, q, q, strides4, (h * n_q, n_q), h, n_q, n_k, n_q,
                        n_k, b, rows4=((o, do), n_q), scale=scale, causal=causal, varlen=False, mask_kind=mask_kind,

@@ -114,6 +114,18 @@ def dropout_keep(seed, base, rows, cols, n_k, dropout_p):
 # ----------------------------------------------------------------------------------------------------------------
 # Host side: dot precision, and the one place that decides how K/V tiles are loaded.
 
+def mask_launch_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple:
+    """(Mask argument, MASK_KIND, MASK_PER_ROW, its 4 strides) of a dense launch for ``mask``: None, or a
+    (B, H, Nq, Nk) view (stride 0 on broadcast dims), bool (passed as uint8) or floating (additive). q (B, H, Nq, D)
+    stands in for a missing mask. MASK_PER_ROW: the mask varies along the query rows (not a key-padding mask)."""
+    if mask is None:
+        return q, 0, False, (0, 0, 0, 0)
+    kind = 1 if mask.dtype == torch.bool else 2
+    arg = mask.view(torch.uint8) if kind == 1 else mask
+    strides = tuple(arg.stride())
+    return arg, kind, strides[2] != 0 and q.shape[2] > 1, strides
+
+
 def precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision for ``dtype``: fp32 runs three TF32 products per dot ("tf32x3", fp32-accurate),
     or one ("tf32") when ``torch.backends.cuda.matmul.allow_tf32`` allows; ignored for 16-bit inputs."""

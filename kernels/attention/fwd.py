@@ -34,7 +34,8 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, dropout_keep, kv_descriptors, kv_tile, mask_bias, masked_load, precision, set_kv_block_shape, use_kv_tma,
+    LOG2E, dropout_keep, kv_descriptors, kv_tile, mask_bias, mask_launch_args, masked_load, precision,
+    set_kv_block_shape, use_kv_tma,
 )
 from engine.kernels.launch import launch
 
@@ -357,13 +358,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if mask is None:
-        mask_arg, mask_kind, per_row, mstr = q, 0, False, (0, 0, 0, 0)
-    else:
-        mask_kind = 1 if mask.dtype == torch.bool else 2
-        mask_arg = mask.view(torch.uint8) if mask_kind == 1 else mask
-        mstr = tuple(mask_arg.stride())
-        per_row = mstr[2] != 0 and n_q > 1
+    mask_arg, mask_kind, per_row, mstr = mask_launch_args(mask, q)
     strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *mstr)
     return _launch(q, k, v, out, mask_arg, q, q, scale, strides, h, n_q, n_k, n_q, b, head_dim=d, causal=causal,
                    varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma,

@@ -14,7 +14,7 @@ import engine.kernels.attention as kattn
 from engine import ops
 from engine.kernels.attention import bwd as kbwd
 from engine.kernels.attention import fwd as kfwd
-from tests.ops.test_attention import _masks
+from tests.ops.test_attention import _masks, reference
 from tests.ops.test_varlen import cu_of
 from tests.ops.test_varlen import reference as varlen_reference
 
@@ -52,22 +52,6 @@ def _assert_grads(ours, refs, dtype):
         assert torch.isfinite(a).all(), name
         err = (a.detach().cpu().double() - r).abs().max().item()
         assert err <= GRAD_TOL[dtype] * scale, (name, err, scale)
-
-
-def reference(q, k, v, mask=None, causal=False):
-    """tests/ops/test_attention.py's float64 attention, written so that autograd through it is defined: rows that
-    see no key have zero output and zero gradient (softmax of an all -inf row would make NaN gradients)."""
-    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-    keep = torch.ones(s.shape[-2:], dtype=torch.bool)
-    if causal:
-        keep = keep.tril()
-    if mask is not None and mask.dtype == torch.bool:
-        keep = keep & mask
-    elif mask is not None:
-        s = s + mask.double()
-    s = s.masked_fill(~keep, float("-inf"))
-    dead = (s == float("-inf")).all(-1, keepdim=True)
-    return torch.softmax(s.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0) @ v
 
 
 def _ref_grads(fn, tensors, grad):
