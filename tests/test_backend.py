@@ -109,3 +109,14 @@ def test_route_caches_but_follows_the_environment(monkeypatch):
         route(x, "ok")
     with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
         route.pytorch_only(x)
+
+
+def test_differentiable_route_keeps_grad_on_the_kernels(monkeypatch):
+    """Route(differentiable=True) (ops with backward kernels: attention) skips rule 3; the verdict still decides."""
+    route = backend.Route("op_grad", lambda key: key == "ok", differentiable=True)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(3, requires_grad=True)
+    assert route(x, "ok") is True and route(x, "no") is False
+    with torch.no_grad():
+        assert route(x, "ok") is True

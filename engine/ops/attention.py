@@ -59,6 +59,14 @@ _SDPA = backend.Route("scaled_dot_product_attention",
                       and (key[1] is None or key[1] == torch.bool or key[1] in KERNEL_DTYPES), differentiable=True)
 _VARLEN = backend.Route("varlen_attention", lambda key: key[1] and key[0] in KERNEL_DTYPES, differentiable=True)
 _RNG_LIMIT = 2 ** 32  # dropout in the kernel: Nq * Nk per sequence below this (common.dropout_keep's counter)
+_FP32_BWD_MAX_HEAD_DIM = 64  # engine.kernels.attention.bwd.FP32_MAX_HEAD_DIM (not imported: kernels load lazily)
+
+
+def _backward_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, needs_backward: bool) -> bool:
+    """False when the call needs a backward (``needs_backward``, or it records grad) that the backward kernels do not
+    cover (fp32 above head dim 64)."""
+    return (q.dtype is not torch.float32 or q.shape[-1] <= _FP32_BWD_MAX_HEAD_DIM
+            or not (needs_backward or backend.grad_recording(q, k, v)))
 
 
 def _check_qkv(layout: str, **tensors: object) -> list[torch.Tensor]:
@@ -195,8 +203,9 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     engine.ops.position_bias). Returns (B, H, Nq, Dv) in the query's dtype; rows with no visible key are zeros.
 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
-    D <= 256 with Dv == D, with or without grad (q, k, v; not the mask) and dropout (in the kernel, Nq * Nk < 2**32;
-    its own Philox mask, reproduced by ``torch.manual_seed``); anything else runs PyTorch's SDPA.
+    D <= 256 with Dv == D, with or without grad (q, k, v; not the mask; fp32 with grad: D <= 64) and dropout (in
+    the kernel, Nq * Nk < 2**32; its own Philox mask, reproduced by ``torch.manual_seed``); anything else runs
+    PyTorch's SDPA.
     """
     # Cheap path: 4-D tensors of one float dtype and device with matching sizes, float dropout_p and scale (or
     # None), a bool is_causal, a 4-D mask (or None) and a bias table that covers the call (or None): attribute
@@ -242,10 +251,11 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
 
 
 def sdpa_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float,
-               is_causal: bool, scale: float | None, bias: torch.Tensor | None = None) -> bool:
+               is_causal: bool, scale: float | None, bias: torch.Tensor | None = None, *,
+               needs_backward: bool = False) -> bool:
     """True when ``engine.backend`` sends this (checked) call of ``scaled_dot_product_attention`` to the kernels
     (with or without grad: the kernels have a backward; a mask that requires grad takes PyTorch, which gives it
-    one)."""
+    one). needs_backward: decide as for a call that records grad (the differentiable registered ops)."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     shape_ok = (bias is None  # the flash kernel does not gather the bias table yet: the PyTorch path honours it
@@ -253,7 +263,7 @@ def sdpa_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
                 and (scale is None or scale > 0)  # the kernel scales row maxima: needs a positive scale
                 and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y
                 and (dropout_p == 0.0 or n_q * n_k < _RNG_LIMIT)
-                and (mask is None or not backend.grad_recording(mask)))
+                and (mask is None or not backend.grad_recording(mask)) and _backward_ok(q, k, v, needs_backward))
     return _SDPA(q, (q.dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask)
 
 
@@ -437,12 +447,13 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
 def varlen_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
                  max_q: int, max_k: int, scale: float, bias: torch.Tensor | None = None,
-                 dropout_p: float = 0.0) -> bool:
-    """True when ``engine.backend`` sends this (checked; scale resolved) ``varlen_attention`` call to the kernels."""
+                 dropout_p: float = 0.0, *, needs_backward: bool = False) -> bool:
+    """True when ``engine.backend`` sends this (checked; scale resolved) ``varlen_attention`` call to the kernels
+    (needs_backward: as ``sdpa_route``)."""
     h, d = q.shape[1], q.shape[2]
     shape_ok = (bias is None  # the varlen kernel does not gather the bias table yet
                 and d <= MAX_HEAD_DIM and (cu_q.shape[0] - 1) * h <= _MAX_GRID_Y and scale > 0
-                and (dropout_p == 0.0 or max_q * max_k < _RNG_LIMIT))
+                and (dropout_p == 0.0 or max_q * max_k < _RNG_LIMIT) and _backward_ok(q, k, v, needs_backward))
     return _VARLEN(q, (q.dtype, shape_ok), k, v, cu_q, cu_k)
 
 

@@ -140,7 +140,7 @@ def sdpa_lse_op(q, k, v, mask, is_causal, scale):
     """(out, lse) for ``torch.ops.engine.scaled_dot_product_attention_lse`` (arguments checked)."""
     from engine.ops.attention import _sdpa_torch, output_like, sdpa_route
 
-    if sdpa_route(q, k, v, mask, 0.0, is_causal, scale):
+    if sdpa_route(q, k, v, mask, 0.0, is_causal, scale, needs_backward=True):
         return sdpa_forward(q, k, v, mask, is_causal, scale, with_lse=True)
 
     y = _sdpa_torch(q, k, v, mask, 0.0, is_causal, scale)
@@ -152,7 +152,7 @@ def sdpa_backward_op(grad, q, k, v, out, lse, mask, is_causal, scale):
     """(dq, dk, dv) for ``torch.ops.engine.scaled_dot_product_attention_backward``."""
     from engine.ops.attention import _sdpa_torch, sdpa_route
 
-    if sdpa_route(q, k, v, mask, 0.0, is_causal, scale):
+    if sdpa_route(q, k, v, mask, 0.0, is_causal, scale, needs_backward=True):
         return sdpa_backward(grad, q, k, v, out, lse, mask, is_causal, scale)
     with torch.enable_grad():
         qkv = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -166,7 +166,7 @@ def varlen_lse_op(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, validate):
     scale = q.shape[2] ** -0.5 if scale is None else scale
     if validate:
         _validate_cu_values(cu_q, cu_k, q.shape[0], k.shape[0], max_q, max_k)
-    if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, needs_backward=True):
         return varlen_forward(q, k, v, cu_q, cu_k, max_q, causal, scale, with_lse=True)
     out = _varlen_torch(q, k, v, cu_q.tolist(), cu_k.tolist(), causal, scale)
     return out, torch.empty(2, q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
@@ -177,7 +177,7 @@ def varlen_backward_op(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal
     from engine.ops.attention import _varlen_torch, varlen_route
 
     scale = q.shape[2] ** -0.5 if scale is None else scale
-    if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, needs_backward=True):
         return varlen_backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale)
     with torch.enable_grad():
         qkv = [t.detach().requires_grad_() for t in (q, k, v)]

@@ -41,20 +41,22 @@ from engine.kernels.launch import launch
 
 # Per padded head dim, 16-bit inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel and of the dQ
 # kernel. The dK/dV kernel keeps two (BLOCK_N, BLOCK_D) fp32 accumulators, the dQ kernel one (BLOCK_M, BLOCK_D),
-# besides the tiles of the dots: chosen so that the sm_90 builds do not spill (tests/kernels, the AOT table).
+# besides the tiles of the dots. Every product of the dK/dV kernel has BLOCK_N rows and every product of the dQ
+# kernel BLOCK_M rows: at least 64 per warpgroup for wgmma. Chosen from sm_90 builds (Triton 3.9, the AOT table)
+# as the largest tiles without spills; at D=256 the dK/dV accumulators alone take 128 registers per thread and even
+# the smallest wgmma tile spills (tests/kernels/test_sm90_gate.py's allowance).
 DKDV_CONFIGS: dict[int, tuple[int, int, int, int]] = {
-    16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 128, 8, 2), 128: (64, 128, 8, 2), 256: (32, 64, 8, 1),
+    16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (32, 128, 8, 2), 128: (32, 128, 8, 2), 256: (16, 64, 8, 1),
 }
 DQ_CONFIGS: dict[int, tuple[int, int, int, int]] = {
-    16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (128, 64, 8, 2), 128: (128, 64, 8, 2), 256: (64, 32, 8, 1),
+    16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (128, 64, 8, 2), 128: (128, 64, 8, 2), 256: (64, 16, 4, 1),
 }
-# fp32 (three TF32 products per dot) needs smaller tiles.
-FP32_DKDV_CONFIGS: dict[int, tuple[int, int, int, int]] = {
-    16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 64, 4, 2), 128: (32, 32, 4, 1), 256: (16, 32, 4, 1),
-}
-FP32_DQ_CONFIGS: dict[int, tuple[int, int, int, int]] = {
-    16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (32, 32, 4, 1), 256: (32, 16, 4, 1),
-}
+# fp32 (three TF32 products per dot, fp32-accurate) up to head dim 64 only: the split operands double the
+# registers of every tile, and at D=128 the smallest wgmma tiles spill kilobytes (measured: 1.4 to 4.5 KB).
+# Larger fp32 head dims with grad run PyTorch (engine.ops.attention checks FP32_MAX_HEAD_DIM).
+FP32_MAX_HEAD_DIM = 64
+FP32_DKDV_CONFIGS: dict[int, tuple[int, int, int, int]] = {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (16, 64, 4, 2)}
+FP32_DQ_CONFIGS: dict[int, tuple[int, int, int, int]] = {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2)}
 # Triton's CPU interpreter: small tiles, BLOCK_M != BLOCK_N so both kernels cross tiles in both directions.
 INTERPRETER_DKDV_CONFIG = (16, 32, 4, 1)
 INTERPRETER_DQ_CONFIG = (32, 16, 4, 1)

@@ -104,7 +104,7 @@ def bwd_specs() -> list:
     (q, k, v views of a fused projection, dO in the output's (B, N, H, D) layout, fresh contiguous gradients):
 
     - bf16 causal at every padded head dim, and bidirectional at D = 64 and 128 (the FlashAttention grid);
-    - fp16 D=128 causal; fp32 (three TF32 products per dot) causal at every head dim;
+    - fp16 D=128 causal; fp32 (three TF32 products per dot) causal at every head dim it runs (<= 64);
     - masks (bf16 / fp16, D=64, bidirectional): GPT-2's per-row additive mask, BERT's key-padding mask (also with
       dropout), a per-row boolean mask;
     - varlen (packed (total, H, D)): bidirectional at D=64 (also with dropout), causal at D=128, and D=80.
@@ -142,6 +142,7 @@ def bwd_specs() -> list:
     with recording() as rec:
         for d in bwd.DKDV_CONFIGS:
             dense("", bf16, d)
+        for d in bwd.FP32_DKDV_CONFIGS:
             dense("", fp32, d)
         for d in (64, 128):
             dense("", bf16, d, causal=False)
