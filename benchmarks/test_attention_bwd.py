@@ -1,6 +1,6 @@
 """Attention training benchmarks: forward + backward, engine vs PyTorch SDPA in the same run; results checked.
 
-    attention-bwd   the FlashAttention grid on CUDA: bf16, hidden 2048 (head dim 64 -> 32 heads, 128 -> 16 heads),
+    attnbwd         (attention training) the FlashAttention grid on CUDA: bf16, hidden 2048 (head dim 64 -> 32 heads, 128 -> 16 heads),
                     B x N = 16k tokens, N in {1k, 2k, 4k, 8k, 16k}, causal and not; one timed call is the forward
                     and torch.autograd.grad of q, k, v. Providers: engine (ops.scaled_dot_product_attention, Triton
                     forward + backward kernels) and torch-flash (F.scaled_dot_product_attention pinned to the flash
@@ -11,7 +11,7 @@
                     with a boolean key-padding mask (the flash backend takes no mask; torch picks its backend).
                     extra_info "tokens/s" counts useful tokens.
 
-Targets (issue 16, H200): attention-bwd >= 1.0x torch-flash at every N >= 1k; varlen-bwd >= 2x the masked SDPA's
+Targets (issue 16, H200): attnbwd >= 1.0x torch-flash at every N >= 1k; varlen-bwd >= 2x the masked SDPA's
 useful tokens/s. On CPU the sizes are tiny (CI runs this suite) and engine runs PyTorch's op there.
 """
 import pytest
@@ -44,8 +44,8 @@ def test_attention_fwd_bwd(bench, device, provider, causal, n, d):
     q, k, v, do = (torch.randn(b, h, n, d, device=device, dtype=DTYPE, generator=g) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     flops = 3.5 * 4 * b * h * n * n * d / (2 if causal else 1)
-    group = f"attention-bwd d{d} {'causal' if causal else 'full'} N={n}"
-    extra = {"area": "attention-bwd", "n": n, "head_dim": d, "causal": causal}
+    group = f"attnbwd d{d} {'causal' if causal else 'full'} N={n}"
+    extra = {"area": "attnbwd", "n": n, "head_dim": d, "causal": causal}
     if provider == "engine":
         sdpa = ops.scaled_dot_product_attention
     else:
