@@ -1,7 +1,7 @@
 """Attention training benchmarks: forward + backward, engine vs PyTorch SDPA in the same run; results checked.
 
-    attnbwd         (attention training) the FlashAttention grid on CUDA: bf16, hidden 2048 (head dim 64 -> 32 heads, 128 -> 16 heads),
-                    B x N = 16k tokens, N in {1k, 2k, 4k, 8k, 16k}, causal and not; one timed call is the forward
+    attnbwd         the FlashAttention grid on CUDA: bf16, hidden 2048 (head dim 64 -> 32 heads, 128 -> 16
+                    heads), B x N = 16k tokens, N in {1k, 2k, 4k, 8k, 16k}, causal and not; one timed call is the forward
                     and torch.autograd.grad of q, k, v. Providers: engine (ops.scaled_dot_product_attention, Triton
                     forward + backward kernels) and torch-flash (F.scaled_dot_product_attention pinned to the flash
                     backend, FlashAttention-2). TFLOP/s = 3.5 x the forward's 4 * B * H * N^2 * D (the backward
