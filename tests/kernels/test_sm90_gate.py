@@ -41,6 +41,12 @@ SPILL_ALLOWANCE: dict[str, tuple[int, tuple[str, ...], str]] = {
         100, ("3.9",),
         "fp32 backward dK/dV at D=64: the three-TF32 split of four products' operands; the smallest wgmma tile "
         "(16 queries x 64 keys, one warpgroup) spills 88 B under Triton 3.9 (larger fp32 head dims run PyTorch)"),
+    "attnbwd_bf16_d128_causal_varlen_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
+        64, ("3.9",),
+        "varlen backward dK/dV at D=128: the dense build of the same tile takes 252 registers without spilling; "
+        "the per-sequence offsets push it over (40 B under Triton 3.9)"),
+    "attnbwd_bf16_d80_causal_varlen_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
+        64, ("3.9",), "as the D=128 varlen backward, with the head-dim mask of D=80 in a 128 tile (48 B under 3.9)"),
     "attn_bf16_d256_bidir_addmask_m128n64w8s2": (
         16, ("3.6",), "a per-row mask at D=256 on 128 x 64 tiles: 16 B (255 registers) under Triton 3.6, 0 under 3.9"),
 }
