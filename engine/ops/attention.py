@@ -58,7 +58,7 @@ _SDPA = backend.Route("scaled_dot_product_attention",
                       lambda key: key[2] and key[0] in KERNEL_DTYPES
                       and (key[1] is None or key[1] == torch.bool or key[1] in KERNEL_DTYPES), differentiable=True)
 _VARLEN = backend.Route("varlen_attention", lambda key: key[1] and key[0] in KERNEL_DTYPES, differentiable=True)
-_RNG_LIMIT = 2 ** 32  # dropout in the kernel: Nq * Nk per sequence below this (common.dropout_keep's counter)
+_RNG_LIMIT = 2 ** 31  # dropout in the kernel: Nq * Nk per sequence below this (common.dropout_keep's counter)
 _FP32_BWD_MAX_HEAD_DIM = 64  # engine.kernels.attention.bwd.FP32_MAX_HEAD_DIM (not imported: kernels load lazily)
 
 
@@ -204,7 +204,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
     D <= 256 with Dv == D, with or without grad (q, k, v; not the mask; fp32 with grad: D <= 64) and dropout (in
-    the kernel, Nq * Nk < 2**32; its own Philox mask, reproduced by ``torch.manual_seed``); anything else runs
+    the kernel, Nq * Nk < 2**31; its own Philox mask, reproduced by ``torch.manual_seed``); anything else runs
     PyTorch's SDPA.
     """
     # Cheap path: 4-D tensors of one float dtype and device with matching sizes, float dropout_p and scale (or

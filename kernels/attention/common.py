@@ -103,12 +103,13 @@ def mask_units(mval, bias_floor, inv_scale, MASK_KIND: tl.constexpr):
 def dropout_keep(seed, base, rows, cols, n_k, dropout_p):
     """Attention dropout's keep mask of one score tile, (rows x cols) in the orientation of ``rows[:, None]`` and
     ``cols[None, :]`` (pass ``rows[None, :]`` and ``cols[:, None]`` for the transposed tile): True where the score
-    of query ``row`` and key ``col`` of one (batch, head) survives. One Philox draw per score at the counter
-    ``base + row * n_k + col``, where ``base`` = (batch * H + head) << 32 (rows and keys counted from the start of
-    their sequence, so the draw does not depend on tiles, layout or the kernel: the forward and both backward
-    kernels regenerate the same mask). Needs Nq * Nk < 2**32 per sequence.
+    of query ``row`` and key ``col`` of one (batch, head) survives. One Philox draw per score, keyed by
+    ``seed + base`` with ``base`` = (batch * H + head) << 32 (one key per head), at the 32-bit counter
+    ``row * n_k + col`` (rows and keys counted from the start of their sequence), so the draw does not depend on
+    tiles, layout or the kernel: the forward and both backward kernels regenerate the same mask. 32-bit counters
+    keep the tile's registers low; they need Nq * Nk < 2**31 per sequence (engine.ops checks).
     """
-    return tl.rand(seed, base + rows.to(tl.int64) * n_k + cols) >= dropout_p
+    return tl.rand(seed + base, rows * n_k + cols) >= dropout_p
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -55,6 +55,12 @@ CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
 FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {
     16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 32, 4, 2), 128: (64, 16, 4, 2), 256: (64, 16, 4, 2),
 }
+# Dropout (16-bit) is not autotuned either: one Philox draw per score keeps four 32-bit words per score live, so
+# tiles of more than 32 scores per thread spill (measured at D=64: 128 x 128 with 8 warps spills 2.9 KB, 128 x 64
+# with 8 warps none); the tile of each head dim with 32 scores per thread (the gate checks).
+DROPOUT_CONFIGS: dict[int, tuple[int, int, int, int]] = {
+    16: (128, 64, 8, 3), 32: (128, 64, 8, 3), 64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (128, 64, 8, 2),
+}
 # One small configuration for Triton's CPU interpreter (autotuning there would be slow).
 INTERPRETER_CONFIG = (32, 16, 4, 1)
 
@@ -316,6 +322,8 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
         config = INTERPRETER_CONFIG
     elif config is None and q.dtype == torch.float32:
         config = FP32_CONFIGS[block_d]
+    elif config is None and dropout is not None:
+        config = DROPOUT_CONFIGS[block_d]
     kv_tma = use_kv_tma(k, v) if kv_tma is None else kv_tma
     descs = kv_descriptors(k, v, config[1] if config else CONFIGS[block_d][0][1], block_d) if kv_tma else (None,) * 2
     args = (q, k, v, out, mask, cu_q, cu_k, *descs, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))

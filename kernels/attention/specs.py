@@ -40,8 +40,8 @@ def fwd_specs() -> list:
       D=128, and a padded head dim (80 in a 128 tile);
     - the pointer (cp.async) path that GPUs before Hopper and older Tritons take: bf16 D = 64 and 128, fp32 D=64;
     - training (inputs that require grad): the forward that also stores the softmax statistics (STORE_LSE), bf16
-      D = 64, 128 causal and fp32 D=64; with dropout in the kernel (DROPOUT) on BERT's key-padding call (D=64)
-      and on varlen (D=64).
+      D = 64, 128 causal and fp32 D=64; with dropout in the kernel (DROPOUT, its own fixed tiles) on BERT's
+      key-padding call (D = 64, 128, 256) and on varlen (D=64).
     """
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     b, h, n = 2, 16, 4096
@@ -88,9 +88,10 @@ def fwd_specs() -> list:
         for d in (64, 128):
             dense("_lse", bf16, d, _kept(d)[0], lse=True)
         dense("_lse", fp32, 64, fwd.FP32_CONFIGS[64], lse=True)
-        dense("_keypad_lse_dropout", bf16, 64, _kept(64)[0], causal=False, mask=meta((b, 1, 1, n), bf16), lse=True,
-              dropout=(12345, 0.1))
-        varlen(64, _kept(64)[0], causal=False, tag="_lse_dropout", lse=True, dropout=(12345, 0.1))
+        for d in (64, 128, 256):  # BERT's key-padding call, the dropout configuration of each head dim
+            dense("_keypad_lse_dropout", bf16, d, fwd.DROPOUT_CONFIGS[d], causal=False, mask=meta((b, 1, 1, n), bf16),
+                  lse=True, dropout=(12345, 0.1))
+        varlen(64, fwd.DROPOUT_CONFIGS[64], causal=False, tag="_lse_dropout", lse=True, dropout=(12345, 0.1))
     return rec.launches
 
 
