@@ -47,6 +47,10 @@ SPILL_ALLOWANCE: dict[str, tuple[int, tuple[str, ...], str]] = {
         "the per-sequence offsets push it over (40 B under Triton 3.9)"),
     "attnbwd_bf16_d80_causal_varlen_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
         64, ("3.9",), "as the D=128 varlen backward, with the head-dim mask of D=80 in a 128 tile (48 B under 3.9)"),
+    "attn_bf16_d256_bidir_keypad_lse_dropout_m128n64w8s2": (
+        300, ("3.9",),
+        "dropout at D=256 (fwd.DROPOUT_CONFIGS): the Philox state of 32 scores per thread beside a 128 x 256 "
+        "accumulator over two warpgroups; 252 B under Triton 3.9"),
     "attn_bf16_d256_bidir_addmask_m128n64w8s2": (
         16, ("3.6",), "a per-row mask at D=256 on 128 x 64 tiles: 16 B (255 registers) under Triton 3.6, 0 under 3.9"),
 }
