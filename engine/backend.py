@@ -4,7 +4,9 @@ Rules (in order):
   1. ``ENGINE_BACKEND=torch`` -> PyTorch, always.
   2. The op said the call is outside what the kernel covers (``supported=False``: dropout, an odd dtype,
      a shape the kernel does not handle) -> PyTorch, which has identical semantics.
-  3. A tensor requires grad while autograd is recording -> PyTorch (our kernels have no backward yet).
+  3. A tensor requires grad while autograd is recording -> PyTorch, unless the op has a backward kernel for the
+     call (a ``Route`` made with ``differentiable=True``: attention, whose ``supported`` verdict then covers the
+     grad case too, e.g. a mask that requires grad stays on PyTorch).
   4. ``ENGINE_BACKEND=auto`` (the default): CUDA tensors -> Triton when Triton imports; anything else ->
      PyTorch.
   5. ``ENGINE_BACKEND=triton``: Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``
@@ -14,7 +16,8 @@ Rules (in order):
 Two entry points apply these rules. ``use_triton(*tensors, supported=..., op=...)`` decides one call from
 scratch. ``Route`` (one per op, used by ``engine.ops`` on every call) caches the decision per (environment,
 device kind, op key), where the op key is the dtype and shape class that decide ``supported``; a hit costs a
-few attribute reads, and the grad rule is checked only when the answer would be Triton.
+few attribute reads, and the grad rule is checked only when the answer would be Triton (and the op has no backward
+kernels).
 
 The environment is read on every call (as raw bytes, without ``os.environ``'s decoding), so tests can switch it
 with ``monkeypatch.setenv``. ``TRITON_INTERPRET`` must be set before the kernel modules are first imported
@@ -148,14 +151,16 @@ class Route:
     ``lead`` is the op's main tensor; the op has already checked that ``others`` (None entries allowed) share its
     device. ``key`` (hashable) is what ``supported(key)`` needs to give the op's verdict: its dtype and shape
     class. Decisions are cached per (environment, device kind, key); the grad rule (3) is applied per call, and
-    only where the cached answer is not already PyTorch.
+    only where the cached answer is not already PyTorch. ``differentiable=True``: the op's kernels have a backward
+    (its ``supported`` verdict covers calls that record grad), so rule 3 does not apply.
     """
 
-    __slots__ = ("op", "supported", "_cache")
+    __slots__ = ("op", "supported", "differentiable", "_cache")
 
-    def __init__(self, op: str, supported: Callable[[Hashable], bool]) -> None:
+    def __init__(self, op: str, supported: Callable[[Hashable], bool], *, differentiable: bool = False) -> None:
         self.op = op
         self.supported = supported
+        self.differentiable = differentiable
         self._cache: dict[tuple, bool | str] = {}
 
     def __call__(self, lead: torch.Tensor, key: Hashable, *others: torch.Tensor | None) -> bool:
@@ -169,7 +174,8 @@ class Route:
             d = self._miss(ck, lead, key, others)
         if d is False:
             return False
-        if torch.is_grad_enabled() and (lead.requires_grad or any(t is not None and t.requires_grad for t in others)):
+        if (not self.differentiable and torch.is_grad_enabled()
+                and (lead.requires_grad or any(t is not None and t.requires_grad for t in others))):
             return False  # rule 3, which comes before rule 5's error
         if d is True:
             return True

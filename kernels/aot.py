@@ -41,6 +41,7 @@ KERNEL_FAMILIES = {
     "norm": "engine.kernels.norm:aot_specs",
     "gelu": "engine.kernels.gelu:aot_specs",
     "attention": "engine.kernels.attention.specs:fwd_specs",
+    "attention_bwd": "engine.kernels.attention.specs:bwd_specs",
     "decode": "engine.kernels.attention.specs:decode_specs",
 }
 KERNEL_MODULES = tuple(KERNEL_FAMILIES)

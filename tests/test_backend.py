@@ -148,3 +148,14 @@ def test_forced_triton_runs_every_op_on_its_kernel(monkeypatch, dtype):
     cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
     ops.varlen_attention(packed, packed, packed, cu, cu, 3, 3, causal=True)
     ops.decode_attention(q[:, :, :1], q, q, torch.tensor([4], dtype=torch.int32, device=device))
+
+
+def test_differentiable_route_keeps_grad_on_the_kernels(monkeypatch):
+    """Route(differentiable=True) (ops with backward kernels: attention) skips rule 3; the verdict still decides."""
+    route = backend.Route("op_grad", lambda key: key == "ok", differentiable=True)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(3, requires_grad=True)
+    assert route(x, "ok") is True and route(x, "no") is False
+    with torch.no_grad():
+        assert route(x, "ok") is True

@@ -156,6 +156,43 @@ def test_ops_that_need_grad_compile_to_differentiable_pytorch():
     torch.testing.assert_close(x.grad, expect)
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_attention_with_grad_compiles_to_the_backward_kernels(monkeypatch, varlen):
+    """Attention inputs that require grad trace to the differentiable registered ops (*_lse, whose registered
+    backward runs the Triton backward kernels: the interpreter here); grads equal eager's."""
+    import engine.kernels.attention as kattn
+
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    calls = []
+    for name in ("attention_bwd", "varlen_bwd"):
+        fn = getattr(kattn, name)
+        monkeypatch.setattr(kattn, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    if varlen:
+        q, k, v = (torch.randn(20, 2, 16, generator=g).requires_grad_() for _ in range(3))
+        cu = torch.tensor([0, 7, 20], dtype=torch.int32)
+
+        def f(q, k, v):
+            return (ops.varlen_attention(q, k, v, cu, cu, 13, 13, causal=True) ** 2).sum()
+    else:
+        q, k, v = (torch.randn(1, 2, 9, 16, generator=g).requires_grad_() for _ in range(3))
+        mask = torch.randn(1, 1, 9, 9, generator=g)
+
+        def f(q, k, v):
+            return (ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True) ** 2).sum()
+
+    f(q, k, v).backward()
+    expect = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    calls.clear()
+    torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v).backward()
+    assert calls == ["varlen_bwd" if varlen else "attention_bwd"]
+    for a, e in zip((q.grad, k.grad, v.grad), expect):
+        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["BertModel", "GPT2LMHeadModel"])
 def test_cuda_inductor_equals_eager(arch):

@@ -1,7 +1,11 @@
 """Attention ops: torch-shaped SDPA, packed variable-length attention, and unpad/pad helpers.
 
 Both attention functions run the flash kernel in ``engine.kernels.attention`` when ``engine.backend`` picks Triton,
-and PyTorch otherwise (float64, dropout, head dims above 256, requires-grad, CPU...). Semantics shared by both paths:
+and PyTorch otherwise (float64, head dims above 256, a mask that requires grad, CPU...). Inputs that require grad
+stay on the kernels: the forward saves the log-sum-exp and Triton backward kernels compute dq, dk, dv
+(``engine.ops.attention_grad``; masks get no gradient). Dropout runs inside the kernel (a Philox mask seeded from
+torch's default generator per call, so ``torch.manual_seed`` reproduces it; a different mask than PyTorch's own
+for the same seed). Semantics shared by both paths:
 
 * A query row that can see no key (every key masked out) returns zeros. (PyTorch's SDPA returns NaN there on some
   backends and versions; the fallback path here zeroes such rows too, so both backends agree.)
@@ -36,6 +40,7 @@ from engine.ops._checks import (
     check_tensor,
     same_cuda_device,
 )
+from engine.ops.attention_grad import sdpa_forward, varlen_forward
 from engine.ops.position_bias import bias_block, check_relative_position_bias, relative_position_bias_ok
 from engine.ops.sdpa_args import _check_sdpa  # SDPA's full check (torch's signature); the cheap path is below
 
@@ -52,8 +57,17 @@ _compiling = torch.compiler.is_compiling  # while torch.compile traces: the regi
 # (see the callers).
 _SDPA = backend.Route("scaled_dot_product_attention",
                       lambda key: key[2] and key[0] in KERNEL_DTYPES
-                      and (key[1] is None or key[1] == torch.bool or key[1] in KERNEL_DTYPES))
-_VARLEN = backend.Route("varlen_attention", lambda key: key[1] and key[0] in KERNEL_DTYPES)
+                      and (key[1] is None or key[1] == torch.bool or key[1] in KERNEL_DTYPES), differentiable=True)
+_VARLEN = backend.Route("varlen_attention", lambda key: key[1] and key[0] in KERNEL_DTYPES, differentiable=True)
+_RNG_LIMIT = 2 ** 31  # dropout in the kernel: Nq * Nk per sequence below this (common.dropout_keep's counter)
+_FP32_BWD_MAX_HEAD_DIM = 64  # engine.kernels.attention.bwd.FP32_MAX_HEAD_DIM (not imported: kernels load lazily)
+
+
+def _backward_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, needs_backward: bool) -> bool:
+    """False when the call needs a backward (``needs_backward``, or it records grad) that the backward kernels do not
+    cover (fp32 above head dim 64)."""
+    return (q.dtype is not torch.float32 or q.shape[-1] <= _FP32_BWD_MAX_HEAD_DIM
+            or not (needs_backward or backend.grad_recording(q, k, v)))
 
 
 def _check_qkv(layout: str, **tensors: object) -> list[torch.Tensor]:
@@ -131,6 +145,12 @@ def output_like(q: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tens
     return torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
 
 
+def _check_dropout(dropout_p: object) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1); got {dropout_p!r}")
+    return float(dropout_p)
+
+
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
@@ -152,8 +172,10 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     from torch (errors it raises, inputs torch mishandles), see README "Where engine's ops differ from PyTorch".
 
     Triton runs fp16 / bf16 / fp32 (fp32 in full precision unless ``torch.backends.cuda.matmul.allow_tf32``),
-    D <= 256 with Dv == D, dropout_p == 0, a finite positive scale, no relative_position_bias; anything else runs
-    PyTorch's SDPA. GQA key/value heads are repeated in memory for the kernel (one copy of K and V per call).
+    D <= 256 with Dv == D, dropout_p < 1 (in the kernel, Nq * Nk < 2**31; its own Philox mask, reproduced by
+    ``torch.manual_seed``), a finite positive scale, with or without grad (q, k, v; not the mask; fp32 with grad:
+    D <= 64; a relative_position_bias only without grad); anything else runs PyTorch's SDPA. GQA key/value heads
+    are repeated in memory for the kernel (one copy of K and V per call).
     """
     # Cheap path: 4-D tensors of one float dtype and device with equal batch and head dims (no broadcasting, no GQA
     # grouping), float dropout_p in [0, 1] and a finite float scale (or None), bool is_causal / enable_gqa, a 4-D
@@ -192,13 +214,17 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         if not backend.grad_recording(query, key, value, attn_mask, bias):
             return torch.ops.engine.scaled_dot_product_attention(query, key, value, attn_mask, float(dropout_p),
                                                                  is_causal, scale, enable_gqa, bias)
-    elif not _SDPA.pytorch_only(q):
-        shape_ok = (dropout_p == 0.0 and dv == d and d <= MAX_HEAD_DIM
-                    and (scale is None or 0.0 < scale < _INF)  # the kernel scales row maxima: a finite scale > 0
-                    and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y)
-        if _SDPA(q, (dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask, bias):
-            out = _sdpa_kernel(q, k, v, mask, is_causal, scale, bias)
-            return out if out_shape is None else out.reshape(out_shape)
+        if (out_shape is None and bias is None and dropout_p == 0.0 and (scale is None or 0.0 < scale < _INF)
+                and not backend.grad_recording(mask)):  # the differentiable op (4-D checked call)
+            return torch.ops.engine.scaled_dot_product_attention_lse(q, k, v, mask, is_causal, scale)[0]
+    elif not _SDPA.pytorch_only(q) and sdpa_route(q, k, v, mask, dropout_p, is_causal, scale, bias):
+        if backend.grad_recording(q, k, v):
+            from engine.ops.attention_grad import FlashSDPA
+
+            out = FlashSDPA.apply(q, k, v, mask, is_causal, scale, float(dropout_p))
+        else:
+            out = _sdpa_kernel(q, k, v, mask, is_causal, scale, dropout_p, bias)
+        return out if out_shape is None else out.reshape(out_shape)
     if mask is None and bias is None and (not is_causal or scale is None or scale > 0):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
     else:
@@ -206,18 +232,29 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     return out if out_shape is None else out.reshape(out_shape)
 
 
-def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                 scale: float | None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The Triton path of ``scaled_dot_product_attention`` (arguments checked, (B, H, N, D); mask 4-D or None;
-    bias a table covering the call or None)."""
-    from engine.kernels.attention import attention_fwd
-
+def sdpa_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float,
+               is_causal: bool, scale: float | None, bias: torch.Tensor | None = None, *,
+               needs_backward: bool = False) -> bool:
+    """True when ``engine.backend`` sends this (checked, 4-D) call of ``scaled_dot_product_attention`` to the kernels
+    (with or without grad: the kernels have a backward; a mask that requires grad takes PyTorch, which gives it
+    one; a relative position bias runs on the kernels only without grad). needs_backward: decide as for a call
+    that records grad (the differentiable registered ops)."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    out = output_like(q, (b, h, n_q, d))
-    mask4 = None if mask is None else mask.expand(b, h, n_q, n_k)
-    return attention_fwd(q, k, v, out, mask=mask4, causal=is_causal, scale=scale if scale is not None else d ** -0.5,
-                         relative_position_bias=bias)
+    shape_ok = (v.shape[3] == d and d <= MAX_HEAD_DIM
+                and (scale is None or 0.0 < scale < _INF)  # the kernel scales row maxima: a finite scale > 0
+                and b > 0 and h > 0 and n_q > 0 and n_k > 0 and b * h <= _MAX_GRID_Y
+                and (dropout_p == 0.0 or (dropout_p < 1.0 and n_q * n_k < _RNG_LIMIT))
+                and (mask is None or not backend.grad_recording(mask)) and _backward_ok(q, k, v, needs_backward)
+                and (bias is None or not (needs_backward or backend.grad_recording(q, k, v, bias))))
+    return _SDPA(q, (q.dtype, None if mask is None else mask.dtype, shape_ok), k, v, mask, bias)
+
+
+def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                 scale: float | None, dropout_p: float = 0.0, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton path of ``scaled_dot_product_attention`` without grad (arguments checked, (B, H, N, D); mask 4-D
+    or None; bias a table covering the call or None)."""
+    return sdpa_forward(q, k, v, mask, is_causal, scale, dropout_p, bias=bias)[0]
 
 
 def _check_cu(name: str, cu: object, device: torch.device) -> torch.Tensor:
@@ -269,7 +306,7 @@ def _validate_cu_lists(cq: list[int], ck: list[int], total_q: int, total_k: int,
         _check_cu_stats(name, mname, c[0], c[-1], min(steps), max(steps), total, mx)
 
 
-def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, scale, bias=None):
+def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, scale, bias=None, dropout_p=0.0):
     """Reference path: one SDPA call per sequence (bottom-right causal and bias; rows with no visible key -> 0).
 
     cq, ck: cu_seqlens as host lists; None for a single sequence spanning every token (cu_seqlens known to be
@@ -278,7 +315,7 @@ def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, s
     if cq is None or (len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]):
         mask = _causal_keep(q.shape[0], k.shape[0], q.device, bottom_right=True) if causal else None
         o = _sdpa_torch(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
-                        v.transpose(0, 1).unsqueeze(0), mask, 0.0, False, scale, bias, k.shape[0] - q.shape[0])
+                        v.transpose(0, 1).unsqueeze(0), mask, dropout_p, False, scale, bias, k.shape[0] - q.shape[0])
         return o.squeeze(0).transpose(0, 1).contiguous()
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
     for (qs, qe), (ks, ke) in zip(zip(cq[:-1], cq[1:]), zip(ck[:-1], ck[1:])):
@@ -286,7 +323,8 @@ def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, s
             continue
         mask = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
         o = _sdpa_torch(q[qs:qe].transpose(0, 1).unsqueeze(0), k[ks:ke].transpose(0, 1).unsqueeze(0),
-                        v[ks:ke].transpose(0, 1).unsqueeze(0), mask, 0.0, False, scale, bias, (ke - ks) - (qe - qs))
+                        v[ks:ke].transpose(0, 1).unsqueeze(0), mask, dropout_p, False, scale, bias,
+                        (ke - ks) - (qe - qs))
         out[qs:qe] = o.squeeze(0).transpose(0, 1)
     return out
 
@@ -321,7 +359,7 @@ def _check_varlen(q: object, k: object, v: object, cu_seqlens_q: object, cu_seql
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
                      scale: float | None = None, validate: bool = True,
-                     relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
+                     relative_position_bias: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Attention over packed sequences of different lengths (FlashAttention's varlen API); no FLOPs on padding.
 
     q: (total_q, H, D); k, v: (total_k, H, D); sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and
@@ -331,7 +369,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     returns zeros. scale: default 1 / sqrt(D). relative_position_bias: None, or a (H, 2L - 1) table with
     L >= max(max_seqlen_q, max_seqlen_k), added to the score of query i and key j of a sequence at
     ``table[h, L - 1 + j - (i + len_k - len_q)]`` (the causal mask's bottom-right alignment; see
-    engine.ops.position_bias). Returns (total_q, H, D).
+    engine.ops.position_bias). dropout_p: attention dropout probability in [0, 1) (in the kernel: see
+    ``scaled_dot_product_attention``). Returns (total_q, H, D); differentiable in q, k and v (Triton backward
+    kernels on the kernel path).
 
     validate: check the contents of cu_seqlens and max_seqlen (one device-to-host sync per call on CUDA). Pass
     False on hot paths where they are known good (e.g. straight from ``unpad_input``); the shapes, dtypes and
@@ -352,16 +392,22 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             and (scale is None or (type(scale) is float and -_INF < scale < _INF))
             and ((q.is_cpu and k.is_cpu and v.is_cpu and cu_q.is_cpu and cu_k.is_cpu)
                  or same_cuda_device(q, k, v, cu_q, cu_k))
-            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(max_q, max_k)))):
+            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(max_q, max_k)))
+            and type(dropout_p) is float and 0.0 <= dropout_p < 1.0):
         total_q, h, d = qs
         total_k = ks[0]
     else:
         q, k, v, cu_q, cu_k, max_q, max_k, scale, bias = _check_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, relative_position_bias)
+        dropout_p = _check_dropout(dropout_p)
         (total_q, h, d), total_k, dtype = q.shape, k.shape[0], q.dtype
-    if compiling and not backend.grad_recording(q, k, v, bias):  # the values are checked when the op runs
-        return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, bool(validate),
-                                                 bias)
+    if compiling:  # the values are checked when the op runs
+        if not backend.grad_recording(q, k, v, bias):
+            return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
+                                                     bool(validate), bias, dropout_p)
+        if bias is None and dropout_p == 0.0:  # the differentiable op
+            return torch.ops.engine.varlen_attention_lse(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
+                                                         bool(validate))[0]
     scale = scale if scale is not None else d ** -0.5
     batch = cu_q.shape[0] - 1
     cq = ck = None  # cu_seqlens on the host, read at most once (for the checks and the PyTorch path)
@@ -372,17 +418,27 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         else:
             _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
 
-    shape_ok = (d <= MAX_HEAD_DIM and batch * h <= _MAX_GRID_Y and scale > 0)
-    if not _VARLEN(q, (dtype, shape_ok), k, v, cu_q, cu_k, bias):
+    if not varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, bias, dropout_p):
         if cq is None and (batch > 1 or total_q == 0 or total_k == 0):  # one sequence is [0, total]: no read
             cq, ck = cu_q.tolist(), cu_k.tolist()
-        return _varlen_torch(q, k, v, cq, ck, causal, scale, bias)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    if total_q == 0 or max_q == 0 or k.shape[0] == 0:  # nothing to attend (and no empty pointers to launch)
-        return out.zero_()
-    from engine.kernels.attention import varlen_fwd
+        return _varlen_torch(q, k, v, cq, ck, causal, scale, bias, dropout_p)
+    if backend.grad_recording(q, k, v):
+        from engine.ops.attention_grad import FlashVarlen
 
-    return varlen_fwd(q, k, v, out, cu_q, cu_k, max_q, causal=causal, scale=scale, relative_position_bias=bias)
+        return FlashVarlen.apply(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, dropout_p)
+    return varlen_forward(q, k, v, cu_q, cu_k, max_q, causal, scale, dropout_p, bias=bias)[0]
+
+
+def varlen_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                 max_q: int, max_k: int, scale: float, bias: torch.Tensor | None = None,
+                 dropout_p: float = 0.0, *, needs_backward: bool = False) -> bool:
+    """True when ``engine.backend`` sends this (checked; scale resolved) ``varlen_attention`` call to the kernels
+    (needs_backward: as ``sdpa_route``)."""
+    h, d = q.shape[1], q.shape[2]
+    shape_ok = (d <= MAX_HEAD_DIM and (cu_q.shape[0] - 1) * h <= _MAX_GRID_Y and scale > 0
+                and (dropout_p == 0.0 or max_q * max_k < _RNG_LIMIT) and _backward_ok(q, k, v, needs_backward)
+                and (bias is None or not (needs_backward or backend.grad_recording(q, k, v, bias))))
+    return _VARLEN(q, (q.dtype, shape_ok), k, v, cu_q, cu_k, bias)
 
 
 def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,

@@ -12,6 +12,9 @@ the public function calls the registered op instead, which the compiled graph ke
                              head dims, ``bool enable_gqa=False``) and the optional ``relative_position_bias`` table
     ops.varlen_attention, ops.decode_attention -> same names, with the optional ``relative_position_bias`` table
                              as a ``Tensor?`` argument (default None)
+    the two dense / packed attention ops on inputs that require grad (no dropout, no relative bias) -> *_lse (out,
+                             lse), differentiable through register_autograd with *_backward (dq, dk, dv): the
+                             kernels' backward where they run, else PyTorch's autograd of the fallback path
     (models)                 ->  torch.ops.engine.check_range     the value checks of model inputs, at run time
 
 At run time the registered op calls the eager function, so dispatch, kernels and error messages are the eager ones.
@@ -189,24 +192,120 @@ def _sdpa_layout(query: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 @_op("varlen_attention",
      "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k,"
-     " bool causal, float? scale, bool validate, Tensor? relative_position_bias=None) -> Tensor")
+     " bool causal, float? scale, bool validate, Tensor? relative_position_bias=None, float dropout_p=0.0) -> Tensor")
 def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
-            relative_position_bias=None):
+            relative_position_bias=None, dropout_p=0.0):
     from engine.ops.attention import varlen_attention
 
     return varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
-                            scale=scale, validate=validate,
-                            relative_position_bias=relative_position_bias).contiguous()
+                            scale=scale, validate=validate, relative_position_bias=relative_position_bias,
+                            dropout_p=dropout_p).contiguous()
 
 
 @_varlen.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
-      relative_position_bias=None):
+      relative_position_bias=None, dropout_p=0.0):
     from engine.ops.attention import _check_varlen
 
     q, *_ = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
                           relative_position_bias)
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+# Differentiable attention for torch.compile: calls that record grad (no dropout, no relative bias) trace to these
+# ops; the forward also returns the log-sum-exp the backward op needs (engine.ops.attention_grad).
+@_op("scaled_dot_product_attention_lse",
+     "(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, bool is_causal, float? scale) -> (Tensor, Tensor)")
+def _sdpa_lse(query, key, value, attn_mask, is_causal, scale):
+    from engine.ops.attention_grad import sdpa_lse_op
+
+    return sdpa_lse_op(query, key, value, attn_mask, is_causal, scale)
+
+
+@_sdpa_lse.register_fake
+def _(query, key, value, attn_mask, is_causal, scale):
+    from engine.ops.attention import _check_sdpa, output_like
+
+    q, k, v, *_ = _check_sdpa(query, key, value, attn_mask, 0.0, is_causal, scale)
+    return output_like(q, (*q.shape[:3], v.shape[3])), q.new_empty((2, *q.shape[:3]), dtype=torch.float32)
+
+
+@_op("scaled_dot_product_attention_backward",
+     "(Tensor grad, Tensor query, Tensor key, Tensor value, Tensor out, Tensor lse, Tensor? attn_mask, bool is_causal,"
+     " float? scale) -> (Tensor, Tensor, Tensor)")
+def _sdpa_bwd(grad, query, key, value, out, lse, attn_mask, is_causal, scale):
+    from engine.ops.attention_grad import sdpa_backward_op
+
+    return tuple(sdpa_backward_op(grad, query, key, value, out, lse, attn_mask, is_causal, scale))
+
+
+@_sdpa_bwd.register_fake
+def _(grad, query, key, value, out, lse, attn_mask, is_causal, scale):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _sdpa_lse_setup(ctx, inputs, output):
+    query, key, value, attn_mask, is_causal, scale = inputs
+    ctx.save_for_backward(query, key, value, output[0], output[1], attn_mask)
+    ctx.args = (is_causal, scale)
+
+
+def _sdpa_lse_backward(ctx, grad, grad_lse):
+    query, key, value, out, lse, attn_mask = ctx.saved_tensors
+    dq, dk, dv = torch.ops.engine.scaled_dot_product_attention_backward(grad, query, key, value, out, lse, attn_mask,
+                                                                         *ctx.args)
+    return dq, dk, dv, None, None, None
+
+
+_sdpa_lse.register_autograd(_sdpa_lse_backward, setup_context=_sdpa_lse_setup)
+
+
+@_op("varlen_attention_lse",
+     "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k,"
+     " bool causal, float? scale, bool validate) -> (Tensor, Tensor)")
+def _varlen_lse(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate):
+    from engine.ops.attention_grad import varlen_lse_op
+
+    return varlen_lse_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate)
+
+
+@_varlen_lse.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate):
+    from engine.ops.attention import _check_varlen
+
+    q, *_ = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((2, q.shape[1], q.shape[0]), dtype=torch.float32))
+
+
+@_op("varlen_attention_backward",
+     "(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens_q, Tensor cu_seqlens_k,"
+     " int max_seqlen_q, int max_seqlen_k, bool causal, float? scale) -> (Tensor, Tensor, Tensor)")
+def _varlen_bwd(grad, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    from engine.ops.attention_grad import varlen_backward_op
+
+    return tuple(t.contiguous() for t in varlen_backward_op(grad, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                                            max_seqlen_q, max_seqlen_k, causal, scale))
+
+
+@_varlen_bwd.register_fake
+def _(grad, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _varlen_lse_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, _ = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k)
+    ctx.args = (max_q, max_k, causal, scale)
+
+
+def _varlen_lse_backward(ctx, grad, grad_lse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    dq, dk, dv = torch.ops.engine.varlen_attention_backward(grad, q, k, v, out, lse, cu_q, cu_k, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+_varlen_lse.register_autograd(_varlen_lse_backward, setup_context=_varlen_lse_setup)
 
 
 @_op("decode_attention",
@@ -251,5 +350,7 @@ OPS = {
     "layer_norm": _layer_norm, "add_layer_norm": _add_layer_norm, "rms_norm": _rms_norm, "add_rms_norm": _add_rms_norm,
     "gelu": _gelu, "bias_gelu": _bias_gelu, "gelu_and_mul": _gelu_and_mul,
     "scaled_dot_product_attention": _sdpa, "varlen_attention": _varlen, "decode_attention": _decode,
+    "scaled_dot_product_attention_lse": _sdpa_lse, "scaled_dot_product_attention_backward": _sdpa_bwd,
+    "varlen_attention_lse": _varlen_lse, "varlen_attention_backward": _varlen_bwd,
     "check_range": _check_range,
 }

@@ -3,13 +3,15 @@
     common.py  jit helpers the kernels share (tile loads, masks) and the one host-side choice of how K/V tiles
                are loaded (TMA on Hopper, else pointers); the dot precision per dtype
     fwd.py     flash attention forward, dense (B, H, N, D) and packed varlen (total, H, D): attention_fwd,
-               varlen_fwd
+               varlen_fwd (optionally storing the log-sum-exp for the backward, and with dropout)
+    bwd.py     flash attention backward of both: attention_bwd, varlen_bwd
     decode.py  flash-decoding against a KV cache: decode_attention_fwd
     specs.py   the launches engine.kernels.aot compiles for sm_90 (and tests/kernels gates)
 
 Importing this package compiles nothing.
 """
+from engine.kernels.attention.bwd import attention_bwd, varlen_bwd
 from engine.kernels.attention.decode import decode_attention_fwd
 from engine.kernels.attention.fwd import attention_fwd, varlen_fwd
 
-__all__ = ["attention_fwd", "decode_attention_fwd", "varlen_fwd"]
+__all__ = ["attention_bwd", "attention_fwd", "decode_attention_fwd", "varlen_bwd", "varlen_fwd"]

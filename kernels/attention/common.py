@@ -88,12 +88,32 @@ def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KI
         mval = masked_load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY, False)
     else:
         mval = masked_load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
+    return tl.broadcast_to(mask_units(mval, bias_floor, inv_scale, MASK_KIND), (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def mask_units(mval, bias_floor, inv_scale, MASK_KIND: tl.constexpr):
+    """Loaded mask values (any shape) in the units of q . k (fp32): boolean (MASK_KIND 1) -> 0 or -inf; additive
+    (2) -> raised to ``bias_floor`` (a true -inf stays -inf) and multiplied by ``inv_scale`` (see ``mask_bias``)."""
     if MASK_KIND == 1:
         bias = tl.where(mval != 0, 0.0, float("-inf"))
     else:
         bias = mval.to(tl.float32)
         bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, bias_floor) * inv_scale)
-    return tl.broadcast_to(bias, (BLOCK_M, BLOCK_N))
+    return bias
+
+
+@triton.jit
+def dropout_keep(seed, base, rows, cols, n_k, dropout_p):
+    """Attention dropout's keep mask of one score tile, (rows x cols) in the orientation of ``rows[:, None]`` and
+    ``cols[None, :]`` (pass ``rows[None, :]`` and ``cols[:, None]`` for the transposed tile): True where the score
+    of query ``row`` and key ``col`` of one (batch, head) survives. One Philox draw per score, keyed by
+    ``seed + base`` with ``base`` = (batch * H + head) << 32 (one key per head), at the 32-bit counter
+    ``row * n_k + col`` (rows and keys counted from the start of their sequence), so the draw does not depend on
+    tiles, layout or the kernel: the forward and both backward kernels regenerate the same mask. 32-bit counters
+    keep the tile's registers low; they need Nq * Nk < 2**31 per sequence (engine.ops checks).
+    """
+    return tl.rand(seed + base, rows * n_k + cols) >= dropout_p
 
 
 @triton.jit
@@ -147,6 +167,18 @@ def shifted_table(table: torch.Tensor) -> torch.Tensor:
     w = (width + MAX_BLOCK_N + 15) // 16 * 16
     padded = torch.nn.functional.pad(table, (0, w + TABLE_SHIFTS - 1 - width))  # (H, W + SHIFTS - 1)
     return padded.unfold(1, w, 1).contiguous()  # (H, SHIFTS, W)
+
+
+def mask_launch_args(mask: torch.Tensor | None, q: torch.Tensor) -> tuple:
+    """(Mask argument, MASK_KIND, MASK_PER_ROW, its 4 strides) of a dense launch for ``mask``: None, or a
+    (B, H, Nq, Nk) view (stride 0 on broadcast dims), bool (passed as uint8) or floating (additive). q (B, H, Nq, D)
+    stands in for a missing mask. MASK_PER_ROW: the mask varies along the query rows (not a key-padding mask)."""
+    if mask is None:
+        return q, 0, False, (0, 0, 0, 0)
+    kind = 1 if mask.dtype == torch.bool else 2
+    arg = mask.view(torch.uint8) if kind == 1 else mask
+    strides = tuple(arg.stride())
+    return arg, kind, strides[2] != 0 and q.shape[2] > 1, strides
 
 
 def precision(dtype: torch.dtype) -> str:

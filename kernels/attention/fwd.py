@@ -39,8 +39,8 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, MAX_BLOCK_N, bias_args, kv_descriptors, kv_tile, mask_bias, masked_load, precision, relative_bias,
-    set_kv_block_shape, shifted_rows, use_kv_tma,
+    LOG2E, MAX_BLOCK_N, bias_args, dropout_keep, kv_descriptors, kv_tile, mask_bias, mask_launch_args, masked_load,
+    precision, relative_bias, set_kv_block_shape, shifted_rows, use_kv_tma,
 )
 from engine.kernels.launch import launch
 
@@ -60,6 +60,12 @@ CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
 FP32_CONFIGS: dict[int, tuple[int, int, int, int]] = {
     16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 32, 4, 2), 128: (64, 16, 4, 2), 256: (64, 16, 4, 2),
 }
+# Dropout (16-bit) is not autotuned either: one Philox draw per score keeps four 32-bit words per score live, so
+# tiles of more than 32 scores per thread spill (measured at D=64: 128 x 128 with 8 warps spills 2.9 KB, 128 x 64
+# with 8 warps none); the tile of each head dim with 32 scores per thread (the gate checks).
+DROPOUT_CONFIGS: dict[int, tuple[int, int, int, int]] = {
+    16: (128, 64, 8, 3), 32: (128, 64, 8, 3), 64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (128, 64, 8, 2),
+}
 # One small configuration for Triton's CPU interpreter (autotuning there would be slow).
 INTERPRETER_CONFIG = (32, 16, 4, 1)
 
@@ -75,6 +81,7 @@ def _attn_fwd_inner(
     BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, KV_TMA: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     bias_rows, HAS_BIAS: tl.constexpr,  # HAS_BIAS: (BLOCK_M,) pointers into the table (see common.relative_bias)
+    seed=0, drop_base=0, dropout_p=0.0, DROPOUT: tl.constexpr = False,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     d_ok = offs_d < HEAD_DIM
@@ -115,6 +122,8 @@ def _attn_fwd_inner(
             p = tl.math.exp2(s - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:  # the softmax sum counts every key; the product with V only the kept ones (see dropout_keep)
+            p = tl.where(dropout_keep(seed, drop_base, offs_m[:, None], cols[None, :], n_k, dropout_p), p, 0.0)
         acc = acc * alpha[:, None]
         v = kv_tile(v_ptrs + start_n * stride_vn, V_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
@@ -150,6 +159,9 @@ def _attn_fwd_kernel(
     Bias=None, stride_bh=0, stride_bs=0, bias_len=0,  # HAS_BIAS only: common.shifted_table of the relative
     # position table (H, 2 * bias_len - 1)
     HAS_BIAS: tl.constexpr = False,
+    LSE=None, stride_lp=0, stride_lz=0, stride_lh=0,  # STORE_LSE: (2, B, H, Nq) / varlen (2, H, total_q) fp32
+    seed=0, dropout_p=0.0,  # DROPOUT: philox seed, drop probability (common.dropout_keep)
+    STORE_LSE: tl.constexpr = False, DROPOUT: tl.constexpr = False,
 ):
     if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
         start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -225,17 +237,25 @@ def _attn_fwd_kernel(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS,
+        PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS, seed, off_zh.to(tl.int64) << 32, dropout_p, DROPOUT,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS,
+        PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS, seed, off_zh.to(tl.int64) << 32, dropout_p, DROPOUT,
     )
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    if STORE_LSE:  # the softmax statistics the backward needs (see bwd.py)
+        l_off = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh
+        if IS_VARLEN:
+            l_off += q_start
+        tl.store(LSE + l_off + offs_m, tl.where(l_i == 0.0, float("inf"), m_i), mask=row_ok)
+        tl.store(LSE + stride_lp + l_off + offs_m, tl.math.log2(l_safe), mask=row_ok)
+    if DROPOUT:  # kept probabilities are scaled by 1 / (1 - p)
+        l_safe = l_safe * (1.0 - dropout_p)
     out = acc / l_safe[:, None]
     o_ptrs = Out + o_off + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok
     if HEAD_DIM == BLOCK_D:
@@ -310,18 +330,20 @@ def _tuned_kernel(block_d: int):
     return triton.autotune(
         configs=_configs(block_d),
         key=["N_BUCKET", "HEAD_DIM", "IS_CAUSAL", "IS_VARLEN", "MASK_KIND", "MASK_PER_ROW", "PRECISION", "KV_TMA",
-             "HAS_BIAS"],
+             "HAS_BIAS", "STORE_LSE", "DROPOUT"],
         prune_configs_by={"early_config_prune": _early_prune},
     )(_attn_fwd_kernel)
 
 
 def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m, batch, *, head_dim, causal,
-            varlen, mask_kind, mask_per_row, config, kv_tma, bias):
+            varlen, mask_kind, mask_per_row, config, kv_tma, bias, lse, lse_strides, dropout):
     block_d = block_d_of(head_dim)
     if config is None and interpreting():
         config = INTERPRETER_CONFIG
     elif config is None and q.dtype == torch.float32:
         config = FP32_CONFIGS[block_d]
+    elif config is None and dropout is not None:
+        config = DROPOUT_CONFIGS[block_d]
     kv_tma = use_kv_tma(k, v) if kv_tma is None else kv_tma
     descs = kv_descriptors(k, v, config[1] if config else CONFIGS[block_d][0][1], block_d) if kv_tma else (None,) * 2
     args = (q, k, v, out, mask, cu_q, cu_k, *descs, scale * LOG2E, *strides, h, n_q, n_k, seqlen_bucket(grid_m))
@@ -331,6 +353,11 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
         raise ValueError(f"a relative position bias needs BLOCK_N <= {MAX_BLOCK_N} (the shifted table's padding); "
                          f"got config {config}")
     flags.update(bias_args(bias, "Bias", shifted=True))
+    if lse is not None:
+        flags.update(LSE=lse, stride_lp=lse.stride(0), stride_lz=lse_strides[0], stride_lh=lse_strides[1],
+                     STORE_LSE=True)
+    if dropout is not None:
+        flags.update(seed=dropout[0], dropout_p=dropout[1], DROPOUT=True)
     if config is not None:
         bm, bn, warps, stages = config
         if interpreting() and q.dtype == torch.bfloat16:
@@ -349,7 +376,8 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *,
                   mask: torch.Tensor | None, causal: bool, scale: float,
                   config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None,
-                  relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
+                  relative_position_bias: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+                  dropout: tuple[int, float] | None = None) -> torch.Tensor:
     """Dense attention into ``out``. q, out: (B, H, Nq, D); k, v: (B, H, Nk, D); any strides.
 
     mask: None, or a view of shape (B, H, Nq, Nk) (stride 0 on broadcast dims), bool or floating (additive).
@@ -357,30 +385,30 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     is added to the score of query i and key j after the scale (top-left positions; engine.ops.position_bias).
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to skip autotuning (tests); None = autotune
     (the interpreter always uses ``INTERPRETER_CONFIG``). kv_tma: load K/V tiles by TMA (True), through
-    pointers (False), or as ``common.use_kv_tma`` decides (None). Validation is the caller's job.
+    pointers (False), or as ``common.use_kv_tma`` decides (None). lse: None, or a contiguous (2, B, H, Nq) fp32
+    buffer that receives each row's softmax statistics, which the backward (``bwd.attention_bwd``) needs: the
+    maximum of the scaled scores in base 2 (+inf for a row that sees no key) and log2 of the sum of exp2(score -
+    maximum). dropout: None, or (seed, p): drop each probability with probability p
+    (``common.dropout_keep``'s Philox mask), scaling the kept ones by 1 / (1 - p). Validation is the caller's job.
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    if mask is None:
-        mask_arg, mask_kind, per_row, mstr = q, 0, False, (0, 0, 0, 0)
-    else:
-        mask_kind = 1 if mask.dtype == torch.bool else 2
-        mask_arg = mask.view(torch.uint8) if mask_kind == 1 else mask
-        mstr = tuple(mask_arg.stride())
-        per_row = mstr[2] != 0 and n_q > 1
+    mask_arg, mask_kind, per_row, mstr = mask_launch_args(mask, q)
     strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *mstr)
     return _launch(q, k, v, out, mask_arg, q, q, scale, strides, h, n_q, n_k, n_q, b, head_dim=d, causal=causal,
                    varlen=False, mask_kind=mask_kind, mask_per_row=per_row, config=config, kv_tma=kv_tma,
-                   bias=relative_position_bias)
+                   bias=relative_position_bias, lse=lse, lse_strides=(h * n_q, n_q), dropout=dropout)
 
 
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cu_q: torch.Tensor,
                cu_k: torch.Tensor, max_seqlen_q: int, *, causal: bool, scale: float,
                config: tuple[int, int, int, int] | None = None, kv_tma: bool | None = None,
-               relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
+               relative_position_bias: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+               dropout: tuple[int, float] | None = None) -> torch.Tensor:
     """Packed attention into ``out``. q, out: (total_q, H, D); k, v: (total_k, H, D); cu_q, cu_k: (B + 1,) int32.
 
-    Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma: as for ``attention_fwd``.
+    Causal is bottom-right aligned per sequence (FlashAttention). config, kv_tma, dropout: as for
+    ``attention_fwd``; lse: None or a contiguous (2, H, total_q) fp32 buffer.
     relative_position_bias: None, or a floating (H, 2L - 1) table with L >= every sequence's query and key
     lengths, aligned bottom-right as the causal mask: query i of a sequence sits at i + len_k - len_q.
     Validation is the caller's job (the table's length included: ops.varlen_attention checks it).
@@ -394,4 +422,4 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Ten
     strides = (*s4(q), *s4(k), *s4(v), *s4(out), 0, 0, 0, 0)
     return _launch(q, k, v, out, q, cu_q, cu_k, scale, strides, h, 0, 0, max_seqlen_q, batch, head_dim=d,
                    causal=causal, varlen=True, mask_kind=0, mask_per_row=False, config=config, kv_tma=kv_tma,
-                   bias=relative_position_bias)
+                   bias=relative_position_bias, lse=lse, lse_strides=(0, q.shape[0]), dropout=dropout)

@@ -9,6 +9,8 @@ launch). Read from ptxas's -v report and the SASS (engine.kernels.audit), per ke
   alike; at most ``MAX_WAITS`` wgmma waits per iteration of the hot loop; K/V tiles by TMA where the launch
   takes that path (no cp.async in the hot loop but for mask or relative-bias tiles), by cp.async where it takes
   the pointer path;
+- attention backward (attention_bwd): wgmma, never mma.sync, in the dK/dV and dQ kernels and in their hot loops
+  (the Delta preprocess has no product);
 - memory-bound kernels (LayerNorm, GELU, decode): 16-byte global loads and stores (LDG/STG.128, or 16-byte
   cp.async for the decode K/V tiles);
 - shared memory within the H200's 227 KiB (test_aot.py).
@@ -31,8 +33,37 @@ SPILL_ALLOWANCE: dict[str, tuple[int, tuple[str, ...], str]] = {
         "fp32 at D=256: each TF32 product needs the query tile split in two in registers, 2 x 64 x 256 fp32 values "
         "over one warpgroup (256 registers per thread) before anything else; no tile shape avoids it (measured: "
         "3788 B under Triton 3.9, 5512 B under 3.6; README, fp32 attention)"),
+    "attnbwd_bf16_d256_causal_kvm16n64w8s1_qm64n16w4s1/attn_bwd_dkdv": (
+        1100, ("3.9",),
+        "backward dK/dV at D=256: two 64 x 256 fp32 accumulators are 128 registers per thread over two warpgroups "
+        "before the tiles of four products; the smallest wgmma tile (16 queries x 64 keys) spills 988 B under Triton "
+        "3.9 (not measured under 3.6)"),
+    "attnbwd_fp32_d64_causal_kvm16n64w4s2_qm64n32w4s2/attn_bwd_dkdv": (
+        100, ("3.9",),
+        "fp32 backward dK/dV at D=64: the three-TF32 split of four products' operands; the smallest wgmma tile "
+        "(16 queries x 64 keys, one warpgroup) spills 88 B under Triton 3.9 (larger fp32 head dims run PyTorch)"),
+    "attnbwd_bf16_d128_causal_varlen_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
+        64, ("3.9",),
+        "varlen backward dK/dV at D=128: the dense build of the same tile takes 252 registers without spilling; "
+        "the per-sequence offsets push it over (40 B under Triton 3.9)"),
+    "attnbwd_bf16_d80_causal_varlen_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
+        64, ("3.9",), "as the D=128 varlen backward, with the head-dim mask of D=80 in a 128 tile (48 B under 3.9)"),
+    "attn_bf16_d256_bidir_keypad_lse_dropout_m128n64w8s2": (
+        300, ("3.9",),
+        "dropout at D=256 (fwd.DROPOUT_CONFIGS): the Philox state of 32 scores per thread beside a 128 x 256 "
+        "accumulator over two warpgroups; 252 B under Triton 3.9"),
     "attn_bf16_d256_bidir_addmask_m128n64w8s2": (
         16, ("3.6",), "a per-row mask at D=256 on 128 x 64 tiles: 16 B (255 registers) under Triton 3.6, 0 under 3.9"),
+}
+
+
+# Configuration name -> (the Triton versions, why) where ptxas's serialization of wgmma is a known, open cost.
+SERIAL_ALLOWANCE: dict[str, tuple[tuple[str, ...], str]] = {
+    "attnbwd_bf16_d64_bidir_addmask_kvm32n128w8s2_qm128n64w8s2/attn_bwd_dkdv": (
+        ("3.9",),
+        "backward dK/dV with a per-row additive mask: the transposed (keys x queries) mask tile read in the loop "
+        "makes ptxas serialize the wgmma (C7515) whether it starts the product or is added to the scaled scores; "
+        "boolean per-row masks and key-padding masks do not (open: load the tile in query-major order)"),
 }
 
 
@@ -61,13 +92,16 @@ def _failures(rows, check) -> list[str]:
 
 @pytest.mark.parametrize("family", aot.KERNEL_MODULES)
 def test_no_spills_and_no_serialized_wgmma(sm90_builds, family):
+    import triton
+
     def check(r):
         spilled = r["spill_stores"] + r["spill_loads"]
         allowed = _allowed(r["name"])
         if spilled > allowed:
             return f"{spilled} bytes of spills (allowed {allowed}), {r['regs']} registers"
         serial = [w for w in r["warnings"] if "serialized" in w]
-        if serial:
+        versions = SERIAL_ALLOWANCE.get(r["name"], ((), ""))[0]
+        if serial and not any(triton.__version__.startswith(v) for v in versions):
             return f"ptxas: {serial[0]}"
         return None
 
@@ -77,11 +111,16 @@ def test_no_spills_and_no_serialized_wgmma(sm90_builds, family):
 def test_spill_allowances_are_used(sm90_builds):
     """An allowance for a configuration that no longer exists, or no longer spills under a Triton it names, must
     go (or lose that version)."""
-    if "attention" not in sm90_builds["rows"]:
+    def family(name):  # the backward's builds are named attnbwd_...
+        return "attention_bwd" if name.startswith("attnbwd") else "attention"
+
+    built = {f for f in ("attention", "attention_bwd") if f in sm90_builds["rows"]}
+    if not built:
         pytest.skip("attention builds not selected")
-    spills = {r["name"]: r["spill_stores"] + r["spill_loads"] for r in sm90_builds["rows"]["attention"]}
-    missing = [name for name in SPILL_ALLOWANCE if name not in spills]
-    stale = [name for name in SPILL_ALLOWANCE if _allowed(name) and not spills.get(name)]
+    spills = {r["name"]: r["spill_stores"] + r["spill_loads"] for f in built for r in sm90_builds["rows"][f]}
+    names = [name for name in SPILL_ALLOWANCE if family(name) in built]
+    missing = [name for name in names if name not in spills]
+    stale = [name for name in names if _allowed(name) and not spills.get(name)]
     assert not missing, f"allowances for configurations that are not built: {missing}"
     assert not stale, f"allowances for configurations that do not spill under this Triton: {stale}"
 
@@ -105,6 +144,21 @@ def test_attention_uses_wgmma_and_tma(sm90_builds, family):
         elif loop["ldgsts"] and "mask" not in r["name"] and "_bias" not in r["name"]:
             # a mask or (fp32) relative-bias tile may still arrive by cp.async
             return f"{loop['ldgsts']} cp.async per iteration beside TMA"
+        return None
+
+    assert not (bad := _failures(_rows(sm90_builds, family), check)), "\n".join(bad)
+
+
+@pytest.mark.parametrize("family", ["attention_bwd"])
+def test_attention_backward_uses_wgmma(sm90_builds, family):
+    def check(r):
+        if r["kernel"] == "_attn_bwd_preprocess":
+            return None
+        a, loop = r["sass"]["all"], r["sass"]["loop"]
+        if a["hmma"] or not a["hgmma"]:
+            return f"{a['hgmma']} wgmma (HGMMA) and {a['hmma']} mma.sync (HMMA): want wgmma only"
+        if loop is None or not loop["hgmma"]:
+            return "no loop with tensor-core instructions"
         return None
 
     assert not (bad := _failures(_rows(sm90_builds, family), check)), "\n".join(bad)

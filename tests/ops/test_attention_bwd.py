@@ -1,0 +1,274 @@
+"""Backward of ops.scaled_dot_product_attention / ops.varlen_attention on the kernels (interpreter on CPU), and
+attention dropout in the kernel.
+
+dq, dk, dv against float64 autograd of the reference math (tests/ops/test_attention.py's and test_varlen.py's
+references), with the output gradient random; a spy checks the backward kernels ran (a silent PyTorch fallback would
+pass the numbers). Under the interpreter the dK/dV kernel tiles with (BLOCK_M, BLOCK_N) = (16, 32) and the dQ kernel
+with (32, 16) (engine.kernels.attention.bwd), so N = 17 and 31 / 33 sit on block boundaries +/- 1 of both, and 40
+crosses more than two blocks of 16. Gradient tolerances are relative to the largest reference gradient.
+"""
+import pytest
+import torch
+
+import engine.kernels.attention as kattn
+from engine import ops
+from engine.kernels.attention import bwd as kbwd
+from engine.kernels.attention import fwd as kfwd
+from tests.ops.test_attention import _masks, reference
+from tests.ops.test_varlen import cu_of
+from tests.ops.test_varlen import reference as varlen_reference
+
+# max |ours - float64| / (largest float64 grad of dq, dk, dv) per dtype.
+GRAD_TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the backward kernel launches (dense, varlen) made through engine.kernels.attention."""
+    calls = {"dense": 0, "varlen": 0}
+
+    def wrap(name, fn):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(kattn, "attention_bwd", wrap("dense", kattn.attention_bwd))
+    monkeypatch.setattr(kattn, "varlen_bwd", wrap("varlen", kattn.varlen_bwd))
+    return calls
+
+
+def _leaves(shapes, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).to(device=device, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _assert_grads(ours, refs, dtype):
+    """Each gradient within GRAD_TOL of its float64 reference, relative to the largest of the three (a gradient
+    can be exactly zero, e.g. dq when every row sees one key)."""
+    scale = max(r.abs().max().item() for r in refs)
+    for name, a, r in zip(("dq", "dk", "dv"), ours, refs):
+        assert a is not None and a.dtype == dtype and a.shape == r.shape, name
+        assert torch.isfinite(a).all(), name
+        err = (a.detach().cpu().double() - r).abs().max().item()
+        assert err <= GRAD_TOL[dtype] * scale, (name, err, scale)
+
+
+def _ref_grads(fn, tensors, grad):
+    leaves = [t.detach().cpu().double().requires_grad_() for t in tensors]
+    fn(*leaves).backward(grad.detach().cpu().double())
+    return [t.grad for t in leaves]
+
+
+CASES = [  # (n_q, n_k, head_dim, causal, dtype)
+    (17, 17, 16, True, torch.float32),
+    (1, 1, 16, False, torch.float32),
+    (33, 31, 80, True, torch.float16),   # Nq > Nk, padded head dim
+    (31, 33, 16, False, torch.bfloat16),
+    (40, 17, 16, True, torch.float32),   # top-left causal with Nq > Nk
+]
+
+
+@pytest.mark.parametrize("n_q,n_k,d,causal,dtype", CASES)
+def test_sdpa_grads_match_float64(triton_backend, device, spy, n_q, n_k, d, causal, dtype):
+    q, k, v, do = _leaves([(1, 2, n_q, d), (1, 2, n_k, d), (1, 2, n_k, d), (1, 2, n_q, d)], dtype, device, n_q + d)
+    out = ops.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out.backward(do)
+    assert spy["dense"] == 1
+    refs = _ref_grads(lambda a, b, c: reference(a, b, c, causal=causal), (q, k, v), do)
+    _assert_grads((q.grad, k.grad, v.grad), refs, dtype)
+
+
+@pytest.mark.parametrize("kind,causal,dtype", [
+    ("bool4d", True, torch.float32),        # rows that see no key, a row of one key
+    ("additive4d", False, torch.float32),   # -inf rows, most-negative finite rows
+    ("bool_keypad", False, torch.float16),
+    ("additive_keypad", True, torch.bfloat16),
+])
+def test_sdpa_mask_grads(triton_backend, device, spy, kind, causal, dtype):
+    b, h, n = 2, 2, 33
+    mask = _masks(kind, b, h, n, n, device)
+    q, k, v, do = _leaves([(b, h, n, 16)] * 4, dtype, device, 3)
+    ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).backward(do)
+    assert spy["dense"] == 1
+    refs = _ref_grads(lambda a, c, e: reference(a, c, e, mask.cpu(), causal), (q, k, v), do)
+    _assert_grads((q.grad, k.grad, v.grad), refs, dtype)
+    if kind == "bool4d":  # rows that see no key: zero gradient, as on the PyTorch path
+        assert (q.grad[0, 0, 3] == 0).all() and (q.grad[0, 1, 5].abs().sum() > 0 or causal)
+
+
+def test_sdpa_pytorch_path_gives_the_same_grads(monkeypatch, device):
+    """The kernel backward and engine's PyTorch path agree, fully masked rows included."""
+    mask = _masks("bool4d", 2, 2, 20, 20, device)
+    grads = []
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("ENGINE_BACKEND", backend)
+        q, k, v, do = _leaves([(2, 2, 20, 16)] * 4, torch.float32, device, 5)
+        ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True).backward(do)
+        grads.append([t.grad for t in (q, k, v)])
+    for a, r in zip(*grads):
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=2e-5)
+
+
+def test_kernels_write_every_gradient_element(device):
+    """Poisoned (NaN) dq, dk, dv and lse buffers: the kernels overwrite every element (odd sizes, padded D)."""
+    b, h, n_q, n_k, d = 2, 2, 19, 35, 24
+    g = torch.Generator().manual_seed(7)
+    q, do = (torch.randn(b, h, n_q, d, generator=g).to(device) for _ in range(2))
+    k, v = (torch.randn(b, h, n_k, d, generator=g).to(device) for _ in range(2))
+    mask = torch.rand(b, 1, n_q, n_k, generator=g).to(device) > 0.3
+    mask[0, 0, 4] = False
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((2, b, h, n_q), float("nan"), device=device)
+    kfwd.attention_fwd(q, k, v, out, mask=mask.expand(b, h, n_q, n_k), causal=False, scale=d ** -0.5, lse=lse)
+    assert not lse.isnan().any() and (lse[0, 0, :, 4] == float("inf")).all()
+    dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
+    kbwd.attention_bwd(do, q, k, v, out, lse, dq, dk, dv, mask=mask.expand(b, h, n_q, n_k), causal=False,
+                       scale=d ** -0.5)
+    refs = _ref_grads(lambda a, c, e: reference(a, c, e, mask.cpu()), (q, k, v), do)
+    _assert_grads((dq, dk, dv), refs, torch.float32)
+
+
+VARLEN_CASES = [  # (lens_q, lens_k (None = same), head_dim, causal, dtype)
+    ([1, 17, 40], None, 16, True, torch.float32),
+    ([33, 2, 31], None, 80, False, torch.float16),
+    ([5, 20, 0], [12, 3, 7], 16, True, torch.bfloat16),  # bottom-right causal both ways, an empty query sequence
+    ([9, 4], [0, 6], 32, False, torch.float32),          # an empty key sequence: zero grads for its queries
+]
+
+
+@pytest.mark.parametrize("lens_q,lens_k,d,causal,dtype", VARLEN_CASES)
+def test_varlen_grads_match_float64(triton_backend, device, spy, lens_q, lens_k, d, causal, dtype):
+    lens_k = lens_q if lens_k is None else lens_k
+    h = 2
+    q, k, v, do = _leaves([(sum(lens_q), h, d), (sum(lens_k), h, d), (sum(lens_k), h, d), (sum(lens_q), h, d)],
+                          dtype, device, sum(lens_q) + d)
+    out = ops.varlen_attention(q, k, v, cu_of(lens_q, device), cu_of(lens_k, device), max(lens_q), max(lens_k),
+                               causal=causal)
+    out.backward(do)
+    assert spy["varlen"] == 1
+    refs = _ref_grads(lambda a, b, c: varlen_reference(a, b, c, lens_q, lens_k, causal), (q, k, v), do)
+    _assert_grads((q.grad, k.grad, v.grad), refs, dtype)
+
+
+def test_mask_that_requires_grad_takes_pytorch(triton_backend, device, spy):
+    """Masks get no gradient from the kernels: a mask that requires grad runs PyTorch, which gives it one."""
+    q, k, v, mask = _leaves([(1, 2, 9, 16)] * 3 + [(1, 1, 9, 9)], torch.float32, device, 11)
+    ops.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+    assert spy["dense"] == 0 and mask.grad is not None and q.grad is not None
+
+
+# ---- dropout ------------------------------------------------------------------------------------------------
+
+def _kept(q, k, p, seed, **kwargs):
+    """The kernel's keep mask for a call's (q, k) at ``seed``: run it with V = identity (one column per key), so
+    out[i, j] = P[i, j] * Z[i, j] / (1 - p), nonzero exactly where key j is kept for query i. The kernel needs
+    V's head dim = q's: q and k are padded with zero columns to Nk (same scores at the original scale), and the
+    mask does not depend on the head dim. Needs Nk >= D."""
+    n_k, d = k.shape[2], q.shape[3]
+    pad = lambda t: torch.nn.functional.pad(t, (0, n_k - d))  # noqa: E731
+    eye = torch.eye(n_k, dtype=q.dtype, device=q.device).expand(*k.shape[:2], n_k, n_k)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = ops.scaled_dot_product_attention(pad(q), pad(k), eye, dropout_p=p, scale=d ** -0.5, **kwargs)
+    return out != 0
+
+
+def test_dropout_same_seed_same_mask_and_keep_rate(triton_backend, device):
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 2, 48, 48, generator=g).to(device) for _ in range(2))
+    p = 0.3
+    z1, z2, z3 = _kept(q, k, p, 123), _kept(q, k, p, 123), _kept(q, k, p, 124)
+    assert torch.equal(z1, z2)  # same seed -> same mask
+    assert not torch.equal(z1, z3)
+    rate, n = z1.float().mean().item(), z1.numel()
+    sigma = ((1 - p) * p / n) ** 0.5
+    assert abs(rate - (1 - p)) < 5 * sigma, (rate, 1 - p, sigma)
+    # heads and rows draw independently: no two heads, no two rows share a mask
+    assert not torch.equal(z1[0, 0], z1[0, 1]) and not torch.equal(z1[0, 0, 0], z1[0, 0, 1])
+    # and the output itself is reproducible
+    v = torch.randn(2, 2, 48, 48, generator=g).to(device)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        outs.append(ops.scaled_dot_product_attention(q, k, v, dropout_p=p))
+    assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_backward_matches_the_forward_mask(triton_backend, device, spy, causal):
+    """Grads with dropout equal float64 autograd of softmax * Z / (1 - p) @ V with the kernel's own mask Z."""
+    n, d, p, seed = 33, 16, 0.25, 99
+    q, k, v, do = _leaves([(1, 2, n, d)] * 4, torch.float32, device, 13)
+    z = _kept(q.detach(), k.detach(), p, seed, is_causal=causal).cpu()
+    torch.manual_seed(seed)
+    out = ops.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+    out.backward(do)
+    assert spy["dense"] == 1
+
+    def ref(a, b, c):
+        s = (a @ b.transpose(-1, -2)) * d ** -0.5
+        if causal:
+            s = s.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+        return (torch.softmax(s, -1) * z / (1 - p)) @ c
+
+    with torch.no_grad():
+        torch.testing.assert_close(out.cpu().double(), ref(q.cpu().double(), k.cpu().double(), v.cpu().double()),
+                                   atol=2e-5, rtol=2e-5)
+    _assert_grads((q.grad, k.grad, v.grad), _ref_grads(ref, (q, k, v), do), torch.float32)
+
+
+def test_varlen_dropout_backward_is_consistent(triton_backend, device, spy):
+    """Packed dropout: same seed -> same output; grads equal the dense kernel's on the same single sequence (the
+    mask depends only on (seed, batch, head, row, key), not on the layout)."""
+    n, h, d, p = 21, 2, 16, 0.2
+    q, k, v, do = _leaves([(n, h, d)] * 4, torch.float32, device, 17)
+    cu = cu_of([n], device)
+    torch.manual_seed(3)
+    out = ops.varlen_attention(q, k, v, cu, cu, n, n, causal=True, dropout_p=p)
+    out.backward(do)
+    assert spy["varlen"] == 1
+    dense = [t.detach().transpose(0, 1).unsqueeze(0).requires_grad_() for t in (q, k, v)]
+    torch.manual_seed(3)
+    out_d = ops.scaled_dot_product_attention(*dense, is_causal=True, dropout_p=p)
+    out_d.backward(do.transpose(0, 1).unsqueeze(0))
+    torch.testing.assert_close(out, out_d.squeeze(0).transpose(0, 1), atol=1e-6, rtol=1e-6)
+    for a, r in zip((q.grad, k.grad, v.grad), dense):
+        torch.testing.assert_close(a, r.grad.squeeze(0).transpose(0, 1), atol=1e-6, rtol=1e-6)
+
+
+def test_dropout_rejects_bad_probability(triton_backend, device):
+    q = torch.randn(3, 2, 16, device=device)
+    cu = cu_of([3], device)
+    with pytest.raises(ValueError, match="dropout_p must be a number in"):
+        ops.varlen_attention(q, q, q, cu, cu, 3, 3, dropout_p=1.0)
+
+
+# ---- GPU ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+def test_sdpa_grads_gpu_real_sizes(d, causal):
+    """bf16 at a real size: our grads' error vs an fp32 reference at most ~2x PyTorch's own bf16 error."""
+    q, k, v, do = _leaves([(2, 4, 1000, d)] * 4, torch.bfloat16, "cuda", d)
+    ops.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(do)
+    ours = [t.grad.float() for t in (q, k, v)]
+    ref_leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    torch.nn.functional.scaled_dot_product_attention(*ref_leaves, is_causal=causal).backward(do.float())
+    theirs_leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    torch.nn.functional.scaled_dot_product_attention(*theirs_leaves, is_causal=causal).backward(do)
+    for a, r, t in zip(ours, ref_leaves, theirs_leaves):
+        ours_err = (a - r.grad).abs().max().item()
+        torch_err = (t.grad.float() - r.grad).abs().max().item()
+        assert ours_err <= 2 * torch_err + 1e-2, (ours_err, torch_err)
+
+
+def test_fp32_head_dims_above_64_with_grad_take_pytorch(triton_backend, device, spy):
+    """fp32 backward kernels cover head dims <= 64 (register pressure of the three-TF32 split above that); larger
+    fp32 calls that record grad run PyTorch, and their grads are still right."""
+    q, k, v, do = _leaves([(1, 2, 9, 80)] * 4, torch.float32, device, 19)
+    ops.scaled_dot_product_attention(q, k, v, is_causal=True).backward(do)
+    assert spy["dense"] == 0
+    refs = _ref_grads(lambda a, b, c: reference(a, b, c, causal=True), (q, k, v), do)
+    _assert_grads((q.grad, k.grad, v.grad), refs, torch.float32)
