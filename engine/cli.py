@@ -256,9 +256,14 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
 
 def _embedder(model_dir: str | Path, args: argparse.Namespace):
     """The Embedder for ``model_dir``: the sentence-transformers spec of the folder, the options given."""
+    from engine.checkpoint import model_dir as checked_dir
     from engine.embed import Embedder, read_sentence_transformers
 
-    st = read_sentence_transformers(model_dir) if str(model_dir) else None  # "": an error from _load, not "."
+    try:
+        checked_dir(model_dir, name="model directory")  # errors as _load gives them, before any file is read
+    except FileNotFoundError:
+        raise CommandError(f"model directory {str(model_dir)!r} not found") from None
+    st = read_sentence_transformers(model_dir)
     model, tok = _load(Path(st["model_dir"]) if st else model_dir, "embed", args)
     return Embedder.from_model(model, tok, model_dir, pooling=args.pooling, normalize=args.normalize,
                                max_length=args.max_length, prompt=args.prompt)
