@@ -4,7 +4,9 @@ Rules (in order):
   1. ``ENGINE_BACKEND=torch`` -> PyTorch, always.
   2. The op said the call is outside what the kernel covers (``supported=False``: dropout, an odd dtype,
      a shape the kernel does not handle) -> PyTorch, which has identical semantics.
-  3. A tensor requires grad while autograd is recording -> PyTorch (our kernels have no backward yet).
+  3. A tensor requires grad while autograd is recording -> PyTorch, unless the op has a backward kernel
+     (``Route(..., backward=True)``: the norms and GELUs, engine.ops.grad): those keep rules 4 and 5 and run
+     as an autograd Function over the forward and backward kernels ("requires grad -> our kernels with backward").
   4. ``ENGINE_BACKEND=auto`` (the default): CUDA tensors -> Triton when Triton imports; anything else ->
      PyTorch.
   5. ``ENGINE_BACKEND=triton``: Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``
@@ -148,14 +150,16 @@ class Route:
     ``lead`` is the op's main tensor; the op has already checked that ``others`` (None entries allowed) share its
     device. ``key`` (hashable) is what ``supported(key)`` needs to give the op's verdict: its dtype and shape
     class. Decisions are cached per (environment, device kind, key); the grad rule (3) is applied per call, and
-    only where the cached answer is not already PyTorch.
+    only where the cached answer is not already PyTorch and the op has no backward kernel (``backward=True``: the
+    op itself runs its autograd Function when a tensor requires grad).
     """
 
-    __slots__ = ("op", "supported", "_cache")
+    __slots__ = ("op", "supported", "backward", "_cache")
 
-    def __init__(self, op: str, supported: Callable[[Hashable], bool]) -> None:
+    def __init__(self, op: str, supported: Callable[[Hashable], bool], *, backward: bool = False) -> None:
         self.op = op
         self.supported = supported
+        self.backward = backward  # the kernel has a backward: rule 3 does not apply
         self._cache: dict[tuple, bool | str] = {}
 
     def __call__(self, lead: torch.Tensor, key: Hashable, *others: torch.Tensor | None) -> bool:
@@ -169,7 +173,8 @@ class Route:
             d = self._miss(ck, lead, key, others)
         if d is False:
             return False
-        if torch.is_grad_enabled() and (lead.requires_grad or any(t is not None and t.requires_grad for t in others)):
+        if (not self.backward and torch.is_grad_enabled()
+                and (lead.requires_grad or any(t is not None and t.requires_grad for t in others))):
             return False  # rule 3, which comes before rule 5's error
         if d is True:
             return True
