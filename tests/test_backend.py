@@ -109,3 +109,19 @@ def test_route_caches_but_follows_the_environment(monkeypatch):
         route(x, "ok")
     with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
         route.pytorch_only(x)
+
+
+def test_route_with_a_backward_kernel_keeps_the_kernel_under_grad(monkeypatch):
+    """Route(backward=True) (the norms and GELUs): a tensor that requires grad keeps rules 4 and 5, i.e. the
+    kernel where it can run, PyTorch where auto says so, and forced Triton's error where it cannot run."""
+    route = backend.Route("op_bwd", lambda key: key == "ok", backward=True)
+    g = torch.randn(3, requires_grad=True)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert route(g, "ok") is True and route(g, "no") is False
+    monkeypatch.delenv("ENGINE_BACKEND")
+    assert route(g, "ok") is False  # auto on a CPU: PyTorch
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="op_bwd.*TRITON_INTERPRET=1"):
+        route(g, "ok")

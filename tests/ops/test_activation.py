@@ -119,7 +119,7 @@ def test_empty_inputs_give_empty_outputs(triton_backend, device, shape):
     assert y.shape == x.shape and y.dtype == F16
 
 
-def test_float64_and_grad_inputs_go_to_pytorch(triton_backend, device):
+def test_float64_goes_to_pytorch_and_grad_inputs_get_gradients(triton_backend, device):
     gen = torch.Generator().manual_seed(43)
     x64, b64 = _rand((5, 20), torch.float64, device, gen), _rand((20,), torch.float64, device, gen)
     torch.testing.assert_close(ops.bias_gelu(x64, b64), F.gelu(x64 + b64))
@@ -245,7 +245,7 @@ def test_gelu_and_mul_torch_path(torch_backend, device, dtype):
     _assert_close(out, ref, dtype)
 
 
-def test_gelu_and_mul_grad_goes_to_pytorch(triton_backend, device):
+def test_gelu_and_mul_grad_inputs_get_gradients(triton_backend, device):
     gen = torch.Generator().manual_seed(61)
     x = _rand((5, 2 * 20), F32, device, gen).requires_grad_()
     g = _rand((5, 20), F32, device, gen)
