@@ -98,6 +98,11 @@ class ModelConfig:
     gated_mlp: bool = False  # act(x @ W_gate) * (x @ W_up) (T5 v1.1 "gated-gelu"), else act(x @ W_in)
     scale_decoder_outputs: bool = False  # T5 v1.0: decoder output * d_model**-0.5 before the LM head
     decoder_start_token_id: int | None = None
+    # Dropout probabilities, used only in training mode (``model.train()``); transformers' defaults when absent.
+    hidden_dropout: float = 0.0  # each sublayer's output (BERT hidden_dropout_prob, GPT-2 resid_pdrop, T5 dropout_rate)
+    attention_dropout: float = 0.0  # the attention probabilities (attention_probs_dropout_prob, attn_pdrop, T5's)
+    embedding_dropout: float = 0.0  # the embeddings' output (BERT hidden_dropout_prob, GPT-2 embd_pdrop, T5's)
+    classifier_dropout: float = 0.0  # before a sequence-classification head (classifier_dropout[_prob] or hidden)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -236,6 +241,16 @@ def _eps(d: dict[str, Any], default: float) -> float:
     return default
 
 
+def _p(d: dict[str, Any], key: str, default: float | None) -> float | None:
+    """A dropout probability of the HF config (``default`` when absent or null), checked to lie in [0, 1)."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"{key} must be a dropout probability in [0, 1); got {v!r}")
+    return float(v)
+
+
 def _from_gpt2(d: dict[str, Any], arch: str) -> ModelConfig:
     if d.get("add_cross_attention"):
         raise ValueError("GPT-2 with add_cross_attention=True is not supported (decoder-only GPT-2 is)")
@@ -249,6 +264,8 @@ def _from_gpt2(d: dict[str, Any], arch: str) -> ModelConfig:
         tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
         scale_attn_weights=bool(d.get("scale_attn_weights", True)),
         scale_attn_by_inverse_layer_idx=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
+        hidden_dropout=_p(d, "resid_pdrop", 0.1), attention_dropout=_p(d, "attn_pdrop", 0.1),
+        embedding_dropout=_p(d, "embd_pdrop", 0.1),
         id2label=_id2label(d), **_special_ids(d),
     )
 
@@ -262,6 +279,10 @@ def _from_bert_like(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
     if d.get("is_decoder") or d.get("add_cross_attention"):
         raise ValueError(f"{family} as a decoder (is_decoder / add_cross_attention) is not supported")
     default_act = "gelu_new" if family == "albert" else "gelu"
+    albert = family == "albert"  # ALBERT's config defaults its dropouts to 0 and names the classifier's _prob
+    hidden = _p(d, "hidden_dropout_prob", 0.0 if albert else 0.1)
+    classifier = _p(d, "classifier_dropout_prob" if albert else "classifier_dropout", 0.1 if albert else None)
+    classifier = hidden if classifier is None else classifier
     return ModelConfig(
         family=family, architecture=arch, vocab_size=int(d.get("vocab_size", 30522)),
         hidden_size=int(d.get("hidden_size", 768)), num_layers=int(d.get("num_hidden_layers", 12)),
@@ -273,6 +294,8 @@ def _from_bert_like(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
         embedding_size=int(d.get("embedding_size", 128)) if family == "albert" else None,
         num_hidden_groups=int(d.get("num_hidden_groups", 1)) if family == "albert" else 1,
         inner_group_num=int(d.get("inner_group_num", 1)) if family == "albert" else 1,
+        hidden_dropout=hidden, attention_dropout=_p(d, "attention_probs_dropout_prob", 0.0 if albert else 0.1),
+        embedding_dropout=hidden, classifier_dropout=classifier,
         id2label=_id2label(d), **_special_ids(d),
     )
 
@@ -324,6 +347,8 @@ def _from_t5(d: dict[str, Any], family: str, arch: str) -> ModelConfig:
         relative_attention_num_buckets=int(d.get("relative_attention_num_buckets", 32)),
         relative_attention_max_distance=int(d.get("relative_attention_max_distance", 128)),
         scale_decoder_outputs=scale, decoder_start_token_id=d.get("decoder_start_token_id"),
+        hidden_dropout=_p(d, "dropout_rate", 0.1), attention_dropout=_p(d, "dropout_rate", 0.1),
+        embedding_dropout=_p(d, "dropout_rate", 0.1),
         **_special_ids({"eos_token_id": 1, **d}),
     )
 
