@@ -23,9 +23,10 @@ SHAPES = {"minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_hea
 _MODELS: dict[tuple, dict] = {}
 
 
-def models(name: str, device: str, dtype: torch.dtype) -> dict[str, tuple]:
-    """{provider: (model, optimizer, logits_of_output)} for one random classifier, built once per case."""
-    key = (name, device, dtype)
+def models(name: str, device: str, dtype: torch.dtype, case: str) -> dict[str, tuple]:
+    """{provider: (model, logits_of_output)}: one random classifier, both copies built fresh for each ``case`` (the
+    timed AdamW steps change the weights, a different number of times per provider)."""
+    key = (name, device, dtype, case)
     if key not in _MODELS:
         torch.manual_seed(0)
         cfg = transformers.BertConfig(vocab_size=30522, max_position_embeddings=512, attn_implementation="sdpa",
@@ -74,14 +75,14 @@ def check_same_first_step(all_models, ids, mask, labels, rtol: float) -> None:
 
 def run_case(bench, provider: str, name: str, B: int, N: int, *, device: str, dtype: torch.dtype, ragged: bool,
              rtol: float) -> None:
-    all_models = models(name, device, dtype)
+    group = f"train-step {name} {str(dtype).split('.')[-1]} {device} {B}x{N}{' ragged 60%' if ragged else ''}"
+    all_models = models(name, device, dtype, group)
     ids, mask, labels = batch(B, N, device=device, ragged=ragged)
     if provider == "engine":  # once per case (engine runs first): both models are still at the same weights
-        check_same_first_step({p: m for p, m in all_models.items()}, ids, mask, labels, rtol)
+        check_same_first_step(all_models, ids, mask, labels, rtol)
     model, logits_of = all_models[provider]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
-    group = f"train-step {name} {str(dtype).split('.')[-1]} {device} {B}x{N}{' ragged 60%' if ragged else ''}"
     loss = bench(step_fn(model, logits_of, opt, ids, mask, labels), provider=provider, group=group,
                  extra={"area": "model", "tokens": int(mask.sum())})
     assert torch.isfinite(loss)
