@@ -142,16 +142,23 @@ def gelu_fwd(
         y = gelu_fwd(x, bias, approximate=approximate)
         out.copy_(y)
         return out
-    block_m, block_n = config_for(yv.shape[1], tiled)
-    grid = (triton.cdiv(yv.shape[0], block_m) * triton.cdiv(yv.shape[1], block_n),)
-    launch(_gelu_kernel, grid,
-        xv, bias if bias is not None else xv, yv, yv,
-        yv.shape[0], yv.shape[1], xv.stride(0), yv.stride(0), yv.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
-        GATED=gated, BACKWARD=False, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    _launch(xv, bias, yv, None, tiled=tiled, approximate=approximate, gated=gated)
     return out
 
+
+def _launch(xv: torch.Tensor, bias: torch.Tensor | None, yv: torch.Tensor, dxv: torch.Tensor | None, *, tiled: bool,
+            approximate: str, gated: bool) -> None:
+    """One launch over the (rows, cols) views: the forward writes yv; the backward (``dxv`` given) reads yv as dy
+    and writes dxv (x's shape)."""
+    block_m, block_n = config_for(yv.shape[1], tiled)
+    grid = (triton.cdiv(yv.shape[0], block_m) * triton.cdiv(yv.shape[1], block_n),)
+    dx = dxv if dxv is not None else yv
+    launch(_gelu_kernel, grid,
+        xv, bias if bias is not None else xv, yv, dx,
+        yv.shape[0], yv.shape[1], xv.stride(0), yv.stride(0), dx.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
+        GATED=gated, BACKWARD=dxv is not None, num_warps=NUM_WARPS,
+    )  # fmt: skip
 
 
 def gelu_bwd(
@@ -173,20 +180,13 @@ def gelu_bwd(
     xv, dyv, dxv = x, dy, dx
     if not tiled:  # one long contiguous row, as the forward
         xv, dyv, dxv = x.contiguous().view(1, m * n), dy.contiguous().view(1, m * n), dx.view(1, m * n)
-    block_m, block_n = config_for(dyv.shape[1], tiled)
-    grid = (triton.cdiv(dyv.shape[0], block_m) * triton.cdiv(dyv.shape[1], block_n),)
-    launch(_gelu_kernel, grid,
-        xv, bias if bias is not None else xv, dyv, dxv,
-        dyv.shape[0], dyv.shape[1], xv.stride(0), dyv.stride(0), dxv.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None, APPROX_TANH=approximate == "tanh",
-        GATED=gated, BACKWARD=True, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    _launch(xv, bias, dyv, dxv, tiled=tiled, approximate=approximate, gated=gated)
     return dx
 
 
 def aot_specs() -> list:
-    """The launches ``gelu_fwd`` and ``gelu_bwd`` make for every (tile, bias / gated / plain) ``config_for`` can pick, erf and
-    tanh, per dtype (for ``engine.kernels.aot``): 8192 contiguous rows of a width that picks each tile (three times
+    """The launches ``gelu_fwd`` and ``gelu_bwd`` make for every (tile, bias / gated / plain) ``config_for`` can
+    pick, erf and tanh, per dtype (for ``engine.kernels.aot``): 8192 contiguous rows of a width that picks each tile (three times
     the widest tile for that one, which then spans several column blocks)."""
     from engine.kernels.aot import TRITON_DTYPES, meta, recording
 
