@@ -11,13 +11,12 @@ kernel and autograd records a tensor of the call (engine.backend: "requires grad
 The forward runs the inference kernel and saves only what the backward needs: the normalised input (x, or the
 x + residual the forward returns anyway) and the weight for the norms (the backward kernel recomputes the fp32 row
 statistics from them, in registers), the input and bias for GELU. The backward routes again (engine.backend):
-the Triton backward kernels, or PyTorch's autograd of the reference op on the saved tensors (float64, CPU
-outside the interpreter, ENGINE_BACKEND=torch), which is also the meaning the kernels are tested against.
+the Triton backward kernels, or the same formulas in PyTorch (fp32 math; float64, CPU outside the interpreter,
+ENGINE_BACKEND=torch); the tests hold both to float64 autograd of the reference ops.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from engine import backend
@@ -49,26 +48,33 @@ def norm_backward(dy: torch.Tensor, ds: torch.Tensor | None, v: torch.Tensor, we
         dv, dw, db = norm_bwd(rows(v, n), rows(dy, n), weight, eps, rms=rms,
                               ds=None if ds is None else rows(ds, n))
         return dv, dw.to(v.dtype), None if db is None else db.to(v.dtype)
-    # PyTorch: autograd of the reference op on the saved input (weight / bias stand-ins when absent).
-    with torch.enable_grad():
-        vv = v.detach().requires_grad_()
-        w = (weight.detach() if weight is not None else torch.ones(n, dtype=v.dtype, device=v.device))
-        w.requires_grad_()
-        if rms:
-            y, b = torch.rms_norm(vv, (n,), w, eps), None
-        else:
-            b = torch.zeros(n, dtype=v.dtype, device=v.device, requires_grad=True)
-            y = torch.layer_norm(vv, (n,), w, b, eps)
-        grads = torch.autograd.grad(y, (vv, w) if rms else (vv, w, b), dy)
-    dv = grads[0] if ds is None else grads[0] + ds
-    return dv, grads[1], None if rms else grads[2]
+    # PyTorch, the same formulas in fp32 (float64 stays float64); no nested autograd, so it also runs inside a
+    # compiled graph's backward (the registered engine::norm_backward).
+    ct = torch.float64 if v.dtype == torch.float64 else torch.float32
+    v32, dy32 = v.to(ct), dy.to(ct)
+    d = v32 if rms else v32 - v32.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(d.square().mean(-1, keepdim=True) + eps)
+    xhat = d * rstd
+    g = dy32 if weight is None else dy32 * weight.to(ct)
+    dv = g - xhat * (g * xhat).mean(-1, keepdim=True)
+    if not rms:
+        dv = dv - g.mean(-1, keepdim=True)
+    dv = dv * rstd
+    if ds is not None:
+        dv = dv + ds.to(ct)
+    dw = (dy32 * xhat).reshape(-1, n).sum(0)
+    db = None if rms else dy32.reshape(-1, n).sum(0)
+    return dv.to(v.dtype), dw.to(v.dtype), None if db is None else db.to(v.dtype)
 
 
-def _gelu_ref(x: torch.Tensor, bias: torch.Tensor | None, approximate: str, gated: bool) -> torch.Tensor:
-    if gated:
-        n = x.shape[-1] // 2
-        return F.gelu(x[..., :n], approximate=approximate) * x[..., n:]
-    return F.gelu(x if bias is None else x + bias, approximate=approximate)
+def _gelu_and_grad(v: torch.Tensor, approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gelu(v), gelu'(v)) elementwise, in v's dtype (the caller passes fp32 or float64)."""
+    if approximate == "tanh":
+        k = 0.7978845608028654  # sqrt(2 / pi)
+        sig = torch.sigmoid(2.0 * k * (v + 0.044715 * v ** 3))  # (1 + tanh(u)) / 2
+        return v * sig, sig + v * 2.0 * sig * (1.0 - sig) * k * (1.0 + 3.0 * 0.044715 * v * v)
+    cdf = 0.5 * (1.0 + torch.erf(v * 0.7071067811865476))
+    return v * cdf, cdf + v * 0.3989422804014327 * torch.exp(-0.5 * v * v)
 
 
 def gelu_backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, approximate: str, *,
@@ -80,11 +86,15 @@ def gelu_backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, 
 
         n = dy.shape[-1]
         return gelu_bwd(rows(x, x.shape[-1]), rows(dy, n), bias, approximate=approximate, gated=gated)
-    with torch.enable_grad():
-        xx = x.detach().requires_grad_()
-        (dx,) = torch.autograd.grad(_gelu_ref(xx, bias.detach() if bias is not None else None, approximate, gated),
-                                    (xx,), dy)
-    return dx
+    # PyTorch, the kernel's formulas in fp32 (float64 stays float64); no nested autograd (see norm_backward).
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dy32 = dy.to(ct)
+    if gated:
+        n = x.shape[-1] // 2
+        y, dg = _gelu_and_grad(x[..., :n].to(ct), approximate)
+        return torch.cat([dy32 * x[..., n:].to(ct) * dg, dy32 * y], -1).to(x.dtype)
+    v = x.to(ct) if bias is None else x.to(ct) + bias.to(ct)
+    return (dy32 * _gelu_and_grad(v, approximate)[1]).to(x.dtype)
 
 
 def bias_grad(dx: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -180,3 +180,36 @@ def test_gelu_grad_of_3d_and_strided_inputs(triton_backend, monkeypatch, device)
     (F.gelu(xd[..., 1:12] + 1.0, approximate="tanh") * g.double()).sum().backward()
     torch.testing.assert_close(leaf.grad.double(), xd.grad, atol=1e-5, rtol=1e-5)
     assert calls
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.float64])
+def test_pytorch_backward_formulas_match_float64(torch_backend, dtype):
+    """engine.ops.grad's PyTorch path (what engine::norm_backward / gelu_backward run off the kernels, e.g. in a
+    compiled CPU graph) against float64 autograd of the reference ops."""
+    from engine.ops import grad
+
+    gen = torch.Generator().manual_seed(13)
+    v, dy, ds = (_rand((5, 37), dtype, "cpu", gen, scale=2.0, shift=0.5) for _ in range(3))
+    w = _rand((37,), dtype, "cpu", gen)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == F32 else dict(atol=1e-12, rtol=1e-12)
+    for rms in (False, True):
+        vd, wd = v.double().clone().requires_grad_(), w.double().clone().requires_grad_()
+        bd = torch.zeros(37, dtype=torch.float64, requires_grad=True)
+        y = F.rms_norm(vd, (37,), wd, 1e-5) if rms else F.layer_norm(vd, (37,), wd, bd, 1e-5)
+        y.backward(dy.double())
+        dv, dw, db = grad.norm_backward(dy, ds, v, w, 1e-5, rms=rms)
+        torch.testing.assert_close(dv.double(), vd.grad + ds.double(), **tol)
+        torch.testing.assert_close(dw.double(), wd.grad, **tol)
+        if not rms:
+            torch.testing.assert_close(db.double(), bd.grad, **tol)
+    x2 = _rand((5, 74), dtype, "cpu", gen, scale=2.5)
+    b = _rand((37,), dtype, "cpu", gen)
+    for approximate in ("none", "tanh"):
+        for gated in (False, True):
+            x = x2 if gated else x2[:, :37].contiguous()
+            xd = x.double().clone().requires_grad_()
+            ref = (F.gelu(xd[:, :37], approximate=approximate) * xd[:, 37:] if gated
+                   else F.gelu(xd + b.double(), approximate=approximate))
+            ref.backward(dy.double())
+            dx = grad.gelu_backward(dy, x, None if gated else b, approximate, gated=gated)
+            torch.testing.assert_close(dx.double(), xd.grad, **tol)
