@@ -192,8 +192,9 @@ def test_every_launcher_configuration_is_compiled_ahead_of_time():
     assert picked == set(gelu_kernels.configs())
     launches = gelu_kernels.aot_specs()  # the launcher's own launches, recorded (nothing runs)
     compiled = {(la.kwargs["BLOCK_M"], la.kwargs["BLOCK_N"], la.kwargs["HAS_BIAS"], la.kwargs["GATED"],
-                 la.kwargs["APPROX_TANH"], la.num_warps, la.arg("X").dtype) for la in launches}
-    wanted = {(*c, tanh, gelu_kernels.NUM_WARPS, dt) for c in picked for tanh in (False, True) for dt in ALL}
+                 la.kwargs["APPROX_TANH"], la.kwargs["BACKWARD"], la.num_warps, la.arg("X").dtype) for la in launches}
+    wanted = {(*c, tanh, bwd, gelu_kernels.NUM_WARPS, dt) for c in picked for tanh in (False, True)
+              for bwd in (False, True) for dt in ALL}  # forward and backward (gelu_bwd) launches
     assert compiled == wanted and len(launches) == len(wanted)
 
 

@@ -255,9 +255,12 @@ def test_every_launcher_configuration_is_compiled_ahead_of_time():
     picked = {norm_kernels.config_for(n) for n in sizes}
     assert picked == set(norm_kernels.configs())
     launches = norm_kernels.aot_specs()  # the launcher's own launches, recorded (nothing runs)
-    compiled = {(la.kwargs["BLOCK_N"], la.kwargs["ROWS"], la.num_warps, la.kwargs["LOOPED"], la.kwargs["HAS_RESIDUAL"],
-                 la.kwargs["IS_RMS"], la.arg("X").dtype) for la in launches}
-    wanted = {(*c, res, rms, dt) for c in picked for res in (False, True) for rms in (False, True) for dt in ALL}
+    # forward launches (norm_fwd: HAS_RESIDUAL) and backward ones (norm_bwd: HAS_DRES, the residual's gradient)
+    compiled = {(la.fn_name, la.kwargs["BLOCK_N"], la.kwargs["ROWS"], la.num_warps, la.kwargs["LOOPED"],
+                 la.kwargs.get("HAS_RESIDUAL", la.kwargs.get("HAS_DRES")), la.kwargs["IS_RMS"],
+                 la.arg("X" if la.fn_name == "_norm_fwd_kernel" else "V").dtype) for la in launches}
+    wanted = {(fn, *c, res, rms, dt) for fn in ("_norm_fwd_kernel", "_norm_bwd_kernel") for c in picked
+              for res in (False, True) for rms in (False, True) for dt in ALL}
     assert compiled == wanted and len(launches) == len(wanted)
 
 
