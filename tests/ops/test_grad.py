@@ -213,3 +213,29 @@ def test_pytorch_backward_formulas_match_float64(torch_backend, dtype):
             ref.backward(dy.double())
             dx = grad.gelu_backward(dy, x, None if gated else b, approximate, gated=gated)
             torch.testing.assert_close(dx.double(), xd.grad, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [768, 1024, 4096, 8192, 8193])
+@pytest.mark.parametrize("dtype", ALL)
+def test_full_size_grads_on_gpu(triton_backend, n, dtype):
+    """add_layer_norm / add_rms_norm and bias_gelu backward at model sizes (many programs' partial sums)."""
+    gen = torch.Generator().manual_seed(n)
+    m = 4099
+    x, r, dy, ds = (_rand((m, n), dtype, "cuda", gen, shift=1.0) for _ in range(4))
+    w, b = _rand((n,), dtype, "cuda", gen), _rand((n,), dtype, "cuda", gen)
+    for rms in (False, True):
+        leaves = [_leaf(x), _leaf(r), _leaf(w), None if rms else _leaf(b)]
+        refs = [None if t is None else t.detach().double().requires_grad_() for t in leaves]
+        y, s = (ops.add_rms_norm(*leaves[:3], 1e-6) if rms else ops.add_layer_norm(*leaves, 1e-6))
+        ((y * dy).float().sum() + (s * ds).float().sum()).backward()
+        sd = refs[0] + refs[1]
+        yd = F.rms_norm(sd, (n,), refs[2], 1e-6) if rms else F.layer_norm(sd, (n,), refs[2], refs[3], 1e-6)
+        ((yd * dy.double()).sum() + (sd * ds.double()).sum()).backward()
+        _assert_grads([None if t is None else t.grad for t in leaves], [None if t is None else t.grad for t in refs],
+                      dtype)
+    xl, bl = _leaf(x), _leaf(b)
+    (ops.bias_gelu(xl, bl, "tanh") * dy).float().sum().backward()
+    xd, bd = x.double().requires_grad_(), b.double().requires_grad_()
+    (F.gelu(xd + bd, approximate="tanh") * dy.double()).sum().backward()
+    _assert_grads([xl.grad, None, None, bl.grad], [xd.grad, None, None, bd.grad], dtype)
