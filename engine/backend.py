@@ -4,9 +4,10 @@ Rules (in order):
   1. ``ENGINE_BACKEND=torch`` -> PyTorch, always.
   2. The op said the call is outside what the kernel covers (``supported=False``: dropout, an odd dtype,
      a shape the kernel does not handle) -> PyTorch, which has identical semantics.
-  3. A tensor requires grad while autograd is recording -> PyTorch, unless the op has a backward kernel for the
-     call (a ``Route`` made with ``differentiable=True``: attention, whose ``supported`` verdict then covers the
-     grad case too, e.g. a mask that requires grad stays on PyTorch).
+  3. A tensor requires grad while autograd is recording -> PyTorch, unless the op has backward kernels (a
+     ``Route`` made with ``differentiable=True``): attention, whose ``supported`` verdict then covers the grad case
+     too (e.g. a mask that requires grad stays on PyTorch), and the norms and GELUs (engine.ops.grad); those keep
+     rules 4 and 5 and run as an autograd Function over the forward and backward kernels.
   4. ``ENGINE_BACKEND=auto`` (the default): CUDA tensors -> Triton when Triton imports; anything else ->
      PyTorch.
   5. ``ENGINE_BACKEND=triton``: Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``

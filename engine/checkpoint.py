@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from engine import atomic
 from engine.backend import resolve_device
-from engine.config import ModelConfig, load_config
+from engine.config import T5_FAMILIES, ModelConfig, load_config
 from engine.models import Rename, build_model, hf_rename
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -310,25 +310,41 @@ def _instantiate(cfg: ModelConfig, source: TensorSource, converted: bool, dtype:
     return model, state
 
 
+def _finish(model: torch.nn.Module, trainable: object) -> torch.nn.Module:
+    """Eval mode; requires_grad off, or (``trainable``) on, each parameter in its own writable memory (loaded
+    tensors may share a memory-mapped file or the source model's storage, which an optimizer must not write)."""
+    if not isinstance(trainable, bool):
+        raise TypeError(f"trainable must be True or False; got {type(trainable).__name__}")
+    if trainable:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.clone()
+    model.requires_grad_(trainable)
+    return model.eval()
+
+
 def from_pretrained(path: str | os.PathLike, *, device: str | torch.device | None = None,
-                    dtype: torch.dtype | str | None = None, progress: bool = False) -> torch.nn.Module:
+                    dtype: torch.dtype | str | None = None, progress: bool = False,
+                    trainable: bool = False) -> torch.nn.Module:
     """Load a Hugging Face model directory or an ``engine convert`` directory as an engine model.
 
     device: where the weights go (default "cpu"); dtype: float32, float16 or bfloat16 (default: the
     checkpoint's). Returns an nn.Module in eval mode with requires_grad off; ``model(input_ids,
     attention_mask=None, token_type_ids=None)`` returns the main output of ``config.architecture``.
+    trainable: parameters require grad (each in its own memory), ready for any torch optimizer; call
+    ``model.train()`` for dropout (the config's probabilities) and ``model.eval()`` to turn it off.
     """
     dev, dtype = _resolve(device, dtype)
     cfg, source, converted = _read(path, dev)
     model, state = _instantiate(cfg, source, converted, dtype, progress)
     model.load_state_dict(state, strict=True, assign=True)
-    model.requires_grad_(False)
-    return model.eval()
+    return _finish(model, trainable)
 
 
 def from_transformers(hf_model: torch.nn.Module, *, device: str | torch.device | None = None,
-                      dtype: torch.dtype | str | None = None) -> torch.nn.Module:
-    """An engine model with the weights of an in-memory transformers model (same checks as from_pretrained)."""
+                      dtype: torch.dtype | str | None = None, trainable: bool = False) -> torch.nn.Module:
+    """An engine model with the weights of an in-memory transformers model (same checks and options as
+    from_pretrained; ``trainable`` copies every parameter, so training one model never changes the other)."""
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(getattr(hf_model, "config", None), "to_dict"):
         raise TypeError(f"hf_model must be a transformers model (an nn.Module with a config); got "
                         f"{type(hf_model).__name__}")
@@ -336,11 +352,14 @@ def from_transformers(hf_model: torch.nn.Module, *, device: str | torch.device |
     d = hf_model.config.to_dict()
     d["architectures"] = [type(hf_model).__name__]
     cfg = ModelConfig.from_hf(d)
-    source = DictSource(dict(hf_model.state_dict()), device=dev)
+    tensors = dict(hf_model.state_dict())
+    head, emb = (getattr(hf_model, f"get_{k}_embeddings", lambda: None)() for k in ("output", "input"))
+    if cfg.family in T5_FAMILIES and head is not None and emb is not None and head.weight is emb.weight:
+        tensors.pop("lm_head.weight", None)  # tied: the head is the shared embedding (one parameter, as in HF)
+    source = DictSource(tensors, device=dev)
     model, state = _instantiate(cfg, source, False, dtype, False, contiguous=True)
     model.load_state_dict(state, strict=True, assign=True)
-    model.requires_grad_(False)
-    return model.eval()
+    return _finish(model, trainable)
 
 
 def _engine_output(out: Path) -> str | None:

@@ -109,6 +109,11 @@ class ModelConfig:
     gated_mlp: bool = False  # act(x @ W_gate) * (x @ W_up) (T5 v1.1 "gated-gelu"), else act(x @ W_in)
     scale_decoder_outputs: bool = False  # T5 v1.0: decoder output * d_model**-0.5 before the LM head
     decoder_start_token_id: int | None = None
+    # Dropout probabilities, used only in training mode (``model.train()``); transformers' defaults when absent.
+    hidden_dropout: float = 0.0  # each sublayer's output (BERT hidden_dropout_prob, GPT-2 resid_pdrop, T5 dropout_rate)
+    attention_dropout: float = 0.0  # the attention probabilities (attention_probs_dropout_prob, attn_pdrop, T5's)
+    embedding_dropout: float = 0.0  # the embeddings' output (BERT hidden_dropout_prob, GPT-2 embd_pdrop, T5's)
+    classifier_dropout: float = 0.0  # before a sequence-classification head (classifier_dropout[_prob] or hidden)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -340,6 +345,16 @@ def _eps(d: dict[str, Any], default: float) -> float:
     return default
 
 
+def _p(d: dict[str, Any], key: str, default: float | None) -> float | None:
+    """A dropout probability of the HF config (``default`` when absent or null), checked to lie in [0, 1)."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"{key} must be a dropout probability in [0, 1); got {v!r}")
+    return float(v)
+
+
 def _common(d: dict[str, Any], family: str) -> dict[str, Any]:
     """Fields every family reads the same way: labels and how scores are made, special ids, dtype."""
     labels = _check("id2label", d.get("id2label") or None, "labels")  # {} means none, as before
@@ -370,6 +385,8 @@ def _from_gpt2(d: dict[str, Any]) -> dict[str, Any]:
         gelu=_activation(d, "activation_function", "gelu_new"),
         scale_attn_weights=_get(d, "scale_attn_weights", "bool", True),
         scale_attn_by_inverse_layer_idx=_get(d, "scale_attn_by_inverse_layer_idx", "bool", False),
+        hidden_dropout=_p(d, "resid_pdrop", 0.1), attention_dropout=_p(d, "attn_pdrop", 0.1),
+        embedding_dropout=_p(d, "embd_pdrop", 0.1),
     )
 
 
@@ -414,12 +431,18 @@ def _from_t5(d: dict[str, Any], family: str) -> dict[str, Any]:
         relative_attention_num_buckets=_get(d, "relative_attention_num_buckets", "count", 32),
         relative_attention_max_distance=_get(d, "relative_attention_max_distance", "count", 128),
         scale_decoder_outputs=scale, decoder_start_token_id=_get(d, "decoder_start_token_id", "token", None),
+        hidden_dropout=_p(d, "dropout_rate", 0.1), attention_dropout=_p(d, "dropout_rate", 0.1),
+        embedding_dropout=_p(d, "dropout_rate", 0.1),
     )
 
 
 def _from_bert_like(d: dict[str, Any], family: str) -> dict[str, Any]:
-    albert = family == "albert"
+    albert = family == "albert"  # ALBERT's config defaults its dropouts to 0 and names the classifier's _prob
+    hidden = _p(d, "hidden_dropout_prob", 0.0 if albert else 0.1)
+    classifier = _p(d, "classifier_dropout_prob" if albert else "classifier_dropout", 0.1 if albert else None)
     return dict(
+        hidden_dropout=hidden, attention_dropout=_p(d, "attention_probs_dropout_prob", 0.0 if albert else 0.1),
+        embedding_dropout=hidden, classifier_dropout=hidden if classifier is None else classifier,
         vocab_size=_get(d, "vocab_size", "count", 30000 if albert else 50265 if family == "roberta" else 30522),
         hidden_size=_get(d, "hidden_size", "count", 4096 if albert else 768),
         num_layers=_get(d, "num_hidden_layers", "count", 12),

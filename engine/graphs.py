@@ -92,8 +92,8 @@ class _Entry:
 def use_graph(model: torch.nn.Module, input_ids: torch.Tensor, choice: object) -> bool:
     """Whether a forward of ``model`` on checked ``input_ids`` (B, N) replays a CUDA graph. ``choice``: the call's
     ``cuda_graph`` (None follows ``model.cuda_graph``; None there too: CUDA batches of at most GRAPH_MAX_TOKENS
-    tokens after bucketing; True: any CUDA batch, an error elsewhere; False: never). Never under torch.compile or
-    while autograd records the parameters (a graph records no autograd history)."""
+    tokens after bucketing; True: any CUDA batch, an error elsewhere; False: never). Never under torch.compile, in
+    training mode, or while autograd records the parameters (a graph records no autograd history)."""
     if choice is None:
         choice = model.cuda_graph
     if choice is not None and not isinstance(choice, bool):
@@ -104,8 +104,8 @@ def use_graph(model: torch.nn.Module, input_ids: torch.Tensor, choice: object) -
         if choice:
             raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {input_ids.device}")
         return False
-    if torch.is_grad_enabled() and model.graph_weight().requires_grad:
-        return False
+    if model.training or (torch.is_grad_enabled() and model.graph_weight().requires_grad):
+        return False  # a replay records no autograd history and repeats one dropout mask
     if choice is None:
         B, N = input_ids.shape
         return B * length_bucket(N, model.config.max_seq_len) <= GRAPH_MAX_TOKENS

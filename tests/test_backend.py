@@ -159,3 +159,19 @@ def test_differentiable_route_keeps_grad_on_the_kernels(monkeypatch):
     assert route(x, "ok") is True and route(x, "no") is False
     with torch.no_grad():
         assert route(x, "ok") is True
+
+
+def test_route_with_a_backward_kernel_keeps_the_kernel_under_grad(monkeypatch):
+    """Route(differentiable=True) as the norms and GELUs use it: a tensor that requires grad keeps rules 4 and 5, i.e. the
+    kernel where it can run, PyTorch where auto says so, and forced Triton's error where it cannot run."""
+    route = backend.Route("op_bwd", lambda key: key == "ok", differentiable=True)
+    g = torch.randn(3, requires_grad=True)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert route(g, "ok") is True and route(g, "no") is False
+    monkeypatch.delenv("ENGINE_BACKEND")
+    assert route(g, "ok") is False  # auto on a CPU: PyTorch
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="op_bwd.*TRITON_INTERPRET=1"):
+        route(g, "ok")

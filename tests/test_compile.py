@@ -139,8 +139,39 @@ def test_sdpa_with_torchs_whole_signature_compiles():
         torch.compile(f, fullgraph=True, backend="aot_eager")(q[:, :5], k, v)
 
 
+@pytest.mark.parametrize("backend_name", ["auto", "triton"])
+@pytest.mark.parametrize("arch", ["BertForSequenceClassification", "MT5ForConditionalGeneration"])
+def test_training_compiles_with_the_registered_backward(monkeypatch, arch, backend_name):
+    """A trainable tiny model (BERT: LayerNorm, add + LayerNorm, bias + GELU; mT5: RMSNorm, add + RMSNorm, GeGLU)
+    compiled with aot_eager: the loss and every parameter's gradient equal eager's. ``triton`` (interpreter on the
+    CPU): the compiled backward runs the registered engine::norm_backward / gelu_backward on the Triton kernels."""
+    monkeypatch.setenv("ENGINE_BACKEND", backend_name)
+    torch._dynamo.reset()
+    model, x = _pair(arch)
+    model.requires_grad_(True)
+    w = torch.randn(model(**x).shape, generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(**kw):
+        return (model(**kw) * w).sum()
+
+    def grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn(**x)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager_loss, eager = grads(loss_fn)
+    compiled_loss, compiled = grads(torch.compile(loss_fn, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    assert compiled.keys() == eager.keys() and len(eager) > 10
+    for name in eager:  # relative to each tensor's largest gradient: the two backward formulas round differently
+        err = float((compiled[name] - eager[name]).abs().max() / eager[name].abs().max().clamp_min(1e-6))
+        assert err < 1e-4, f"{name}: relative error {err:.3g}"
+
+
 def test_ops_that_need_grad_compile_to_differentiable_pytorch():
-    """Inputs that require grad take the PyTorch path inside the compiled graph (the kernels have no backward)."""
+    """Inputs that require grad compile to the registered ops with their autograd formulas (PyTorch's gradients on
+    the CPU)."""
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 8, generator=g, requires_grad=True)

@@ -37,6 +37,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, width)
         self.token_type = nn.Embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size > 0 else None
         self.ln = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
+        self.dropout = cfg.embedding_dropout
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -47,7 +48,7 @@ class Embeddings(nn.Module):
                 x = x + self.token_type.weight[0]
             else:
                 x = x + self.token_type(token_type_ids)
-        return blocks.layer_norm(x, self.ln)
+        return blocks.dropout(blocks.layer_norm(x, self.ln), self.dropout, self.training)
 
 
 class MLMHead(nn.Module):
@@ -74,9 +75,12 @@ class RobertaClassifier(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out_proj = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.dropout = cfg.classifier_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(torch.tanh(self.dense(x[:, 0])))
+        p, training = self.dropout, self.training
+        h = torch.tanh(self.dense(blocks.dropout(x[:, 0], p, training)))
+        return self.out_proj(blocks.dropout(h, p, training))
 
 
 class EncoderModel(nn.Module):
@@ -105,7 +109,8 @@ class EncoderModel(nn.Module):
 
         def layer() -> blocks.EncoderLayer:
             return blocks.EncoderLayer(C, cfg.num_heads, cfg.intermediate_size, gelu=cfg.gelu,
-                                       eps=cfg.layer_norm_eps)
+                                       eps=cfg.layer_norm_eps, dropout=cfg.hidden_dropout,
+                                       attention_dropout=cfg.attention_dropout)
 
         if cfg.family == "albert":
             self.layers = None
@@ -160,6 +165,8 @@ class EncoderModel(nn.Module):
         if torch.compiler.is_compiling():  # the packed layout's size depends on the mask's values
             blocks.refuse_compiled_packing(self.packed)
             packed = False
+        elif not blocks.packable(self, self.config.attention_dropout):
+            packed = False  # attention dropout runs on the padded-mask path
         elif packed is None:
             packed = self.packed if self.packed is not None else has_padding and blocks.pack_by_default(attention_mask)
         if has_padding and packed:
@@ -212,7 +219,9 @@ class EncoderModel(nn.Module):
         if head == "mlm":
             return self.mlm(hidden, self.embeddings.word.weight)
         if head == "seq_cls":
-            return self.classifier(hidden) if cfg.family == "roberta" else self.classifier(self.pool(hidden))
+            if cfg.family == "roberta":
+                return self.classifier(hidden)
+            return self.classifier(blocks.dropout(self.pool(hidden), cfg.classifier_dropout, self.training))
         if head == "qa":
             start, end = self.qa(hidden).unbind(-1)
             return start.contiguous(), end.contiguous()

@@ -33,11 +33,22 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Te
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, causal: bool,
-         scale: float, relative_position_bias: torch.Tensor | None = None) -> torch.Tensor:
+         scale: float, relative_position_bias: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Attention on (B, H, N, D) tensors; ``mask`` additive or bool (B, 1, 1 or N, N) or None; T5's (H, 2L - 1)
-    relative-position table or None."""
-    return ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
-                                            relative_position_bias=relative_position_bias)
+    relative-position table or None; ``dropout_p`` on the attention probabilities (training only)."""
+    return ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal,
+                                            scale=scale, relative_position_bias=relative_position_bias)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout(x, p)`` in training mode with p > 0; ``x`` itself otherwise (no op, no copy)."""
+    return F.dropout(x, p, training=True) if training and p > 0.0 else x
+
+
+def packable(module: nn.Module, attention_dropout: float) -> bool:
+    """Whether a padded batch may run packed: varlen attention has no dropout, so a model in training mode with
+    attention dropout runs the padded-mask path (same results otherwise)."""
+    return not (module.training and attention_dropout > 0.0)
 
 
 def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
@@ -68,8 +79,9 @@ class TokenLayout:
     def packed(self) -> bool:
         return self.cu_seqlens is not None
 
-    def attend(self, qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
-        """Fused qkv (B, N, 3C) or (T, 3C) -> attention output (B, N, C) or (T, C), heads merged."""
+    def attend(self, qkv: torch.Tensor, num_heads: int, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+        """Fused qkv (B, N, 3C) or (T, 3C) -> attention output (B, N, C) or (T, C), heads merged. ``dropout_p``:
+        attention dropout (padded layouts only: the caller does not pack when it is > 0)."""
         C = qkv.shape[-1] // 3
         D = C // num_heads
         if self.packed:
@@ -79,7 +91,7 @@ class TokenLayout:
             return y.reshape(T, C)
         B, N, _ = qkv.shape
         q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D)
-        y = sdpa(q, k, v, mask=self.mask, causal=self.causal and self.mask is None, scale=scale)
+        y = sdpa(q, k, v, mask=self.mask, causal=self.causal and self.mask is None, scale=scale, dropout_p=dropout_p)
         return y.transpose(1, 2).reshape(B, N, C)
 
 
@@ -131,10 +143,11 @@ class SelfAttention(nn.Module):
     Linear layers, so a KV-cache can call ``qkv``, split heads itself and finish with ``out``.
     """
 
-    def __init__(self, hidden: int, heads: int, *, scale: float) -> None:
+    def __init__(self, hidden: int, heads: int, *, scale: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = heads
         self.scale = scale
+        self.dropout = dropout  # attention dropout, in training mode
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
@@ -152,7 +165,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         """x (B, N, C) or packed (T, C) -> same shape."""
-        return self.out(layout.attend(self.qkv(x), self.num_heads, self.scale))
+        p = self.dropout if self.training else 0.0
+        return self.out(layout.attend(self.qkv(x), self.num_heads, self.scale, p))
 
 
 class MLP(nn.Module):
@@ -169,19 +183,21 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN block (BERT, ALBERT, RoBERTa): x = LN(x + attn(x)); x = LN(x + mlp(x))."""
+    """Post-LN block (BERT, ALBERT, RoBERTa): x = LN(x + drop(attn(x))); x = LN(x + drop(mlp(x)))."""
 
-    def __init__(self, hidden: int, heads: int, inner: int, *, gelu: str, eps: float) -> None:
+    def __init__(self, hidden: int, heads: int, inner: int, *, gelu: str, eps: float, dropout: float = 0.0,
+                 attention_dropout: float = 0.0) -> None:
         super().__init__()
-        self.attn = SelfAttention(hidden, heads, scale=1.0 / math.sqrt(hidden // heads))
+        self.dropout = dropout  # hidden dropout of each sublayer's output, in training mode
+        self.attn = SelfAttention(hidden, heads, scale=1.0 / math.sqrt(hidden // heads), dropout=attention_dropout)
         self.ln_attn = nn.LayerNorm(hidden, eps=eps)
         self.mlp = MLP(hidden, inner, gelu=gelu)
         self.ln_mlp = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         """x (B, N, C) or packed (T, C) -> same shape."""
-        x, _ = add_layer_norm(self.attn(x, layout), x, self.ln_attn)
-        x, _ = add_layer_norm(self.mlp(x), x, self.ln_mlp)
+        x, _ = add_layer_norm(dropout(self.attn(x, layout), self.dropout, self.training), x, self.ln_attn)
+        x, _ = add_layer_norm(dropout(self.mlp(x), self.dropout, self.training), x, self.ln_mlp)
         return x
 
 

@@ -39,7 +39,7 @@ class Block(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(layer_idx + 1)
         self.ln_1 = nn.LayerNorm(C, eps=cfg.layer_norm_eps)
-        self.attn = blocks.SelfAttention(C, cfg.num_heads, scale=scale)
+        self.attn = blocks.SelfAttention(C, cfg.num_heads, scale=scale, dropout=cfg.attention_dropout)
         self.ln_2 = nn.LayerNorm(C, eps=cfg.layer_norm_eps)
         self.mlp = blocks.MLP(C, cfg.intermediate_size, gelu=cfg.gelu)
 
@@ -71,6 +71,8 @@ class GPT2(nn.Module):
         x = self.wte(input_ids) + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)  # as HF: token types are embedded with the token table
+        cfg, training = self.config, self.training
+        x = blocks.dropout(x, cfg.embedding_dropout, training)
         layout = None
         if cache is None:
             has_padding = attention_mask is not None
@@ -85,9 +87,9 @@ class GPT2(nn.Module):
             else:
                 q, k, v = blk.attn.split_heads(blk.attn.qkv(a))  # each (B, H, T, D)
                 y = blk.attn.out(blk.attn.merge_heads(cache.attend(i, q, k, v, scale=blk.attn.scale)))
-            a, h = blocks.add_layer_norm(y, h, blk.ln_2)
+            a, h = blocks.add_layer_norm(blocks.dropout(y, cfg.hidden_dropout, training), h, blk.ln_2)
             nxt = self.blocks[i + 1].ln_1 if i + 1 < n else self.ln_f
-            a, h = blocks.add_layer_norm(blk.mlp(a), h, nxt)
+            a, h = blocks.add_layer_norm(blocks.dropout(blk.mlp(a), cfg.hidden_dropout, training), h, nxt)
         return a
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

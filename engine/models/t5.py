@@ -84,6 +84,7 @@ class MLP(nn.Module):
         super().__init__()
         F_ = cfg.intermediate_size
         self.gated, self.activation, self.approximate = cfg.gated_mlp, cfg.activation, cfg.gelu
+        self.dropout = cfg.hidden_dropout  # between the activation and wo, in training mode
         self.wi = nn.Linear(cfg.hidden_size, 2 * F_ if cfg.gated_mlp else F_, bias=False)
         self.wo = nn.Linear(F_, cfg.hidden_size, bias=False)
 
@@ -98,7 +99,7 @@ class MLP(nn.Module):
             h = torch.relu_(h)  # in place: one read and write, no allocation
         else:
             h = ops.gelu(h, self.approximate)
-        return self.wo(h)
+        return self.wo(blocks.dropout(h, self.dropout, self.training))
 
 
 class Layer(nn.Module):
@@ -130,6 +131,7 @@ class Context:
     cache: Any = None
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     memory_mask: torch.Tensor | None = None
+    dropout_p: float = 0.0  # attention dropout (training; full sequences, padded layout only)
 
     def attend_self(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v (B, H, T, D) of layer i -> (B, H, T, D)."""
@@ -139,11 +141,11 @@ class Context:
             return blocks.varlen(q, k, v, self.layout.cu_seqlens, self.layout.max_seqlen, causal=False, scale=1.0,
                                  relative_position_bias=self.tables[i])
         return blocks.sdpa(q, k, v, mask=self.mask, causal=self.causal, scale=1.0,
-                           relative_position_bias=self.tables[i])
+                           relative_position_bias=self.tables[i], dropout_p=self.dropout_p)
 
     def attend_cross(self, i: int, q: torch.Tensor) -> torch.Tensor:
         k, v = self.cross_kv[i]
-        return blocks.sdpa(q, k, v, mask=self.memory_mask, causal=False, scale=1.0)
+        return blocks.sdpa(q, k, v, mask=self.memory_mask, causal=False, scale=1.0, dropout_p=self.dropout_p)
 
 
 def _add_norm(y: torch.Tensor, h: torch.Tensor, ln: nn.RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +170,7 @@ class Stack(nn.Module):
         self.ln_f = nn.RMSNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.bidirectional = not decoder
         self.buckets = (cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+        self.dropout = cfg.hidden_dropout  # embeddings, each sublayer's output and the final norm's, in training
 
     def tables(self, length: int) -> list[torch.Tensor]:
         """Each layer's bias table (H, 2 * length - 1) (a layer without its own reuses the one before)."""
@@ -186,19 +189,22 @@ class Stack(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Embedded tokens (B, T, C) -> the final normed hidden states (B, T, C)."""
         layers = self.layers
-        h = x  # the residual stream
+        p, training = self.dropout, self.training
+        if training and ctx.cache is None:
+            ctx.dropout_p = p
+        h = blocks.dropout(x, p, training)  # the residual stream
         a = ops.rms_norm(h, (h.shape[-1],), layers[0].ln_attn.weight, layers[0].ln_attn.eps)
         for i, lyr in enumerate(layers):
             q, k, v = lyr.attn.heads(lyr.attn.qkv(a), 3)
             y = lyr.attn.merge(ctx.attend_self(i, q, k, v))
             if lyr.cross is not None:
-                a, h = _add_norm(y, h, lyr.ln_cross)
+                a, h = _add_norm(blocks.dropout(y, p, training), h, lyr.ln_cross)
                 (q,) = lyr.cross.heads(lyr.cross.q(a), 1)
                 y = lyr.cross.merge(ctx.attend_cross(i, q))
-            a, h = _add_norm(y, h, lyr.ln_mlp)
+            a, h = _add_norm(blocks.dropout(y, p, training), h, lyr.ln_mlp)
             nxt = layers[i + 1].ln_attn if i + 1 < len(layers) else self.ln_f
-            a, h = _add_norm(lyr.mlp(a), h, nxt)
-        return a
+            a, h = _add_norm(blocks.dropout(lyr.mlp(a), p, training), h, nxt)
+        return blocks.dropout(a, p, training)
 
 
 def key_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -231,7 +237,8 @@ class T5(nn.Module):
         if torch.compiler.is_compiling():  # the packed layout's size depends on the mask's values
             blocks.refuse_compiled_packing(self.packed)
             return self.encoder(x, Context(tables=tables, mask=key_padding(attention_mask)))
-        if attention_mask is not None and self._pack(attention_mask, self.packed if packed is None else packed):
+        if (attention_mask is not None and blocks.packable(self, self.config.attention_dropout)
+                and self._pack(attention_mask, self.packed if packed is None else packed)):
             x, layout = blocks.unpad(x, attention_mask)
             return blocks.pad(self.encoder(x, Context(tables=tables, layout=layout)), layout, B, N)
         return self.encoder(x, Context(tables=tables, mask=key_padding(attention_mask)))

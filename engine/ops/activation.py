@@ -4,8 +4,10 @@
     ops.bias_gelu(input, bias, approximate="none")    # F.gelu(input + bias), bias over the last dimension
     ops.gelu_and_mul(input, approximate="none")       # F.gelu(gate) * up, input = [gate | up] (*, 2F) -> (*, F)
 
-The kernel (engine.kernels.gelu) computes in fp32 with one cast at the store, for fp32/fp16/bf16. Everything else
-(float64, inputs that require grad, ENGINE_BACKEND=torch, CPU tensors outside the interpreter) runs PyTorch.
+The kernel (engine.kernels.gelu) computes in fp32 with one cast at the store, for fp32/fp16/bf16. Inputs that
+require grad run the same kernel inside an autograd Function whose backward is the kernel's BACKWARD form
+(engine.ops.grad; under torch.compile: the registered op's autograd formula). Everything else (float64,
+ENGINE_BACKEND=torch, CPU tensors outside the interpreter) runs PyTorch.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import backend
+from engine.ops import grad
 from engine.ops._checks import (
     FAST_FLOAT_DTYPES,
     KERNEL_DTYPES,
@@ -29,10 +32,11 @@ __all__ = ["bias_gelu", "gelu", "gelu_and_mul"]
 APPROXIMATIONS = ("none", "tanh")
 _Tensor = torch.Tensor
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
-# Dispatch (engine.backend), cached per device kind and dtype: the kernel takes every shape.
-_GELU = backend.Route("gelu", lambda dtype: dtype in KERNEL_DTYPES)
-_BIAS_GELU = backend.Route("bias_gelu", lambda dtype: dtype in KERNEL_DTYPES)
-_GELU_AND_MUL = backend.Route("gelu_and_mul", lambda dtype: dtype in KERNEL_DTYPES)
+# Dispatch (engine.backend), cached per device kind and dtype: the kernel takes every shape. differentiable=True: a call
+# that autograd records runs the kernel's autograd Function (engine.ops.grad).
+_GELU = backend.Route("gelu", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
+_BIAS_GELU = backend.Route("bias_gelu", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
+_GELU_AND_MUL = backend.Route("gelu_and_mul", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,10 +56,9 @@ def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | 
             out = check_out("out", out, shape=input.shape, dtype=input.dtype, device=input.device)
         dtype = input.dtype
 
-    if compiling:
-        if not backend.grad_recording(input):
-            y = torch.ops.engine.gelu(input, approximate)
-            return out.copy_(y) if out is not None else y
+    if compiling:  # the registered op (with its autograd formula)
+        y = torch.ops.engine.gelu(input, approximate)
+        return out.copy_(y) if out is not None else y
     elif _GELU(input, dtype):
         return _gelu_kernel(input, approximate, out)
     y = F.gelu(input, approximate=approximate)
@@ -64,6 +67,9 @@ def gelu(input: torch.Tensor, approximate: str = "none", *, out: torch.Tensor | 
 
 def _gelu_kernel(input: torch.Tensor, approximate: str, out: torch.Tensor | None) -> torch.Tensor:
     """The Triton path of ``gelu`` (arguments checked)."""
+    if input.numel() and backend.grad_recording(input):  # the kernel's autograd Function
+        y = grad.gelu_fn(input, None, approximate)
+        return out.copy_(y) if out is not None else y
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:
@@ -119,10 +125,9 @@ def bias_gelu(
         n, out = _check_bias_gelu(input, bias, approximate, out)
         dtype = input.dtype
 
-    if compiling:
-        if not backend.grad_recording(input, bias):
-            y = torch.ops.engine.bias_gelu(input, bias, approximate)
-            return out.copy_(y) if out is not None else y
+    if compiling:  # the registered op (with its autograd formula)
+        y = torch.ops.engine.bias_gelu(input, bias, approximate)
+        return out.copy_(y) if out is not None else y
     elif _BIAS_GELU(input, dtype, bias):
         return _bias_gelu_kernel(input, bias, n, approximate, out)
     y = F.gelu(input + bias, approximate=approximate)
@@ -132,6 +137,9 @@ def bias_gelu(
 def _bias_gelu_kernel(input: torch.Tensor, bias: torch.Tensor, n: int, approximate: str,
                       out: torch.Tensor | None) -> torch.Tensor:
     """The Triton path of ``bias_gelu`` (arguments checked; bias (n,))."""
+    if input.numel() and backend.grad_recording(input, bias):  # the kernel's autograd Function
+        y = grad.gelu_fn(input, bias.contiguous(), approximate)
+        return out.copy_(y) if out is not None else y
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:
@@ -177,10 +185,9 @@ def gelu_and_mul(input: torch.Tensor, approximate: str = "none", *, out: torch.T
         n, out = _check_gelu_and_mul(input, approximate, out)
         dtype = input.dtype
 
-    if compiling:
-        if not backend.grad_recording(input):
-            y = torch.ops.engine.gelu_and_mul(input, approximate)
-            return out.copy_(y) if out is not None else y
+    if compiling:  # the registered op (with its autograd formula)
+        y = torch.ops.engine.gelu_and_mul(input, approximate)
+        return out.copy_(y) if out is not None else y
     elif _GELU_AND_MUL(input, dtype):
         return _gelu_and_mul_kernel(input, n, approximate, out)
     y = F.gelu(input[..., :n], approximate=approximate).mul_(input[..., n:])
@@ -189,6 +196,9 @@ def gelu_and_mul(input: torch.Tensor, approximate: str = "none", *, out: torch.T
 
 def _gelu_and_mul_kernel(input: torch.Tensor, n: int, approximate: str, out: torch.Tensor | None) -> torch.Tensor:
     """The Triton path of ``gelu_and_mul`` (arguments checked; input (*, 2n))."""
+    if input.numel() and backend.grad_recording(input):  # the kernel's autograd Function
+        y = grad.gelu_fn(input, None, approximate, gated=True)
+        return out.copy_(y) if out is not None else y
     if out is None:
         out = torch.empty((*input.shape[:-1], n), dtype=input.dtype, device=input.device)
     if out.numel() == 0:

@@ -18,6 +18,9 @@ the public function calls the registered op instead, which the compiled graph ke
     (models)                 ->  torch.ops.engine.check_range     the value checks of model inputs, at run time
 
 At run time the registered op calls the eager function, so dispatch, kernels and error messages are the eager ones.
+The norm and GELU ops carry ``register_autograd`` formulas, so torch.compile traces training too: they call two
+more registered ops, ``engine::norm_backward`` and ``engine::gelu_backward`` (engine.ops.grad: the Triton backward
+kernels or PyTorch's gradients, dispatched as the forward is).
 At trace time the fake (meta) implementation runs the same argument checks on the fake tensors (same errors,
 raised while compiling) and returns outputs with the strides the real op produces: contiguous, except attention
 (B, H, N, D), which is laid out as (B, N, H, D) when the query is a transposed view of that layout (see
@@ -32,6 +35,8 @@ Adding an argument to an op (as ``enable_gqa`` was added to scaled_dot_product_a
 below (with a default, so older call sites stay valid), its real and fake functions, and the call in the public op.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -156,6 +161,130 @@ def _(input, approximate):
 
     n, _ = _check_gelu_and_mul(input, approximate, None)
     return input.new_empty((*input.shape[:-1], n))
+
+
+# ---- backward of the norms and GELUs (register_autograd formulas below call these) ---------------------------
+@_op("norm_backward", "(Tensor dy, Tensor? ds, Tensor v, Tensor? weight, float eps, bool rms) -> (Tensor, Tensor, Tensor)")
+def _norm_backward(dy, ds, v, weight, eps, rms):
+    """Rows (M, N): (dv, dweight (N,), dbias (N,); (0,) for RMSNorm), as engine.ops.grad.norm_backward."""
+    from engine.ops.grad import norm_backward
+
+    dv, dw, db = norm_backward(dy, ds, v, weight, eps, rms=rms)
+    return dv.contiguous(), dw, db if db is not None else dw.new_empty(0)
+
+
+@_norm_backward.register_fake
+def _(dy, ds, v, weight, eps, rms):
+    n = v.shape[-1]
+    return (torch.empty_like(v, memory_format=torch.contiguous_format), v.new_empty(n),
+            v.new_empty(0 if rms else n))
+
+
+@_op("gelu_backward", "(Tensor dy, Tensor x, Tensor? bias, str approximate, bool gated) -> Tensor")
+def _gelu_backward(dy, x, bias, approximate, gated):
+    """Rows: dx of x (M, N) or (M, 2N) gated, as engine.ops.grad.gelu_backward."""
+    from engine.ops.grad import gelu_backward
+
+    return gelu_backward(dy, x, bias, approximate, gated=gated).contiguous()
+
+
+@_gelu_backward.register_fake
+def _(dy, x, bias, approximate, gated):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _norm_grads(ctx, dy, ds):
+    """The autograd formula of the four norm ops: the saved (v, weight) and the (M, N) row view."""
+    v, weight = ctx.saved_tensors
+    n, shape, wshape, has_bias, rms, eps = ctx.norm
+    dy = dy if dy is not None else torch.zeros_like(v)
+    dv, dw, db = torch.ops.engine.norm_backward(dy.reshape(-1, n), None if ds is None else ds.reshape(-1, n),
+                                                v.reshape(-1, n), None if weight is None else weight.reshape(n),
+                                                eps, rms)
+    return (dv.view(shape), None if wshape is None else dw.view(wshape),
+            db.view(wshape or (n,)) if has_bias else None)
+
+
+def _setup_norm(ctx, v, weight, bias, n, eps, rms, shape):
+    ctx.save_for_backward(v, weight)
+    ctx.norm = (n, shape, None if weight is None else weight.shape, bias is not None, rms, eps)
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    input, normalized_shape, weight, bias, eps = inputs
+    _setup_norm(ctx, input, weight, bias, math.prod(normalized_shape), eps, False, input.shape)
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    input, normalized_shape, weight, eps = inputs
+    _setup_norm(ctx, input, weight, None, math.prod(normalized_shape), eps, True, input.shape)
+
+
+def _add_layer_norm_setup(ctx, inputs, output):
+    x, residual, weight, bias, eps = inputs
+    _setup_norm(ctx, output[1], weight, bias, x.shape[-1], eps, False, x.shape)
+
+
+def _add_rms_norm_setup(ctx, inputs, output):
+    x, residual, weight, eps = inputs
+    _setup_norm(ctx, output[1], weight, None, x.shape[-1], eps, True, x.shape)
+
+
+def _layer_norm_bwd(ctx, dy):
+    dx, dw, db = _norm_grads(ctx, dy, None)
+    return dx, None, dw, db, None
+
+
+def _rms_norm_bwd(ctx, dy):
+    dx, dw, _ = _norm_grads(ctx, dy, None)
+    return dx, None, dw, None
+
+
+def _add_layer_norm_bwd(ctx, dy, ds):
+    dx, dw, db = _norm_grads(ctx, dy, ds)
+    return dx, dx, dw, db, None
+
+
+def _add_rms_norm_bwd(ctx, dy, ds):
+    dx, dw, _ = _norm_grads(ctx, dy, ds)
+    return dx, dx, dw, None
+
+
+def _gelu_setup(ctx, inputs, output):  # gelu (input, approximate), gelu_and_mul (same), bias_gelu (+ bias)
+    x, bias, approximate = (inputs[0], None, inputs[1]) if len(inputs) == 2 else inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate = approximate
+
+
+def _gelu_grads(ctx, dy, gated):
+    x, bias = ctx.saved_tensors
+    n = x.shape[-1] if x.dim() else 1
+    x2 = x.reshape(-1, n)
+    dx = torch.ops.engine.gelu_backward(dy.reshape(x2.shape[0], -1), x2, bias, ctx.approximate, gated)
+    return dx.view(x.shape), bias
+
+
+def _gelu_bwd(ctx, dy):
+    return _gelu_grads(ctx, dy, False)[0], None
+
+
+def _gelu_and_mul_bwd(ctx, dy):
+    return _gelu_grads(ctx, dy, True)[0], None
+
+
+def _bias_gelu_bwd(ctx, dy):
+    from engine.ops.grad import bias_grad
+
+    dx, bias = _gelu_grads(ctx, dy, False)
+    return dx, bias_grad(dx, bias), None
+
+
+for _f, _bwd, _setup in ((_layer_norm, _layer_norm_bwd, _layer_norm_setup), (_rms_norm, _rms_norm_bwd, _rms_norm_setup),
+                         (_add_layer_norm, _add_layer_norm_bwd, _add_layer_norm_setup),
+                         (_add_rms_norm, _add_rms_norm_bwd, _add_rms_norm_setup),
+                         (_gelu, _gelu_bwd, _gelu_setup), (_bias_gelu, _bias_gelu_bwd, _gelu_setup),
+                         (_gelu_and_mul, _gelu_and_mul_bwd, _gelu_setup)):
+    _f.register_autograd(_bwd, setup_context=_setup)
 
 
 # ---- attention ----------------------------------------------------------------------------------------------
@@ -352,5 +481,5 @@ OPS = {
     "scaled_dot_product_attention": _sdpa, "varlen_attention": _varlen, "decode_attention": _decode,
     "scaled_dot_product_attention_lse": _sdpa_lse, "scaled_dot_product_attention_backward": _sdpa_bwd,
     "varlen_attention_lse": _varlen_lse, "varlen_attention_backward": _varlen_bwd,
-    "check_range": _check_range,
+    "check_range": _check_range, "norm_backward": _norm_backward, "gelu_backward": _gelu_backward,
 }

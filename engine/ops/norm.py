@@ -6,8 +6,10 @@
     ops.add_rms_norm(x, residual, weight, eps=None) -> (normed, x + residual)
 
 The kernel (engine.kernels.norm, one family with an RMS flag) takes fp32/fp16/bf16 rows of any length with fp32
-statistics. Everything else (float64, inputs that require grad, ENGINE_BACKEND=torch, CPU tensors outside the
-interpreter) runs the PyTorch op, which has the same semantics.
+statistics. Inputs that require grad run the same kernel inside an autograd Function whose backward is the
+Triton backward kernel (engine.ops.grad; under torch.compile: the registered op's autograd formula). Everything
+else (float64, ENGINE_BACKEND=torch, CPU tensors outside the interpreter) runs the PyTorch op, which has the same
+semantics (and PyTorch's gradients).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from engine import backend
+from engine.ops import grad
 from engine.ops._checks import (
     FAST_FLOAT_DTYPES,
     KERNEL_DTYPES,
@@ -35,10 +38,11 @@ _SHAPE_TYPES = (tuple, list, torch.Size)
 _INF = math.inf
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and dtype: the kernels take every row length.
-_LAYER_NORM = backend.Route("layer_norm", lambda dtype: dtype in KERNEL_DTYPES)
-_ADD_LAYER_NORM = backend.Route("add_layer_norm", lambda dtype: dtype in KERNEL_DTYPES)
-_RMS_NORM = backend.Route("rms_norm", lambda dtype: dtype in KERNEL_DTYPES)
-_ADD_RMS_NORM = backend.Route("add_rms_norm", lambda dtype: dtype in KERNEL_DTYPES)
+# differentiable=True: a call that autograd records runs the kernels' autograd Function (engine.ops.grad).
+_LAYER_NORM = backend.Route("layer_norm", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
+_ADD_LAYER_NORM = backend.Route("add_layer_norm", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
+_RMS_NORM = backend.Route("rms_norm", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
+_ADD_RMS_NORM = backend.Route("add_rms_norm", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)
 _RMS_EPS = {dtype: float(torch.finfo(dtype).eps) for dtype in FAST_FLOAT_DTYPES}  # rms eps=None, per dtype
 
 
@@ -81,12 +85,6 @@ def _check_eps(eps: object, dtype: torch.dtype | None = None) -> float:
     return float(eps)
 
 
-def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """``t`` as (rows, n) with unit column stride: a view when the strides allow, else a copy."""
-    t2 = t.reshape(-1, n)
-    return t2 if t2.stride(1) == 1 else t2.contiguous()
-
-
 def _check_norm(input: object, normalized_shape: object, weight: object, bias: object, eps: object, out: object, *,
                 rms: bool) -> tuple:
     """Every check of ``layer_norm``'s (``rms_norm``'s: ``rms``, bias None) arguments; returns
@@ -124,11 +122,10 @@ def _norm(input: torch.Tensor, normalized_shape: object, weight: torch.Tensor | 
     else:
         shape = (n,)
 
-    if compiling:
-        if not backend.grad_recording(input, weight, bias):
-            y = (torch.ops.engine.rms_norm(input, list(shape), weight, eps) if rms
-                 else torch.ops.engine.layer_norm(input, list(shape), weight, bias, eps))
-            return out.copy_(y) if out is not None else y
+    if compiling:  # the registered op (with its autograd formula)
+        y = (torch.ops.engine.rms_norm(input, list(shape), weight, eps) if rms
+             else torch.ops.engine.layer_norm(input, list(shape), weight, bias, eps))
+        return out.copy_(y) if out is not None else y
     elif (_RMS_NORM if rms else _LAYER_NORM)(input, dtype, weight, bias):
         return _norm_kernel(input, shape, weight, bias, eps, out, rms=rms)
     # torch.layer_norm / torch.rms_norm: F.layer_norm / F.rms_norm without their Python wrappers
@@ -139,16 +136,19 @@ def _norm(input: torch.Tensor, normalized_shape: object, weight: torch.Tensor | 
 def _norm_kernel(input: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor | None,
                  bias: torch.Tensor | None, eps: float, out: torch.Tensor | None, *, rms: bool) -> torch.Tensor:
     """The Triton path of ``layer_norm`` / ``rms_norm`` (arguments checked)."""
+    n = math.prod(shape)
+    if input.numel() and backend.grad_recording(input, weight, bias):  # the kernels' autograd Function
+        y = grad.norm_fn(input, None, weight, bias, n, eps, rms=rms)
+        return out.copy_(y) if out is not None else y
     if out is None:
         out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     if input.numel() == 0:
         return out
     from engine.kernels.norm import norm_fwd
 
-    n = math.prod(shape)
     w = weight.reshape(n).contiguous() if weight is not None else None
     b = bias.reshape(n).contiguous() if bias is not None else None
-    norm_fwd(_rows(input, n), w, b, eps, rms=rms, out=out.view(-1, n))
+    norm_fwd(grad.rows(input, n), w, b, eps, rms=rms, out=out.view(-1, n))
     return out
 
 
@@ -237,11 +237,10 @@ def _add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | No
                                                                       residual_out, rms=rms)
         dtype = x.dtype
 
-    if compiling:
-        if not backend.grad_recording(x, residual, weight, bias):
-            y, s = (torch.ops.engine.add_rms_norm(x, residual, weight, eps) if rms
-                    else torch.ops.engine.add_layer_norm(x, residual, weight, bias, eps))
-            return (out.copy_(y) if out is not None else y), (residual_out.copy_(s) if residual_out is not None else s)
+    if compiling:  # the registered op (with its autograd formula)
+        y, s = (torch.ops.engine.add_rms_norm(x, residual, weight, eps) if rms
+                else torch.ops.engine.add_layer_norm(x, residual, weight, bias, eps))
+        return (out.copy_(y) if out is not None else y), (residual_out.copy_(s) if residual_out is not None else s)
     elif (_ADD_RMS_NORM if rms else _ADD_LAYER_NORM)(x, dtype, residual, weight, bias):
         return _add_norm_kernel(x, residual, shape[0], weight, bias, eps, out, residual_out, rms=rms)
     s = x + residual
@@ -257,6 +256,9 @@ def _add_norm_kernel(x: torch.Tensor, residual: torch.Tensor, n: int, weight: to
                      bias: torch.Tensor | None, eps: float, out: torch.Tensor | None, residual_out: torch.Tensor | None,
                      *, rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton path of ``add_layer_norm`` / ``add_rms_norm`` (arguments checked; rows of n elements)."""
+    if x.numel() and backend.grad_recording(x, residual, weight, bias):  # the kernels' autograd Function
+        y, s = grad.norm_fn(x, residual, weight, bias, n, eps, rms=rms)
+        return (out.copy_(y) if out is not None else y), (residual_out.copy_(s) if residual_out is not None else s)
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if residual_out is None:
@@ -267,7 +269,7 @@ def _add_norm_kernel(x: torch.Tensor, residual: torch.Tensor, n: int, weight: to
 
     w = weight.contiguous() if weight is not None else None
     b = bias.contiguous() if bias is not None else None
-    norm_fwd(_rows(x, n), w, b, eps, rms=rms, residual=_rows(residual, n), out=out.view(-1, n),
+    norm_fwd(grad.rows(x, n), w, b, eps, rms=rms, residual=grad.rows(residual, n), out=out.view(-1, n),
              residual_out=residual_out.view(-1, n))
     return out, residual_out
 

@@ -119,7 +119,7 @@ def test_empty_inputs_give_empty_outputs(triton_backend, device, shape):
     assert y.shape == x.shape and y.dtype == F16
 
 
-def test_float64_and_grad_inputs_go_to_pytorch(triton_backend, device):
+def test_float64_goes_to_pytorch_and_grad_inputs_get_gradients(triton_backend, device):
     gen = torch.Generator().manual_seed(43)
     x64, b64 = _rand((5, 20), torch.float64, device, gen), _rand((20,), torch.float64, device, gen)
     torch.testing.assert_close(ops.bias_gelu(x64, b64), F.gelu(x64 + b64))
@@ -192,8 +192,9 @@ def test_every_launcher_configuration_is_compiled_ahead_of_time():
     assert picked == set(gelu_kernels.configs())
     launches = gelu_kernels.aot_specs()  # the launcher's own launches, recorded (nothing runs)
     compiled = {(la.kwargs["BLOCK_M"], la.kwargs["BLOCK_N"], la.kwargs["HAS_BIAS"], la.kwargs["GATED"],
-                 la.kwargs["APPROX_TANH"], la.num_warps, la.arg("X").dtype) for la in launches}
-    wanted = {(*c, tanh, gelu_kernels.NUM_WARPS, dt) for c in picked for tanh in (False, True) for dt in ALL}
+                 la.kwargs["APPROX_TANH"], la.kwargs["BACKWARD"], la.num_warps, la.arg("X").dtype) for la in launches}
+    wanted = {(*c, tanh, bwd, gelu_kernels.NUM_WARPS, dt) for c in picked for tanh in (False, True)
+              for bwd in (False, True) for dt in ALL}  # forward and backward (gelu_bwd) launches
     assert compiled == wanted and len(launches) == len(wanted)
 
 
@@ -245,7 +246,7 @@ def test_gelu_and_mul_torch_path(torch_backend, device, dtype):
     _assert_close(out, ref, dtype)
 
 
-def test_gelu_and_mul_grad_goes_to_pytorch(triton_backend, device):
+def test_gelu_and_mul_grad_inputs_get_gradients(triton_backend, device):
     gen = torch.Generator().manual_seed(61)
     x = _rand((5, 2 * 20), F32, device, gen).requires_grad_()
     g = _rand((5, 20), F32, device, gen)

@@ -169,12 +169,12 @@ def test_empty_inputs_give_empty_outputs(triton_backend, device, shape):
     assert y.shape == y2.shape == s2.shape == x.shape and y.dtype == BF16
 
 
-def test_float64_and_grad_inputs_go_to_pytorch(triton_backend, device):
+def test_float64_goes_to_pytorch_and_grad_inputs_get_gradients(triton_backend, device):
     gen = torch.Generator().manual_seed(23)
     x64 = _rand((3, 40), torch.float64, device, gen)
     w64 = _rand((40,), torch.float64, device, gen)
     torch.testing.assert_close(ops.layer_norm(x64, 40, w64, None), F.layer_norm(x64, (40,), w64, None))
-    # Inputs that require grad take PyTorch's op (no backward in the kernel) and get correct gradients.
+    # Inputs that require grad run the kernels' autograd Function (tests/ops/test_grad.py) and get correct gradients.
     x = _rand((3, 40), F32, device, gen).requires_grad_()
     r = _rand((3, 40), F32, device, gen).requires_grad_()
     w = _rand((40,), F32, device, gen).requires_grad_()
@@ -257,9 +257,12 @@ def test_every_launcher_configuration_is_compiled_ahead_of_time():
     picked = {norm_kernels.config_for(n) for n in sizes}
     assert picked == set(norm_kernels.configs())
     launches = norm_kernels.aot_specs()  # the launcher's own launches, recorded (nothing runs)
-    compiled = {(la.kwargs["BLOCK_N"], la.kwargs["ROWS"], la.num_warps, la.kwargs["LOOPED"], la.kwargs["HAS_RESIDUAL"],
-                 la.kwargs["IS_RMS"], la.arg("X").dtype) for la in launches}
-    wanted = {(*c, res, rms, dt) for c in picked for res in (False, True) for rms in (False, True) for dt in ALL}
+    # forward launches (norm_fwd: HAS_RESIDUAL) and backward ones (norm_bwd: HAS_DRES, the residual's gradient)
+    compiled = {(la.fn_name, la.kwargs["BLOCK_N"], la.kwargs["ROWS"], la.num_warps, la.kwargs["LOOPED"],
+                 la.kwargs.get("HAS_RESIDUAL", la.kwargs.get("HAS_DRES")), la.kwargs["IS_RMS"],
+                 la.arg("X" if la.fn_name == "_norm_fwd_kernel" else "V").dtype) for la in launches}
+    wanted = {(fn, *c, res, rms, dt) for fn in ("_norm_fwd_kernel", "_norm_bwd_kernel") for c in picked
+              for res in (False, True) for rms in (False, True) for dt in ALL}
     assert compiled == wanted and len(launches) == len(wanted)
 
 
@@ -342,7 +345,7 @@ def test_rms_torch_path_matches_float64(torch_backend, device, dtype):
     _assert_close(y, _ref_rms_norm(s, (96,), w, 1e-6), dtype)
 
 
-def test_rms_float64_and_grad_inputs_go_to_pytorch(triton_backend, device):
+def test_rms_float64_goes_to_pytorch_and_grad_inputs_get_gradients(triton_backend, device):
     gen = torch.Generator().manual_seed(41)
     x64, w64 = _rand((3, 40), torch.float64, device, gen), _rand((40,), torch.float64, device, gen)
     torch.testing.assert_close(ops.rms_norm(x64, 40, w64, 1e-6), F.rms_norm(x64, (40,), w64, 1e-6))
