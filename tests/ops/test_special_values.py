@@ -3,6 +3,8 @@ CPU): they agree, except for the differences README lists under "Where engine's 
 asserted here exactly as written there."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -48,6 +50,9 @@ def test_norms_and_activations_agree(monkeypatch, device, val, dtype, tol):
         assert_agree(*run_both(monkeypatch, fn), tol)
 
 
+MASK_BOUND = torch.finfo(torch.float32).max
+
+
 def qkv(device):
     g = torch.Generator().manual_seed(1)
     return [torch.randn(1, 2, n, 16, generator=g).to(device) for n in (5, 6, 6)]
@@ -70,7 +75,7 @@ def test_attention_agrees_on_special_inputs(monkeypatch, device, val):
     if val == val:
         m = torch.zeros(5, 6, device=device)
         m[1, 2] = val
-        if val < 2e38:  # above: a listed difference
+        if val < MASK_BOUND * 16 ** -0.5:  # above: a listed difference (head dim 16: scale 1/4)
             m2 = m.clone()
             m2[3] = val  # a whole row
             for mask in (m, m2):
@@ -79,7 +84,8 @@ def test_attention_agrees_on_special_inputs(monkeypatch, device, val):
 
 
 def test_listed_attention_differences(monkeypatch, device):
-    """README: NaN in a query row; NaN in a float mask; float-mask values above ~2.3e38 in the kernel."""
+    """README: NaN in a query row; NaN in a float mask; float-mask values above float32's max * min(scale, ln 2)
+    in the kernel."""
     q, k, v = qkv(device)
     q[0, 0, 1, 3] = float("nan")
     ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v))
@@ -95,31 +101,43 @@ def test_listed_attention_differences(monkeypatch, device):
     keep[1, 2] = False  # the kernel treats the NaN entry as a masked-out key
     monkeypatch.setenv("ENGINE_BACKEND", "torch")
     torch.testing.assert_close(kern[0], ops.scaled_dot_product_attention(q, k, v, attn_mask=keep).cpu())
-    big = torch.zeros(5, 6, device=device)
-    big[1, 2] = 3e38
-    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=big))
-    assert ref[0].isfinite().all() and kern[0][:, :, 1].isnan().all()
-    big[1, 2] = 2e38  # below the documented bound: agree
-    assert_agree(*run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=big)), 1e-4)
+    for scale in (None, 0.9):  # the documented bound: float32's max times min(scale, ln 2)
+        bound = MASK_BOUND * min(scale or 16 ** -0.5, math.log(2))
+        big = torch.zeros(5, 6, device=device)
+        big[1, 2] = 1.1 * bound
+        ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=big, scale=scale))
+        assert ref[0].isfinite().all() and kern[0][:, :, 1].isnan().all()
+        big[1, 2] = 0.9 * bound  # below the bound: agree
+        assert_agree(*run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=big,
+                                                                                     scale=scale)), 1e-4)
 
 
 @pytest.mark.parametrize("val", [float("inf"), float("-inf"), float("nan")], ids=str)
 def test_listed_hidden_key_difference(monkeypatch, device, val):
-    """README: a non-finite key hidden by a bool mask (or varlen's causal triangle) is ignored by the kernel and
-    turns rows NaN on the PyTorch path (which adds the mask as -inf); with a float -inf mask both give NaN."""
+    """README: a non-finite key that varlen's causal triangle hides is ignored by the kernel and turns rows NaN on
+    the PyTorch path (which adds the triangle as -inf); hidden by a bool or additive mask, or by is_causal, both
+    paths give the same rows NaN (the kernel starts the scores from the mask, as PyTorch adds it)."""
     q, k, v = qkv(device)
     k[0, 0, 2, 3] = val
     hide = torch.ones(5, 6, dtype=torch.bool, device=device)
     hide[:, 2] = False
-    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=hide))
-    assert ref[0].isnan().any() and kern[0].isfinite().all()
-    monkeypatch.setenv("ENGINE_BACKEND", "torch")
-    clean = k.clone()
-    clean[0, 0, 2] = 0.0
-    torch.testing.assert_close(kern[0], ops.scaled_dot_product_attention(q, clean, v, attn_mask=hide).cpu())
     add = torch.zeros(5, 6, device=device).masked_fill(~hide, float("-inf"))
-    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=add))
-    assert ref[0].isnan().any() and torch.equal(ref[0].isnan(), kern[0].isnan())
+    for mask in (hide, add):
+        ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        assert ref[0].isnan().any() and torch.equal(ref[0].isnan(), kern[0].isnan())
+    q6 = torch.cat([q, q[:, :, :1]], 2)
+    ref, kern = run_both(monkeypatch, lambda: ops.scaled_dot_product_attention(q6, k, v, is_causal=True))
+    assert torch.equal(ref[0].isnan(), kern[0].isnan())
+    # varlen, one causal sequence of 6: rows 0 and 1 cannot see key 2
+    pq, pk, pv = (t[0].transpose(0, 1).contiguous() for t in (q6, k, v))
+    cu = torch.tensor([0, 6], dtype=torch.int32, device=device)
+    ref, kern = run_both(monkeypatch, lambda: ops.varlen_attention(pq, pk, pv, cu, cu, 6, 6, causal=True))
+    assert ref[0][:2, 0].isnan().any() and kern[0][:2].isfinite().all()
+    assert torch.equal(ref[0][2:].isnan(), kern[0][2:].isnan())
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    clean = pk.clone()
+    clean[2] = 0.0
+    torch.testing.assert_close(kern[0][:2], ops.varlen_attention(pq, clean, pv, cu, cu, 6, 6, causal=True)[:2].cpu())
 
 
 @pytest.mark.parametrize("val", SPECIAL, ids=str)
