@@ -135,7 +135,8 @@ class FlashVarlen(torch.autograd.Function):
 # ---- the differentiable custom ops' bodies (engine.ops.library: torch.compile with grad, no dropout) -----------
 # The op decides Triton or PyTorch at run time, like the public functions; its backward makes the same decision
 # (same environment, device and shapes), so a kernel forward always meets the kernel backward. On the PyTorch path
-# the forward's lse is an unused placeholder and the backward recomputes the PyTorch forward under autograd.
+# the forward's lse is an unused placeholder and the backward computes the PyTorch path's gradients by the explicit
+# formulas (attention_grads_torch): autograd does not record inside a registered op's backward.
 
 def sdpa_lse_op(q, k, v, mask, is_causal, scale):
     """(out, lse) for ``torch.ops.engine.scaled_dot_product_attention_lse`` (arguments checked)."""
@@ -151,13 +152,11 @@ def sdpa_lse_op(q, k, v, mask, is_causal, scale):
 
 def sdpa_backward_op(grad, q, k, v, out, lse, mask, is_causal, scale):
     """(dq, dk, dv) for ``torch.ops.engine.scaled_dot_product_attention_backward``."""
-    from engine.ops.attention import _sdpa_torch, sdpa_route
+    from engine.ops.attention import sdpa_route
 
     if sdpa_route(q, k, v, mask, 0.0, is_causal, scale, needs_backward=True):
         return sdpa_backward(grad, q, k, v, out, lse, mask, is_causal, scale)
-    with torch.enable_grad():
-        qkv = [t.detach().requires_grad_() for t in (q, k, v)]
-        return torch.autograd.grad(_sdpa_torch(*qkv, mask, 0.0, is_causal, scale), qkv, grad)
+    return attention_grads_torch(grad, q, k, v, mask, is_causal, scale)
 
 
 def varlen_lse_op(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, validate):
@@ -175,12 +174,45 @@ def varlen_lse_op(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, validate):
 
 def varlen_backward_op(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale):
     """(dq, dk, dv) for ``torch.ops.engine.varlen_attention_backward``."""
-    from engine.ops.attention import _varlen_torch, varlen_route
+    from engine.ops.attention import _causal_keep, varlen_route
 
     scale = q.shape[2] ** -0.5 if scale is None else scale
     if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, needs_backward=True):
         return varlen_backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale)
-    with torch.enable_grad():
-        qkv = [t.detach().requires_grad_() for t in (q, k, v)]
-        o = _varlen_torch(*qkv, cu_q.tolist(), cu_k.tolist(), causal, scale)
-        return torch.autograd.grad(o, qkv, grad, allow_unused=True, materialize_grads=True)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    for (qs, qe), (ks, ke) in zip(zip(cq[:-1], cq[1:]), zip(ck[:-1], ck[1:])):
+        if qe == qs or ke == ks:
+            continue
+        keep = _causal_keep(qe - qs, ke - ks, q.device, bottom_right=True) if causal else None
+        heads = [t.transpose(0, 1).unsqueeze(0) for t in (grad[qs:qe], q[qs:qe], k[ks:ke], v[ks:ke])]
+        for full, part in zip((dq[qs:qe], dk[ks:ke], dv[ks:ke]), attention_grads_torch(*heads, keep, False, scale)):
+            full.copy_(part.squeeze(0).transpose(0, 1))
+    return dq, dk, dv
+
+
+def attention_grads_torch(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          mask: torch.Tensor | None, is_causal: bool, scale: float | None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of the PyTorch path's attention (q (B, H, Nq, D), k / v (B, H, Nk, D), mask None, bool or
+    additive, broadcastable to (B, H, Nq, Nk); causal top-left) by the explicit formulas, in fp32 (float64 for
+    float64): P = softmax(S), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K * scale, dK = dS^T Q * scale.
+    Rows that see no key (zeros in the forward) get zero gradients. No autograd: this runs inside registered ops'
+    backward, where autograd does not record."""
+    from engine.ops.attention import _causal_keep
+
+    wide = torch.float64 if q.dtype == torch.float64 else torch.float32
+    g, qf, kf, vf = (t.to(wide) for t in (grad, q, k, v))
+    sc = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (qf @ kf.transpose(-1, -2)) * sc
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(wide)
+    if is_causal:
+        s = s.masked_fill(~_causal_keep(s.shape[-2], s.shape[-1], s.device, bottom_right=False), float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(nan=0.0)  # a row of -inf only: NaN -> 0 (its output is zeros)
+    dv = p.transpose(-1, -2) @ g
+    dp = g @ vf.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    dq, dk = (ds @ kf) * sc, (ds.transpose(-1, -2) @ qf) * sc
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
