@@ -192,6 +192,7 @@ def _checkout(model: torch.nn.Module, req: _Request, max_len: int) -> contextlib
                                                       lambda: _Session(model, B, max_len))
 
 
+@torch.no_grad()  # a generator: grad is off while it runs, the caller's mode is kept between yields
 def _steps(s: _Session, req: _Request, *, streaming: bool) -> Iterator[torch.Tensor]:
     """Run ``req`` on session ``s``. When ``streaming``, yields each step's committed ids (B,) int64 on the
     CPU (EOS-padded); otherwise yields nothing and leaves the result in ``s.out`` / ``s.n_new``. Stops after
@@ -208,31 +209,30 @@ def _steps(s: _Session, req: _Request, *, streaming: bool) -> Iterator[torch.Ten
         host_out[:, :T] = torch.where(real, prompt, first)  # as HF (5.x), left padding is not penalised
         host_finished = torch.zeros(B, dtype=torch.bool)
         eos = torch.tensor(req.eos or [-1], dtype=torch.long)
-    with torch.no_grad():
-        s.start(req)
-        for step in range(req.max_new_tokens):
-            if host:
-                if step > 0:
-                    s.run("forward", s._forward, graph)
-                ids = s.host_choose(req, step, host_out, T + step)
-                s.run("commit", s._commit, graph)
-                nxt = torch.where(host_finished, req.pad, ids)
-                host_out[:, T + step] = nxt
-                host_finished |= torch.isin(nxt, eos)
-                if streaming:
-                    yield nxt
-                if bool(host_finished.all()):
-                    break
-                continue
-            if step == 0:
-                s._greedy()
-                s._commit()
-            else:
-                s.run("greedy_step", s._greedy_step, graph)
+    s.start(req)
+    for step in range(req.max_new_tokens):
+        if host:
+            if step > 0:
+                s.run("forward", s._forward, graph)
+            ids = s.host_choose(req, step, host_out, T + step)
+            s.run("commit", s._commit, graph)
+            nxt = torch.where(host_finished, req.pad, ids)
+            host_out[:, T + step] = nxt
+            host_finished |= torch.isin(nxt, eos)
             if streaming:
-                yield s.next.to("cpu", copy=True)
-            if req.eos and (step + 1) % check_every == 0 and bool(s.finished.all()):
+                yield nxt
+            if bool(host_finished.all()):
                 break
+            continue
+        if step == 0:
+            s._greedy()
+            s._commit()
+        else:
+            s.run("greedy_step", s._greedy_step, graph)
+        if streaming:
+            yield s.next.to("cpu", copy=True)
+        if req.eos and (step + 1) % check_every == 0 and bool(s.finished.all()):
+            break
 
 
 # ---- validation (everything is checked before any work) ----------------------------------------------------

@@ -95,6 +95,7 @@ def _prepare(model: torch.nn.Module, input_ids: object, *, attention_mask: objec
     return _Call(ids, mask, max_new, params, host, eos, pad, seed, start)
 
 
+@torch.no_grad()  # a generator: grad is off while it runs, the caller's mode is kept between yields
 def _steps(model: T5, call: _Call, out: torch.Tensor, n_new: torch.Tensor, *,
            streaming: bool) -> Iterator[torch.Tensor]:
     """Run ``call``, writing the decoder ids into ``out`` (B, 1 + max_new) and the produced length into ``n_new``.
@@ -104,37 +105,36 @@ def _steps(model: T5, call: _Call, out: torch.Tensor, n_new: torch.Tensor, *,
     cfg, dec = model.config, model.decoder
     w = model.shared.weight
     check_every = 1 if streaming or not ids.is_cuda else CHECK_EVERY
-    with torch.no_grad():
-        memory = model.encoder_output(ids, call.attention_mask)  # (B, N, C), once (a CUDA graph: model.cuda_graph)
-        max_len = call.max_new_tokens  # the start token and every token but the last are fed back
-        cache = StaticKVCache(num_layers=len(dec.layers), batch_size=B, num_heads=cfg.num_heads,
-                              head_dim=cfg.head_dim, max_len=max_len, dtype=w.dtype, device=dev)
-        ctx = Context(tables=dec.tables(max_len), cache=cache, cross_kv=dec.cross_kv(memory),
-                      memory_mask=key_padding(call.attention_mask))
-        eos = torch.tensor(call.eos or [-1], dtype=torch.long, device=dev)
-        finished = torch.zeros(B, dtype=torch.bool, device=dev)
-        out[:, 0] = call.start
-        tok = out[:, :1]  # (B, 1): the token each row feeds next
-        for step in range(call.max_new_tokens):
-            cache.positions.fill_(step)
-            cache.seqlens.fill_(step + 1)
-            logits = model.logits(dec(model.shared(tok), ctx)[:, -1])  # (B, V)
-            if call.host_sampling:
-                params = dict(call.params)
-                if params["repetition_penalty"] != 1.0:
-                    params["prev_tokens"] = out[:, :step + 1].cpu()
-                chosen = sampling.sample(logits.cpu(), **params, seed=step_seed(call.seed, step)).view(-1).to(dev)
-            else:
-                chosen = logits.argmax(-1)  # ties: the lowest id, as HF's argmax
-            nxt = torch.where(finished, call.pad, chosen)
-            n_new += (~finished).any()
-            finished |= torch.isin(nxt, eos)
-            out[:, step + 1] = nxt
-            tok = out[:, step + 1:step + 2]
-            if streaming:
-                yield nxt.cpu()
-            if call.eos and (step + 1) % check_every == 0 and bool(finished.all()):
-                break
+    memory = model.encoder_output(ids, call.attention_mask)  # (B, N, C), once (a CUDA graph: model.cuda_graph)
+    max_len = call.max_new_tokens  # the start token and every token but the last are fed back
+    cache = StaticKVCache(num_layers=len(dec.layers), batch_size=B, num_heads=cfg.num_heads,
+                          head_dim=cfg.head_dim, max_len=max_len, dtype=w.dtype, device=dev)
+    ctx = Context(tables=dec.tables(max_len), cache=cache, cross_kv=dec.cross_kv(memory),
+                  memory_mask=key_padding(call.attention_mask))
+    eos = torch.tensor(call.eos or [-1], dtype=torch.long, device=dev)
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    out[:, 0] = call.start
+    tok = out[:, :1]  # (B, 1): the token each row feeds next
+    for step in range(call.max_new_tokens):
+        cache.positions.fill_(step)
+        cache.seqlens.fill_(step + 1)
+        logits = model.logits(dec(model.shared(tok), ctx)[:, -1])  # (B, V)
+        if call.host_sampling:
+            params = dict(call.params)
+            if params["repetition_penalty"] != 1.0:
+                params["prev_tokens"] = out[:, :step + 1].cpu()
+            chosen = sampling.sample(logits.cpu(), **params, seed=step_seed(call.seed, step)).view(-1).to(dev)
+        else:
+            chosen = logits.argmax(-1)  # ties: the lowest id, as HF's argmax
+        nxt = torch.where(finished, call.pad, chosen)
+        n_new += (~finished).any()
+        finished |= torch.isin(nxt, eos)
+        out[:, step + 1] = nxt
+        tok = out[:, step + 1:step + 2]
+        if streaming:
+            yield nxt.cpu()
+        if call.eos and (step + 1) % check_every == 0 and bool(finished.all()):
+            break
 
 
 def _begin(model: torch.nn.Module, input_ids: object, kw: dict) -> tuple[_Call, torch.Tensor, torch.Tensor]:

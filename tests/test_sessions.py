@@ -266,3 +266,24 @@ def test_t5_threads_with_encoder_cuda_graphs():
         for i, (g, w) in enumerate(zip(got, want)):
             assert isinstance(g, torch.Tensor), f"request {i} raised {g!r}"
             assert torch.equal(g, w), f"request {i}: wrong tokens"
+
+
+def test_streams_leave_the_callers_grad_mode_alone(model):
+    """A stream runs without grad, but between its tokens the caller's code runs in the caller's grad mode (a
+    generator holding torch.no_grad() across a yield turned grad off for the caller, and for good when the
+    stream was left open): GPT-2 and T5 streams, opened, stepped, abandoned."""
+    from engine import seq2seq
+
+    ids, kw = requests()[1]
+    t5 = tiny_t5()
+    t5_ids, t5_kw = t5_requests()[0]
+    for s in (gen.stream(model, ids, **kw), seq2seq.stream(t5, t5_ids, **t5_kw)):
+        assert torch.is_grad_enabled()
+        next(s)
+        assert torch.is_grad_enabled(), "the stream turned grad off in its caller"
+        with torch.no_grad():
+            next(s)
+            assert not torch.is_grad_enabled()
+        assert torch.is_grad_enabled()
+        del s
+        assert torch.is_grad_enabled()
