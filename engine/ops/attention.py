@@ -24,6 +24,7 @@ for the same seed). Semantics shared by both paths:
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -52,6 +53,8 @@ _INF = math.inf
 _BOOL, _F32 = torch.bool, torch.float32
 _KEEP_DTYPES = frozenset((torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
+# torch's SDPA, called positionally (keyword arguments cost its argument parser ~0.5 us each); scale is keyword-only
+_F_SDPA = F.scaled_dot_product_attention
 # Dispatch (engine.backend), cached per device kind and key = (dtype, mask dtype or None, shape class), where the
 # shape class is True when the kernel covers the call's sizes and options, a relative position bias included
 # (see the callers).
@@ -97,6 +100,33 @@ def _causal_keep(n_q: int, n_k: int, device: torch.device, *, bottom_right: bool
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q if bottom_right else 0)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_sdpa_zeroes_dead_rows() -> bool:
+    """True when this PyTorch's CPU SDPA already returns zeros for a row that sees no key (torch 2.13 does, on its
+    fused and its math kernels, for bool and -inf masks of every float dtype, with and without grad), so the PyTorch
+    path skips its own three-op fix on the CPU (and calls torch's op alone). Found out once per process by running
+    both kernels on a tiny input with such a row."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    keep = torch.tensor([True, False, True])[:, None].expand(3, 3)[None, None]  # query row 1 sees no key
+    ran = False
+    for kernel in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+        with sdpa_kernel(kernel), torch.enable_grad():
+            for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                q, k, v = (torch.randn(1, 2, 3, 8, generator=g).to(dtype) for _ in range(3))
+                for mask in (keep, torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, -_INF)):
+                    for grad in (False, True):
+                        try:
+                            out = F.scaled_dot_product_attention(q.detach().requires_grad_(grad), k, v, mask)
+                        except RuntimeError:  # this kernel does not take this call here
+                            continue
+                        ran = True
+                        if not (torch.all(out[:, :, 1] == 0) and torch.isfinite(out).all()):
+                            return False
+    return ran
+
+
 def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=0):
     """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros). ``bias``: a
     relative-position table (H, 2L - 1), the queries at positions q_offset + 0..Nq-1 (keys at 0..Nk-1)."""
@@ -115,7 +145,8 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
             dead_known = True
             if mask is not None:
-                dead = ~mask.any(-1, keepdim=True)
+                if not (q.is_cpu and cpu_sdpa_zeroes_dead_rows()):
+                    dead = ~mask.any(-1, keepdim=True)
                 add = add.masked_fill(~mask, float("-inf"))
         else:
             add = add + mask.to(wide)
@@ -128,9 +159,9 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
             out = _sdpa_torch(q.to(mask.dtype), k.to(mask.dtype), v.to(mask.dtype), mask, dropout_p, is_causal, scale)
             return out.to(q.dtype)
         mask = mask.to(q.dtype)  # older PyTorch wants the float mask in the query dtype (its range fits)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
-                                         scale=scale)
-    if mask is not None and not dead_known:
+    out = _F_SDPA(q, k, v, mask, dropout_p, is_causal) if scale is None else \
+        _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
+    if mask is not None and not dead_known and not (q.is_cpu and cpu_sdpa_zeroes_dead_rows()):
         dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, True)
     return out if dead is None else out.masked_fill(dead, 0.0)
 
@@ -225,8 +256,11 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         else:
             out = _sdpa_kernel(q, k, v, mask, is_causal, scale, dropout_p, bias)
         return out if out_shape is None else out.reshape(out_shape)
-    if mask is None and bias is None and (not is_causal or scale is None or scale > 0):
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    if bias is None and (mask is None if is_causal else mask is None or (
+            ((md := mask.dtype) is _BOOL or md is dtype) and q.is_cpu and cpu_sdpa_zeroes_dead_rows())) and (
+            not is_causal or scale is None or scale > 0):  # torch's op alone has these semantics
+        out = _F_SDPA(q, k, v, mask, dropout_p, is_causal) if scale is None else \
+            _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
     else:
         out = _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
     return out if out_shape is None else out.reshape(out_shape)
@@ -313,6 +347,11 @@ def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, s
     [0, total]). Such a sequence needs no output buffer: SDPA runs on (1, H, N, D) views and its result is
     returned as (N, H, D), contiguous. (4-D: PyTorch's CPU SDPA takes its fused kernel only for 4-D inputs.)"""
     if cq is None or (len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]):
+        if not causal and bias is None:  # every query sees every key: torch's op alone
+            q4, k4, v4 = q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+            o = _F_SDPA(q4, k4, v4, None, dropout_p) if scale is None else \
+                _F_SDPA(q4, k4, v4, None, dropout_p, scale=scale)
+            return o[0].transpose(0, 1).contiguous()
         mask = _causal_keep(q.shape[0], k.shape[0], q.device, bottom_right=True) if causal else None
         o = _sdpa_torch(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
                         v.transpose(0, 1).unsqueeze(0), mask, dropout_p, False, scale, bias, k.shape[0] - q.shape[0])
@@ -408,20 +447,23 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         if bias is None and dropout_p == 0.0:  # the differentiable op
             return torch.ops.engine.varlen_attention_lse(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
                                                          bool(validate))[0]
-    scale = scale if scale is not None else d ** -0.5
     batch = cu_q.shape[0] - 1
     cq = ck = None  # cu_seqlens on the host, read at most once (for the checks and the PyTorch path)
     if validate:
         if q.is_cpu:  # no device sync here
-            cq, ck = cu_q.tolist(), cu_k.tolist()
+            cq = cu_q.tolist()
+            ck = cq if cu_k is cu_q else cu_k.tolist()
             _validate_cu_lists(cq, ck, total_q, total_k, max_q, max_k)
         else:
             _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
 
-    if not varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, bias, dropout_p):
+    if _VARLEN.pytorch_only(q) or not varlen_route(q, k, v, cu_q, cu_k, max_q, max_k,
+                                                   d ** -0.5 if scale is None else scale, bias, dropout_p):
         if cq is None and (batch > 1 or total_q == 0 or total_k == 0):  # one sequence is [0, total]: no read
-            cq, ck = cu_q.tolist(), cu_k.tolist()
-        return _varlen_torch(q, k, v, cq, ck, causal, scale, bias, dropout_p)
+            cq = cu_q.tolist()
+            ck = cq if cu_k is cu_q else cu_k.tolist()
+        return _varlen_torch(q, k, v, cq, ck, causal, scale, bias, dropout_p)  # scale None: torch's 1 / sqrt(D)
+    scale = d ** -0.5 if scale is None else scale
     if backend.grad_recording(q, k, v):
         from engine.ops.attention_grad import FlashVarlen
 
@@ -465,11 +507,11 @@ def unpad_input(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[tor
                              f"shape {tuple(hidden.shape)}")
         check_same_device(hidden=hidden, attention_mask=mask)
     keep = mask if mask.dtype is torch.bool else mask.bool()
-    seqlens = keep.sum(dim=1, dtype=torch.int32)
-    indices = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
-    cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
-    packed = hidden.reshape(-1, *hidden.shape[2:]).index_select(0, indices)
+    seqlens = keep.sum(dim=1, dtype=_I32)
+    indices = torch.nonzero(keep.flatten()).flatten()
+    cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=_I32), (1, 0))
+    max_seqlen = seqlens.max().item() if mask.shape[0] else 0
+    packed = hidden.flatten(0, 1).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen
 
 

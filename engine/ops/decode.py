@@ -107,7 +107,7 @@ def _check_seqlen_range(lo: int, hi: int, q_len: int, max_len: int) -> None:
 
 
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           cache_seqlens: torch.Tensor, scale: float, bias: torch.Tensor | None = None, *,
+                           cache_seqlens: torch.Tensor, scale: float | None, bias: torch.Tensor | None = None, *,
                            host_lengths: list[int] | None = None) -> torch.Tensor:
     """PyTorch path (same semantics as the kernel, differentiable): a boolean mask from cache_seqlens + SDPA.
 
@@ -126,8 +126,9 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
                 length = (bias.shape[1] + 1) // 2
                 add = bias[None, :, None, length - hi:length].to(q.dtype)  # (1, H, 1, hi)
-            return F.scaled_dot_product_attention(q, k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi),
-                                                  attn_mask=add, scale=scale)
+            k_used, v_used = k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi)
+            return F.scaled_dot_product_attention(q, k_used, v_used, add) if scale is None else \
+                F.scaled_dot_product_attention(q, k_used, v_used, add, scale=scale)
         Tmax = max(hi, 1)
         k_cache, v_cache = k_cache.narrow(2, 0, Tmax), v_cache.narrow(2, 0, Tmax)
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
@@ -189,10 +190,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             _check_seqlen_range(min(host), max(host), Tq, Tmax)
         else:
             _check_seqlens(cache_seqlens, Tq, Tmax)
-    sm_scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
-    if _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):
+    if not _DECODE.pytorch_only(q) and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):
         from engine.kernels.attention.decode import decode_attention_fwd
 
-        return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens, scale=sm_scale,
+        return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens,
+                                    scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
                                     relative_position_bias=bias)
-    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, sm_scale, bias, host_lengths=host)
+    if scale is not None and type(scale) is not float:
+        scale = float(scale)  # a checked real (int, numpy scalar)
+    # scale None: torch's default, 1 / sqrt(D)
+    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, host_lengths=host)

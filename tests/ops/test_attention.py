@@ -192,6 +192,30 @@ def test_torch_path_agrees_with_kernel(monkeypatch, device, kind):
     check(ref_path, q, k, v, mask=mask, causal=True)
 
 
+@pytest.mark.parametrize("torch_zeroes", [True, False])
+@pytest.mark.parametrize("kind", ["bool4d", "additive4d"])
+def test_torch_path_rows_that_see_no_key(monkeypatch, torch_backend, kind, torch_zeroes):
+    """The PyTorch path zeroes rows that see no key, through PyTorch's own kernels where the probe found they do so
+    (the CPU with torch 2.13) and through engine's explicit fix otherwise; both agree with float64, with grad too."""
+    from engine.ops import attention as attention_ops
+
+    assert attention_ops.cpu_sdpa_zeroes_dead_rows() is True  # torch 2.13's CPU kernels (CI's torch)
+    if not torch_zeroes:
+        monkeypatch.setattr(attention_ops, "cpu_sdpa_zeroes_dead_rows", lambda: False)
+    q, k, v = qkv(2, 2, 13, 11, 16, torch.float32, "cpu", seed=3)
+    mask = _masks(kind, 2, 2, 13, 11, "cpu")
+    q.requires_grad_(True)
+    out = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    check(out.detach(), q.detach(), k, v, mask=mask)
+    out.sum().backward()
+    ref_q = q.detach().double().requires_grad_(True)
+    reference(ref_q, k, v, mask).sum().backward()
+    rows = torch.ones(13, dtype=torch.bool)
+    if kind == "additive4d":  # row 4 is float32's min everywhere: torch's CPU backward recomputes its probabilities
+        rows[4] = False       # from a log-sum-exp that rounds log(Nk) away at that magnitude (not engine's code)
+    torch.testing.assert_close(q.grad.double()[:, :, rows], ref_q.grad[:, :, rows], atol=2e-4, rtol=2e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_torch_path_narrows_float32_masks_like_the_kernel(torch_backend, device, dtype, causal):
