@@ -127,6 +127,12 @@ def cpu_sdpa_zeroes_dead_rows() -> bool:
     return ran
 
 
+def _torch_zeroes_dead_rows(q: torch.Tensor) -> bool:
+    """torch's SDPA on ``q``'s device zeroes rows that see no key (the CPU, per the probe; outside torch.compile,
+    whose trace keeps engine's explicit fix rather than run the probe)."""
+    return q.is_cpu and not _compiling() and cpu_sdpa_zeroes_dead_rows()
+
+
 def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=0):
     """PyTorch path with this module's semantics (mask AND causal; rows with no visible key -> zeros). ``bias``: a
     relative-position table (H, 2L - 1), the queries at positions q_offset + 0..Nq-1 (keys at 0..Nk-1)."""
@@ -145,7 +151,7 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
             dead_known = True
             if mask is not None:
-                if not (q.is_cpu and cpu_sdpa_zeroes_dead_rows()):
+                if not _torch_zeroes_dead_rows(q):
                     dead = ~mask.any(-1, keepdim=True)
                 add = add.masked_fill(~mask, float("-inf"))
         else:
@@ -161,7 +167,7 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         mask = mask.to(q.dtype)  # older PyTorch wants the float mask in the query dtype (its range fits)
     out = _F_SDPA(q, k, v, mask, dropout_p, is_causal) if scale is None else \
         _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
-    if mask is not None and not dead_known and not (q.is_cpu and cpu_sdpa_zeroes_dead_rows()):
+    if mask is not None and not dead_known and not _torch_zeroes_dead_rows(q):
         dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, True)
     return out if dead is None else out.masked_fill(dead, 0.0)
 
@@ -257,7 +263,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
             out = _sdpa_kernel(q, k, v, mask, is_causal, scale, dropout_p, bias)
         return out if out_shape is None else out.reshape(out_shape)
     if bias is None and (mask is None if is_causal else mask is None or (
-            ((md := mask.dtype) is _BOOL or md is dtype) and q.is_cpu and cpu_sdpa_zeroes_dead_rows())) and (
+            ((md := mask.dtype) is _BOOL or md is dtype) and _torch_zeroes_dead_rows(q))) and (
             not is_causal or scale is None or scale > 0):  # torch's op alone has these semantics
         out = _F_SDPA(q, k, v, mask, dropout_p, is_causal) if scale is None else \
             _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
