@@ -11,17 +11,21 @@ installed Triton at launch. So an AOT build is the build the launcher runs, for 
 32)`` and reports what decides speed: shared memory, registers, spill bytes and ptxas's warnings (its ``-v`` log),
 and instruction counts from the SASS (engine.kernels.audit). tests/kernels/ asserts on these (the static gate).
 
-Run as ``python -m engine.kernels.aot [--table] [--jobs N] [-k SUBSTRING] [family ...]``: one JSON line per
-configuration, then (``--table``) the table. Must run without ``TRITON_INTERPRET=1`` (interpreted kernels cannot
+Run as ``python -m engine.kernels.aot [--table] [--jobs N] [-k SUBSTRING] [--sass-memo PATH [--update-sass-memo]]
+[family ...]``: one JSON line per configuration, then (``--table``) the table. Must run without ``TRITON_INTERPRET=1`` (interpreted kernels cannot
 be compiled); the test suite calls it in a subprocess. Every configuration is compiled afresh (Triton's cache is
-bypassed) so ptxas's report is always there.
+bypassed) so ptxas's report is always there; only the disassembly of a cubin already seen is memoised
+(``sass_key``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import importlib
+import inspect
 import io
 import json
 import os
@@ -191,9 +195,72 @@ def _cuobjdump() -> str:
     return knobs.nvidia.cuobjdump.path
 
 
+# ---- SASS reports memoised by the cubin's bytes -------------------------------------------------------------
+# cuobjdump costs ~0.8 s of CPU per call whatever the kernel (its sm_90 tables load on every run): half of a
+# build. Its report is a function of the cubin's bytes, the tool and the parser, so it is memoised under the
+# SHA-256 of those three (``sass_key``); a kernel, Triton or parser change gives a new key and a real disassembly.
+# Every build still compiles in full (ptxas's registers and spills are always fresh). The gate's memo file:
+# tests/kernels/sass_memo.json, rewritten by ``--update-sass-memo``.
+_SASS_MEMO: dict[str, dict] = {}
+_SASS_MEMO_PATH: list[str] = []  # the file loaded into _SASS_MEMO in this process (workers load it lazily)
+
+
+@functools.lru_cache(maxsize=1)
+def _sass_salt() -> bytes:
+    """The tool's version line and the parser's source: part of every memo key."""
+    from engine.kernels import audit
+
+    version = subprocess.run([_cuobjdump(), "--version"], capture_output=True, text=True, check=True).stdout
+    return (version.strip() + "\n" + inspect.getsource(audit)).encode()
+
+
+def sass_key(cubin: bytes) -> str:
+    return hashlib.sha256(_sass_salt() + b"\0" + cubin).hexdigest()
+
+
+def load_sass_memo(path: str | None) -> dict[str, dict]:
+    """{sass_key: report} from ``path`` (missing file: empty)."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_sass_memo(path: str, memo: dict[str, dict]) -> None:
+    """``memo`` to ``path``, atomically (temporary file + rename), one entry a line, sorted."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(memo[k], sort_keys=True)}" for k in sorted(memo))
+                + "\n}\n")
+    os.replace(tmp, path)
+
+
+def _sass_report(cubin: bytes, out: dict) -> dict:
+    """The SASS report of ``cubin`` (engine.kernels.audit.sass_report), from the memo when its key is there."""
+    from engine.kernels import audit
+
+    path = os.environ.get("ENGINE_SASS_MEMO")
+    if path and _SASS_MEMO_PATH != [path]:
+        _SASS_MEMO.clear()
+        _SASS_MEMO.update(load_sass_memo(path))
+        _SASS_MEMO_PATH[:] = [path]
+    key = out["sass_key"] = sass_key(cubin)
+    if key in _SASS_MEMO:
+        out["sass_memo"] = True
+        return _SASS_MEMO[key]
+    out["sass_memo"] = False
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin_path = os.path.join(tmp, "kernel.cubin")
+        with open(cubin_path, "wb") as f:
+            f.write(cubin)
+        sass = subprocess.run([_cuobjdump(), "-sass", cubin_path], capture_output=True, text=True, check=True).stdout
+    return audit.sass_report(sass)
+
+
 def compile_spec(spec: KernelSpec) -> dict:
     """Compile ``spec`` for sm_90 and audit it: {name, kernel, num_warps, num_stages, ok, error, shared, regs,
-    stack, spill_stores, spill_loads, warnings, sass, seconds}."""
+    stack, spill_stores, spill_loads, warnings, sass, sass_key, sass_memo, seconds}. The SASS report comes from
+    the memo named by ``ENGINE_SASS_MEMO`` when the cubin's key is there (see ``sass_key``)."""
     import triton
     from triton import knobs
     from triton.compiler import ASTSource
@@ -214,12 +281,7 @@ def compile_spec(spec: KernelSpec) -> dict:
                 kernel = triton.compile(src, target=_target(), options=spec.options)
         out.update(ok=True, error=None, shared=int(kernel.metadata.shared))
         out.update(audit.ptxas_report(log.getvalue()))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "kernel.cubin")
-            with open(path, "wb") as f:
-                f.write(kernel.asm["cubin"])
-            sass = subprocess.run([_cuobjdump(), "-sass", path], capture_output=True, text=True, check=True).stdout
-        out["sass"] = audit.sass_report(sass)
+        out["sass"] = _sass_report(kernel.asm["cubin"], out)
         if out["shared"] > H200_MAX_SHARED_BYTES:
             out.update(ok=False, error=f"shared memory {out['shared']} B > H200 limit {H200_MAX_SHARED_BYTES} B")
     except Exception as exc:  # report, do not stop: the test lists every failure at once
@@ -264,7 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="print the review table after the JSON lines")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="compile in this many processes")
     parser.add_argument("-k", dest="only", default="", help="only configurations whose name contains this")
+    parser.add_argument("--sass-memo", default=None, metavar="PATH",
+                        help="take SASS reports from this memo when the cubin's key is there (see sass_key)")
+    parser.add_argument("--update-sass-memo", action="store_true",
+                        help="then rewrite the memo: this run's entries (a full run drops stale ones; a partial "
+                             "run, with -k or named families, adds to the file)")
     args = parser.parse_args(argv)
+    if args.update_sass_memo and not args.sass_memo:
+        parser.error("--update-sass-memo needs --sass-memo PATH")
+    if args.sass_memo:
+        os.environ["ENGINE_SASS_MEMO"] = os.path.abspath(args.sass_memo)  # spawned workers inherit it
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     unknown = sorted(set(args.modules) - set(KERNEL_MODULES))
@@ -284,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         from engine.kernels import audit
 
         print(audit.table(rows), flush=True)
+    if args.update_sass_memo:
+        partial = bool(args.only) or set(args.modules or KERNEL_MODULES) != set(KERNEL_MODULES)
+        memo = load_sass_memo(args.sass_memo) if partial else {}
+        memo.update({r["sass_key"]: r["sass"] for r in rows if r["ok"] and r.get("sass_key")})
+        write_sass_memo(args.sass_memo, memo)
     return 0 if all(r["ok"] for r in rows) else 1
 
 

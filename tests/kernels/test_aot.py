@@ -33,3 +33,30 @@ def test_launches_are_specialised_like_the_launcher():
     assert odd.constexprs["n_rows"] == 1 and odd.signature["n_rows"] == "constexpr"  # a 1 is a constant
     assert "N" not in odd.aligned and "stride_x_row" not in odd.aligned  # 1000 is not a multiple of 16
     assert big.key() != odd.key()
+
+
+def test_sass_memo_is_keyed_by_the_cubin_and_read_before_disassembling(tmp_path, monkeypatch):
+    """A memo entry is used only for the exact bytes it was made from (tool version and parser in the key too);
+    other bytes go to cuobjdump. The memo file is written atomically and reads back equal."""
+    pytest.importorskip("triton")
+    import subprocess
+
+    cubin = b"\x7fELF not a real cubin"
+    key = aot.sass_key(cubin)
+    assert key == aot.sass_key(bytes(cubin)) and key != aot.sass_key(cubin + b"\0") and len(key) == 64
+    report = {"all": {"hgmma": 3}, "loop": None, "loops": 0}
+    path = tmp_path / "memo.json"
+    aot.write_sass_memo(str(path), {key: report})
+    assert aot.load_sass_memo(str(path)) == {key: report} and not list(tmp_path.glob("*.tmp*"))
+    monkeypatch.setenv("ENGINE_SASS_MEMO", str(path))
+    run = subprocess.run
+
+    def no_disassembly(cmd, *args, **kwargs):
+        assert "-sass" not in cmd, "disassembled a cubin that is in the memo"
+        return run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(aot.subprocess, "run", no_disassembly)
+    row = {}
+    assert aot._sass_report(cubin, row) == report and row == {"sass_key": key, "sass_memo": True}
+    with pytest.raises(AssertionError, match="disassembled"):  # other bytes: a real disassembly is attempted
+        aot._sass_report(cubin + b"\0", {})
