@@ -12,10 +12,10 @@ installed Triton at launch. So an AOT build is the build the launcher runs, for 
 and instruction counts from the SASS (engine.kernels.audit). tests/kernels/ asserts on these (the static gate).
 
 Run as ``python -m engine.kernels.aot [--table] [--jobs N] [-k SUBSTRING] [--sass-memo PATH [--update-sass-memo]]
-[family ...]``: one JSON line per configuration, then (``--table``) the table. Must run without ``TRITON_INTERPRET=1`` (interpreted kernels cannot
-be compiled); the test suite calls it in a subprocess. Every configuration is compiled afresh (Triton's cache is
-bypassed) so ptxas's report is always there; only the disassembly of a cubin already seen is memoised
-(``sass_key``).
+[family ...]``: one JSON line per configuration, then (``--table``) the table. Must run without
+``TRITON_INTERPRET=1`` (interpreted kernels cannot be compiled); the test suite calls it in a subprocess. Every
+configuration is compiled afresh (Triton's cache is bypassed) so ptxas's report is always there; only the
+disassembly of machine code already seen is memoised (``sass_key``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import inspect
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -195,9 +196,9 @@ def _cuobjdump() -> str:
     return knobs.nvidia.cuobjdump.path
 
 
-# ---- SASS reports memoised by the cubin's bytes -------------------------------------------------------------
+# ---- SASS reports memoised by the cubin's code -------------------------------------------------------------
 # cuobjdump costs ~0.8 s of CPU per call whatever the kernel (its sm_90 tables load on every run): half of a
-# build. Its report is a function of the cubin's bytes, the tool and the parser, so it is memoised under the
+# build. Its report is a function of the cubin's code, the tool and the parser, so it is memoised under the
 # SHA-256 of those three (``sass_key``); a kernel, Triton or parser change gives a new key and a real disassembly.
 # Every build still compiles in full (ptxas's registers and spills are always fresh). The gate's memo file:
 # tests/kernels/sass_memo.json, rewritten by ``--update-sass-memo``.
@@ -214,8 +215,31 @@ def _sass_salt() -> bytes:
     return (version.strip() + "\n" + inspect.getsource(audit)).encode()
 
 
+def _code_sections(cubin: bytes) -> bytes:
+    """The name and bytes of every ``.text*`` and ``.rela.text*`` section of an ELF cubin: the machine code the
+    disassembly lists. The rest of the file is left out: its debug sections carry the kernel source's path, which
+    differs between checkouts of the same code. Bytes that do not parse as an ELF64 come back whole."""
+    try:
+        shoff, = struct.unpack_from("<Q", cubin, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+        headers = [struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+        names_at = headers[shstrndx][4]
+        parts = []
+        for name_off, _, _, _, off, size in headers:
+            start = names_at + name_off
+            name = cubin[start:cubin.index(b"\0", start)]
+            if name.startswith((b".text", b".rela.text")):
+                parts.append(name + b"\0" + cubin[off:off + size])
+        if cubin[:4] == b"\x7fELF" and parts:
+            return b"\0".join(parts)
+    except (struct.error, ValueError, IndexError):
+        pass
+    return cubin
+
+
 def sass_key(cubin: bytes) -> str:
-    return hashlib.sha256(_sass_salt() + b"\0" + cubin).hexdigest()
+    """SHA-256 of the cubin's code sections (``_code_sections``), cuobjdump's version and the parser's source."""
+    return hashlib.sha256(_sass_salt() + b"\0" + _code_sections(cubin)).hexdigest()
 
 
 def load_sass_memo(path: str | None) -> dict[str, dict]:

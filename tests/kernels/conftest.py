@@ -5,7 +5,7 @@ test (test_aot.py) and the static gate (test_sm90_gate.py).
 compiled), for the kernel families the selected tests need, on up to two processes. Needs no GPU: Triton's
 compiler and its bundled ptxas / cuobjdump run on the CPU. The build starts as soon as the tests are collected and
 the tests that read it run last, so the compiles overlap the rest of the session (mostly one interpreter thread).
-SASS reports of cubins whose bytes match an entry of sass_memo.json are taken from it (see SASS_MEMO below).
+SASS reports of kernels whose machine code matches an entry of sass_memo.json are taken from it (see SASS_MEMO).
 The table of what was built (registers, spills, shared memory, tensor-core and copy instructions) is printed at
 the end of the session, with the wall time.
 """
@@ -25,7 +25,7 @@ from engine.kernels import aot, audit
 _FAMILIES = pytest.StashKey[set]()
 _BUILDS = pytest.StashKey[dict]()
 JOBS = max(1, min(2, os.cpu_count() or 1))
-# SASS reports by cubin hash (engine.kernels.aot.sass_key): a build whose bytes are unchanged skips cuobjdump (~0.8 s
+# SASS reports by code hash (engine.kernels.aot.sass_key): a build whose code is unchanged skips cuobjdump (~0.8 s
 # of CPU a build); every configuration still compiles in full. Refresh after kernel or Triton changes with
 # ``python -m engine.kernels.aot -j 2 --sass-memo tests/kernels/sass_memo.json --update-sass-memo``.
 SASS_MEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sass_memo.json")
@@ -97,4 +97,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     memo = sum(1 for r in rows if r.get("sass_memo"))
     terminalreporter.write_line(f"{len(rows)} configurations compiled in {builds['seconds']:.0f} s wall "
                                 f"({JOBS} processes, from collection on, beside the other tests); SASS of "
-                                f"{len(rows) - memo} disassembled, {memo} unchanged cubins from {SASS_MEMO}")
+                                f"{len(rows) - memo} disassembled, {memo} unchanged kernels from {SASS_MEMO}")

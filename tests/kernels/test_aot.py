@@ -36,8 +36,8 @@ def test_launches_are_specialised_like_the_launcher():
 
 
 def test_sass_memo_is_keyed_by_the_cubin_and_read_before_disassembling(tmp_path, monkeypatch):
-    """A memo entry is used only for the exact bytes it was made from (tool version and parser in the key too);
-    other bytes go to cuobjdump. The memo file is written atomically and reads back equal."""
+    """A memo entry is used only for the exact code it was made from (tool version and parser in the key too);
+    anything else goes to cuobjdump. The memo file is written atomically and reads back equal."""
     pytest.importorskip("triton")
     import subprocess
 
@@ -60,3 +60,37 @@ def test_sass_memo_is_keyed_by_the_cubin_and_read_before_disassembling(tmp_path,
     assert aot._sass_report(cubin, row) == report and row == {"sass_key": key, "sass_memo": True}
     with pytest.raises(AssertionError, match="disassembled"):  # other bytes: a real disassembly is attempted
         aot._sass_report(cubin + b"\0", {})
+
+
+def _elf(sections: dict[bytes, bytes]) -> bytes:
+    """A minimal ELF64 (little-endian) holding ``sections`` (name -> bytes) after a null one and .shstrtab."""
+    import struct
+
+    names = [b"", b".shstrtab", *sections]
+    strtab = b"\0".join(names) + b"\0"
+    offsets, pos = [], 0
+    for n in names:
+        offsets.append(pos)
+        pos += len(n) + 1
+    bodies = [b"", strtab, *sections.values()]
+    data, locs = b"", []
+    for body in bodies:
+        locs.append(64 + len(data))
+        data += body
+    shoff = 64 + len(data)
+    header = b"\x7fELF" + bytes(36) + struct.pack("<Q", shoff) + bytes(10) + struct.pack("<HHH", 64, len(names), 1)
+    header = header.ljust(64, b"\0")
+    table = b"".join(struct.pack("<IIQQQQ", off, 1, 0, 0, loc, len(body)).ljust(64, b"\0")
+                     for off, loc, body in zip(offsets, locs, bodies))
+    return header + data + table
+
+
+def test_sass_key_reads_the_code_not_the_debug_paths():
+    """Two checkouts build the same kernel with different source paths in the debug sections: same key. Other
+    code (or another relocation) is another key."""
+    pytest.importorskip("triton")
+    code = {b".text._k": b"\x01\x02" * 40, b".rela.text._k": b"\x09" * 24}
+    here = aot.sass_key(_elf({**code, b".debug_line": b"/work/main/kernels/norm.py"}))
+    assert here == aot.sass_key(_elf({**code, b".debug_line": b"/tmp/ci/kernels/norm.py\0\0"}))
+    assert here != aot.sass_key(_elf({**code, b".text._k": b"\x01\x03" * 40, b".debug_line": b"/work/main"}))
+    assert here != aot.sass_key(_elf({**code, b".rela.text._k": b"\x08" * 24, b".debug_line": b"/work/main"}))
