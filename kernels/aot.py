@@ -202,10 +202,6 @@ def _cuobjdump() -> str:
 # SHA-256 of those three (``sass_key``); a kernel, Triton or parser change gives a new key and a real disassembly.
 # Every build still compiles in full (ptxas's registers and spills are always fresh). The gate's memo file:
 # tests/kernels/sass_memo.json, rewritten by ``--update-sass-memo``.
-_SASS_MEMO: dict[str, dict] = {}
-_SASS_MEMO_PATH: list[str] = []  # the file loaded into _SASS_MEMO in this process (workers load it lazily)
-
-
 @functools.lru_cache(maxsize=1)
 def _sass_salt() -> bytes:
     """The tool's version line and the parser's source: part of every memo key."""
@@ -250,28 +246,26 @@ def load_sass_memo(path: str | None) -> dict[str, dict]:
         return json.load(f)
 
 
+_memo_at = functools.lru_cache(maxsize=1)(load_sass_memo)  # one read per process (workers inherit the path)
+
+
 def write_sass_memo(path: str, memo: dict[str, dict]) -> None:
-    """``memo`` to ``path``, atomically (temporary file + rename), one entry a line, sorted."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(memo[k], sort_keys=True)}" for k in sorted(memo))
-                + "\n}\n")
-    os.replace(tmp, path)
+    """``memo`` to ``path``, atomically (engine.atomic.write_file), one entry a line, sorted."""
+    from engine.atomic import write_file
+
+    write_file(path, "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(memo[k], sort_keys=True)}"
+                                        for k in sorted(memo)) + "\n}\n")
 
 
 def _sass_report(cubin: bytes, out: dict) -> dict:
     """The SASS report of ``cubin`` (engine.kernels.audit.sass_report), from the memo when its key is there."""
     from engine.kernels import audit
 
-    path = os.environ.get("ENGINE_SASS_MEMO")
-    if path and _SASS_MEMO_PATH != [path]:
-        _SASS_MEMO.clear()
-        _SASS_MEMO.update(load_sass_memo(path))
-        _SASS_MEMO_PATH[:] = [path]
+    memo = _memo_at(os.environ.get("ENGINE_SASS_MEMO"))
     key = out["sass_key"] = sass_key(cubin)
-    if key in _SASS_MEMO:
+    if key in memo:
         out["sass_memo"] = True
-        return _SASS_MEMO[key]
+        return memo[key]
     out["sass_memo"] = False
     with tempfile.TemporaryDirectory() as tmp:
         cubin_path = os.path.join(tmp, "kernel.cubin")

@@ -53,8 +53,16 @@ _INF = math.inf
 _BOOL, _F32 = torch.bool, torch.float32
 _KEEP_DTYPES = frozenset((torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
-# torch's SDPA, called positionally (keyword arguments cost its argument parser ~0.5 us each); scale is keyword-only
 _F_SDPA = F.scaled_dot_product_attention
+
+
+def torch_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """torch's SDPA called positionally (its argument parser charges ~0.5 us a keyword); scale, keyword-only in
+    torch, only when given (None: torch's 1 / sqrt(D))."""
+    if scale is None:
+        return _F_SDPA(q, k, v, mask, dropout_p, is_causal)
+    return _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
 # Dispatch (engine.backend), cached per device kind and key = (dtype, mask dtype or None, shape class), where the
 # shape class is True when the kernel covers the call's sizes and options, a relative position bias included
 # (see the callers).
@@ -165,8 +173,7 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
             out = _sdpa_torch(q.to(mask.dtype), k.to(mask.dtype), v.to(mask.dtype), mask, dropout_p, is_causal, scale)
             return out.to(q.dtype)
         mask = mask.to(q.dtype)  # older PyTorch wants the float mask in the query dtype (its range fits)
-    out = _F_SDPA(q, k, v, mask, dropout_p, is_causal) if scale is None else \
-        _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
+    out = torch_sdpa(q, k, v, mask, dropout_p, is_causal, scale)
     if mask is not None and not dead_known and not _torch_zeroes_dead_rows(q):
         dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, True)
     return out if dead is None else out.masked_fill(dead, 0.0)
@@ -265,8 +272,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     if bias is None and (mask is None if is_causal else mask is None or (
             ((md := mask.dtype) is _BOOL or md is dtype) and _torch_zeroes_dead_rows(q))) and (
             not is_causal or scale is None or scale > 0):  # torch's op alone has these semantics
-        out = _F_SDPA(q, k, v, mask, dropout_p, is_causal) if scale is None else \
-            _F_SDPA(q, k, v, mask, dropout_p, is_causal, scale=scale)
+        out = torch_sdpa(q, k, v, mask, dropout_p, is_causal, scale)
     else:
         out = _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
     return out if out_shape is None else out.reshape(out_shape)
@@ -356,8 +362,7 @@ def _varlen_torch(q, k, v, cq: list[int] | None, ck: list[int] | None, causal, s
     if cq is None or (len(cq) == 2 and cq[0] == ck[0] == 0 and 0 < cq[1] == q.shape[0] and 0 < ck[1] == k.shape[0]):
         if not causal and bias is None:  # every query sees every key: torch's op alone
             q4, k4, v4 = q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
-            o = _F_SDPA(q4, k4, v4, None, dropout_p) if scale is None else \
-                _F_SDPA(q4, k4, v4, None, dropout_p, scale=scale)
+            o = torch_sdpa(q4, k4, v4, None, dropout_p, False, scale)
             return o[0].transpose(0, 1).contiguous()
         mask = _causal_keep(q.shape[0], k.shape[0], q.device, bottom_right=True) if causal else None
         o = _sdpa_torch(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),

@@ -26,7 +26,6 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import (
@@ -38,6 +37,7 @@ from engine.ops._checks import (
     check_tensor,
     same_cuda_device,
 )
+from engine.ops.attention import torch_sdpa
 from engine.ops.position_bias import bias_scores, check_relative_position_bias, relative_position_bias_ok
 
 KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
@@ -127,8 +127,7 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                 length = (bias.shape[1] + 1) // 2
                 add = bias[None, :, None, length - hi:length].to(q.dtype)  # (1, H, 1, hi)
             k_used, v_used = k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi)
-            return F.scaled_dot_product_attention(q, k_used, v_used, add) if scale is None else \
-                F.scaled_dot_product_attention(q, k_used, v_used, add, scale=scale)
+            return torch_sdpa(q, k_used, v_used, add, scale=scale)
         Tmax = max(hi, 1)
         k_cache, v_cache = k_cache.narrow(2, 0, Tmax), v_cache.narrow(2, 0, Tmax)
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
@@ -144,7 +143,7 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         if torch.finfo(q.dtype).max < torch.finfo(add.dtype).max:  # narrowing: keep finite biases finite
             add.clamp_(-torch.finfo(q.dtype).max, torch.finfo(q.dtype).max)
         mask = add.masked_fill_(~mask, float("-inf")).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale)
+    out = torch_sdpa(q, k_cache, v_cache, mask, scale=scale)
     return torch.where(has_key[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
