@@ -270,8 +270,10 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
             out = _sdpa_kernel(q, k, v, mask, is_causal, scale, dropout_p, bias)
         return out if out_shape is None else out.reshape(out_shape)
     if bias is None and (mask is None if is_causal else mask is None or (
-            ((md := mask.dtype) is _BOOL or md is dtype) and _torch_zeroes_dead_rows(q))) and (
+            ((md := mask.dtype) is _BOOL or md is dtype) and q.is_cpu and not compiling
+            and cpu_sdpa_zeroes_dead_rows())) and (
             not is_causal or scale is None or scale > 0):  # torch's op alone has these semantics
+        # (a mask with rows that see no key: torch's CPU op zeroes them itself, as _torch_zeroes_dead_rows says)
         out = torch_sdpa(q, k, v, mask, dropout_p, is_causal, scale)
     else:
         out = _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias)
@@ -346,6 +348,10 @@ def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, to
 
 def _validate_cu_lists(cq: list[int], ck: list[int], total_q: int, total_k: int, max_q: int, max_k: int) -> None:
     """The same checks on host lists (CPU tensors: no tensor ops needed)."""
+    if (len(cq) == 2 and cq[0] == 0 and cq[1] == total_q <= max_q
+            and (ck is cq and total_k == total_q and max_k == max_q
+                 or len(ck) == 2 and ck[0] == 0 and ck[1] == total_k <= max_k)):
+        return  # one sequence of every token (first 0, end the total, its one step within max_seqlen): valid
     same = ck is cq and total_k == total_q and max_k == max_q  # self-attention: one check covers both
     for name, mname, c, total, mx in (("cu_seqlens_q", "max_seqlen_q", cq, total_q, max_q),
                                       ("cu_seqlens_k", "max_seqlen_k", ck, total_k, max_k))[:1 if same else 2]:

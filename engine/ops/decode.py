@@ -125,7 +125,9 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             add = None
             if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
                 length = (bias.shape[1] + 1) // 2
-                add = bias[None, :, None, length - hi:length].to(q.dtype)  # (1, H, 1, hi)
+                add = bias[None, :, None, length - hi:length]  # (1, H, 1, hi)
+                if add.dtype is not q.dtype:
+                    add = add.to(q.dtype)
             k_used, v_used = k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi)
             return torch_sdpa(q, k_used, v_used, add, scale=scale)
         Tmax = max(hi, 1)
@@ -167,13 +169,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             and (dtype := q.dtype) in FAST_FLOAT_DTYPES and kc.dtype is dtype and vc.dtype is dtype
             and len(qs := q.shape) == 4 and len(ks := kc.shape) == 4 and vc.shape == ks
             and ks[0] == qs[0] and ks[1] == qs[1] and ks[3] == qs[3] and 1 <= qs[2] <= ks[2]
-            and sl.dtype is torch.int32 and sl.shape == qs[:1]
+            and sl.dtype is torch.int32 and len(ss := sl.shape) == 1 and ss[0] == qs[0]
             and (scale is None or (type(scale) is float and -_INF < scale < _INF))
             and ((q.is_cpu and kc.is_cpu and vc.is_cpu and sl.is_cpu) or same_cuda_device(q, kc, vc, sl))):
         _check_args(q, k_cache, v_cache, cache_seqlens, scale)
-        dtype = q.dtype
-    B, H, Tq, D = q.shape
-    Tmax = k_cache.shape[2]
+        dtype, qs, ks = q.dtype, q.shape, k_cache.shape
+    B, H, Tq, D = qs
+    Tmax = ks[2]
     bias = relative_position_bias
     if bias is not None and not relative_position_bias_ok(bias, q, H, Tmax):
         bias = check_relative_position_bias(bias, heads=H, min_length=Tmax, device=q.device)

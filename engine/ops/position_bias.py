@@ -21,6 +21,8 @@ per batch row).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from engine.ops._checks import FAST_FLOAT_DTYPES, check_floating, same_cuda_device
@@ -28,6 +30,10 @@ from engine.ops._checks import FAST_FLOAT_DTYPES, check_floating, same_cuda_devi
 __all__ = ["bias_block", "bias_scores", "check_relative_position_bias", "relative_position_bias_ok"]
 
 _Tensor = torch.Tensor
+_compiling = torch.compiler.is_compiling
+# CPU blocks of at most this many (Nq x Nk) entries gather through a cached index (one tensor op per call: at batch 1
+# the few ops of the windowed copy cost more than the gather itself); larger ones take the windows (no index tensor).
+CACHED_INDEX_MAX = 1 << 14
 
 
 def check_relative_position_bias(table: object, *, heads: int, min_length: int,
@@ -77,9 +83,22 @@ def bias_block(table: torch.Tensor, q_offset: int, n_q: int, n_k: int, *,
 
     Row i is ``table[:, s_i : s_i + n_k]`` with s_i = L - 1 - q_offset - i, so the rows are windows of the table
     (``unfold``) in reverse order: one copy instead of an index tensor and a gather. Falls back to ``bias_scores``
-    when a distance lies outside the table (then clamped, as there) or the block is empty."""
+    when a distance lies outside the table (then clamped, as there) or the block is empty. Small CPU blocks
+    (``CACHED_INDEX_MAX``) gather with an index cached per (L, q_offset, Nq, Nk) instead: one op a call."""
     length = (table.shape[1] + 1) // 2
+    if 0 < n_q * n_k <= CACHED_INDEX_MAX and table.is_cpu and not _compiling():
+        block = table.index_select(1, _block_index(length, q_offset, n_q, n_k)).view(table.shape[0], n_q, n_k)
+        return block if block.dtype is dtype else block.to(dtype)
     lo = length - q_offset - n_q  # s_i of the last row
     if n_q <= 0 or n_k <= 0 or lo < 0 or length - 1 - q_offset + n_k > 2 * length - 1:
         return bias_scores(table, torch.arange(n_q, device=table.device) + q_offset, n_k, dtype=dtype)
     return table.to(dtype).unfold(1, n_k, 1)[:, lo:lo + n_q].flip(1)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_index(length: int, q_offset: int, n_q: int, n_k: int) -> torch.Tensor:
+    """(Nq * Nk,) int64 CPU index into a (H, 2L - 1) table's last dim: entry (i, j) is L - 1 + j - (q_offset + i),
+    clamped to the table as ``bias_scores`` clamps. Read-only (shared by every call of these sizes). CPU only: a
+    CUDA tensor made here during graph capture would hold no values until a replay."""
+    idx = torch.arange(n_k) - (torch.arange(n_q) + q_offset)[:, None] + (length - 1)
+    return idx.clamp_(0, 2 * length - 2).view(-1)

@@ -274,11 +274,16 @@ def test_the_pre_check_implies_the_full_check():
     assert accepted > 20
 
 
-def test_bias_block_equals_the_gather():
-    """bias_block (windows of the table, for consecutive query positions) gives bias_scores' block bit for bit, also
-    where distances fall outside the table (clamped) and for empty blocks."""
+@pytest.mark.parametrize("cached", [True, False], ids=["cached-index", "windows"])
+def test_bias_block_equals_the_gather(cached, monkeypatch):
+    """bias_block (windows of the table, for consecutive query positions; small CPU blocks through a cached index)
+    gives bias_scores' block bit for bit, also where distances fall outside the table (clamped) and for empty
+    blocks; the cached index is not changed by the calls."""
+    from engine.ops import position_bias
     from engine.ops.position_bias import bias_block, bias_scores
 
+    monkeypatch.setattr(position_bias, "CACHED_INDEX_MAX", 1 << 14 if cached else 0)
+    position_bias._block_index.cache_clear()
     gen = torch.Generator().manual_seed(19)
     for L in (1, 2, 5, 9):
         table = _table(3, L, gen, dtype=torch.float64)
@@ -288,6 +293,11 @@ def test_bias_block_equals_the_gather():
                     got = bias_block(table, off, n_q, n_k, dtype=torch.float64)
                     want = bias_scores(table, torch.arange(n_q) + off, n_k, dtype=torch.float64)
                     assert got.shape == want.shape and torch.equal(got, want), (L, n_q, n_k, off)
+                    if n_q * n_k:
+                        got.fill_(7.0)  # a caller's in-place change reaches no cache
+                        assert torch.equal(bias_block(table, off, n_q, n_k, dtype=torch.float64), want)
+    assert (position_bias._block_index.cache_info().currsize > 0) == cached
     t32 = _table(2, 6, gen)
     assert torch.equal(bias_block(t32, 0, 6, 6), bias_scores(t32, torch.arange(6), 6))  # fp32 -> fp32
     assert bias_block(t32.half(), 0, 6, 6).dtype == torch.float32
+    assert torch.equal(bias_block(t32.half(), 2, 3, 5), bias_scores(t32.half(), torch.arange(3) + 2, 5))
