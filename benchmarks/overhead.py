@@ -7,6 +7,9 @@ checks, dispatch, and (on CUDA) the kernel launch. Engine and torch are timed in
 back-to-back calls (order swapped every round), so both see the same machine load; each round gives one per-call
 time for each and their difference. The table reports medians over the rounds with the interquartile range
 [q1, q3], and the median of the per-round differences (``over``: engine minus torch, the overhead engine adds).
+``floor`` is the difference of the two sides' fastest blocks: noise on a shared VM only ever adds time, so the
+minima are the steadiest estimate of each side's cost, and their difference of the overhead (it moves far less
+between runs than the median, which carries the torch op's own jitter).
 
 Times are this thread's CPU time on the CPU (``--clock thread``: a round that waits for a core shared with other
 processes does not count the wait) and wall time on CUDA.
@@ -162,7 +165,8 @@ def write_json(path: str, meta: dict, rows: list) -> None:
 def measure(fns: dict[str, tuple[Callable[[], Any], str | None]], *, rounds: int, calls: int,
             cuda: bool) -> dict[str, dict]:
     """Per-call seconds of each (fn, ENGINE_BACKEND or None), in alternating blocks; returns {name: {"median", "q1",
-    "q3"}} plus "over:<name>" entries for each fn's per-round difference to the one named "torch"."""
+    "q3", "min"}} plus "over:<name>" entries for each fn's per-round difference to the one named "torch" (its "min":
+    the difference of the two fastest blocks, the floor estimate)."""
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for fn, backend in fns.values():  # warm-up: compiles, caches, allocator growth
         _block(fn, max(20, calls // 5), sync, backend)
@@ -174,11 +178,11 @@ def measure(fns: dict[str, tuple[Callable[[], Any], str | None]], *, rounds: int
     out = {}
     for n, ts in times.items():
         q1, med, q3 = quartiles(ts)
-        out[n] = {"median": med, "q1": q1, "q3": q3}
+        out[n] = {"median": med, "q1": q1, "q3": q3, "min": min(ts)}
         if n != "torch":
             d = [a - b for a, b in zip(ts, times["torch"])]
             q1, med, q3 = quartiles(d)
-            out[f"over:{n}"] = {"median": med, "q1": q1, "q3": q3}
+            out[f"over:{n}"] = {"median": med, "q1": q1, "q3": q3, "min": min(ts) - min(times["torch"])}
     return out
 
 
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     load = loadavg()
     print(f"engine {engine.__file__}  torch {torch.__version__}  device {args.device}  dtype {dtype}  "
           f"threads {args.threads}  clock {clock}  rounds {args.rounds} x {args.calls} calls  load {' '.join(load)}")
-    head = f"{'op':<30} {'case':<20} {'engine us [q1, q3]':>26} {'torch us [q1, q3]':>26} {'over us [q1, q3]':>26}"
+    head = (f"{'op':<30} {'case':<20} {'engine us [q1, q3]':>26} {'torch us [q1, q3]':>26} {'over us [q1, q3]':>26}"
+            f" {'floor':>6}")
     if args.engine_fallback:
         head += f" {'fallback over us':>26}"
     print(head)
@@ -224,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine_fallback:
             fns["fallback"] = (eng, "torch")
         res = measure(fns, rounds=args.rounds, calls=args.calls, cuda=cuda)
-        line = f"{op:<30} {label:<20} {_us(res['engine']):>26} {_us(res['torch']):>26} {_us(res['over:engine']):>26}"
+        line = (f"{op:<30} {label:<20} {_us(res['engine']):>26} {_us(res['torch']):>26} {_us(res['over:engine']):>26}"
+                f" {res['over:engine']['min'] * 1e6:6.2f}")
         if args.engine_fallback:
             line += f" {_us(res['over:fallback']):>26}"
         print(line, flush=True)
