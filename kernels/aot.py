@@ -239,11 +239,21 @@ def sass_key(cubin: bytes) -> str:
 
 
 def load_sass_memo(path: str | None) -> dict[str, dict]:
-    """{sass_key: report} from ``path`` (missing file: empty)."""
+    """{sass_key: report} from ``path`` (missing file: empty); a ValueError naming the file when it is not one."""
     if not path or not os.path.exists(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        memo = json.loads(text)
+    except json.JSONDecodeError as e:
+        problem = f"is not valid JSON ({e})"
+    else:
+        if isinstance(memo, dict) and all(isinstance(v, dict) for v in memo.values()):
+            return memo
+        problem = "is not a JSON object of {sass_key: report object}"
+    raise ValueError(f"SASS memo {path} {problem}; delete it and rebuild it with `python -m engine.kernels.aot "
+                     f"--sass-memo {path} --update-sass-memo`")
 
 
 _memo_at = functools.lru_cache(maxsize=1)(load_sass_memo)  # one read per process (workers inherit the path)

@@ -62,6 +62,16 @@ def test_sass_memo_is_keyed_by_the_cubin_and_read_before_disassembling(tmp_path,
         aot._sass_report(cubin + b"\0", {})
 
 
+def test_a_broken_sass_memo_names_the_file(tmp_path):
+    """A memo that is not JSON, or not {key: report object}, fails with the file's name and how to rebuild it."""
+    path = tmp_path / "memo.json"
+    for text in ('{"abc": {"loops": 0}', '["abc"]', '{"abc": 3}'):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"SASS memo {path} is not .*delete it and rebuild it"):
+            aot.load_sass_memo(str(path))
+    assert aot.load_sass_memo(str(tmp_path / "absent.json")) == {}
+
+
 def _elf(sections: dict[bytes, bytes]) -> bytes:
     """A minimal ELF64 (little-endian) holding ``sections`` (name -> bytes) after a null one and .shstrtab."""
     import struct
