@@ -129,8 +129,8 @@ _ORIGINS = ("import os, engine, engine.ops, engine.kernels.gelu, engine.kernels.
             "mods = [engine, engine.ops, engine.kernels.gelu, engine.kernels.attention.decode, "
             "engine.kernels.attention.fwd, engine.kernels.norm, engine.generate, engine._sampler]\n"
             "print('\\n'.join(os.path.realpath(m.__file__) for m in mods))")
-PLANTED = ("kernels/gelu.py", "y = 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))",
-           "y = 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476)) * 1.001")
+PLANTED = ("kernels/gelu.py", "cdf = 0.5 * (1.0 + tl.erf(v * 0.7071067811865476))",
+           "cdf = 0.5 * (1.0 + tl.erf(v * 0.7071067811865476)) * 1.001")
 PLANTED_TEST = ("tests/ops/test_activation.py::test_gelu_matches_float64[3x33-float32-none]",)
 
 

@@ -25,6 +25,7 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/norm.py": ("ops", (BACKEND, f"{OPS}/test_norm.py"), 12),
     "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py"), 20),
     "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py"), 12),
+    "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
 }
 
