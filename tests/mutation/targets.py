@@ -46,7 +46,28 @@ SKIP: dict[str, dict[str, str]] = {
     "engine/generate.py": {"_on_side_stream": _CUDA, "_capture": _CUDA},
 }
 
+_SHORTCUT = ("a shortcut taken less often (a stricter or never-true test, or a check done twice) falls through to "
+             "the exact general path; only mutants that take it more often can be wrong, and the tests kill those")
+_CU = "engine/ops/attention.py::_validate_cu_lists::"
+_PB = "engine/ops/position_bias.py::bias_block::"
 EQUIVALENT: dict[str, str] = {
+    **{_CU + m: _SHORTCUT for m in (
+        "num::2 -> (1)#0", "cmp::cq[1] == total_q <= max_q -> (cq[1] == total_q < max_q)#0",
+        "bool::ck is cq and total_k == total_q and max_k == max_q or len(ck) == 2 and ck[0] == 0 and ck[1] == "
+        "total_k <= max_k -> ((ck is cq and total_k == total_q and (max_k == max_q)) and (len(ck) == 2 and ck[0] == 0 "
+        "and (ck[1] == total_k <= max_k)))#0",
+        "cmp::len(ck) == 2 -> (len(ck) != 2)#0",  # cu_seqlens_k has cu_seqlens_q's length (checked before)
+        "num::2 -> (1)#1", "num::2 -> (3)#1", "cmp::ck[1] == total_k <= max_k -> (ck[1] == total_k < max_k)#0",
+        "num::1 -> (2)#2", "num::2 -> (3)#2")},  # the last two: the loop's [:2] / [:3] of a 2-tuple
+    **{_PB + m: "the cached index and the windows are two exact paths to bias_scores' values, and the windows' "
+                "fallback is bias_scores itself: moving a case between the three changes no value (" + _SHORTCUT
+                + ")" for m in (
+        "cmp::0 < n_q * n_k <= CACHED_INDEX_MAX -> (0 < n_q * n_k < CACHED_INDEX_MAX)#0",
+        "num::0 -> (1)#0", "cmp::n_q <= 0 -> (n_q < 0)#0", "num::0 -> (1)#2", "cmp::n_k <= 0 -> (n_k < 0)#0",
+        "num::0 -> (1)#3", "cmp::lo < 0 -> (lo <= 0)#0", "num::0 -> (1)#4", "arith::length - 1 -> (length + 1)#0",
+        "cmp::length - 1 - q_offset + n_k > 2 * length - 1 -> (length - 1 - q_offset + n_k >= 2 * length - 1)#0",
+        "num::1 -> (0)#3", "arith::2 * length -> (2 / length)#0", "num::2 -> (1)#1", "num::1 -> (2)#4")},
+    _PB + "num::1 -> (2)#1": "length = (2L - 1 + 2) // 2 is still L: the table's width is odd (checked)",
     'engine/ops/attention.py::_sdpa_torch::where::torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)) '
     '-> (mask)#0': "after the float32-mask fix (e8d0467) this narrowing is reached only when the mask's range fits "
                    "the query dtype's, where the clamp changes nothing; the dead clamp was then removed (b4834e5)",

@@ -63,6 +63,25 @@ def test_varlen_matches_float64(triton_backend, device, lens_q, lens_k, d, causa
     torch.testing.assert_close(out.cpu().double(), ref, atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("lens_q,lens_k,shared_cu", [([9], [9], True), ([9], [9], False), ([7], [11], False),
+                                                     ([11], [7], False), ([0], [5], False)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_one_sequence_on_the_cpu_paths(backend_name, monkeypatch, lens_q, lens_k, shared_cu, causal):
+    """One packed sequence (cu_seqlens of length 2, validated by one comparison on the CPU): self- and
+    cross-attention, one cu tensor for both or two, lengths either way round, an empty query, the maximum lengths
+    exact or larger; PyTorch and the kernel (interpreter) against float64."""
+    monkeypatch.setenv("ENGINE_BACKEND", backend_name)
+    q, k, v = packed(lens_q, lens_k, 2, 16, torch.float32, "cpu", seed=sum(lens_q) * 7 + sum(lens_k))
+    cu_q = cu_of(lens_q, "cpu")
+    cu_k = cu_q if shared_cu else cu_of(lens_k, "cpu")
+    ref = reference(q, k, v, lens_q, lens_k, causal)
+    for slack in (0, 3):
+        out = ops.varlen_attention(q, k, v, cu_q, cu_k, lens_q[0] + slack, lens_k[0] + slack, causal=causal)
+        assert out.shape == q.shape
+        torch.testing.assert_close(out.double(), ref, atol=2e-4, rtol=2e-4)
+
+
 @settings(max_examples=8, deadline=None, database=None)
 @given(lens_q=st.lists(st.integers(0, 50), min_size=1, max_size=4), data=st.data(), d=st.sampled_from([16, 48]),
        causal=st.booleans(), seed=st.integers(0, 2**31 - 1))
@@ -167,6 +186,34 @@ def _bad_cases():
         q, q, q, cu, torch.tensor([0, 4, 9], dtype=torch.int32), 6, 6)
     yield "max_small", (ValueError, "max_seqlen_q must be >= the longest sequence"), lambda: va(
         q, q, q, cu, cu, 5, 6)
+    # one sequence (cu_seqlens of length 2: the CPU path checks it in one comparison first)
+    one, k8 = torch.tensor([0, 10], dtype=torch.int32), torch.randn(8, 2, 8)
+    yield "one_start", (ValueError, "cu_seqlens_q must start at 0"), lambda: va(
+        q, q, q, torch.tensor([1, 10], dtype=torch.int32), one, 10, 10)
+    yield "one_end", (ValueError, "cu_seqlens_q must end at the packed token count 10; got 9"), lambda: va(
+        q, q, q, torch.tensor([0, 9], dtype=torch.int32), one, 10, 10)
+    yield "one_max", (ValueError, "max_seqlen_q must be >= the longest sequence \\(10\\); got 9"), lambda: va(
+        q, q, q, one, one, 9, 10)
+    yield "one_max_k", (ValueError, "max_seqlen_k must be >= the longest sequence \\(10\\); got 9"), lambda: va(
+        q, q, q, one, one, 10, 9)
+    yield "one_k_end", (ValueError, "cu_seqlens_k must end at the packed token count 8; got 10"), lambda: va(
+        q, k8, k8, one, one, 10, 10)  # one cu tensor for both, but k holds 8 tokens
+    full_then_back = torch.tensor([0, 10, 7], dtype=torch.int32)  # starts like one full sequence, then falls
+    yield "full_then_back", (ValueError, "cu_seqlens_q must be non-decreasing"), lambda: va(
+        q, q, q, full_then_back, full_then_back, 10, 10)
+    yield "one_k_start", (ValueError, "cu_seqlens_k must start at 0"), lambda: va(
+        q, k8, k8, one, torch.tensor([1, 8], dtype=torch.int32), 10, 10)
+    yield "one_k_start_same_total", (ValueError, "cu_seqlens_k must start at 0"), lambda: va(
+        q, q, q, one, torch.tensor([1, 10], dtype=torch.int32), 10, 10)  # another tensor, the same token count
+    empty, bad_start, long_end = torch.randn(0, 2, 8), torch.tensor([3, 0], dtype=torch.int32), one
+    yield "empty_q_start", (ValueError, "cu_seqlens_q must start at 0; got 3"), lambda: va(
+        empty, empty, empty, bad_start, bad_start, 0, 0)
+    yield "empty_k_start", (ValueError, "cu_seqlens_k must start at 0; got 3"), lambda: va(
+        q, empty, empty, one, bad_start, 10, 0)
+    yield "empty_q_end", (ValueError, "cu_seqlens_q must end at the packed token count 0; got 10"), lambda: va(
+        empty, empty, empty, long_end, long_end, 0, 0)
+    yield "empty_k_end", (ValueError, "cu_seqlens_k must end at the packed token count 0; got 10"), lambda: va(
+        q, empty, empty, one, long_end.clone(), 10, 10)
     yield "max_type", (TypeError, "max_seqlen_k must be a non-negative int"), lambda: va(q, q, q, cu, cu, 6, 6.0)
     yield "causal", (TypeError, "causal must be a bool"), lambda: va(q, q, q, cu, cu, 6, 6, causal=None)
     yield "device", (ValueError, "same device"), lambda: va(q, q.to("meta"), q, cu, cu, 6, 6)
