@@ -23,8 +23,9 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/_checks.py": ("ops", (BACKEND, f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
     "engine/ops/activation.py": ("ops", (BACKEND, f"{OPS}/test_activation.py"), 8),
     "engine/ops/norm.py": ("ops", (BACKEND, f"{OPS}/test_norm.py"), 12),
-    "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py"), 20),
-    "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py"), 12),
+    "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py",
+                                        f"{OPS}/test_position_bias.py"), 20),
+    "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py", f"{OPS}/test_position_bias.py"), 12),
     "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
 }
@@ -67,6 +68,12 @@ EQUIVALENT: dict[str, str] = {
         "num::0 -> (1)#3", "cmp::lo < 0 -> (lo <= 0)#0", "num::0 -> (1)#4", "arith::length - 1 -> (length + 1)#0",
         "cmp::length - 1 - q_offset + n_k > 2 * length - 1 -> (length - 1 - q_offset + n_k >= 2 * length - 1)#0",
         "num::1 -> (0)#3", "arith::2 * length -> (2 / length)#0", "num::2 -> (1)#1", "num::1 -> (2)#4")},
+    "engine/ops/norm.py::_norm::bool::bias is None or (isinstance(bias, _Tensor) and bias.dtype is dtype and "
+    "bias.shape == (n,)) -> (bias is None and (isinstance(bias, _Tensor) and bias.dtype is dtype and "
+    "(bias.shape == (n,))))#0": _SHORTCUT + " (here the cheap path: the full checks accept the same calls)",
+    "engine/ops/norm.py::_add_norm::cmp::0.0 <= eps < _INF -> (0.0 < eps < _INF)#0": _SHORTCUT + " (the cheap path)",
+    "engine/ops/decode.py::decode_attention::bool::scale is None or (type(scale) is float and -_INF < scale < _INF) "
+    "-> (scale is None and (type(scale) is float and -_INF < scale < _INF))#0": _SHORTCUT + " (the cheap path)",
     _PB + "num::1 -> (2)#1": "length = (2L - 1 + 2) // 2 is still L: the table's width is odd (checked)",
     'engine/ops/attention.py::_sdpa_torch::where::torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)) '
     '-> (mask)#0': "after the float32-mask fix (e8d0467) this narrowing is reached only when the mask's range fits "

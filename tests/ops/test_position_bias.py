@@ -175,6 +175,26 @@ def test_decode_with_bias(backend, Tq, dtype):
         backend.expect(dtype, 1)
 
 
+def test_decode_bias_beyond_half_range(backend):
+    """fp16 queries with a table entry past fp16's range (1e6 at distance 0: each query's own key), unequal lengths:
+    the PyTorch path narrows the bias block without overflowing to inf (else softmax gives NaN), the kernel adds it
+    in fp32; both return that key's value on every row, as float64 does."""
+    gen = torch.Generator().manual_seed(5)
+    B, H, Tq, Tmax, D = 2, 2, 2, 9, 16
+    q = _rand(B, H, Tq, D, dtype=F16, gen=gen)
+    kc, vc = _rand(B, H, Tmax, D, dtype=F16, gen=gen), _rand(B, H, Tmax, D, dtype=F16, gen=gen)
+    table = _table(H, Tmax, gen)
+    table[:, Tmax - 1] = 1e6
+    seqlens = torch.tensor([5, 9], dtype=torch.int32)
+    out = ops.decode_attention(q, kc, vc, seqlens, scale=1.0, relative_position_bias=table)
+    q_pos = seqlens[:, None].long() - Tq + torch.arange(Tq)[None]
+    keep = (torch.arange(Tmax)[None, None, :] <= q_pos[:, :, None])[:, None]
+    ref = _reference(q, kc, vc, table, q_pos, keep, 1.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, atol=TOL[F16], rtol=TOL[F16])
+    backend.expect(F16, 1)
+
+
 def test_without_bias_the_kernels_still_run(monkeypatch, device):
     """The routing is per call: without a bias, ENGINE_BACKEND=triton still reaches the kernel."""
     pytest.importorskip("triton")
