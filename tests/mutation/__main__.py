@@ -173,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             for f in tests:
                 if f not in clean_s:
                     clean = scratch.pytest((f,), 3600, extra=extra)
+                    if extra and clean.status == "error" and clean.detail.startswith("pytest exit 5"):
+                        clean_s[f] = 0.0  # -k selects none of this file's tests: it judges nothing in this run
+                        meta["checks"].append(f"no test of {f} matches -k {args.keyword!r}: it judges nothing")
+                        print(meta["checks"][-1], flush=True)
+                        continue
                     if clean.status != "survived":
                         raise RuntimeError(f"the unmutated tests fail in the copy: {f}: {clean.detail}")
                     clean_s[f] = clean.seconds
