@@ -108,19 +108,20 @@ def _check_seqlen_range(lo: int, hi: int, q_len: int, max_len: int) -> None:
 
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            cache_seqlens: torch.Tensor, scale: float | None, bias: torch.Tensor | None = None, *,
-                           host_lengths: list[int] | None = None) -> torch.Tensor:
+                           length_range: tuple[int, int] | None = None) -> torch.Tensor:
     """PyTorch path (same semantics as the kernel, differentiable): a boolean mask from cache_seqlens + SDPA.
 
     q (B, H, Tq, D); caches (B, H, Tmax, D); cache_seqlens (B,) int32, clamped to [0, Tmax]; bias: None or a
     (H, 2L - 1) relative-position table, L >= Tmax. -> (B, H, Tq, D).
-    host_lengths: cache_seqlens already read into a list (CPU callers), so it is not read again.
+    length_range: (min, max) of cache_seqlens, already read on the host (CPU callers), so it is not read again.
     """
     B, H, Tq, D = q.shape
     Tmax = k_cache.shape[2]
     if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
-        if host_lengths is None:
-            host_lengths = cache_seqlens.tolist()
-        lo, hi = max(min(host_lengths), 0), min(max(host_lengths), Tmax)
+        if length_range is None:
+            host = cache_seqlens.tolist()
+            length_range = min(host), max(host)
+        lo, hi = max(length_range[0], 0), min(length_range[1], Tmax)
         if Tq == 1 and hi > 0 and lo == hi:  # one new token, equal lengths: every key visible
             add = None
             if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
@@ -182,13 +183,14 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if _compiling() and not backend.grad_recording(q, k_cache, v_cache, bias):  # values are checked when it runs
         return torch.ops.engine.decode_attention(q, k_cache, v_cache, cache_seqlens, scale,
                                                  None if validate is None else bool(validate), bias)
-    host = None  # cache_seqlens read on the host: once, for the check and the PyTorch path
+    span = None  # (min, max) of cache_seqlens read on the host: once, for the check and the PyTorch path
     if validate is None:
         validate = not q.is_cuda
     if validate:
         if q.is_cpu and B > 0:  # no device sync on the CPU
             host = cache_seqlens.tolist()
-            _check_seqlen_range(min(host), max(host), Tq, Tmax)
+            span = lo, hi = min(host), max(host)
+            _check_seqlen_range(lo, hi, Tq, Tmax)
         else:
             _check_seqlens(cache_seqlens, Tq, Tmax)
     if not _DECODE.pytorch_only(q) and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):
@@ -200,4 +202,4 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if scale is not None and type(scale) is not float:
         scale = float(scale)  # a checked real (int, numpy scalar)
     # scale None: torch's default, 1 / sqrt(D)
-    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, host_lengths=host)
+    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, length_range=span)
