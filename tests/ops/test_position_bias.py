@@ -321,3 +321,34 @@ def test_bias_block_equals_the_gather(cached, monkeypatch):
     assert torch.equal(bias_block(t32, 0, 6, 6), bias_scores(t32, torch.arange(6), 6))  # fp32 -> fp32
     assert bias_block(t32.half(), 0, 6, 6).dtype == torch.float32
     assert torch.equal(bias_block(t32.half(), 2, 3, 5), bias_scores(t32.half(), torch.arange(3) + 2, 5))
+
+
+def test_bias_block_from_many_threads():
+    """Threads sharing the cached index, over more (L, offset, Nq, Nk) keys than the cache holds (entries are evicted
+    and rebuilt while other threads read theirs): every call gives bias_scores' block bit for bit."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.ops import position_bias
+    from engine.ops.position_bias import bias_block, bias_scores
+
+    gen = torch.Generator().manual_seed(23)
+    tables = {L: _table(2, L, gen, dtype=torch.float64) for L in (3, 8)}
+    keys = [(L, off, n_q, n_k) for L in tables for off in (-2, 0, 3) for n_q in (1, 4, 7) for n_k in (2, 5, 8)]
+    assert len(keys) > position_bias._block_index.cache_info().maxsize
+    want = {key: bias_scores(tables[key[0]], torch.arange(key[2]) + key[1], key[3], dtype=torch.float64)
+            for key in keys}
+    position_bias._block_index.cache_clear()
+
+    def work(seed: int) -> list[tuple[int, int, int, int]]:
+        rng, wrong = random.Random(seed), []
+        for _ in range(200):
+            L, off, n_q, n_k = key = rng.choice(keys)
+            if not torch.equal(bias_block(tables[L], off, n_q, n_k, dtype=torch.float64), want[key]):
+                wrong.append(key)
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        wrong = [key for found in pool.map(work, range(8)) for key in found]
+    assert not wrong, wrong[:5]
+    assert position_bias._block_index.cache_info().misses > len(keys)  # the cache was used, and evicted
