@@ -8,7 +8,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-AREAS = ("kernels", "csrc", "ops", "generate")
+AREAS = ("kernels", "csrc", "ops", "generate", "models")
 DETECTED = ("killed", "timeout")
 
 

@@ -28,6 +28,12 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py", f"{OPS}/test_position_bias.py"), 12),
     "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
+    # pooling, Dense modules, token-budget batches: MiniLM vs transformers and float64 pooling; T5 + Dense vs float64
+    "engine/embed.py": ("models", ("tests/test_embed.py", "tests/test_embed_t5.py"), 24),
+    # checkpoint reading / convert: named errors first, then every family and route (safetensors, convert, bin,
+    # shards) vs transformers, then convert's folder handling
+    "engine/checkpoint.py": ("models", ("tests/test_checkpoint.py", "tests/test_models.py", "tests/test_convert.py"),
+                             24),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
