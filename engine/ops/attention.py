@@ -346,11 +346,10 @@ def _validate_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, to
 
 def _validate_cu_lists(cq: list[int], ck: list[int], total_q: int, total_k: int, max_q: int, max_k: int) -> None:
     """The same checks on host lists (CPU tensors: no tensor ops needed)."""
-    if (len(cq) == 2 and cq[0] == 0 and cq[1] == total_q <= max_q
-            and (ck is cq and total_k == total_q and max_k == max_q
-                 or len(ck) == 2 and ck[0] == 0 and ck[1] == total_k <= max_k)):
-        return  # one sequence of every token (first 0, end the total, its one step within max_seqlen): valid
     same = ck is cq and total_k == total_q and max_k == max_q  # self-attention: one check covers both
+    if (len(cq) == 2 and cq[0] == 0 and cq[1] == total_q <= max_q
+            and (same or len(ck) == 2 and ck[0] == 0 and ck[1] == total_k <= max_k)):
+        return  # one sequence of every token (first 0, end the total, its one step within max_seqlen): valid
     for name, mname, c, total, mx in (("cu_seqlens_q", "max_seqlen_q", cq, total_q, max_q),
                                       ("cu_seqlens_k", "max_seqlen_k", ck, total_k, max_k))[:1 if same else 2]:
         steps = [b - a for a, b in zip(c, c[1:])]

@@ -60,9 +60,8 @@ _PB = "engine/ops/position_bias.py::bias_block::"
 EQUIVALENT: dict[str, str] = {
     **{_CU + m: _SHORTCUT for m in (
         "num::2 -> (1)#0", "cmp::cq[1] == total_q <= max_q -> (cq[1] == total_q < max_q)#0",
-        "bool::ck is cq and total_k == total_q and max_k == max_q or len(ck) == 2 and ck[0] == 0 and ck[1] == "
-        "total_k <= max_k -> ((ck is cq and total_k == total_q and (max_k == max_q)) and (len(ck) == 2 and ck[0] == 0 "
-        "and (ck[1] == total_k <= max_k)))#0",
+        "bool::same or len(ck) == 2 and ck[0] == 0 and ck[1] == total_k <= max_k -> (same and (len(ck) == 2 and "
+        "ck[0] == 0 and (ck[1] == total_k <= max_k)))#0",
         "cmp::len(ck) == 2 -> (len(ck) != 2)#0",  # cu_seqlens_k has cu_seqlens_q's length (checked before)
         "num::2 -> (1)#1", "num::2 -> (3)#1", "cmp::ck[1] == total_k <= max_k -> (ck[1] == total_k < max_k)#0",
         "num::1 -> (2)#2", "num::2 -> (3)#2")},  # the last two: the loop's [:2] / [:3] of a 2-tuple
