@@ -28,6 +28,11 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py", f"{OPS}/test_position_bias.py"), 12),
     "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
+    # per-row option parsing, prev_tokens packing and probs_reference: every probs vs HF's logits processors and
+    # vs probs_reference (so a wrong reference fails too), bad options by name
+    "engine/sampling.py": ("generate", ("tests/test_sampling.py",), 24),
+    # T5 generation: greedy / EOS / repetition penalty token-identical to transformers' generate, sampling, stream
+    "engine/seq2seq.py": ("generate", ("tests/test_t5.py",), 20),
     # pooling, Dense modules, token-budget batches: MiniLM vs transformers and float64 pooling; T5 + Dense vs float64
     "engine/embed.py": ("models", ("tests/test_embed.py", "tests/test_embed_t5.py"), 24),
     # checkpoint reading / convert: named errors first, then every family and route (safetensors, convert, bin,
