@@ -4,10 +4,11 @@
 (transformers/integrations/sdpa_attention.py) and computes with engine's ops:
 
 * arguments: ``module`` (the calling attention layer), query (B, H, Nq, D), key / value (B, Hkv, Nk, D) with
-  Hkv dividing H (grouped KV heads are expanded here; TODO: pass ``enable_gqa`` once ops.scaled_dot_product_attention
-  takes it), ``attention_mask`` None / bool (True = attend) / additive float, broadcastable to (B, H, Nq, Nk),
-  ``dropout``, ``scaling``, ``is_causal`` (None: the module's ``is_causal``, default True), ``position_bias``
-  (T5: added to the scores, folded into an additive mask exactly as "sdpa" does);
+  Hkv dividing H (grouped KV heads are expanded here: one copy of K and V, which the packed and decode paths need
+  and which ops.scaled_dot_product_attention's ``enable_gqa`` would make too), ``attention_mask`` None / bool (True =
+  attend) / additive float, broadcastable to (B, H, Nq, Nk), ``dropout``, ``scaling``, ``is_causal`` (None: the
+  module's ``is_causal``, default True), ``position_bias`` (T5: added to the scores, folded into an additive mask
+  exactly as "sdpa" does);
 * causal attention applies only when there is no mask and Nq > 1 (the mask functions build the causal pattern into
   the mask whenever one is needed, e.g. with padding or a cache); a causal call with Nk > Nq (prefill into an empty
   static cache) crops the keys to the first Nq, as "sdpa" does;
