@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import engine
 from engine.__main__ import main as cli
-from models_util import inputs, make_hf
+from models_util import inputs, make_hf, perturb
 
 _SAVED: dict[str, Path] = {}
 
@@ -127,6 +127,35 @@ def test_bad_load_arguments(bert_dir):
         engine.from_pretrained(bert_dir, dtype=torch.int32)
 
 
+def test_dtype_names_and_aliases(bert_dir):
+    """Every name dtype= takes loads in that dtype, the short aliases included (fp32 is float32, not another one)."""
+    for name, want in [("float32", torch.float32), ("fp32", torch.float32), ("float16", torch.float16),
+                       ("fp16", torch.float16), ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16),
+                       ("float64", torch.float64), (torch.bfloat16, torch.bfloat16)]:
+        model = engine.from_pretrained(bert_dir, dtype=name)
+        assert {p.dtype for p in model.parameters()} == {want}, name
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_default_dtype_without_a_config_dtype_is_the_weights(bert_dir, tmp_path, fmt):
+    """A config.json that names no dtype (older checkpoints): the weights' own dtype, as transformers' dtype="auto",
+    with the stored values unchanged."""
+    import transformers as T
+
+    cfg = {k: v for k, v in json.loads((bert_dir / "config.json").read_text()).items()
+           if k not in ("dtype", "torch_dtype")}
+    for stored in (torch.float32, torch.float16, torch.bfloat16):
+        sd = {k: v.to(stored) for k, v in load_file(bert_dir / "model.safetensors").items()}
+        d = copy_with(bert_dir, tmp_path / f"{fmt}-{stored}".replace("torch.", ""), sd, config=cfg)
+        if fmt == "bin":
+            (d / "model.safetensors").unlink()
+            torch.save(sd, d / "pytorch_model.bin")
+        ours = engine.from_pretrained(d)
+        assert {p.dtype for p in ours.parameters()} == {stored}
+        assert torch.equal(ours.classifier.weight, sd["classifier.weight"])
+        assert T.BertForSequenceClassification.from_pretrained(d, dtype="auto").dtype == stored
+
+
 def test_bad_model_inputs(bert_dir):
     model = engine.from_pretrained(bert_dir)
     ids = inputs("BertModel")["input_ids"]
@@ -192,6 +221,48 @@ def test_converted_gpt2_layout(tmp_path):
     save_file(extra, str(tmp_path / "out" / "model.safetensors"))
     with pytest.raises(ValueError, match=r"unexpected tensors .*blocks\.0\.attn\.extra"):
         engine.from_pretrained(tmp_path / "out")
+
+
+def test_gpt2_conv1d_weights_stay_views_on_the_cpu(tmp_path):
+    """On the CPU a GPT-2 Conv1D weight (stored (in, out)) loads as a transposed view of the tensor read, not a second,
+    contiguous copy (the module docstring's peak host memory near one copy of the weights); convert stores it
+    contiguous in the Linear layout (test_converted_gpt2_layout)."""
+    hf = make_hf("GPT2LMHeadModel")
+    hf.save_pretrained(tmp_path)
+    w = engine.from_pretrained(tmp_path).blocks[1].mlp.fc.weight
+    assert torch.equal(w, hf.transformer.h[1].mlp.c_fc.weight.t())
+    assert not w.is_contiguous() and w.t().is_contiguous()
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_from_transformers_t5_lm_head_tied_or_its_own(tied, capsys):
+    """from_transformers on a T5 LM: a head tied to the shared embedding is that embedding (v1.0, with the
+    d_model**-0.5 rescale), an untied head (flan-T5 / mT5 layout) keeps its own weights; logits equal transformers'.
+    By default the model is frozen, in eval mode, and loads without a progress line (as from_pretrained)."""
+    import transformers as T
+
+    from engine.checkpoint import from_transformers
+
+    cfg = T.T5Config(vocab_size=61, d_model=24, d_kv=5, d_ff=37, num_layers=2, num_heads=3,
+                     relative_attention_num_buckets=8, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+                     tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    hf = perturb(T.T5ForConditionalGeneration(cfg).eval())
+    if not tied:
+        hf.lm_head.weight = torch.nn.Parameter(torch.randn(61, 24))
+    assert (hf.lm_head.weight is hf.shared.weight) == tied
+    capsys.readouterr()  # only what from_transformers writes is checked below
+    ours = from_transformers(hf)
+    assert (ours.lm_head is None) == tied
+    assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+    assert capsys.readouterr().err == ""
+    g = torch.Generator().manual_seed(1)
+    ids, dec = torch.randint(2, 61, (2, 9), generator=g), torch.randint(2, 61, (2, 5), generator=g)
+    dec[:, 0] = 0
+    with torch.no_grad():
+        ref = hf(input_ids=ids, decoder_input_ids=dec).logits
+        got = ours(ids, decoder_input_ids=dec)
+    assert got.shape == ref.shape and (got.double() - ref.double()).abs().max() < 1e-4
 
 
 def test_more_layers_than_config_is_an_error(bert_dir, tmp_path):
