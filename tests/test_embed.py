@@ -178,6 +178,23 @@ def test_pool_modes_against_float64_reference():
                                                          pool_reference(h, lens, "mean")], 1), atol=1e-5, rtol=1e-6)
 
 
+def test_pool_of_a_row_without_real_tokens_is_sentence_transformers():
+    """A row whose mask is all 0 (an empty text under a tokenizer that adds no special tokens): sentence-transformers
+    clamps the token count and the weight sum at 1e-9, so mean, mean_sqrt_len_tokens and weightedmean give 0 (not
+    0 / 0), max the -1e9 fill, cls and lasttoken the first position; the other rows are pooled as before."""
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(3, 5, 7, generator=g) * 2 + 1
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    empty = {"cls": h[1, 0], "max": torch.full((7,), -1e9), "mean": torch.zeros(7),
+             "mean_sqrt_len_tokens": torch.zeros(7), "weightedmean": torch.zeros(7), "lasttoken": h[1, 0]}
+    for mode in POOLING_MODES:
+        got = pool(h, mask, (mode,))
+        assert torch.isfinite(got).all(), mode
+        torch.testing.assert_close(got[1], empty[mode], atol=0, rtol=0)
+        torch.testing.assert_close(got[[0, 2]].double(), pool_reference(h[[0, 2]], [3, 5], mode), atol=1e-5,
+                                   rtol=1e-6)
+
+
 def test_token_batches_cover_everything_within_budget():
     g = torch.Generator().manual_seed(0)
     lens = torch.randint(1, 300, (257,), generator=g).tolist()
@@ -270,6 +287,19 @@ def test_sentence_transformers_files_read_or_refused(tmp_path):
     (tmp_path / "k" / "modules.json").write_text("{not json")
     with pytest.raises(EmbeddingConfigError, match="cannot read modules.json"):
         read(tmp_path / "k")
+
+
+def test_max_length_one_past_the_special_tokens(minilm):
+    """BERT's tokenizer adds 2 special tokens to one text ([CLS] ... [SEP]; 3 to a pair, which embeddings never
+    use): max_length 3 keeps one word per text and equals transformers truncated at 3; max_length 2 leaves no room
+    for text and is refused."""
+    texts = SENTENCES[:3]
+    emb = Embedder.from_pretrained(minilm, max_length=3)
+    ids, truncated = emb.tokenize(texts)
+    assert [len(i) for i in ids] == [3, 3, 3] and truncated.all()
+    assert (emb.encode(texts).double() - hf_mean_normalized(minilm, texts, 3)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="must leave room for text beside the 2 special tokens; got 2"):
+        Embedder.from_pretrained(minilm, max_length=2)
 
 
 def test_cli_sentence_mode_truncates_at_256(minilm, capsys):
