@@ -94,6 +94,25 @@ EQUIVALENT: dict[str, str] = {
         "(last_row <= q_len - 1): the kv_len bound is implied by the causal one",
     "engine/ops/decode.py::decode_attention_torch::dtype::cache_seqlens.to(torch.long) -> (cache_seqlens)#0":
         "int32 lengths are clamped to [0, Tmax] and compared with int64 aranges: torch promotes, nothing overflows",
+    **{f"engine/embed.py::pool::eps::1e-9 -> (1.0000000000000001e-07)#{i}":
+        "the clamp acts only on a row without real tokens (with a 0/1 mask the count and the weight sum are otherwise "
+        ">= 1), whose numerator is a sum of h * 0 = +-0: 0 / 1e-9 and 0 / 1e-7 are the same 0 (finite hidden "
+        "states; tests/test_embed.py::test_pool_of_a_row_without_real_tokens_is_sentence_transformers checks it)"
+        for i in (0, 1)},
+    "engine/checkpoint.py::load_state_dict::num::1 -> (2)#2":
+        "count = 1 if parts == [-2] else srcs[0][3]: count is read only when parts != [-1] (the parts check, its "
+        "message, want for part >= 0), where both take srcs[0][3]; for a whole tensor (parts == [-1]) it is unused",
+    **{k: "load_state_dict returns exactly one tensor per key of expected (= the model's state_dict keys; a missing "
+          "source raises before), so strict=True's key checks cannot fail: strict=False changes nothing"
+       for k in ("engine/checkpoint.py::from_pretrained::bool::True -> (False)#0",
+                 "engine/checkpoint.py::from_transformers::bool::True -> (False)#1")},
+    "engine/checkpoint.py::from_transformers::bool::True -> (False)#0":
+        "contiguous=False: only a CPU tensor that is a view changes (off the CPU every tensor is made contiguous "
+        "anyway), i.e. a GPT-2 Conv1D weight stays a transposed view of the transformers parameter instead of a "
+        "contiguous copy: the same values, the layout from_pretrained gives on the CPU (checked against transformers "
+        "by tests/test_models.py); trainable still clones every parameter",
+    "engine/checkpoint.py::convert.fill::num::2 -> (1)#0":
+        "config.json's indentation: every reader parses the JSON (load_config, _engine_output); no value changes",
 }
 
 GPU_ONLY: dict[str, str] = {
