@@ -39,6 +39,13 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # shards) vs transformers, then convert's folder handling
     "engine/checkpoint.py": ("models", ("tests/test_checkpoint.py", "tests/test_models.py", "tests/test_convert.py"),
                              24),
+    # model code vs transformers: BERT / ALBERT / RoBERTa / GPT-2 outputs on every route, then gradients and
+    # dropout (train / eval), then check_inputs' named errors
+    "engine/models/blocks.py": ("models", ("tests/test_models.py", "tests/models/test_training.py",
+                                           "tests/test_checkpoint.py"), 14),
+    "engine/models/bert.py": ("models", ("tests/test_models.py", "tests/models/test_training.py"), 12),
+    # T5 / mT5 / UMT5 outputs, generation and errors vs transformers, then T5 gradients and dropout
+    "engine/models/t5.py": ("models", ("tests/test_t5.py", "tests/models/test_training.py"), 12),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
@@ -47,6 +54,8 @@ CPP_TESTS = ("tests/test_sampling.py",)
 _AOT = "the AOT build list: checked by tests/kernels/test_aot.py, which compiles every sm_90 configuration (minutes)"
 _TUNING = "a tuning table: tile sizes, warps, stages and SM counts change speed, not results (GPU autotuning)"
 _CUDA = "CUDA-only (graph capture on a side stream): exercised by the gpu-marked generate test"
+_GRAPH_HOOK = ("engine.graphs' hook (CUDA graphs): judged by tests/test_graphs.py (CPU bucketed runs vs eager) and "
+               "its gpu-marked tests, not by the per-file map")
 
 SKIP: dict[str, dict[str, str]] = {
     "kernels/gelu.py": {"aot_specs": _AOT, "configs": _AOT},
@@ -56,6 +65,8 @@ SKIP: dict[str, dict[str, str]] = {
     "kernels/attention/decode.py": { "_H200_SMS": _TUNING, "_COMBINE_WARPS": _TUNING,
                           "_ctas_per_sm": _TUNING, "_sm_count": _CUDA},
     "engine/generate.py": {"_on_side_stream": _CUDA, "_capture": _CUDA},
+    "engine/models/bert.py": {n: _GRAPH_HOOK for n in ("graph_weight", "graph_forward", "graph_outputs")},
+    "engine/models/t5.py": {n: _GRAPH_HOOK for n in ("graph_weight", "graph_forward", "graph_outputs")},
 }
 
 _SHORTCUT = ("a shortcut taken less often (a stricter or never-true test, or a check done twice) falls through to "
