@@ -124,6 +124,8 @@ def test_ties_follow_the_documented_rules():
     for top_p in (0.01, 0.2, 0.5, 0.93):
         got = sampling.probs(x, top_p=top_p)
         torch.testing.assert_close(got, sampling.probs_reference(x, top_p=top_p), atol=ATOL, rtol=0)
+    got = _check(x, None, min_p=1.0)  # min-p keeps p >= min_p * p_max: at 1, exactly the tied top tokens
+    assert torch.equal(got > 0, x == x.max(-1, keepdim=True).values)
     two = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
     assert sampling.probs(two, top_p=0.2).tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0]]
     assert sampling.probs(two, top_p=0.5).nonzero()[:, 1].tolist() == [1, 2]
@@ -181,6 +183,14 @@ def test_non_contiguous_and_one_dimensional_logits():
     p = sampling.probs(v, top_k=10, prev_tokens=[3, 4], repetition_penalty=2.0)
     assert p.shape == (777,)
     torch.testing.assert_close(p, sampling.probs(v[None], top_k=10, prev_tokens=[[3, 4]], repetition_penalty=2.0)[0])
+    torch.testing.assert_close(p, _hf_probs(v[None], torch.tensor([[3, 4]]), top_k=10, repetition_penalty=2.0)[0],
+                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(p, sampling.probs_reference(v, top_k=10, prev_tokens=[3, 4], repetition_penalty=2.0),
+                               atol=ATOL, rtol=0)
+    for prev in (torch.tensor([3, 4]), torch.tensor([[3, 4]])):  # a (T,) or (1, T) tensor for 1-D logits
+        assert torch.equal(sampling.probs(v, top_k=10, prev_tokens=prev, repetition_penalty=2.0), p)
+    with pytest.raises(ValueError, match="prev_tokens must have shape \\(1, T\\)"):  # (T,) only for 1-D logits
+        sampling.probs(v[None], prev_tokens=torch.tensor([3, 4]), repetition_penalty=2.0)
     ids = sampling.sample(v, seed=0)
     assert ids.shape == (1,) and ids.dtype == torch.int64
     assert sampling.sample(v[None], seed=0).shape == (1, 1)
@@ -204,6 +214,50 @@ def test_per_row_parameters_equal_scalar_calls():
         torch.testing.assert_close(got[b:b + 1], _hf_probs(x[b:b + 1], prev[b:b + 1], **one), atol=ATOL, rtol=0)
         assert got[b, ids[b, 0]] > 0
     torch.testing.assert_close(got, sampling.probs_reference(x, prev_tokens=prev, **rows), atol=ATOL, rtol=0)
+
+
+def test_scalars_zero_dim_tensors_and_rows_mix():
+    # A plain scalar next to a per-row option, and 0-dim tensors, mean the same value on every row; a top_k past
+    # any vocabulary (even past int64) keeps every token, as 0 does.
+    x, prev = _logits(3, 257, 25), _prev(3, 257, 4, 26)
+    rows = torch.tensor([0.9, 0.5, 1.0], dtype=torch.float64)
+    got = sampling.probs(x, top_k=5, temperature=0.7, top_p=rows)
+    for b in range(3):
+        torch.testing.assert_close(got[b:b + 1], _hf_probs(x[b:b + 1], None, top_k=5, temperature=0.7,
+                                                           top_p=rows[b].item()), atol=ATOL, rtol=0)
+    kw = dict(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    want = sampling.probs(x, prev_tokens=prev, **kw)
+    torch.testing.assert_close(want, _hf_probs(x, prev, **kw), atol=ATOL, rtol=0)
+    zero_dim = {k: torch.tensor(v, dtype=torch.int64 if type(v) is int else torch.float64) for k, v in kw.items()}
+    assert torch.equal(sampling.probs(x, prev_tokens=prev, **zero_dim), want)
+    assert torch.equal(sampling.sample(x, prev_tokens=prev, seed=3, **zero_dim),
+                       sampling.sample(x, prev_tokens=prev, seed=3, **kw))
+    every = sampling.probs(x, top_p=rows)
+    for big in (2**62 + 1, 2**70, torch.tensor(2**63 - 1)):
+        assert torch.equal(sampling.probs(x, top_k=big, top_p=rows), every), big
+    # repetition_penalty defaults to 1 (off): prev_tokens alone change nothing
+    assert torch.equal(sampling.probs(x, prev_tokens=prev), sampling.probs(x))
+    assert torch.equal(sampling.sample(x, prev_tokens=prev, seed=4), sampling.sample(x, seed=4))
+
+
+def test_check_scalar_accepts_exactly_the_documented_ranges():
+    # generate validates its options with check_scalar before any work: each boundary as the docstring states it.
+    for name, good, bad in [("temperature", [0, 0.0, 2.5], [-1e-9, float("nan")]),
+                            ("top_k", [0, 1, 2**70], [-1]),
+                            ("top_p", [1e-9, 1, 1.0], [0, 0.0, 1.0000001, float("nan")]),
+                            ("min_p", [0, 0.0, 1, 1.0], [-1e-9, 1.0000001, float("nan")]),
+                            ("repetition_penalty", [1e-9, 1, 3.0], [0, 0.0, -1.0, float("nan")])]:
+        for v in good:
+            out = sampling.check_scalar(name, v)
+            assert out == v and type(out) is (int if name == "top_k" else float), (name, v)
+        for v in bad:
+            with pytest.raises(ValueError, match=f"{name} must be"):
+                sampling.check_scalar(name, v)
+        for v in ("1", True, None, [1]):
+            with pytest.raises(TypeError, match=f"{name} must be"):
+                sampling.check_scalar(name, v)
+    with pytest.raises(TypeError, match="top_k must be an integer"):
+        sampling.check_scalar("top_k", 2.0)
 
 
 def test_prev_tokens_forms_and_repeats():
@@ -267,6 +321,10 @@ def test_seeds_threads_and_torch_generator():
     for n in (1, 2, 3, 37):
         assert torch.equal(a, sampling.sample(x, seed=42, num_threads=n, **kw))
         assert torch.equal(sampling.probs(x, num_threads=n, **kw), sampling.probs(x, num_threads=1, **kw))
+    # any int: seeds are taken modulo 2**64 (negative and huge ones too)
+    assert torch.equal(sampling.sample(x, seed=-1, **kw), sampling.sample(x, seed=2**64 - 1, **kw))
+    assert torch.equal(sampling.sample(x, seed=2**64 + 42, **kw), a)
+    assert torch.equal(sampling.sample(x, seed=42 - 2**66, **kw), a)
     torch.manual_seed(7)
     b1, b2 = sampling.sample(x, **kw), sampling.sample(x, **kw)
     torch.manual_seed(7)
