@@ -247,6 +247,14 @@ def test_cuda_fp32_matches_transformers(variant, tmp_path_factory):
         ref_ids = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=[])
     out = model.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=12, eos_token_id=[])
     assert torch.equal(out.cpu(), ref_ids)
+    # every row stops by step 5: on CUDA generate asks "all stopped?" every CHECK_EVERY steps, a stream every step;
+    # both end where the last row stopped (a stream yields no trailing pad-only steps)
+    eos_ids = sorted({int(t) for t in ref_ids[:, 5]})
+    with torch.no_grad():
+        ref_stop = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=eos_ids)
+    kw = dict(attention_mask=mask.cuda(), max_new_tokens=12, eos_token_id=eos_ids)
+    assert ref_stop.shape[1] <= 6 and torch.equal(model.generate(ids.cuda(), **kw).cpu(), ref_stop)
+    assert torch.equal(torch.stack(list(stream(model, ids.cuda(), **kw)), 1), ref_stop[:, 1:])
 
 
 # ---- generation -----------------------------------------------------------------------------------------------
@@ -274,6 +282,16 @@ def test_greedy_generate_matches_transformers(variant, tmp_path_factory):
         ref_eos = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=eos)
     out_eos = model.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos)
     assert torch.equal(out_eos, ref_eos) and (out_eos == eos).any()
+    # every row stops (EOS: a token each row emits by step 5 / 6): generate and streaming end at the step where
+    # the last row stopped, as HF does (no trailing pad-only steps)
+    for k in (5, 6):
+        eos_ids = sorted({int(t) for t in ref[:, k]})
+        with torch.no_grad():
+            ref_stop = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=eos_ids)
+        assert ref_stop.shape[1] <= k + 1
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos_ids), ref_stop)
+        steps = list(stream(model, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos_ids))
+        assert torch.equal(torch.stack(steps, 1), ref_stop[:, 1:].cpu())
     with torch.no_grad():  # the config's defaults (eos_token_id=1, pad 0, start 0)
         ref_default = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12), ref_default)
@@ -313,11 +331,14 @@ def test_greedy_with_repetition_penalty_matches_transformers(tmp_path_factory):
     src, hf, _, _, _ = reference("t5-v1.1", tmp_path_factory)
     model = engine.from_pretrained(src)
     ids, mask = _gen_inputs(seed=7)
-    with torch.no_grad():
-        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=15, do_sample=False, repetition_penalty=1.7,
-                          eos_token_id=[])
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=15, repetition_penalty=1.7, eos_token_id=[])
-    assert torch.equal(out, ref)
+    # a penalty above and below 1; a start token other than 0 (the start token counts as seen, as in HF)
+    for penalty, start in ((1.7, 0), (0.6, 5), (2.0, 5)):
+        kw = dict(attention_mask=mask, max_new_tokens=15, repetition_penalty=penalty, eos_token_id=[],
+                  decoder_start_token_id=start)
+        with torch.no_grad():
+            ref = hf.generate(ids, do_sample=False, **kw)
+        out = model.generate(ids, **kw)
+        assert torch.equal(out, ref), (penalty, start)
 
 
 def test_sampling_stream_and_start_token(tmp_path_factory):
@@ -336,6 +357,7 @@ def test_sampling_stream_and_start_token(tmp_path_factory):
                                                eos_token_id=[])), 1), greedy[:, 1:])
     started = model.generate(ids, attention_mask=mask, max_new_tokens=3, decoder_start_token_id=5)
     assert (started[:, 0] == 5).all()
+    assert model.generate(ids[:1], eos_token_id=[]).shape == (1, 33)  # max_new_tokens defaults to 32
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
