@@ -73,6 +73,10 @@ _SHORTCUT = ("a shortcut taken less often (a stricter or never-true test, or a c
              "the exact general path; only mutants that take it more often can be wrong, and the tests kill those")
 _CU = "engine/ops/attention.py::_validate_cu_lists::"
 _PB = "engine/ops/position_bias.py::bias_block::"
+_CHECK_STOP = ("how often seq2seq asks 'has every row stopped?' before breaking out of the decode loop "
+               "(check_every; speed only, a host sync on CUDA): the result is out[:, :1 + n_new], n_new counts "
+               "only steps where some row still ran and stopped rows get pad, so extra steps past the last stop "
+               "are cut off; streams check every step and tests/test_t5.py checks they end at the last stop")
 EQUIVALENT: dict[str, str] = {
     **{_CU + m: _SHORTCUT for m in (
         "num::2 -> (1)#0", "cmp::cq[1] == total_q <= max_q -> (cq[1] == total_q < max_q)#0",
@@ -124,6 +128,18 @@ EQUIVALENT: dict[str, str] = {
         "by tests/test_models.py); trainable still clones every parameter",
     "engine/checkpoint.py::convert.fill::num::2 -> (1)#0":
         "config.json's indentation: every reader parses the JSON (load_config, _engine_output); no value changes",
+    **{"engine/seq2seq.py::" + m: _CHECK_STOP for m in (
+        "<module>::num::8 -> (7)#0",  # CHECK_EVERY
+        "_steps::bool::not ids.is_cuda -> (ids.is_cuda)#0",  # non-streaming only: a stream keeps check_every = 1
+        "_steps::arith::step + 1 -> (step - 1)#3",  # (step - 1) % 1 == 0 too: streams still check every step
+        "generate::bool::False -> (True)#1")},  # streaming=True in generate: check every step, yields dropped
+    "engine/sampling.py::_prev::num::0 -> (1)#0":
+        "dead code: _run calls _prev only when prev_tokens is not None, so _prev's `return 0, 0, 0, 0, 0` for None "
+        "never runs",
+    "engine/sampling.py::probs_reference::num::1.0 -> (2.0)#4":
+        "x / where(greedy, 1.0, temp): the 1.0 only keeps greedy rows (temperature 0) from dividing by 0; their "
+        "result is the one-hot of the argmax taken before the division (out = where(greedy, onehot, ...)), and "
+        "rows never mix (sort, softmax, cumsum per row): any finite nonzero divisor gives the same output",
 }
 
 GPU_ONLY: dict[str, str] = {
@@ -132,6 +148,10 @@ GPU_ONLY: dict[str, str] = {
         "tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
     "kernels/gelu.py::_gelu_fwd_kernel::dtype::tl.int64 -> (tl.int32)#1":
         "the same 64-bit column start (above): tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
+    "engine/seq2seq.py::_steps::bool::streaming or not ids.is_cuda -> (streaming and (not ids.is_cuda))#0":
+        "on the CPU the same check_every (streaming: 1; generate: every 8 steps, results unchanged); only a CUDA "
+        "stream checks every 8 steps and yields pad-only steps after the last stop: "
+        "tests/test_t5.py::test_cuda_fp32_matches_transformers (streams to an EOS stop on CUDA)",
 }
 
 KILLED_ELSEWHERE: dict[str, str] = {
