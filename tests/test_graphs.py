@@ -67,6 +67,27 @@ def test_bucketed_forward_equals_eager(arch):
     assert {k[:2] for k in runner.entries} == {(3, 16)}
 
 
+@pytest.mark.parametrize("arch", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification",
+                                  "BertForQuestionAnswering", "BertForNextSentencePrediction", "BertForPreTraining"])
+def test_every_head_cuts_only_its_sequence_outputs(arch):
+    """One real token in a bucket of 16: each output with a sequence dimension is cut back to 1, the others
+    (pooler, classifier and NSP logits) are whole, with return_pooled either way (heads other than the base model's
+    ignore it)."""
+    model = _model(arch)
+    runner = EncoderGraphs(model)
+    x = _cut(inputs(arch, B=2, N=5), 1)
+    with torch.no_grad():
+        for pooled in (False, True):
+            eager = model(**x, return_pooled=pooled)
+            got = runner.run(x["input_ids"], x["attention_mask"], x["token_type_ids"], return_pooled=pooled,
+                             graph=False)
+            eager, got = (t if isinstance(t, tuple) else (t,) for t in (eager, got))
+            assert len(got) == len(eager)
+            for a, b in zip(got, eager):
+                assert a.shape == b.shape, (pooled, a.shape, b.shape)
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 T5_ARCHS = ["T5EncoderModel", "UMT5EncoderModel", "MT5ForConditionalGeneration"]
 
 

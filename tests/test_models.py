@@ -92,6 +92,17 @@ def test_cpu_packs_padded_batches_by_default(monkeypatch, tmp_path_factory):
     packs.clear()
     model(x["input_ids"], attention_mask=torch.ones_like(x["attention_mask"]))
     assert not packs
+    # The threshold: at least 1/16 of the tokens padding. 1 of 16 packs, 1 of 22 does not (the padding mask runs);
+    # both still equal transformers on the real tokens.
+    hf = reference("BertModel", tmp_path_factory)[3]
+    for n, want in ((8, True), (11, False)):
+        y = {k: v[:2, :n] for k, v in x.items()}
+        y["attention_mask"] = torch.ones_like(y["input_ids"])
+        y["attention_mask"][1, -1] = 0
+        packs.clear()
+        with torch.no_grad():
+            assert_close_valid(model(**y), hf_main("BertModel", hf(**y)), y["attention_mask"])
+        assert bool(packs) is want, (n, packs)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])

@@ -14,7 +14,8 @@ import transformers as T
 
 from engine.checkpoint import from_transformers
 from engine.models import hf_rename
-from models_util import hf_main, inputs, make_hf
+from engine.models import blocks
+from models_util import hf_config, hf_main, inputs, make_hf, perturb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -133,6 +134,26 @@ def test_train_mode_drops_out_and_eval_mode_does_not(arch):
                                else ref.detach(),
                                hf_eval.detach()[x["attention_mask"].bool()] if ref.dim() >= 3
                                and not arch.startswith("t5") else hf_eval.detach(), atol=2e-4, rtol=2e-4)
+
+
+def test_train_mode_packs_unless_attention_dropout(monkeypatch):
+    """Only attention dropout needs the padded-mask path: in train mode a model without it still runs a padded
+    batch packed (and equals transformers in train mode with every dropout 0); with it, the padding mask runs."""
+    packs = []
+    real_unpad = blocks.unpad
+    monkeypatch.setattr(blocks, "unpad", lambda *a, **k: packs.append(1) or real_unpad(*a, **k))
+    cfg = hf_config("BertForSequenceClassification")
+    cfg.attention_probs_dropout_prob = cfg.hidden_dropout_prob = 0.0
+    torch.manual_seed(0)
+    hf = perturb(T.BertForSequenceClassification(cfg)).train()
+    ours = from_transformers(hf, trainable=True).train()
+    x = inputs("BertForSequenceClassification")
+    torch.testing.assert_close(ours(**x), hf(**x).logits, atol=2e-4, rtol=2e-4)
+    assert packs, "train mode without attention dropout: the packed path"
+    _, ours, x = _pair("BertForSequenceClassification")  # attention dropout 0.1
+    packs.clear()
+    ours.train()(**x)
+    assert not packs, "attention dropout runs on the padded-mask path"
 
 
 def test_dropout_keeps_about_one_minus_p():
