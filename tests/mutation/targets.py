@@ -46,6 +46,8 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # (test_graphs: the CUDA-graph hooks, run bucketed on the CPU vs the eager forward)
     "engine/models/bert.py": ("models", ("tests/test_models.py", "tests/models/test_training.py",
                                          "tests/test_graphs.py"), 12),
+    # GPT-2 / GPT2LMHead vs transformers (every route, half precision, the KV-cache hook), then gradients and dropout
+    "engine/models/gpt2.py": ("models", ("tests/test_models.py", "tests/models/test_training.py"), 10),
     # T5 / mT5 / UMT5 outputs, generation and errors vs transformers, then T5 gradients and dropout, graph hooks
     "engine/models/t5.py": ("models", ("tests/test_t5.py", "tests/models/test_training.py", "tests/test_graphs.py"),
                             12),
