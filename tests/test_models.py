@@ -262,6 +262,19 @@ class _ListCache:
 
 
 @pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "GPT2Model"])
+def test_gpt2_token_type_ids_match_transformers(arch, tmp_path_factory):
+    """GPT-2 takes token_type_ids as transformers does: embedded with the token table and added."""
+    src, x, _, hf = reference(arch, tmp_path_factory)
+    model = engine.from_pretrained(src)
+    types = torch.randint(0, 50, x["input_ids"].shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = hf_main(arch, hf(**x, token_type_ids=types))
+        plain = hf_main(arch, hf(**x))
+    assert not torch.allclose(ref, plain)
+    assert_close_valid(model(**x, token_type_ids=types), ref, x["attention_mask"])
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "GPT2Model"])
 def test_gpt2_cache_hook_matches_full_forward(arch, tmp_path_factory):
     """Prefill 5 tokens then decode 3 one at a time through ``cache=``: same outputs as one full pass."""
     src, x, _, _ = reference(arch, tmp_path_factory)
