@@ -8,7 +8,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-AREAS = ("kernels", "csrc", "ops", "generate", "models")
+AREAS = ("kernels", "csrc", "ops", "generate", "models", "corpus")
 DETECTED = ("killed", "timeout")
 
 

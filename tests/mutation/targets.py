@@ -51,6 +51,11 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # T5 / mT5 / UMT5 outputs, generation and errors vs transformers, then T5 gradients and dropout, graph hooks
     "engine/models/t5.py": ("models", ("tests/test_t5.py", "tests/models/test_training.py", "tests/test_graphs.py"),
                             12),
+    # the corpus embedding job: shard store (lines <-> shards, resume), the job loop and input readers; judged by
+    # tests/test_corpus.py (vectors vs Embedder.encode on the same lines, resume / shard mapping vs the file)
+    "engine/corpus/store.py": ("corpus", ("tests/test_corpus.py",), 12),
+    "engine/corpus/job.py": ("corpus", ("tests/test_corpus.py",), 12),
+    "engine/corpus/inputs.py": ("corpus", ("tests/test_corpus.py",), 12),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
