@@ -331,3 +331,62 @@ def test_transformer_module_in_its_own_folder(tiny, tmp_path, corpus):
     before = model_sha256(root, root / "0_Transformer")
     (root / "0_Transformer" / "config.json").write_text((tiny / "config.json").read_text() + " ")
     assert model_sha256(root, root / "0_Transformer") != before
+
+
+def test_shard_sidecars_count_their_own_lines(tiny, corpus, tmp_path):
+    """Each shard's sidecar counts exactly its own lines (rows, tokens, truncated from an independent tokenize of
+    that slice of the file), its seconds are this run's, and the manifest's shard plan maps to those lines."""
+    t0 = __import__("time").perf_counter()
+    embed_corpus(tiny, corpus[0], tmp_path / "o", shard_size=16, batch_tokens=200, progress=False)
+    wall = __import__("time").perf_counter() - t0
+    emb = Embedder.from_pretrained(tiny)
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    for k, s in enumerate(m["shards"]):
+        lines = corpus[1][s["first_row"]:s["first_row"] + s["rows"]]
+        assert s["first_row"] == 16 * k and s["rows"] == len(lines) == min(16, 90 - 16 * k)
+        tok, cut = emb.tokenize(lines)
+        side = json.loads((tmp_path / "o" / s["file"]).with_suffix(".json").read_text())
+        assert (side["shard"], side["rows"], side["tokens"], side["truncated"]) == (k, len(lines), sum(map(len, tok)),
+                                                                                    int(cut.sum())), k
+        assert 0 <= side["seconds"] <= wall, (k, side["seconds"], wall)
+
+
+def test_replaced_utf8_is_embedded_and_reported(tiny, tmp_path):
+    f = write(tmp_path / "r.txt", b"ok fine\nbad \xff byte\nlast\n")
+    res = embed_corpus(tiny, f, tmp_path / "o", encoding_errors="replace", progress=False)
+    vecs, ids = res.load()
+    assert res.replaced_utf8 == 1 and ids.tolist() == [0, 1, 2] and "1 with invalid UTF-8 replaced" in res.summary()
+    want = Embedder.from_pretrained(tiny).encode(["ok fine", "bad \ufffd byte", "last"]).numpy()
+    np.testing.assert_allclose(vecs, want, atol=2e-6, rtol=0)
+    clean = embed_corpus(tiny, write(tmp_path / "c.txt", "ok fine\nlast\n"), tmp_path / "c", progress=False)
+    assert clean.replaced_utf8 == 0 and "invalid UTF-8" not in clean.summary()
+    assert "empty skipped" not in clean.summary()
+
+
+RANK_SCRIPT = """
+import os, sys
+from engine.corpus import OutputError, embed_corpus
+rank = int(os.environ["RANK"])
+try:
+    embed_corpus(sys.argv[1], os.path.join(sys.argv[2], f"in{rank}.txt"), os.path.join(sys.argv[2], "out"),
+                 shard_size=2, progress=False)
+except OutputError as exc:
+    print(f"rank {rank} refused: {exc}")
+    sys.exit(3)
+print(f"rank {rank} embedded")
+"""
+
+
+def test_torchrun_ranks_reading_different_inputs_are_refused(tiny, tmp_path):
+    """Each rank scans and hashes the input itself: a rank that reads another file than rank 0 (a per-node copy
+    that differs) must stop the job, not embed rank 0's shard plan over its own lines."""
+    write(tmp_path / "in0.txt", "first\nsecond\nthird\n")
+    write(tmp_path / "in1.txt", "first\nanother second line\nthird\n")
+    script = write(tmp_path / "job.py", RANK_SCRIPT)
+    root = str(Path(__import__("engine").__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), str(tiny), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0, run.stdout
+    assert run.stdout.count("refused: rank 1 sees another input than rank 0") == 2, run.stdout + run.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("shard-*.npy"))

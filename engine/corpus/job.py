@@ -232,8 +232,8 @@ def _run(emb: Embedder, spec: inputs.InputSpec, st: store.Store, ranks: Ranks, *
     scan = ranks.agree(lambda: inputs.scan(spec, shard_size=shard_size))
     manifest = ranks.agree(lambda: _plan(emb, spec, scan, shard_size=shard_size, output_dtype=output_dtype))
     seen = ranks.gather(manifest["identity"])
-    for r, ident in enumerate(seen):
-        if ident != manifest["identity"]:
+    for r, ident in enumerate(seen):  # against rank 0's (every rank holds the same list: the same message on all)
+        if ident != seen[0]:
             what = "model" if ident["model_sha256"] != seen[0]["model_sha256"] else \
                 "input" if ident["input_sha256"] != seen[0]["input_sha256"] else "options"
             raise store.OutputError(f"rank {r} sees another {what} than rank 0; every rank must read the same "
