@@ -151,6 +151,12 @@ EQUIVALENT: dict[str, str] = {
         "x / where(greedy, 1.0, temp): the 1.0 only keeps greedy rows (temperature 0) from dividing by 0; their "
         "result is the one-hot of the argmax taken before the division (out = where(greedy, onehot, ...)), and "
         "rows never mix (sort, softmax, cumsum per row): any finite nonzero divisor gives the same output",
+    "engine/corpus/store.py::save_json::num::1 -> (2)#0":
+        "the manifest's and sidecars' JSON indentation: every reader parses the JSON (read_manifest, finish, "
+        "load_embeddings, the tests); no value changes",
+    "engine/corpus/job.py::model_sha256::num::20 -> (21)#0":
+        "the read size of the model hash (1 MiB -> 2 MiB chunks): sha256 over the same bytes in any chunking is the "
+        "same digest",
 }
 
 GPU_ONLY: dict[str, str] = {
