@@ -390,3 +390,14 @@ def test_torchrun_ranks_reading_different_inputs_are_refused(tiny, tmp_path):
     assert run.returncode != 0, run.stdout
     assert run.stdout.count("refused: rank 1 sees another input than rank 0") == 2, run.stdout + run.stderr[-3000:]
     assert not list((tmp_path / "out").glob("shard-*.npy"))
+
+
+def test_refusal_names_an_option_only_one_manifest_has(tiny, corpus, tmp_path):
+    """A manifest written without an option key (an older engine, a hand edit) is refused naming that key."""
+    out = tmp_path / "out"
+    embed_corpus(tiny, corpus[0], out, shard_size=32, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    del m["identity"]["options"]["shard_size"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(OutputError, match=r"other options \(shard_size None -> 32\)"):
+        embed_corpus(tiny, corpus[0], out, shard_size=32, progress=False)

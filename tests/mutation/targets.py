@@ -157,6 +157,10 @@ EQUIVALENT: dict[str, str] = {
     "engine/corpus/job.py::model_sha256::num::20 -> (21)#0":
         "the read size of the model hash (1 MiB -> 2 MiB chunks): sha256 over the same bytes in any chunking is the "
         "same digest",
+    "engine/corpus/job.py::_run::bool::True -> (False)#2":
+        "st.finish on every rank instead of rank 0 alone: it runs after the gather that follows every rank's shards, "
+        "so every rank sums the same sidecars into the same final manifest (rank 0's plan, broadcast) and writes it "
+        "by an atomic rename of a per-process temporary: the same file; one process: the same call",
 }
 
 GPU_ONLY: dict[str, str] = {
