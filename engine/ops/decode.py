@@ -106,6 +106,12 @@ def _check_seqlen_range(lo: int, hi: int, q_len: int, max_len: int) -> None:
                          f"max {hi} (pass validate=False to clamp to [0, Tmax] and get zeros for rows that see no key)")
 
 
+def _host_span(cache_seqlens: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of non-empty CPU lengths, read on the host (no device sync there)."""
+    host = cache_seqlens.tolist()
+    return min(host), max(host)
+
+
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            cache_seqlens: torch.Tensor, scale: float | None, bias: torch.Tensor | None = None, *,
                            length_range: tuple[int, int] | None = None) -> torch.Tensor:
@@ -119,8 +125,7 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     Tmax = k_cache.shape[2]
     if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
         if length_range is None:
-            host = cache_seqlens.tolist()
-            length_range = min(host), max(host)
+            length_range = _host_span(cache_seqlens)
         lo, hi = max(length_range[0], 0), min(length_range[1], Tmax)
         if Tq == 1 and hi > 0 and lo == hi:  # one new token, equal lengths: every key visible
             add = None
@@ -188,8 +193,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         validate = not q.is_cuda
     if validate:
         if q.is_cpu and B > 0:  # no device sync on the CPU
-            host = cache_seqlens.tolist()
-            span = lo, hi = min(host), max(host)
+            span = lo, hi = _host_span(cache_seqlens)
             _check_seqlen_range(lo, hi, Tq, Tmax)
         else:
             _check_seqlens(cache_seqlens, Tq, Tmax)
