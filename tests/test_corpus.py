@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import pytest
 import torch
 import transformers as T
 
+import engine
 from engine.__main__ import main
 from engine.corpus import InputError, OutputError, embed_corpus, load_embeddings, store
 from engine.corpus.inputs import input_spec, scan
@@ -283,7 +286,7 @@ def test_cli_corpus_mode(tiny, tmp_path, capsys):
         rc = main(["embed", str(tiny), *argv])
         out, err = capsys.readouterr()
         assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
-        assert __import__("re").search(pattern, err), (pattern, err)
+        assert re.search(pattern, err), (pattern, err)
 
 
 # ---- torch.distributed ----------------------------------------------------------------------------------------
@@ -336,9 +339,9 @@ def test_transformer_module_in_its_own_folder(tiny, tmp_path, corpus):
 def test_shard_sidecars_count_their_own_lines(tiny, corpus, tmp_path):
     """Each shard's sidecar counts exactly its own lines (rows, tokens, truncated from an independent tokenize of
     that slice of the file), its seconds are this run's, and the manifest's shard plan maps to those lines."""
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     embed_corpus(tiny, corpus[0], tmp_path / "o", shard_size=16, batch_tokens=200, progress=False)
-    wall = __import__("time").perf_counter() - t0
+    wall = time.perf_counter() - t0
     emb = Embedder.from_pretrained(tiny)
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     for k, s in enumerate(m["shards"]):
@@ -383,8 +386,9 @@ def test_torchrun_ranks_reading_different_inputs_are_refused(tiny, tmp_path):
     write(tmp_path / "in0.txt", "first\nsecond\nthird\n")
     write(tmp_path / "in1.txt", "first\nanother second line\nthird\n")
     script = write(tmp_path / "job.py", RANK_SCRIPT)
-    root = str(Path(__import__("engine").__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    root = str(Path(engine.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(script), str(tiny), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0, run.stdout
