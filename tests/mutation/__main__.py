@@ -1,8 +1,9 @@
-"""python -m tests.mutation [--area kernels ops generate csrc] [--file PATH] [--budget MIN] [--all | --sample N] ...
+"""python -m tests.mutation [--area AREA ...] [--file PATH] [--budget MIN] [--all | --sample N] ...
 
 Plants one bug at a time in a scratch copy (see runner.py), runs the tests mapped to the mutated file
 (targets.py) with -x and a timeout, and writes results.json + report.md (report.py). Not collected by pytest:
-run it on demand from the repository root. Exit status 0 when the run finished (whatever the score).
+run it on demand from the repository root. Exit status 0 when the run finished (whatever the score). AREA: one
+of report.AREAS (kernels, csrc, ops, generate, models, corpus); targets.py maps each file to its area.
 """
 from __future__ import annotations
 
