@@ -117,9 +117,8 @@ def _param(name: str, value: Param, B: int, keep: list) -> tuple[float | int, in
 
 
 def _prev(prev_tokens: PrevTokens, B: int, one_dim: bool, keep: list) -> tuple[int, int, int, int, int]:
-    """(pointer, offsets pointer, T, stride_b, stride_t) of prev_tokens for the extension; (0, 0, 0, 0, 0) if None."""
-    if prev_tokens is None:
-        return 0, 0, 0, 0, 0
+    """(pointer, offsets pointer, T, stride_b, stride_t) of prev_tokens (not None: the caller passes (0, 0, 0, 0, 0)
+    for None itself) for the extension."""
     if isinstance(prev_tokens, torch.Tensor):
         t = prev_tokens
         if t.dtype not in (torch.int64, torch.int32):

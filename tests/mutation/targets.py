@@ -144,9 +144,6 @@ EQUIVALENT: dict[str, str] = {
         "_steps::bool::not ids.is_cuda -> (ids.is_cuda)#0",  # non-streaming only: a stream keeps check_every = 1
         "_steps::arith::step + 1 -> (step - 1)#3",  # (step - 1) % 1 == 0 too: streams still check every step
         "generate::bool::False -> (True)#1")},  # streaming=True in generate: check every step, yields dropped
-    "engine/sampling.py::_prev::num::0 -> (1)#0":
-        "dead code: _run calls _prev only when prev_tokens is not None, so _prev's `return 0, 0, 0, 0, 0` for None "
-        "never runs",
     "engine/sampling.py::probs_reference::num::1.0 -> (2.0)#4":
         "x / where(greedy, 1.0, temp): the 1.0 only keeps greedy rows (temperature 0) from dividing by 0; their "
         "result is the one-hot of the argmax taken before the division (out = where(greedy, onehot, ...)), and "
