@@ -7,7 +7,6 @@ and tested at the end."""
 from __future__ import annotations
 
 import inspect
-import math
 import os
 
 import pytest
@@ -243,7 +242,8 @@ def test_deliberate_differences_from_torch():
     meta = torch.zeros(5, 5, device="meta")
     with pytest.raises(ValueError, match="attn_mask must be on the query's device"):
         ops.scaled_dot_product_attention(q, q, q, attn_mask=meta)
-    assert math.isfinite(F.scaled_dot_product_attention(q, q, q, attn_mask=meta).sum().item())
+    # torch reads memory the meta mask never had: only the shape of its answer is stable (values may be NaN)
+    assert F.scaled_dot_product_attention(q, q, q, attn_mask=meta).shape == q.shape
     # where engine accepts more, with the meaning torch's other paths give it:
     keep = torch.ones(5, 5, dtype=torch.bool).tril()
     want = F.scaled_dot_product_attention(q, q, q, attn_mask=keep, scale=-0.7)
