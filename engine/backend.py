@@ -55,6 +55,7 @@ def _text(raw: bytes | str | None, default: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)  # an unknown name raises every time: lru_cache keeps only returned values
 def _parse_backend(raw: bytes | str | None) -> str:
     name = _text(raw, "auto").strip().lower() or "auto"
     if name not in BACKENDS:
@@ -186,9 +187,10 @@ class Route:
         """True when no call of this op on ``lead``'s device kind can run the kernel in the current environment
         (ENGINE_BACKEND=torch, or auto off CUDA), so an op may skip computing its key; False says nothing."""
         if _ENV_DATA is not None and os.environ is _ENVIRON:
-            name = _parse_backend(_ENV_DATA.get(b"ENGINE_BACKEND"))
+            raw = _ENV_DATA.get(b"ENGINE_BACKEND")
         else:
-            name = _parse_backend(os.environ.get("ENGINE_BACKEND"))
+            raw = os.environ.get("ENGINE_BACKEND")
+        name = "auto" if raw is None else _parse_backend(raw)  # unset: auto, the common case, without a parse
         return name == "torch" or (name == "auto" and not lead.is_cuda)
 
     def _miss(self, ck: tuple, lead: torch.Tensor, key: Hashable, others: tuple) -> bool | str:

@@ -269,8 +269,10 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         else:
             out = _sdpa_kernel(q, k, v, mask, is_causal, scale, dropout_p, bias)
         return out if out_shape is None else out.reshape(out_shape)
+    # (q.is_cpu and not compiling and cpu_sdpa_zeroes_dead_rows(): _torch_zeroes_dead_rows(q), compiling read once)
     if bias is None and (mask is None if is_causal else mask is None or (
-            ((md := mask.dtype) is _BOOL or md is dtype) and _torch_zeroes_dead_rows(q))) and (
+            ((md := mask.dtype) is _BOOL or md is dtype) and q.is_cpu and not compiling
+            and cpu_sdpa_zeroes_dead_rows())) and (
             not is_causal or scale is None or scale > 0):  # torch's op alone has these semantics
         out = torch_sdpa(q, k, v, mask, dropout_p, is_causal, scale)
     else:

@@ -109,7 +109,7 @@ def _check_seqlen_range(lo: int, hi: int, q_len: int, max_len: int) -> None:
 def _host_span(cache_seqlens: torch.Tensor) -> tuple[int, int]:
     """(min, max) of non-empty CPU lengths, read on the host (no device sync there)."""
     host = cache_seqlens.tolist()
-    return min(host), max(host)
+    return (host[0], host[0]) if len(host) == 1 else (min(host), max(host))
 
 
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
