@@ -60,3 +60,42 @@ def test_op_overhead(bench, provider, index):
             torch.testing.assert_close(a.float(), b.float(), **tol)
         else:
             assert torch.equal(a, b)
+
+
+def _overhead_ir_module():
+    name = "_engine_bench_overhead_ir"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "overhead_ir.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def test_instruction_counts_pair_the_measured_dumps(tmp_path):
+    """overhead_ir.py (the callgrind counts; the valgrind run itself takes minutes, so not here): dumps are read in
+    callgrind's part order (cg.10 after cg.9); only those that record a call made exactly --calls times are
+    measured loops; they pair up as (engine, torch) per case; a count of them other than 2 x cases, or a loop that
+    ran outside the toggle, is an error."""
+    ir = _overhead_ir_module()
+    loop = "fn=(1) f\ncalls=10 0x1\n"
+    dumps = {1: "summary: 123", 2: loop + "events: Ir", 9: loop + "totals: 4000", 10: loop + "summary: 2500",
+             11: "calls=100 0x1\nsummary: 7", 12: loop + "summary: 9000", 13: loop + "summary: 6000"}
+    for part, text in dumps.items():
+        (tmp_path / f"cg.{part}").write_text(f"# callgrind format\n{text}\n")
+    (tmp_path / "cg").write_text(loop + "summary: 5\n")  # the final dump callgrind writes without a part number
+    assert ir.dump_totals(tmp_path, 10) == [0, 4000, 2500, 9000, 6000]
+    rows = ir.per_call([4000, 2500, 9000, 6000], [("gelu", "8x64"), ("pad_input", "13x64")], 10)
+    assert rows == [{"op": "gelu", "case": "8x64", "engine": 400.0, "torch": 250.0, "over": 150.0},
+                    {"op": "pad_input", "case": "13x64", "engine": 900.0, "torch": 600.0, "over": 300.0}]
+    with pytest.raises(RuntimeError, match="3 dumps of 1-call loops; the 2 cases need 4"):
+        ir.per_call([1, 2, 3], [("a", ""), ("b", "")], 1)
+    with pytest.raises(RuntimeError, match="holds 5 instructions for 10 calls"):
+        ir.per_call([400, 5], [("a", "")], 10)
+
+
+def test_instruction_counts_need_valgrind(monkeypatch, capsys):
+    ir = _overhead_ir_module()
+    monkeypatch.setattr(ir.shutil, "which", lambda name: None)
+    assert ir.main(["--only", "gelu"]) == 2
+    assert "valgrind is not on PATH" in capsys.readouterr().err
