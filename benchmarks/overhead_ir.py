@@ -4,10 +4,11 @@ counted instead of timed.
     python benchmarks/overhead_ir.py [--calls 500] [--only op,...] [--json PATH]
 
 On a shared VM the time of a 10 us call moves by 50% from run to run, so a change of 1 us in a wrapper cannot be
-seen in overhead.py's medians. The instructions a call executes do not move: two runs of unchanged code agree to
-~0.1%. This script runs overhead.py's CPU cases (fp32, one torch thread, ENGINE_BACKEND unset: auto, which on the
-CPU runs PyTorch's op behind engine's checks) under callgrind and reports, per case, the instructions of one engine call, of one call of the
-torch mirror, and their difference (``over``: what engine's wrapper adds). Instructions are not time (a cache
+seen in overhead.py's medians. The instructions a call executes barely move: in two runs of unchanged code each
+side's count agreed to within 2% and the difference to within ~500 instructions (~0.1 us). This script runs
+overhead.py's CPU cases (fp32, one torch thread, ENGINE_BACKEND unset: auto, which on the CPU runs PyTorch's op
+behind engine's checks) under callgrind and reports, per case, the instructions of one engine call, of one call of
+the torch mirror, and their difference (``over``: what engine's wrapper adds). Instructions are not time (a cache
 miss costs more than an add), and callgrind runs ~50x slower than the machine: use this to judge a change to a
 wrapper, overhead.py for the microseconds.
 
