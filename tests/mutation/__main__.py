@@ -3,7 +3,7 @@
 Plants one bug at a time in a scratch copy (see runner.py), runs the tests mapped to the mutated file
 (targets.py) with -x and a timeout, and writes results.json + report.md (report.py). Not collected by pytest:
 run it on demand from the repository root. Exit status 0 when the run finished (whatever the score). AREA: one
-of report.AREAS (kernels, csrc, ops, generate, models, corpus); targets.py maps each file to its area.
+of report.AREAS (kernels, csrc, ops, generate, models, corpus, hf); targets.py maps each file to its area.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-AREAS = ("kernels", "csrc", "ops", "generate", "models", "corpus")
+AREAS = ("kernels", "csrc", "ops", "generate", "models", "corpus", "hf")
 DETECTED = ("killed", "timeout")
 
 

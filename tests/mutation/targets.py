@@ -56,6 +56,13 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/corpus/store.py": ("corpus", ("tests/test_corpus.py",), 12),
     "engine/corpus/job.py": ("corpus", ("tests/test_corpus.py",), 12),
     "engine/corpus/inputs.py": ("corpus", ("tests/test_corpus.py",), 12),
+    # the transformers integration (engine/hf/attention.py, patching.py, forwards.py, _hook.py): attention vs
+    # transformers' "sdpa" (function and whole models), the mask function vs sdpa_mask, registration; patch /
+    # unpatch of every family vs the unpatched model (packing, training, generation, the kernels in the interpreter)
+    "engine/hf/attention.py": ("hf", ("tests/test_hf_attention.py", "tests/test_hf_patch.py"), 14),
+    "engine/hf/patching.py": ("hf", ("tests/test_hf_patch.py",), 14),
+    "engine/hf/forwards.py": ("hf", ("tests/test_hf_patch.py",), 14),
+    "engine/hf/_hook.py": ("hf", ("tests/test_hf_attention.py",), 6),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
