@@ -51,6 +51,14 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # T5 / mT5 / UMT5 outputs, generation and errors vs transformers, then T5 gradients and dropout, graph hooks
     "engine/models/t5.py": ("models", ("tests/test_t5.py", "tests/models/test_training.py", "tests/test_graphs.py"),
                             12),
+    # engine/config.py, backend.py, graphs.py (added 2026-11-30): config.json -> ModelConfig judged by
+    # tests/test_config.py (every family's fields and defaults vs transformers' config classes, the named refusals,
+    # engine's own config.json, generation_config.json); the dispatch rules by tests/test_backend.py (environment
+    # parsing, the Route cache, forced Triton's errors, every op on its kernel); the encoder graphs' bucketing and
+    # padding by tests/test_graphs.py (run eagerly on the CPU vs the eager forward; the real graphs are gpu-marked)
+    "engine/config.py": ("models", ("tests/test_config.py",), 40),
+    "engine/backend.py": ("ops", ("tests/test_backend.py",), 24),
+    "engine/graphs.py": ("models", ("tests/test_graphs.py",), 24),
     # the corpus embedding job: shard store (lines <-> shards, resume), the job loop and input readers; judged by
     # tests/test_corpus.py (vectors vs Embedder.encode on the same lines, resume / shard mapping vs the file)
     "engine/corpus/store.py": ("corpus", ("tests/test_corpus.py",), 12),
