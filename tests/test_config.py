@@ -12,13 +12,57 @@ from models_util import hf_config
 ARCHS = sorted(ARCHITECTURES)
 
 
+def _as_transformers_reads(hf: T.PretrainedConfig) -> dict:
+    """The ModelConfig fields as transformers' model classes read ``hf`` (a config object: its attributes, after
+    transformers' own parsing and defaults). Names per family as in transformers' modeling code: GPT2MLP's inner
+    width n_inner or 4 * n_embd; T5's dense_act_fn / is_gated_act (parsed from feed_forward_proj); BERT / RoBERTa's
+    classifier dropout classifier_dropout else hidden_dropout_prob, ALBERT's classifier_dropout_prob."""
+    t = hf.model_type
+    common = dict(pad_token_id=hf.pad_token_id, tie_word_embeddings=hf.tie_word_embeddings)
+    if t == "gpt2":
+        return dict(common, vocab_size=hf.vocab_size, hidden_size=hf.n_embd, num_layers=hf.n_layer,
+                    num_heads=hf.n_head, intermediate_size=hf.n_inner or 4 * hf.n_embd,
+                    max_position_embeddings=hf.n_positions, layer_norm_eps=hf.layer_norm_epsilon,
+                    gelu=GELU_APPROXIMATION[hf.activation_function], scale_attn_weights=hf.scale_attn_weights,
+                    scale_attn_by_inverse_layer_idx=hf.scale_attn_by_inverse_layer_idx,
+                    hidden_dropout=hf.resid_pdrop, attention_dropout=hf.attn_pdrop, embedding_dropout=hf.embd_pdrop,
+                    bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id)
+    if t in ("t5", "mt5", "umt5"):
+        relu = hf.dense_act_fn == "relu"
+        return dict(common, vocab_size=hf.vocab_size, hidden_size=hf.d_model, num_layers=hf.num_layers,
+                    num_heads=hf.num_heads, intermediate_size=hf.d_ff, d_kv=hf.d_kv,
+                    num_decoder_layers=hf.num_decoder_layers, layer_norm_eps=hf.layer_norm_epsilon,
+                    relative_attention_num_buckets=hf.relative_attention_num_buckets,
+                    relative_attention_max_distance=hf.relative_attention_max_distance,
+                    activation="relu" if relu else "gelu",
+                    gelu="none" if relu else GELU_APPROXIMATION[hf.dense_act_fn],
+                    gated_mlp=hf.is_gated_act, eos_token_id=hf.eos_token_id,
+                    decoder_start_token_id=getattr(hf, "decoder_start_token_id", None),
+                    hidden_dropout=hf.dropout_rate, attention_dropout=hf.dropout_rate, embedding_dropout=hf.dropout_rate)
+    albert = t == "albert"
+    classifier = hf.classifier_dropout_prob if albert else hf.classifier_dropout
+    return dict(common, vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
+                num_heads=hf.num_attention_heads, intermediate_size=hf.intermediate_size,
+                max_position_embeddings=hf.max_position_embeddings, layer_norm_eps=hf.layer_norm_eps,
+                gelu=GELU_APPROXIMATION[hf.hidden_act], type_vocab_size=hf.type_vocab_size,
+                hidden_dropout=hf.hidden_dropout_prob, attention_dropout=hf.attention_probs_dropout_prob,
+                embedding_dropout=hf.hidden_dropout_prob,
+                classifier_dropout=hf.hidden_dropout_prob if classifier is None else classifier,
+                **(dict(embedding_size=hf.embedding_size, num_hidden_groups=hf.num_hidden_groups,
+                        inner_group_num=hf.inner_group_num) if albert else {}))
+
+
+def _fields(cfg: ModelConfig, names) -> dict:
+    return {k: getattr(cfg, k) for k in names}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_from_hf_reads_transformers_configs(arch):
     hf = hf_config(arch)
     cfg = ModelConfig.from_hf(hf.to_dict())
     assert cfg.architecture == arch
-    assert cfg.vocab_size == hf.vocab_size
-    assert cfg.num_heads == (hf.n_head if cfg.family == "gpt2" else hf.num_attention_heads)
+    want = _as_transformers_reads(hf)
+    assert _fields(cfg, want) == want
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
