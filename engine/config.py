@@ -390,11 +390,12 @@ def _from_gpt2(d: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _t5_feed_forward(d: dict[str, Any]) -> tuple[str, str, bool]:
+def _t5_feed_forward(d: dict[str, Any], family: str) -> tuple[str, str, bool]:
     """(activation, gelu approximation, gated) of a T5 config, as transformers 5.x reads it: ``feed_forward_proj``
-    is "ACT" or "gated-ACT" ("gated-gelu" means the tanh GELU); saved configs may carry the parsed
-    ``dense_act_fn`` / ``is_gated_act``, which take precedence."""
-    proj = d.get("feed_forward_proj", "relu")
+    is "ACT" or "gated-ACT" ("gated-gelu" means the tanh GELU; absent: T5Config's "relu", MT5Config's and
+    UMT5Config's "gated-gelu"); saved configs may carry the parsed ``dense_act_fn`` / ``is_gated_act``, which take
+    precedence."""
+    proj = d.get("feed_forward_proj", "relu" if family == "t5" else "gated-gelu")
     parts = proj.split("-") if isinstance(proj, str) else []
     if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
         raise ValueError(f"feed_forward_proj={proj!r} is not valid: expected 'ACT' or 'gated-ACT' "
@@ -414,8 +415,8 @@ def _t5_feed_forward(d: dict[str, Any]) -> tuple[str, str, bool]:
 
 
 def _from_t5(d: dict[str, Any], family: str) -> dict[str, Any]:
-    activation, approx, gated = _t5_feed_forward(d)
-    t5 = family == "t5"
+    activation, approx, gated = _t5_feed_forward(d, family)
+    t5 = family == "t5"  # else mT5 / UMT5, whose config classes share their defaults
     layers = _get(d, "num_layers", "count", 6 if t5 else 8)
     # v1.0 checkpoints rescale the decoder output before the tied LM head; transformers 5.x keeps a saved
     # scale_decoder_outputs, else derives it from tie_word_embeddings (mT5 never rescales).
@@ -423,14 +424,16 @@ def _from_t5(d: dict[str, Any], family: str) -> dict[str, Any]:
     scale = False if family == "mt5" else _get(d, "scale_decoder_outputs", "bool", tie)
     return dict(
         vocab_size=_get(d, "vocab_size", "count", 32128 if t5 else 250112),
-        hidden_size=_get(d, "d_model", "count", 512), num_layers=layers, num_heads=_get(d, "num_heads", "count", 8),
+        hidden_size=_get(d, "d_model", "count", 512), num_layers=layers,
+        num_heads=_get(d, "num_heads", "count", 8 if t5 else 6),
         intermediate_size=_get(d, "d_ff", "count", 2048 if t5 else 1024),
         max_position_embeddings=_get(d, "n_positions", "count?", None) or 512, layer_norm_eps=_eps(d, 1e-6),
         gelu=approx, activation=activation, gated_mlp=gated, d_kv=_get(d, "d_kv", "count", 64),
         num_decoder_layers=_get(d, "num_decoder_layers", "count?", None) or layers,
         relative_attention_num_buckets=_get(d, "relative_attention_num_buckets", "count", 32),
         relative_attention_max_distance=_get(d, "relative_attention_max_distance", "count", 128),
-        scale_decoder_outputs=scale, decoder_start_token_id=_get(d, "decoder_start_token_id", "token", None),
+        scale_decoder_outputs=scale,
+        decoder_start_token_id=_get(d, "decoder_start_token_id", "token", None if t5 else 0),
         hidden_dropout=_p(d, "dropout_rate", 0.1), attention_dropout=_p(d, "dropout_rate", 0.1),
         embedding_dropout=_p(d, "dropout_rate", 0.1),
     )

@@ -66,6 +66,17 @@ def test_from_hf_reads_transformers_configs(arch):
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+@pytest.mark.parametrize("model_type", ["bert", "albert", "roberta", "gpt2", "t5", "mt5", "umt5"])
+def test_absent_fields_take_transformers_class_defaults(model_type):
+    """A config.json that leaves fields out (hand-written, trimmed, or from an old version) gets, field by field, the
+    value transformers' config class defaults to, so engine builds the model transformers builds from that file.
+    (ALBERT's and RoBERTa's bos / eos ids are not compared: engine's encoders never read them.)"""
+    hf = T.AutoConfig.for_model(model_type)
+    cfg = ModelConfig.from_hf({"model_type": model_type})
+    want = _as_transformers_reads(hf)
+    assert _fields(cfg, want) == want
+
+
 def test_gpt2_fields_and_defaults():
     d = T.GPT2Config(n_embd=48, n_head=6, n_layer=3, n_inner=None, layer_norm_epsilon=1e-6).to_dict()
     cfg = ModelConfig.from_hf(d)
