@@ -175,3 +175,41 @@ def test_route_with_a_backward_kernel_keeps_the_kernel_under_grad(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="op_bwd.*TRITON_INTERPRET=1"):
         route(g, "ok")
+
+
+def _decisions(route, x):
+    return backend.backend_name(), backend.interpreting(), backend.use_triton(x), route(x, "ok"), route.pytorch_only(x)
+
+
+def test_a_replaced_os_environ_is_what_decides(monkeypatch):
+    """Code that rebinds os.environ to another mapping (not the process's environment object) is read through that
+    mapping, by every entry point: the fast path through the environment's raw bytes applies only to the original."""
+    import os
+
+    route = backend.Route("op_env", lambda key: key == "ok")
+    x = torch.randn(3)
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")  # what the original environment says: never the answer here
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(os, "environ", {"ENGINE_BACKEND": "triton", "TRITON_INTERPRET": "1"})
+    assert _decisions(route, x) == ("triton", True, True, True, False)
+    os.environ["ENGINE_BACKEND"] = "torch"
+    assert _decisions(route, x) == ("torch", True, False, False, True)
+    os.environ["ENGINE_BACKEND"] = "gpu"
+    with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
+        route.pytorch_only(x)
+
+
+def test_without_the_raw_environment_os_environ_decides(monkeypatch):
+    """Where os.environ has no raw bytes dict (not POSIX: backend._ENV_DATA is None) every entry point reads
+    os.environ itself and follows it."""
+    monkeypatch.setattr(backend, "_ENV_DATA", None)
+    route = backend.Route("op_env", lambda key: key == "ok")
+    x = torch.randn(3)
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _decisions(route, x) == ("triton", True, True, True, False)
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    assert _decisions(route, x) == ("torch", True, False, False, True)
+    monkeypatch.delenv("ENGINE_BACKEND")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert _decisions(route, x) == ("auto", False, False, False, True)
