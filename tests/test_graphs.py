@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from engine.checkpoint import from_transformers
+from engine import graphs
 from engine.graphs import LENGTH_BUCKETS, EncoderGraphs, length_bucket
 from models_util import assert_close_valid, inputs, make_hf
 
@@ -188,6 +189,104 @@ def test_cuda_graph_option_is_checked():
         model(ids, cuda_graph="yes")
     model.cuda_graph = False
     model(ids)  # the CPU never graphs: None and False run eagerly
+
+
+class _CudaIds:
+    """What use_graph reads of a checked CUDA batch (is_cuda, shape, device): its rules for CUDA inputs run here
+    without a GPU."""
+
+    is_cuda = True
+    device = torch.device("cuda", 0)
+
+    def __init__(self, B: int, N: int) -> None:
+        self.shape = (B, N)
+
+
+def test_use_graph_rules_for_cuda_batches():
+    """use_graph's documented rules on CUDA inputs: None (call and model) graphs batches of at most GRAPH_MAX_TOKENS
+    bucket-padded tokens, True any batch, False none; the call's choice wins over the model's; never in training
+    mode or while autograd records the parameters."""
+    model = _model("BertModel").eval()  # max_seq_len 24: 9 and 16 tokens are padded to the bucket of 16
+    model.graph_weight().requires_grad_(True)
+    most = graphs.GRAPH_MAX_TOKENS // 16
+    with torch.no_grad():
+        assert graphs.use_graph(model, _CudaIds(most, 9), None) is True
+        assert graphs.use_graph(model, _CudaIds(most + 1, 9), None) is False
+        assert graphs.use_graph(model, _CudaIds(most + 1, 9), True) is True
+        assert graphs.use_graph(model, _CudaIds(1, 9), False) is False
+        model.cuda_graph = False
+        assert graphs.use_graph(model, _CudaIds(1, 9), None) is False
+        assert graphs.use_graph(model, _CudaIds(most + 1, 9), True) is True
+        model.cuda_graph = True
+        assert graphs.use_graph(model, _CudaIds(most + 1, 16), None) is True
+        assert graphs.use_graph(model, _CudaIds(1, 9), False) is False
+        model.train()
+        assert graphs.use_graph(model, _CudaIds(1, 9), True) is False
+        model.eval()
+    assert graphs.use_graph(model, _CudaIds(1, 9), True) is False  # grad enabled, the weights require it
+    model.graph_weight().requires_grad_(False)
+    assert graphs.use_graph(model, _CudaIds(1, 9), True) is True
+    with pytest.raises(TypeError, match="cuda_graph must be a bool or None"):
+        graphs.use_graph(model, _CudaIds(1, 9), 1)
+
+
+def test_graphs_of_keeps_one_runner_per_weights():
+    """graphs_of: one EncoderGraphs per model, kept across calls; a new one once the weights change dtype (their
+    storage with it), the old one (which holds their addresses) dropped."""
+    model = _model("BertModel")
+    g = graphs.graphs_of(model)
+    assert isinstance(g, EncoderGraphs) and g.model is model and graphs.graphs_of(model) is g
+    model.double()
+    g2 = graphs.graphs_of(model)
+    assert isinstance(g2, EncoderGraphs) and g2 is not g and graphs.graphs_of(model) is g2
+
+
+def test_graph_lifecycle_with_stand_ins_for_cuda(monkeypatch):
+    """run()'s graph path (the default) with CPU stand-ins for the CUDA calls: per key, the first WARMUP_CALLS calls
+    run on the side stream, the next captures (into the model's one memory pool) and replays, later ones replay
+    only; a stand-in replay recomputes the captured outputs in place from the static inputs, as a CUDA graph does.
+    Every call gets the eager forward's result for its own inputs."""
+    model = _model("BertForQuestionAnswering")
+    runner = EncoderGraphs(model)
+    made, events, pool = [], [], object()
+    real_forward = model.graph_forward
+    monkeypatch.setattr(model, "graph_forward", lambda *a: made.append(tuple(real_forward(*a))) or made[-1])
+
+    class Graph:
+        def __init__(self, fn):
+            self.fn = fn
+            fn()
+            self.static = made[-1]  # the outputs a capture allocates; replays write into them
+
+        def replay(self):
+            events.append("replay")
+            self.fn()
+            for s, o in zip(self.static, made[-1], strict=True):
+                s.copy_(o)
+
+    def capture(fn, pool=None):
+        events.append(("capture", pool))
+        return Graph(fn)
+
+    monkeypatch.setattr(graphs, "on_side_stream", lambda fn: events.append("side") or fn())
+    monkeypatch.setattr(graphs, "capture", capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: events.append("pool") or pool)
+    x = inputs("BertForQuestionAnswering", B=3, N=16)
+    with torch.no_grad():
+        for call in range(5):
+            n = (11, 9, 13, 11, 5)[call]  # one key: batch 3, bucket 16, a mask
+            ids, mask, types = (x[k][:, :n].roll(call, dims=1) for k in ("input_ids", "attention_mask",
+                                                                            "token_type_ids"))
+            got = runner.run(ids, mask, types)
+            want = model(ids, mask, types, cuda_graph=False)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert events == ["side"] * graphs.WARMUP_CALLS + ["pool", ("capture", pool), "replay"] + \
+            ["replay"] * (4 - graphs.WARMUP_CALLS)
+        events.clear()
+        for _ in range(graphs.WARMUP_CALLS + 1):  # another key: its own warm-ups and capture, the same pool
+            runner.run(x["input_ids"][:2], x["attention_mask"][:2], x["token_type_ids"][:2])
+        assert events == ["side"] * graphs.WARMUP_CALLS + [("capture", pool), "replay"]
 
 
 @pytest.mark.gpu
