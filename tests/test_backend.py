@@ -213,3 +213,64 @@ def test_without_the_raw_environment_os_environ_decides(monkeypatch):
     monkeypatch.delenv("ENGINE_BACKEND")
     monkeypatch.delenv("TRITON_INTERPRET")
     assert _decisions(route, x) == ("auto", False, False, False, True)
+
+
+def test_interpreting_reads_triton_interpret_alone(monkeypatch):
+    """TRITON_INTERPRET decides interpreting(): unset, empty, 0 and false are off, anything else on; ENGINE_BACKEND
+    (set to a value that would read as "on") plays no part."""
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    for value, on in (("0", False), ("", False), ("false", False), ("False", False), (" 0 ", False), ("1", True),
+                      ("true", True)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert backend.interpreting() is on, value
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert backend.interpreting() is False
+
+
+def test_forced_triton_refuses_tensors_neither_on_cuda_nor_on_the_cpu(monkeypatch):
+    """Rule 5 runs the interpreter for CPU tensors only: meta tensors, or a CPU and a meta tensor together, are an
+    error that names their devices, from use_triton and from a Route (whose device kind is its lead tensor's)."""
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    meta, cpu = torch.empty(3, device="meta"), torch.randn(3)
+    with pytest.raises(RuntimeError, match="op_m, but its tensors are on meta:"):
+        backend.use_triton(meta, op="op_m")
+    with pytest.raises(RuntimeError, match="its tensors are on cpu, meta:"):
+        backend.use_triton(cpu, None, meta)
+    route = backend.Route("op_m", lambda key: True)
+    with pytest.raises(RuntimeError, match="op_m, but its tensors are on meta:"):
+        route(meta, "k")
+    assert route(cpu, "k") is True
+
+
+def test_route_error_names_the_devices_of_every_given_tensor(monkeypatch):
+    """A Route call's others may hold None (an absent mask): the forced-Triton error names the devices of the lead
+    and of every tensor given."""
+    monkeypatch.setenv("ENGINE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    route = backend.Route("op_n", lambda key: True)
+    with pytest.raises(RuntimeError, match="op_n, but its tensors are on cpu, meta:"):
+        route(torch.randn(3), "k", None, torch.empty(3, device="meta"))
+
+
+def test_resolve_device(monkeypatch):
+    """resolve_device: cpu, cuda and cuda:N as torch.device; a TypeError for what is not a device name (a bool, an
+    int index, None), a ValueError naming the argument for other device types, CUDA where there is none, and an
+    index past the last GPU (checked here with CUDA's answers stood in: two devices)."""
+    assert backend.resolve_device("cpu") == torch.device("cpu")
+    assert backend.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in (True, 0, None, 1.0):
+        with pytest.raises(TypeError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+            backend.resolve_device(bad)
+    for bad in ("tpu", "meta", "cuda:x"):
+        with pytest.raises(ValueError, match=f"--dev must be 'cpu', 'cuda' or 'cuda:N'; got '{bad}'"):
+            backend.resolve_device(bad, name="--dev")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' needs CUDA, which is not available"):
+        backend.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert backend.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert backend.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match="device 'cuda:2': this machine has 2 CUDA device"):
+        backend.resolve_device("cuda:2")
