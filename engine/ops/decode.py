@@ -121,9 +121,17 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     (H, 2L - 1) relative-position table, L >= Tmax. -> (B, H, Tq, D).
     length_range: (min, max) of cache_seqlens, already read on the host (CPU callers), so it is not read again.
     """
-    B, H, Tq, D = q.shape
-    Tmax = k_cache.shape[2]
-    if not q.is_cuda and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
+    return _decode_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, q.shape, k_cache.shape[2], not q.is_cuda,
+                         length_range)
+
+
+def _decode_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                  scale: float | None, bias: torch.Tensor | None, qs: torch.Size, Tmax: int, host: bool,
+                  length_range: tuple[int, int] | None) -> torch.Tensor:
+    """decode_attention_torch with what the caller has read already: qs = q.shape, Tmax = k_cache.shape[2],
+    host = not q.is_cuda (the lengths can be read without a device sync)."""
+    B, H, Tq, D = qs
+    if host and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
         if length_range is None:
             length_range = _host_span(cache_seqlens)
         lo, hi = max(length_range[0], 0), min(length_range[1], Tmax)
@@ -134,8 +142,7 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                 add = bias[None, :, None, length - hi:length]  # (1, H, 1, hi)
                 if add.dtype is not q.dtype:
                     add = add.to(q.dtype)
-            k_used, v_used = k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi)
-            return torch_sdpa(q, k_used, v_used, add, scale=scale)
+            return torch_sdpa(q, k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi), add, 0.0, False, scale)
         Tmax = max(hi, 1)
         k_cache, v_cache = k_cache.narrow(2, 0, Tmax), v_cache.narrow(2, 0, Tmax)
     lens = cache_seqlens.to(torch.long).clamp(0, Tmax)
@@ -206,4 +213,4 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if scale is not None and type(scale) is not float:
         scale = float(scale)  # a checked real (int, numpy scalar)
     # scale None: torch's default, 1 / sqrt(D)
-    return decode_attention_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, length_range=span)
+    return _decode_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, qs, Tmax, not q.is_cuda, span)
