@@ -272,9 +272,12 @@ class _Finder(ast.NodeVisitor):
         self.visit(node.body)
 
 
-def find_mutants(path: str, source: str, *, skip_names: frozenset[str] = frozenset()) -> list[Mutant]:
+def find_mutants(path: str, source: str, *, skip_names: frozenset[str] = frozenset(),
+                 parse_check: bool = True) -> list[Mutant]:
     """Every mutant of ``source`` (file ``path``, repository-relative) in source order; names in ``skip_names``
-    (functions, classes, module-level assignments) are left alone. Mutants whose result does not parse are dropped."""
+    (functions, classes, module-level assignments) are left alone. Mutants whose result does not parse are dropped
+    (``parse_check=False`` keeps them: one parse of the file per mutant is most of the time this takes; the ids are
+    the same either way)."""
     finder = _Finder(path, source, skip_names)
     finder.visit(ast.parse(source))
     out: list[Mutant] = []
@@ -287,10 +290,11 @@ def find_mutants(path: str, source: str, *, skip_names: frozenset[str] = frozens
         index = seen.get(key, 0)
         seen[key] = index + 1
         m = Mutant(path, function, operator, node.lineno, start, end, key[2], text, index)
-        try:
-            ast.parse(m.apply(source))
-        except SyntaxError:
-            continue
+        if parse_check:
+            try:
+                ast.parse(m.apply(source))
+            except SyntaxError:
+                continue
         out.append(m)
     out.sort(key=lambda m: (m.start, m.operator, m.replacement))
     return out

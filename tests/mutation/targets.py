@@ -126,14 +126,10 @@ EQUIVALENT: dict[str, str] = {
     "engine/ops/decode.py::decode_attention::bool::scale is None or (type(scale) is float and -_INF < scale < _INF) "
     "-> (scale is None and (type(scale) is float and -_INF < scale < _INF))#0": _SHORTCUT + " (the cheap path)",
     _PB + "num::1 -> (2)#1": "length = (2L - 1 + 2) // 2 is still L: the table's width is odd (checked)",
-    'engine/ops/attention.py::_sdpa_torch::where::torch.where(mask == float("-inf"), mask, mask.clamp(min=lo)) '
-    '-> (mask)#0': "after the float32-mask fix (e8d0467) this narrowing is reached only when the mask's range fits "
-                   "the query dtype's, where the clamp changes nothing; the dead clamp was then removed (b4834e5)",
-    "engine/ops/attention.py::_sdpa_torch::minmax::mask.clamp(min=lo) -> (mask)#0": "the same dead clamp (above)",
     "kernels/attention/decode.py::_decode_split_kernel::minmax::tl.minimum(lo + run, kv_len) -> (lo + run)#0":
         "hi = min(lo + run, kv_len, shift + last_row + 1) and shift + last_row + 1 <= kv_len - q_len + q_len = kv_len "
         "(last_row <= q_len - 1): the kv_len bound is implied by the causal one",
-    "engine/ops/decode.py::decode_attention_torch::dtype::cache_seqlens.to(torch.long) -> (cache_seqlens)#0":
+    "engine/ops/decode.py::_decode_torch::dtype::cache_seqlens.to(torch.long) -> (cache_seqlens)#0":
         "int32 lengths are clamped to [0, Tmax] and compared with int64 aranges: torch promotes, nothing overflows",
     **{f"engine/embed.py::pool::eps::1e-9 -> (1.0000000000000001e-07)#{i}":
         "the clamp acts only on a row without real tokens (with a 0/1 mask the count and the weight sum are otherwise "
@@ -176,10 +172,10 @@ EQUIVALENT: dict[str, str] = {
 }
 
 GPU_ONLY: dict[str, str] = {
-    "kernels/gelu.py::_gelu_fwd_kernel::dtype::pid_n.to(tl.int64) -> (pid_n)#0":
+    "kernels/gelu.py::_gelu_kernel::dtype::pid_n.to(tl.int64) -> (pid_n)#0":
         "the flat row's column start passes 2**31 only past 2**31 elements (4 GiB, minutes in the interpreter): "
         "tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
-    "kernels/gelu.py::_gelu_fwd_kernel::dtype::tl.int64 -> (tl.int32)#1":
+    "kernels/gelu.py::_gelu_kernel::dtype::tl.int64 -> (tl.int32)#1":
         "the same 64-bit column start (above): tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
     "engine/seq2seq.py::_steps::bool::streaming or not ids.is_cuda -> (streaming and (not ids.is_cuda))#0":
         "on the CPU the same check_every (streaming: 1; generate: every 8 steps, results unchanged); only a CUDA "
