@@ -19,10 +19,11 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 
-def _overhead_module():
-    name = "_engine_bench_overhead"
+def _script(stem: str):
+    """benchmarks/<stem>.py as a module (loaded once; the scripts are not a package import)."""
+    name = f"_engine_bench_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "overhead.py")
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{stem}.py")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
@@ -30,7 +31,7 @@ def _overhead_module():
 
 
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-CASES = _overhead_module().cases(DEVICE, DTYPE)
+CASES = _script("overhead").cases(DEVICE, DTYPE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,22 +63,12 @@ def test_op_overhead(bench, provider, index):
             assert torch.equal(a, b)
 
 
-def _overhead_ir_module():
-    name = "_engine_bench_overhead_ir"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "overhead_ir.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
 def test_instruction_counts_pair_the_measured_dumps(tmp_path):
     """overhead_ir.py (the callgrind counts; the valgrind run itself takes minutes, so not here): dumps are read in
     callgrind's part order (cg.10 after cg.9); only those that record a call made exactly --calls times are
     measured loops; they pair up as (engine, torch) per case; a count of them other than 2 x cases, or a loop that
     ran outside the toggle, is an error."""
-    ir = _overhead_ir_module()
+    ir = _script("overhead_ir")
     loop = "fn=(1) f\ncalls=10 0x1\n"
     dumps = {1: "summary: 123", 2: loop + "events: Ir", 9: loop + "totals: 4000", 10: loop + "summary: 2500",
              11: "calls=100 0x1\nsummary: 7", 12: loop + "summary: 9000", 13: loop + "summary: 6000"}
@@ -95,7 +86,7 @@ def test_instruction_counts_pair_the_measured_dumps(tmp_path):
 
 
 def test_instruction_counts_need_valgrind(monkeypatch, capsys):
-    ir = _overhead_ir_module()
+    ir = _script("overhead_ir")
     monkeypatch.setattr(ir.shutil, "which", lambda name: None)
     assert ir.main(["--only", "gelu"]) == 2
     assert "valgrind is not on PATH" in capsys.readouterr().err
