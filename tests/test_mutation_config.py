@@ -56,3 +56,16 @@ def test_every_listed_mutant_id_is_still_a_mutant():
                 m, source = found
                 ast.parse(m.apply(source))
     assert not stale, "ids that match no mutant of the current source (update them):\n" + "\n".join(stale)
+
+
+def test_every_skipped_name_is_defined_in_its_file():
+    """SKIP names functions, classes and module-level assignments; one that is gone (moved or renamed) skips nothing."""
+    for rel, names in targets.SKIP.items():
+        defined = set()
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                defined.update(t.id for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                               if isinstance(t, ast.Name))
+        assert not set(names) - defined, (rel, sorted(set(names) - defined))

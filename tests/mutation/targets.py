@@ -87,7 +87,6 @@ SKIP: dict[str, dict[str, str]] = {
                                  "_device_smem": _TUNING},
     "kernels/attention/decode.py": { "_H200_SMS": _TUNING, "_COMBINE_WARPS": _TUNING,
                           "_ctas_per_sm": _TUNING, "_sm_count": _CUDA},
-    "engine/generate.py": {"_on_side_stream": _CUDA, "_capture": _CUDA},
 }
 
 _SHORTCUT = ("a shortcut taken less often (a stricter or never-true test, or a check done twice) falls through to "
