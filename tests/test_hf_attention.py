@@ -105,6 +105,8 @@ CASES = {  # (H, Hkv, Nq, Nk, causal module, mask kind)
     "gqa": (6, 2, 7, 7, True, None),
     "gqa-decode": (6, 2, 1, 9, True, None),
     "gqa-decode-padding": (6, 3, 1, 9, True, "causal"),
+    "mqa": (4, 1, 7, 7, True, "causal"),  # one KV head for every query head (multi-query attention)
+    "mqa-decode": (4, 1, 1, 9, True, None),
     "additive-float": (4, 4, 5, 8, False, "float"),
 }
 

@@ -71,6 +71,26 @@ def test_padded_encoder_batches_run_packed(monkeypatch):
     assert calls == []
 
 
+def test_a_per_query_mask_is_not_taken_for_key_padding(monkeypatch):
+    """A materialised (B, 1, N, N) mask (here causal, plus key padding in row 1) has the key-padding shape but not its
+    stride 0 over the queries: the encoder must not pack by its first row; the result equals transformers'."""
+    import engine.ops as ops
+
+    calls = []
+    real = ops.varlen_attention
+    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = make("BertForMaskedLM")
+    model = twin(ref)
+    engine.patch(model, pack=True)
+    ids = batch("BertForMaskedLM", B=2, N=6)["input_ids"]
+    keep = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    keep[1, :, :, 4:] = False
+    keep |= torch.eye(6, dtype=torch.bool)
+    with torch.no_grad():
+        ours, theirs = (m(input_ids=ids, attention_mask=keep).logits for m in (model, ref))
+    assert max_rel_err(ours, theirs) < RTOL and calls == []
+
+
 def test_auto_packing_follows_engines_cpu_rule(monkeypatch):
     import engine.ops as ops
 
@@ -140,6 +160,27 @@ def test_activations_engine_does_not_fuse_are_left_alone():
     x = batch("BertForMaskedLM")
     with torch.no_grad():
         assert max_rel_err(model(**x).logits, ref(**x).logits, x["attention_mask"]) < RTOL
+
+
+def test_report_text_lists_every_kind_and_what_was_left_alone():
+    """str(PatchReport): the implementation, one line per kind (count, the first three names, '...' past three), one
+    line per module left alone; the model itself is named '<model>'."""
+    model = make("BertForMaskedLM", hidden_act="relu")
+    report = engine.patch(model)
+    assert report.patched["attention"] == ["<model>"] and report.count == 1 + 2 + 1 + 4
+    lines = str(report).splitlines()
+    assert lines[0] == "attn_implementation: engine"
+    assert sorted(lines[1:5]) == sorted([
+        "attention: 1 (<model>)",
+        "layer_norm: 2 (bert.embeddings.LayerNorm, cls.predictions.transform.LayerNorm)",
+        "packing: 1 (bert.encoder)",
+        "add_layer_norm: 4 (bert.encoder.layer.0.attention.output, bert.encoder.layer.0.output, "
+        "bert.encoder.layer.1.attention.output, ...)"])
+    assert lines[5:] == [f"left alone: bert.encoder.layer.{i}.intermediate: activation ReLU is not a GELU engine fuses"
+                         for i in (0, 1)]
+    undone = engine.unpatch(model)
+    assert str(undone).splitlines()[0] == "attn_implementation: sdpa" and "attention: 1 (<model>)" in str(undone)
+    assert str(engine.unpatch(model)) == "nothing patched"
 
 
 def test_linear_layers_with_hooks_keep_their_forward():
