@@ -168,6 +168,21 @@ EQUIVALENT: dict[str, str] = {
         "st.finish on every rank instead of rank 0 alone: it runs after the gather that follows every rank's shards, "
         "so every rank sums the same sidecars into the same final manifest (rank 0's plan, broadcast) and writes it "
         "by an atomic rename of a per-process temporary: the same file; one process: the same call",
+    # engine/backend.py, engine/graphs.py, engine/config.py (2026-11-30)
+    "engine/backend.py::<module>::cmp::os.name == \"posix\" -> (os.name != 'posix')#0":
+        "_ENV_DATA (os.environ's raw bytes dict) is then None on POSIX too: every read goes through os.environ.get, "
+        "the same values as str instead of bytes (both parsers take either; Route caches the same decisions under "
+        "str keys): speed only; tests/test_backend.py::test_without_the_raw_environment_os_environ_decides runs "
+        "that path",
+    "engine/backend.py::Route._miss::num::256 -> (257)#0":
+        "the size at which Route's decision cache is cleared (keys are few: environment x device kind x dtype / shape "
+        "class): a cleared decision is recomputed by the same rules on its next call; memory only",
+    "engine/graphs.py::_fill::cmp::n < dst.shape[1] -> (n <= dst.shape[1])#0":
+        "the extra case n == dst.shape[1] (a length that fills its bucket) fills dst[:, n:], an empty slice: nothing "
+        "is written",
+    "engine/config.py::_from_gpt2::bool::False -> (True)#0":
+        "reorder_and_upcast_attn's default: _get's result is discarded (the field is only type-checked when present: "
+        "engine's attention always takes the softmax in fp32, what the option asks for), so no default is ever read",
 }
 
 GPU_ONLY: dict[str, str] = {
