@@ -54,7 +54,6 @@ def _text(raw: bytes | str | None, default: str) -> str:
     return os.fsdecode(raw) if isinstance(raw, bytes) else raw
 
 
-@functools.lru_cache(maxsize=64)
 @functools.lru_cache(maxsize=64)  # an unknown name raises every time: lru_cache keeps only returned values
 def _parse_backend(raw: bytes | str | None) -> str:
     name = _text(raw, "auto").strip().lower() or "auto"
