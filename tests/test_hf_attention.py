@@ -221,6 +221,21 @@ def test_what_engine_cannot_compute_goes_to_the_models_eager_attention():
         attention_forward(Layer(False), q, k, v, None, softcap=30.0)
 
 
+def test_eager_fallback_of_a_decode_step_sees_the_whole_cache():
+    """One new token of a causal layer against 9 cached keys, no mask, attention weights requested: the eager path
+    must not spell out a causal mask for the single query (it would see key 0 alone); as sdpa, and the weights are
+    the float64 softmax over every key."""
+    layer = make("GPT2LMHeadModel").transformer.h[0].attn
+    assert layer.is_causal
+    q, k, v = _qkv(2, 2, 2, 1, 9, 16)
+    with pytest.warns(RuntimeWarning, match="attention weights"):
+        ours, weights = attention_forward(layer, q, k, v, None, scaling=0.25, output_attentions=True)
+    ref, _ = sdpa_attention_forward(layer, q, k, v, None, scaling=0.25)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    gold = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.25, dim=-1)
+    torch.testing.assert_close(weights.double(), gold, rtol=1e-5, atol=1e-6)
+
+
 # ---- whole models ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_models_with_engine_attention_match_sdpa(arch):
