@@ -456,7 +456,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         q, k, v, cu_q, cu_k, max_q, max_k, scale, bias = _check_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, relative_position_bias)
         dropout_p = _check_dropout(dropout_p)
-        (total_q, h, d), total_k, dtype = q.shape, k.shape[0], q.dtype
+        (total_q, h, d), total_k, dtype, cs = q.shape, k.shape[0], q.dtype, cu_q.shape
     if compiling:  # the values are checked when the op runs
         if not backend.grad_recording(q, k, v, bias):
             return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
@@ -464,19 +464,22 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         if bias is None and dropout_p == 0.0:  # the differentiable op
             return torch.ops.engine.varlen_attention_lse(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
                                                          bool(validate))[0]
-    batch = cu_q.shape[0] - 1
+    batch = cs[0] - 1
+    one = batch == 1 and total_q > 0 and total_k > 0  # one sequence: [0, total] once validated, so not read again
     cq = ck = None  # cu_seqlens on the host, read at most once (for the checks and the PyTorch path)
     if validate:
         if q.is_cpu:  # no device sync here
             cq = cu_q.tolist()
             ck = cq if cu_k is cu_q else cu_k.tolist()
             _validate_cu_lists(cq, ck, total_q, total_k, max_q, max_k)
+            if one:
+                cq = ck = None  # _varlen_torch: None is [0, total] (it need not compare the lists to the shapes)
         else:
             _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
 
     if _VARLEN.pytorch_only(q) or not varlen_route(q, k, v, cu_q, cu_k, max_q, max_k,
                                                    d ** -0.5 if scale is None else scale, bias, dropout_p):
-        if cq is None and (batch > 1 or total_q == 0 or total_k == 0):  # one sequence is [0, total]: no read
+        if cq is None and not one:  # one sequence is [0, total]: no read
             cq = cu_q.tolist()
             ck = cq if cu_k is cu_q else cu_k.tolist()
         return _varlen_torch(q, k, v, cq, ck, causal, scale, bias, dropout_p)  # scale None: torch's 1 / sqrt(D)
