@@ -183,6 +183,18 @@ EQUIVALENT: dict[str, str] = {
     "engine/config.py::_from_gpt2::bool::False -> (True)#0":
         "reorder_and_upcast_attn's default: _get's result is discarded (the field is only type-checked when present: "
         "engine's attention always takes the softmax in fp32, what the option asks for), so no default is ever read",
+    # engine/hf/_hook.py, engine/hf/attention.py (2026-11-30)
+    "engine/hf/_hook.py::_run::num::2 -> (3)#0":
+        "the stacklevel of the 'could not register' warning: only the frame the warning is attributed to changes "
+        "(2: _run's caller, install or _Loader.exec_module, both in _hook.py; 3: their caller, engine/__init__.py "
+        "or importlib's frozen bootstrap); its category, its message and that the import of transformers goes on "
+        "are the same",
+    **{f"engine/hf/attention.py::_eager::dtype::{c}.to(torch.int32) -> ({c})#0":
+        "_block_mask reads cu_seq_lens in any integer dtype: its aranges are made in cu's own dtype for searchsorted "
+        "(indices, not values, come back) and the positions promote to int64 with the other list (which the other "
+        "mutant of the pair still converts). The callers build int32 lists (transformers' padding-free collator, "
+        "engine's unpad_input); an int64 list holds the same values: the same mask"
+        for c in ("cu_q", "cu_k")},
 }
 
 GPU_ONLY: dict[str, str] = {
