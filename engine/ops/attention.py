@@ -238,7 +238,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
                                   and ((md := mask.dtype) is _BOOL or md is dtype or md is _F32)
                                   and len(ms := mask.shape) == 4 and ms[0] in (1, qs[0]) and ms[1] in (1, qs[1])
                                   and ms[2] in (1, qs[2]) and ms[3] in (1, ks[2])))
-            and ((q.is_cpu and k.is_cpu and v.is_cpu and (mask is None or mask.is_cpu))
+            and (((on_cpu := q.is_cpu) and k.is_cpu and v.is_cpu and (mask is None or mask.is_cpu))
                  or same_cuda_device(q, k, v, mask))
             and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(qs[2], ks[2])))):
         b, h, n_q, d = qs
@@ -248,7 +248,8 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         q, k, v, mask, dropout_p, scale, bias, out_shape = _check_sdpa(
             query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, relative_position_bias)
         b, h, n_q, d = q.shape
-        n_k, dv, dtype = k.shape[2], v.shape[3], q.dtype
+        n_k, dv, dtype, on_cpu = k.shape[2], v.shape[3], q.dtype, q.is_cpu
+        md = None if mask is None else mask.dtype
         if len(out_shape) == 4:
             out_shape = None
 
@@ -269,10 +270,10 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         else:
             out = _sdpa_kernel(q, k, v, mask, is_causal, scale, dropout_p, bias)
         return out if out_shape is None else out.reshape(out_shape)
-    # (q.is_cpu and not compiling and cpu_sdpa_zeroes_dead_rows(): _torch_zeroes_dead_rows(q), compiling read once)
+    # (on_cpu and not compiling and cpu_sdpa_zeroes_dead_rows(): _torch_zeroes_dead_rows(q) from what was read;
+    # md: the mask's dtype)
     if bias is None and (mask is None if is_causal else mask is None or (
-            ((md := mask.dtype) is _BOOL or md is dtype) and q.is_cpu and not compiling
-            and cpu_sdpa_zeroes_dead_rows())) and (
+            (md is _BOOL or md is dtype) and on_cpu and not compiling and cpu_sdpa_zeroes_dead_rows())) and (
             not is_causal or scale is None or scale > 0):  # torch's op alone has these semantics
         out = torch_sdpa(q, k, v, mask, dropout_p, is_causal, scale)
     else:
