@@ -154,10 +154,11 @@ def _segments_reference(q, k, v, cu, causal):
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])  # int64: lists users build with torch.tensor
 @pytest.mark.parametrize("causal", [False, True])
-def test_packed_sequences_attend_within_their_own_sequence(causal):
+def test_packed_sequences_attend_within_their_own_sequence(causal, dtype):
     q, k, v = _qkv(1, 4, 4, 12, 12, 8)
-    cu = torch.tensor([0, 5, 6, 12], dtype=torch.int32)
+    cu = torch.tensor([0, 5, 6, 12], dtype=dtype)
     ours, _ = attention_forward(Layer(causal), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                                 max_length_q=6, max_length_k=6)
     torch.testing.assert_close(ours, _segments_reference(q, k, v, cu, causal), rtol=1e-5, atol=1e-5)
@@ -172,6 +173,26 @@ def test_packed_sequences_stay_apart_in_the_eager_fallback():
                                           cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     assert weights[..., :5, 5:].abs().max() == 0  # no weight across sequences
     torch.testing.assert_close(ours, _segments_reference(q, k, v, cu, False), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_queries_shorter_than_their_keys_are_bottom_right_causal():
+    """cu_seq_lens_q != cu_seq_lens_k (each sequence's queries are its last tokens, as a chunk after its cache): the
+    varlen path and the eager fallback's block mask both align causality bottom-right, per sequence (vs float64)."""
+    layer = make("GPT2LMHeadModel").transformer.h[0].attn  # causal, 2 heads of 16
+    q, k, v = _qkv(1, 2, 2, 5, 9, 16)
+    cu_q, cu_k = torch.tensor([0, 2, 5], dtype=torch.int32), torch.tensor([0, 4, 9], dtype=torch.int32)
+    outs, rows = [], []
+    for sq, eq, sk, ek in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist()):
+        see = torch.ones(eq - sq, ek - sk, dtype=torch.bool).tril(diagonal=(ek - sk) - (eq - sq))
+        s = (q[:, :, sq:eq].double() @ k[:, :, sk:ek].double().transpose(-1, -2) * 0.25).masked_fill(~see, -torch.inf)
+        outs.append(torch.softmax(s, dim=-1) @ v[:, :, sk:ek].double())
+    gold = torch.cat(outs, dim=2).transpose(1, 2)
+    kw = dict(scaling=0.25, cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k)
+    ours, _ = attention_forward(layer, q, k, v, None, **kw)
+    torch.testing.assert_close(ours.double(), gold, rtol=1e-5, atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="attention weights"):
+        eager, _ = attention_forward(layer, q, k, v, None, output_attentions=True, **kw)
+    torch.testing.assert_close(eager.double(), gold, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_sequences_with_dropout_use_a_block_diagonal_mask():

@@ -54,13 +54,15 @@ def test_padded_encoder_batches_run_packed(monkeypatch):
 
     calls = []
     real = ops.varlen_attention
-    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    monkeypatch.setattr(ops, "varlen_attention",
+                        lambda *a, **k: calls.append((a[0].shape, k["validate"])) or real(*a, **k))
     model = make("BertForMaskedLM")
     engine.patch(model, pack=True)
     x = batch("BertForMaskedLM")  # lengths 11, 7, 3
     with torch.no_grad():
         out = model.bert(**x).last_hidden_state
-    assert calls == [(21, 4, 9)] * 2  # the 21 real tokens, once per layer
+    # the 21 real tokens, once per layer; the lists unpad_input built (marked) are not validated again
+    assert calls == [((21, 4, 9), False)] * 2
     assert (out[x["attention_mask"] == 0] == 0).all()  # packed output: zeros at the padding
     calls.clear()
     with torch.no_grad():
