@@ -214,8 +214,9 @@ def test_packed_sequences_need_a_batch_of_one():
         attention_forward(Layer(False), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
 
 
-def test_gqa_heads_must_divide():
-    q, k, v = _qkv(1, 4, 3, 4, 4, 8)
+@pytest.mark.parametrize("h_kv, n_q", [(3, 4), (3, 1), (0, 4), (0, 1)])  # n_q 1: the grouped decode step
+def test_gqa_heads_must_divide(h_kv, n_q):
+    q, k, v = _qkv(1, 4, h_kv, n_q, 4, 8)
     with pytest.raises(ValueError, match="divide"):
         attention_forward(Layer(False), q, k, v, None)
 
