@@ -159,9 +159,12 @@ def _segments_reference(q, k, v, cu, causal):
 def test_packed_sequences_attend_within_their_own_sequence(causal, dtype):
     q, k, v = _qkv(1, 4, 4, 12, 12, 8)
     cu = torch.tensor([0, 5, 6, 12], dtype=dtype)
+    ref = _segments_reference(q, k, v, cu, causal)
     ours, _ = attention_forward(Layer(causal), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                                 max_length_q=6, max_length_k=6)
-    torch.testing.assert_close(ours, _segments_reference(q, k, v, cu, causal), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    ours, _ = attention_forward(Layer(causal), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)  # max from cu
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_sequences_stay_apart_in_the_eager_fallback():
