@@ -57,6 +57,36 @@ def test_install_registers_with_transformers_already_loaded(monkeypatch):
     assert mu.AttentionMaskInterface._global_mapping[NAME] is attention_mask
 
 
+def test_a_registration_that_fails_warns_and_never_breaks_the_import(monkeypatch):
+    """A transformers whose modeling_utils lacks AttentionInterface (a renamed API): install() and the import hook's
+    loader warn, naming the module and the error, and go on (the mask function still registers; the module still
+    executes and the finder still lets go of it); engine.hf.register() then raises the error itself."""
+    import types
+
+    from engine.hf.attention import register
+
+    bare = types.ModuleType(_hook.MODELING)  # no AttentionInterface
+    monkeypatch.setitem(sys.modules, _hook.MODELING, bare)
+    monkeypatch.delitem(mu.AttentionMaskInterface._global_mapping, NAME)
+    with pytest.warns(RuntimeWarning, match=r"could not register its attention with transformers\.modeling_utils "
+                                            r"\(AttributeError: .*AttentionInterface.*engine\.hf\.register\(\)"):
+        _hook.install()
+    assert mu.AttentionMaskInterface._global_mapping[NAME] is attention_mask
+
+    ran = []
+
+    class Loader:
+        def exec_module(self, module):
+            ran.append(module)
+
+    finder = _hook._Finder({_hook.MODELING})
+    with pytest.warns(RuntimeWarning, match="could not register its attention with transformers.modeling_utils"):
+        _hook._Loader(Loader(), _hook.MODELING, finder).exec_module(bare)
+    assert ran == [bare] and not finder._waiting
+    with pytest.raises(ImportError, match="AttentionInterface"):
+        register()
+
+
 def test_from_pretrained_with_attn_implementation_engine(tmp_path):
     ref = make("BertForMaskedLM")
     ref.save_pretrained(tmp_path)
