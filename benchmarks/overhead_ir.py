@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (the cases, JSON output)
 
@@ -70,26 +72,23 @@ def per_call(totals: list[int], labels: list[tuple[str, str]], calls: int) -> li
     return rows
 
 
+def chosen(only: set[str]) -> list[tuple]:
+    """overhead.py's CPU fp32 cases (op, case, engine call, torch call) whose op is in ``only`` (all when empty), in
+    the order the child runs them."""
+    return [c for c in overhead.cases("cpu", torch.float32) if not only or c[0] in only]
+
+
 def _child(calls: int, only: set[str]) -> None:
     """Under callgrind: each case's engine call, then its torch call, ``calls`` times inside one functools.reduce."""
-    import torch
-
     torch.set_num_threads(1)
-    chosen = [c for c in overhead.cases("cpu", torch.float32) if not only or c[0] in only]
-    for _, _, eng, ref in chosen:  # warm-up outside the toggle: first-call caches, allocator growth
+    cases = chosen(only)
+    for _, _, eng, ref in cases:  # warm-up outside the toggle: first-call caches, allocator growth
         for _ in range(max(50, calls // 5)):
             eng()
             ref()
-    for _, _, eng, ref in chosen:
+    for _, _, eng, ref in cases:
         for fn in (eng, ref):
             functools.reduce(lambda acc, _: (fn(), acc)[1], range(calls), 0)
-
-
-def labels(only: set[str]) -> list[tuple[str, str]]:
-    """(op, case) of the cases the child runs, in its order (overhead.cases, built on the CPU)."""
-    import torch
-
-    return [(op, case) for op, case, _, _ in overhead.cases("cpu", torch.float32) if not only or op in only]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print("overhead_ir: valgrind is not on PATH (apt install valgrind); use benchmarks/overhead.py for times",
               file=sys.stderr)
         return 2
-    want = labels(only)
+    want = [(op, case) for op, case, _, _ in chosen(only)]
     if not want:
         print(f"overhead_ir: --only {args.only!r} names no case of benchmarks/overhead.py", file=sys.stderr)
         return 2
@@ -126,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         rows = per_call(dump_totals(tmp, args.calls), want, args.calls)
-    import torch
-
     import engine
 
     print(f"engine {engine.__file__}  torch {torch.__version__}  cpu float32  1 thread  {args.calls} calls per side"
