@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import engine  # noqa: F401 - registers "engine"
 from engine.hf import _hook
-from engine.hf.attention import NAME, PACKED_MARK, attention_forward, attention_mask
+from engine.hf.attention import NAME, PACKED_MARK, attention_forward, attention_mask, register
 from hf_util import CONFIGS, KernelSpy, batch, main_output, make, max_rel_err, twin
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,10 +62,6 @@ def test_a_registration_that_fails_warns_and_never_breaks_the_import(monkeypatch
     """A transformers whose modeling_utils lacks AttentionInterface (a renamed API): install() and the import hook's
     loader warn, naming the module and the error, and go on (the mask function still registers; the module still
     executes and the finder still lets go of it); engine.hf.register() then raises the error itself."""
-    import types
-
-    from engine.hf.attention import register
-
     bare = types.ModuleType(_hook.MODELING)  # no AttentionInterface
     monkeypatch.setitem(sys.modules, _hook.MODELING, bare)
     monkeypatch.delitem(mu.AttentionMaskInterface._global_mapping, NAME)
