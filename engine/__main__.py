@@ -49,7 +49,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from engine.checkpoint import convert_main
+    from engine.convert import convert_main
 
     return convert_main(args.hf_dir, args.out_dir, force=args.force, dtype=args.dtype)
 

@@ -17,7 +17,7 @@ import torch
 
 import engine
 from engine import atomic
-from engine.checkpoint import ENGINE_FILES, convert
+from engine.convert import ENGINE_FILES, convert
 from engine.__main__ import main as cli
 from models_util import inputs, make_hf
 
@@ -183,7 +183,7 @@ def test_convert_killed_between_weights_and_config(conversions, sources, tmp_pat
     out.mkdir()
     for name in snapshot(old_ref):
         (out / name).write_bytes((old_ref / name).read_bytes())
-    code = ("import os, signal, sys\nfrom engine import atomic\nfrom engine.checkpoint import convert\n"
+    code = ("import os, signal, sys\nfrom engine import atomic\nfrom engine.convert import convert\n"
             "atomic.STEP_HOOK = lambda s: s == 'file:model.safetensors' and os.kill(os.getpid(), signal.SIGKILL)\n"
             "convert(sys.argv[1], sys.argv[2], force=True, progress=False)\n")
     run = subprocess.run([sys.executable, "-c", code, roberta, out], capture_output=True, text=True, timeout=300)
@@ -224,7 +224,7 @@ def test_t5_conversions_are_atomic_too(sources, tmp_path):
         ref = hf(input_ids=ids, decoder_input_ids=dec).logits
     assert ((model(ids, decoder_input_ids=dec) - ref).abs().max() / ref.abs().max()) < 1e-4
     t5_state = snapshot(out)
-    code = ("import os, signal, sys\nfrom engine import atomic\nfrom engine.checkpoint import convert\n"
+    code = ("import os, signal, sys\nfrom engine import atomic\nfrom engine.convert import convert\n"
             "atomic.STEP_HOOK = lambda s: s == 'file:model.safetensors' and os.kill(os.getpid(), signal.SIGKILL)\n"
             "convert(sys.argv[1], sys.argv[2], force=True, progress=False)\n")
     run = subprocess.run([sys.executable, "-c", code, bert, out], capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 import engine
 from engine import ops, sampling
 from engine.__main__ import main
-from engine.checkpoint import convert
+from engine.convert import convert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # CI runs a fixed, small set (derandomize); FUZZ_RANDOM=1 FUZZ_SCALE=20 explores (see the report for what it found)

@@ -39,6 +39,9 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # shards) vs transformers, then convert's folder handling
     "engine/checkpoint.py": ("models", ("tests/test_checkpoint.py", "tests/test_models.py", "tests/test_convert.py"),
                              24),
+    # engine/convert.py (split from checkpoint.py): convert's folder handling and atomic write, then the CLI's
+    # refusals, then every family converted and reloaded vs transformers
+    "engine/convert.py": ("models", ("tests/test_convert.py", "tests/test_checkpoint.py", "tests/test_models.py"), 6),
     # model code vs transformers: BERT / ALBERT / RoBERTa / GPT-2 outputs on every route, then gradients and
     # dropout (train / eval), then check_inputs' named errors
     "engine/models/blocks.py": ("models", ("tests/test_models.py", "tests/models/test_training.py",
@@ -147,7 +150,7 @@ EQUIVALENT: dict[str, str] = {
         "anyway), i.e. a GPT-2 Conv1D weight stays a transposed view of the transformers parameter instead of a "
         "contiguous copy: the same values, the layout from_pretrained gives on the CPU (checked against transformers "
         "by tests/test_models.py); trainable still clones every parameter",
-    "engine/checkpoint.py::convert.fill::num::2 -> (1)#0":
+    "engine/convert.py::convert.fill::num::2 -> (1)#0":
         "config.json's indentation: every reader parses the JSON (load_config, _engine_output); no value changes",
     **{"engine/seq2seq.py::" + m: _CHECK_STOP for m in (
         "<module>::num::8 -> (7)#0",  # CHECK_EVERY
