@@ -59,7 +59,10 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # engine's own config.json, generation_config.json); the dispatch rules by tests/test_backend.py (environment
     # parsing, the Route cache, forced Triton's errors, every op on its kernel); the encoder graphs' bucketing and
     # padding by tests/test_graphs.py (run eagerly on the CPU vs the eager forward; the real graphs are gpu-marked)
-    "engine/config.py": ("models", ("tests/test_config.py",), 40),
+    "engine/config.py": ("models", ("tests/test_config.py",), 17),
+    # engine/hf_config.py (split from config.py: the HF config.json parsing; the sample of 40 shared 17 + 23 as
+    # the two files' mutants, 148 + 200)
+    "engine/hf_config.py": ("models", ("tests/test_config.py",), 23),
     "engine/backend.py": ("ops", ("tests/test_backend.py",), 24),
     "engine/graphs.py": ("models", ("tests/test_graphs.py",), 24),
     # the corpus embedding job: shard store (lines <-> shards, resume), the job loop and input readers; judged by
@@ -171,7 +174,7 @@ EQUIVALENT: dict[str, str] = {
         "st.finish on every rank instead of rank 0 alone: it runs after the gather that follows every rank's shards, "
         "so every rank sums the same sidecars into the same final manifest (rank 0's plan, broadcast) and writes it "
         "by an atomic rename of a per-process temporary: the same file; one process: the same call",
-    # engine/backend.py, engine/graphs.py, engine/config.py (2026-11-30)
+    # engine/backend.py, engine/graphs.py, engine/config.py (2026-11-30; its HF parsing now in engine/hf_config.py)
     "engine/backend.py::<module>::cmp::os.name == \"posix\" -> (os.name != 'posix')#0":
         "_ENV_DATA (os.environ's raw bytes dict) is then None on POSIX too: every read goes through os.environ.get, "
         "the same values as str instead of bytes (both parsers take either; Route caches the same decisions under "
@@ -183,7 +186,7 @@ EQUIVALENT: dict[str, str] = {
     "engine/graphs.py::_fill::cmp::n < dst.shape[1] -> (n <= dst.shape[1])#0":
         "the extra case n == dst.shape[1] (a length that fills its bucket) fills dst[:, n:], an empty slice: nothing "
         "is written",
-    "engine/config.py::_from_gpt2::bool::False -> (True)#0":
+    "engine/hf_config.py::_from_gpt2::bool::False -> (True)#0":
         "reorder_and_upcast_attn's default: _get's result is discarded (the field is only type-checked when present: "
         "engine's attention always takes the softmax in fp32, what the option asks for), so no default is ever read",
     # engine/hf/_hook.py, engine/hf/attention.py (2026-11-30)
