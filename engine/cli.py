@@ -143,7 +143,8 @@ def _generate_impl(args: argparse.Namespace) -> int:
     import torch
 
     from engine.config import T5_FAMILIES
-    from engine.generate import config_eos_ids, stream
+    from engine.decoding import config_eos_ids
+    from engine.generate import stream
 
     model, tok = _load(args.model, "generate", args)
     text2text = model.config.family in T5_FAMILIES  # the prompt is the source; only the output is printed

@@ -12,8 +12,8 @@ How it works:
   feeds one token per row per step: its self-attention keys/values go into a static cache (engine/kv_cache.py's
   StaticKVCache, preallocated for the whole call) and it attends through ``ops.decode_attention`` with the
   decoder's relative position bias table (one (H, 2L - 1) table per call, L = the cache length).
-- Token choice, EOS handling and keywords are generate's (engine/generate.py: the same checks, the same C++ sampler
-  for sampling or a repetition penalty, the same per-step seeds); rows that stopped are padded with the config's
+- Token choice, EOS handling and keywords are generate's (engine/decoding.py: the same checks and per-step seeds;
+  the same C++ sampler for sampling or a repetition penalty); rows that stopped are padded with the config's
   pad_token_id (HF's default for T5), and the call ends once every row has stopped. The result starts with the
   decoder start token, like HF's encoder-decoder generate.
 Decoding state (cache, buffers) lives in the call, nothing is kept on the model, so calls on one model may run
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from engine import sampling
-from engine.generate import decoding_options, step_seed
+from engine.decoding import decoding_options, step_seed
 from engine.kv_cache import StaticKVCache
 from engine.models import blocks
 from engine.models.t5 import T5, Context, key_padding

@@ -28,6 +28,8 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py", f"{OPS}/test_position_bias.py"), 12),
     "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
+    # engine/decoding.py (split from generate.py): the decoding keywords' checks and defaults, step seeds
+    "engine/decoding.py": ("generate", ("tests/test_generate.py",), 6),
     # per-row option parsing, prev_tokens packing and probs_reference: every probs vs HF's logits processors and
     # vs probs_reference (so a wrong reference fails too), bad options by name
     "engine/sampling.py": ("generate", ("tests/test_sampling.py",), 24),
