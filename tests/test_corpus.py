@@ -6,6 +6,7 @@ A tiny random BERT (hidden 32) with all-MiniLM-L6-v2's tokenizer and sentence-tr
 Normalize, max_seq_length 48) keeps each job to milliseconds; test_embed.py checks MiniLM itself."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -24,7 +25,7 @@ import transformers as T
 import engine
 from engine.__main__ import main
 from engine.corpus import InputError, OutputError, embed_corpus, load_embeddings, store
-from engine.corpus.inputs import input_spec, scan
+from engine.corpus.inputs import input_spec, records, scan
 from engine.embed import Embedder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -246,6 +247,28 @@ def test_scan_reports_bad_input_by_line(tmp_path):
     bad("f.txt", "x\n", "field applies to jsonl", field="body")
     replaced = scan(input_spec(write(tmp_path / "r.txt", b"ok\nbad \xff\n"), encoding_errors="replace"), shard_size=4)
     assert replaced.replaced == 1 and replaced.ids.tolist() == [0, 1]
+
+
+def test_input_options_are_checked_by_name(tmp_path):
+    """input_spec: column= / field= pick the cell each record reads (vs csv.DictReader / json.loads of the same
+    file), and each option applies only where documented, a bad value refused naming the option."""
+    c = write(tmp_path / "c.csv", 'id,body,text\n1,"first, body",a\n2,second body,b\n')
+    with open(c, newline="", encoding="utf-8") as f:
+        want = [row["body"] for row in csv.DictReader(f)]
+    assert [r.text for r in records(input_spec(c, column="body"))] == want
+    j = write(tmp_path / "j.jsonl", '{"text": "a", "body": "first"}\n{"body": "second", "text": "b"}\n')
+    want = [json.loads(line)["body"] for line in j.read_text().splitlines()]
+    assert [r.text for r in records(input_spec(j, field="body"))] == want
+    t = write(tmp_path / "t.txt", "x\n")
+    for kw, pattern in [({"column": "body"}, r"column applies to csv / tsv input; .*t\.txt' is read as text"),
+                        ({"field": "body", "format": "csv"}, r"field applies to jsonl input; .* is read as csv"),
+                        ({"format": "xml"}, r"format must be one of text, jsonl, csv, tsv; got 'xml'"),
+                        ({"on_empty": "drop"}, r"on_empty must be one of skip, error, keep; got 'drop'"),
+                        ({"encoding_errors": "ignore"}, r"encoding_errors must be one of strict, replace")]:
+        with pytest.raises(InputError, match=pattern):
+            input_spec(t, **kw)
+    with pytest.raises(InputError, match="is not a regular file"):
+        input_spec(tmp_path)
 
 
 def test_formats_and_shard_starts(tmp_path, tiny):
