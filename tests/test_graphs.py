@@ -31,6 +31,22 @@ def test_length_bucket():
         assert n <= b and (b in LENGTH_BUCKETS or b % 256 == 0)
 
 
+def _documented_bucket(n: int, max_len: int) -> int:
+    """engine/graphs.py's documented buckets, written out independently of LENGTH_BUCKETS: the smallest of 16, 32,
+    48, 64, 96, 128, 192, 256, 384, 512 that holds n, past 512 the next multiple of 256, never past max_len."""
+    table = [16, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    return min(next((b for b in table if b >= n), -(-n // 256) * 256), max_len)
+
+
+@pytest.mark.parametrize("max_len", [24, 384, 385, 512, 513, 1100, 2048])
+def test_length_bucket_boundaries(max_len):
+    """Every length from 1 to max_len against the documented table: a length on a bucket stays there and one past
+    it (384 vs 385, 512 vs 513, ...) moves to the next, capped by the model's maximum."""
+    got = [length_bucket(n, max_len) for n in range(1, max_len + 1)]
+    want = [_documented_bucket(n, max_len) for n in range(1, max_len + 1)]
+    assert got == want, next((n + 1, g, w) for n, (g, w) in enumerate(zip(got, want)) if g != w)
+
+
 def _model(arch):
     model = from_transformers(make_hf(arch))
     model.packed = False  # the eager reference runs the same dense path the graph runs
