@@ -8,7 +8,7 @@ requires grad is sent to the PyTorch path by the op). Dropout: one Philox seed p
 generator (``dropout_seed``: ``torch.manual_seed`` reproduces the masks); the backward regenerates the forward's
 keep mask from it.
 
-``engine.ops.library`` registers the same forward / backward as custom ops with ``register_autograd`` so
+``engine.ops.library_attention`` registers the same forward / backward as custom ops with ``register_autograd`` so
 torch.compile traces calls that need grad (without dropout: see there).
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ class FlashVarlen(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
-# ---- the differentiable custom ops' bodies (engine.ops.library: torch.compile with grad, no dropout) -----------
+# ---- the differentiable custom ops' bodies (engine.ops.library_attention: torch.compile with grad, no dropout) -
 # The op decides Triton or PyTorch at run time, like the public functions; its backward makes the same decision
 # (same environment, device and shapes), so a kernel forward always meets the kernel backward. On the PyTorch path
 # the forward's lse is an unused placeholder and the backward computes the PyTorch path's gradients by the explicit

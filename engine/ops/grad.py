@@ -1,5 +1,5 @@
 """Backward of the norm and GELU ops: autograd Functions over the Triton kernels, and the backward computations
-the registered custom ops (engine.ops.library) call from their ``register_autograd`` formulas.
+the registered custom ops (engine.ops.library_norm_gelu) call from their ``register_autograd`` formulas.
 
     norm_fn(x, residual, weight, bias, n, eps, rms=...)      -> y, or (y, x + residual)   (differentiable)
     gelu_fn(x, bias, approximate, gated=...)                 -> y                         (differentiable)

@@ -3,7 +3,7 @@ shapes: any rank >= 2, broadcast batch / head dims, grouped K/V heads with ``ena
 float32 or the query's dtype, any real ``dropout_p`` in [0, 1] and ``scale``) plus engine's relative-position-bias
 table, and brought to the (B, H, N, D) views the attention paths take. ``_check_sdpa`` is the op's full check: its
 cheap path (engine/ops/attention.py) accepts only calls this function accepts unchanged, and the registered op's
-fake implementation (engine/ops/library.py) runs it on the trace's tensors.
+fake implementation (engine/ops/library_attention.py) runs it on the trace's tensors.
 """
 from __future__ import annotations
 
