@@ -389,6 +389,20 @@ def test_replaced_utf8_is_embedded_and_reported(tiny, tmp_path):
     assert "empty skipped" not in clean.summary()
 
 
+def test_replaced_utf8_counts_every_record_of_a_multiline_cell(tmp_path):
+    """encoding_errors='replace': a record counts as replaced when any of its lines needed U+FFFD, also when a quoted
+    CSV cell spans lines and the bad byte is on one before the last (the reference: the records whose text holds
+    U+FFFD, the file having none of its own); the header's replacements are no record's."""
+    f = write(tmp_path / "m.csv", b'id,text\n1,"bad \xff\nthen fine"\n2,plain\n3,"fine\nthen bad \xff"\n'
+                                  b'4,"a\nb \xff\nc"\n5,last\n')
+    spec = input_spec(f, encoding_errors="replace")
+    recs = list(records(spec))
+    assert [r.replaced for r in recs] == ["\ufffd" in r.text for r in recs] == [True, False, True, True, False]
+    assert scan(spec, shard_size=2).replaced == 3
+    h = write(tmp_path / "h.tsv", b"text\xff\tid\ntext\t1\n")  # a bad byte in the header only
+    assert [r.replaced for r in records(input_spec(h, column="text\ufffd", encoding_errors="replace"))] == [False]
+
+
 RANK_SCRIPT = """
 import os, sys
 from engine.corpus import OutputError, embed_corpus

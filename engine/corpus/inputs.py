@@ -102,7 +102,8 @@ class _Lines:
     """Raw lines of a file from a Position, decoded (line endings kept); optional sha256 of the bytes read.
 
     After each line: ``start`` / ``start_line`` say where it began, ``offset`` / ``line`` where the next one
-    begins, ``replaced`` whether it needed U+FFFD replacements."""
+    begins. ``replaced``: whether a line read since the reader last set it to False needed U+FFFD replacements
+    (a CSV record can span several lines: any of them counts)."""
 
     def __init__(self, spec: InputSpec, f, start: Position, hasher=None) -> None:
         self.spec, self.f, self.hasher = spec, f, hasher
@@ -119,7 +120,6 @@ class _Lines:
             self.line += 1
             try:
                 text = raw.decode("utf-8")
-                self.replaced = False
             except UnicodeDecodeError as exc:
                 if self.spec.encoding_errors == "strict":
                     raise InputError(
@@ -151,11 +151,12 @@ def records(spec: InputSpec, *, start: Position = Position(), hasher=None) -> It
         record = start.record
         for text in lines:
             at = Position(lines.start, record, lines.start_line)
+            replaced, lines.replaced = lines.replaced, False
             text = text[:-1] if text.endswith("\n") else text
             text = text[:-1] if text.endswith("\r") else text
             if spec.format == "jsonl":
                 text = _json_field(spec, text, at.line)
-            yield Record(at, text, lines.replaced)
+            yield Record(at, text, replaced)
             record += 1
 
 
@@ -191,6 +192,7 @@ def _csv_records(spec: InputSpec, lines: _Lines, start: Position) -> Iterator[Re
     finally:
         if header_file is not None:
             header_file.close()
+    lines.replaced = False  # the header's replacements belong to no record
     if header is None:
         return
     if spec.column not in header:
@@ -201,6 +203,7 @@ def _csv_records(spec: InputSpec, lines: _Lines, start: Position) -> Iterator[Re
     while True:
         at_offset, at_line = lines.offset, lines.line
         row = _next_row(spec, reader, lines)
+        replaced, lines.replaced = lines.replaced, False  # any of the row's lines
         if row is None:
             return
         if not row:  # a blank line is not a row
@@ -209,7 +212,7 @@ def _csv_records(spec: InputSpec, lines: _Lines, start: Position) -> Iterator[Re
         if len(row) != len(header):
             raise InputError(f"{spec.path}:{at_line}: {len(row)} cells where the header has {len(header)} "
                              "(an unquoted delimiter or a missing cell)")
-        yield Record(at, row[col], lines.replaced)
+        yield Record(at, row[col], replaced)
         record += 1
 
 
