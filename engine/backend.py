@@ -182,15 +182,16 @@ class Route:
             return True
         raise RuntimeError(d)
 
-    def pytorch_only(self, lead: torch.Tensor) -> bool:
-        """True when no call of this op on ``lead``'s device kind can run the kernel in the current environment
-        (ENGINE_BACKEND=torch, or auto off CUDA), so an op may skip computing its key; False says nothing."""
+    def pytorch_only(self, on_cuda: bool) -> bool:
+        """True when no call of this op on the call's device kind can run the kernel in the current environment
+        (ENGINE_BACKEND=torch, or auto off CUDA), so an op may skip computing its key; False says nothing.
+        on_cuda: the op's lead tensor's ``is_cuda``, which the op has read already."""
         if _ENV_DATA is not None and os.environ is _ENVIRON:
             raw = _ENV_DATA.get(b"ENGINE_BACKEND")
         else:
             raw = os.environ.get("ENGINE_BACKEND")
         name = "auto" if raw is None else _parse_backend(raw)  # unset: auto, the common case, without a parse
-        return name == "torch" or (name == "auto" and not lead.is_cuda)
+        return name == "torch" or (name == "auto" and not on_cuda)
 
     def _miss(self, ck: tuple, lead: torch.Tensor, key: Hashable, others: tuple) -> bool | str:
         raw_name, raw_interp, kind, _ = ck

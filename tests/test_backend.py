@@ -90,10 +90,10 @@ def test_route_caches_but_follows_the_environment(monkeypatch):
     x = torch.randn(3)
     monkeypatch.delenv("ENGINE_BACKEND", raising=False)
     assert route(x, "ok") is False and route(x, "ok") is False  # auto on a CPU: PyTorch
-    assert route.pytorch_only(x)
+    assert route.pytorch_only(x.is_cuda) and not route.pytorch_only(True)  # auto on CUDA: may run the kernel
     monkeypatch.setenv("ENGINE_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert not route.pytorch_only(x)
+    assert not route.pytorch_only(x.is_cuda)
     assert route(x, "ok") is True and route(x, "no") is False
     n = len(seen)
     assert route(x, "ok") is True and len(seen) == n  # cached: the verdict is not asked again
@@ -103,12 +103,12 @@ def test_route_caches_but_follows_the_environment(monkeypatch):
         route(x, "ok")
     assert route(torch.randn(3, requires_grad=True), "ok") is False  # grad comes before the error, as in use_triton
     monkeypatch.setenv("ENGINE_BACKEND", "torch")
-    assert route(x, "ok") is False and route.pytorch_only(x)
+    assert route(x, "ok") is False and route.pytorch_only(x.is_cuda)
     monkeypatch.setenv("ENGINE_BACKEND", "gpu")
     with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
         route(x, "ok")
     with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
-        route.pytorch_only(x)
+        route.pytorch_only(x.is_cuda)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -178,7 +178,7 @@ def test_route_with_a_backward_kernel_keeps_the_kernel_under_grad(monkeypatch):
 
 
 def _decisions(route, x):
-    return backend.backend_name(), backend.interpreting(), backend.use_triton(x), route(x, "ok"), route.pytorch_only(x)
+    return backend.backend_name(), backend.interpreting(), backend.use_triton(x), route(x, "ok"), route.pytorch_only(x.is_cuda)
 
 
 def test_a_replaced_os_environ_is_what_decides(monkeypatch):
@@ -196,7 +196,7 @@ def test_a_replaced_os_environ_is_what_decides(monkeypatch):
     assert _decisions(route, x) == ("torch", True, False, False, True)
     os.environ["ENGINE_BACKEND"] = "gpu"
     with pytest.raises(ValueError, match="ENGINE_BACKEND must be one of"):
-        route.pytorch_only(x)
+        route.pytorch_only(x.is_cuda)
 
 
 def test_without_the_raw_environment_os_environ_decides(monkeypatch):

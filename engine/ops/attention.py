@@ -244,11 +244,12 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         b, h, n_q, d = qs
         n_k = ks[2]
         dv = vs[3]
+        cuda = not on_cpu  # one device, the CPU or a CUDA device
     else:
         q, k, v, mask, dropout_p, scale, bias, out_shape = _check_sdpa(
             query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, relative_position_bias)
         b, h, n_q, d = q.shape
-        n_k, dv, dtype, on_cpu = k.shape[2], v.shape[3], q.dtype, q.is_cpu
+        n_k, dv, dtype, on_cpu, cuda = k.shape[2], v.shape[3], q.dtype, q.is_cpu, q.is_cuda
         md = None if mask is None else mask.dtype
         if len(out_shape) == 4:
             out_shape = None
@@ -262,7 +263,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         if (out_shape is None and bias is None and dropout_p == 0.0 and (scale is None or 0.0 < scale < _INF)
                 and not backend.grad_recording(mask)):  # the differentiable op (4-D checked call)
             return torch.ops.engine.scaled_dot_product_attention_lse(q, k, v, mask, is_causal, scale)[0]
-    elif not _SDPA.pytorch_only(q) and sdpa_route(q, k, v, mask, dropout_p, is_causal, scale, bias):
+    elif not _SDPA.pytorch_only(cuda) and sdpa_route(q, k, v, mask, dropout_p, is_causal, scale, bias):
         if backend.grad_recording(q, k, v):
             from engine.ops.attention_grad import FlashSDPA
 
@@ -447,17 +448,19 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             and cu_k.dtype is _I32 and len(cs := cu_q.shape) == 1 and cs[0] >= 2 and cu_k.shape == cs
             and type(max_q) is int and max_q >= 0 and type(max_k) is int and max_k >= 0 and type(causal) is bool
             and (scale is None or (type(scale) is float and -_INF < scale < _INF))
-            and ((q.is_cpu and k.is_cpu and v.is_cpu and cu_q.is_cpu and cu_k.is_cpu)
+            and (((cpu := q.is_cpu) and k.is_cpu and v.is_cpu and cu_q.is_cpu and cu_k.is_cpu)
                  or same_cuda_device(q, k, v, cu_q, cu_k))
             and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(max_q, max_k)))
             and type(dropout_p) is float and 0.0 <= dropout_p < 1.0):
         total_q, h, d = qs
         total_k = ks[0]
+        cuda = not cpu  # one device, the CPU or a CUDA device
     else:
         q, k, v, cu_q, cu_k, max_q, max_k, scale, bias = _check_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, relative_position_bias)
         dropout_p = _check_dropout(dropout_p)
         (total_q, h, d), total_k, dtype, cs = q.shape, k.shape[0], q.dtype, cu_q.shape
+        cpu, cuda = q.is_cpu, q.is_cuda
     if compiling:  # the values are checked when the op runs
         if not backend.grad_recording(q, k, v, bias):
             return torch.ops.engine.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
@@ -469,7 +472,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     one = batch == 1 and total_q > 0 and total_k > 0  # one sequence: [0, total] once validated, so not read again
     cq = ck = None  # cu_seqlens on the host, read at most once (for the checks and the PyTorch path)
     if validate:
-        if q.is_cpu:  # no device sync here
+        if cpu:  # no device sync here
             cq = cu_q.tolist()
             ck = cq if cu_k is cu_q else cu_k.tolist()
             _validate_cu_lists(cq, ck, total_q, total_k, max_q, max_k)
@@ -478,7 +481,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         else:
             _validate_cu_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
 
-    if _VARLEN.pytorch_only(q) or not varlen_route(q, k, v, cu_q, cu_k, max_q, max_k,
+    if _VARLEN.pytorch_only(cuda) or not varlen_route(q, k, v, cu_q, cu_k, max_q, max_k,
                                                    d ** -0.5 if scale is None else scale, bias, dropout_p):
         if cq is None and not one:  # one sequence is [0, total]: no read
             cq = cu_q.tolist()

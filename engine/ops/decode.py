@@ -43,6 +43,7 @@ from engine.ops.position_bias import bias_scores, check_relative_position_bias, 
 KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 _Tensor = torch.Tensor
 _INF = math.inf
+_I32 = torch.int32
 _compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and (dtype, head dim).
 _DECODE = backend.Route("decode_attention", lambda key: key[0] in KERNEL_DTYPES and key[1] in KERNEL_HEAD_DIMS)
@@ -178,15 +179,17 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     # Cheap path: 4-D tensors of one float dtype and device with matching sizes, 1 <= Tq <= Tmax, int32 (B,)
     # lengths on that device, float scale (or None): attribute reads that imply every check in _check_args.
     kc, vc, sl = k_cache, v_cache, cache_seqlens
-    if not (isinstance(q, _Tensor) and isinstance(kc, _Tensor) and isinstance(vc, _Tensor) and isinstance(sl, _Tensor)
+    if (isinstance(q, _Tensor) and isinstance(kc, _Tensor) and isinstance(vc, _Tensor) and isinstance(sl, _Tensor)
             and (dtype := q.dtype) in FAST_FLOAT_DTYPES and kc.dtype is dtype and vc.dtype is dtype
             and len(qs := q.shape) == 4 and len(ks := kc.shape) == 4 and vc.shape == ks
             and ks[0] == qs[0] and ks[1] == qs[1] and ks[3] == qs[3] and 1 <= qs[2] <= ks[2]
-            and sl.dtype is torch.int32 and len(ss := sl.shape) == 1 and ss[0] == qs[0]
+            and sl.dtype is _I32 and len(ss := sl.shape) == 1 and ss[0] == qs[0]
             and (scale is None or (type(scale) is float and -_INF < scale < _INF))
-            and ((q.is_cpu and kc.is_cpu and vc.is_cpu and sl.is_cpu) or same_cuda_device(q, kc, vc, sl))):
+            and (((cpu := q.is_cpu) and kc.is_cpu and vc.is_cpu and sl.is_cpu) or same_cuda_device(q, kc, vc, sl))):
+        cuda = not cpu  # one device, the CPU or a CUDA device
+    else:
         _check_args(q, k_cache, v_cache, cache_seqlens, scale)
-        dtype, qs, ks = q.dtype, q.shape, k_cache.shape
+        dtype, qs, ks, cpu, cuda = q.dtype, q.shape, k_cache.shape, q.is_cpu, q.is_cuda
     B, H, Tq, D = qs
     Tmax = ks[2]
     bias = relative_position_bias
@@ -197,14 +200,14 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                                                  None if validate is None else bool(validate), bias)
     span = None  # (min, max) of cache_seqlens read on the host: once, for the check and the PyTorch path
     if validate is None:
-        validate = not q.is_cuda
+        validate = not cuda
     if validate:
-        if q.is_cpu and B > 0:  # no device sync on the CPU
+        if cpu and B > 0:  # no device sync on the CPU
             span = lo, hi = _host_span(cache_seqlens)
             _check_seqlen_range(lo, hi, Tq, Tmax)
         else:
             _check_seqlens(cache_seqlens, Tq, Tmax)
-    if not _DECODE.pytorch_only(q) and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):
+    if not _DECODE.pytorch_only(cuda) and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):
         from engine.kernels.attention.decode import decode_attention_fwd
 
         return decode_attention_fwd(q, k_cache, v_cache, cache_seqlens,
@@ -213,4 +216,4 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if scale is not None and type(scale) is not float:
         scale = float(scale)  # a checked real (int, numpy scalar)
     # scale None: torch's default, 1 / sqrt(D)
-    return _decode_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, qs, Tmax, not q.is_cuda, span)
+    return _decode_torch(q, k_cache, v_cache, cache_seqlens, scale, bias, qs, Tmax, not cuda, span)
