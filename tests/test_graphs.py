@@ -84,6 +84,35 @@ def test_bucketed_forward_equals_eager(arch):
     assert {k[:2] for k in runner.entries} == {(3, 16)}
 
 
+def test_bucket_padding_the_model_receives(monkeypatch):
+    """What graph_forward gets for a padded call: the ids with pad_token_id beyond the real length, a mask of ones
+    then zeros (built here), token types padded with 0, the one type every model has (RoBERTa's
+    type_vocab_size is 1: any other index is out of range); a length that fills its bucket without a mask gets no
+    mask, so the graph holds exactly the eager computation. Results vs the eager forward."""
+    arch = "RobertaForSequenceClassification"
+    model = _model(arch)
+    pad = model.config.pad_token_id
+    assert model.embeddings.token_type.num_embeddings == 1 and pad not in (None, 0)
+    seen = []
+    real = model.graph_forward
+    monkeypatch.setattr(model, "graph_forward", lambda ids, mask, types, pooled: seen.append(
+        (ids.clone(), mask if mask is None else mask.clone(), types.clone())) or real(ids, mask, types, pooled))
+    runner = EncoderGraphs(model)
+    ids = inputs(arch, B=2, N=16)["input_ids"]
+    with torch.no_grad():
+        for n in (16, 11):
+            x, types = ids[:, :n], torch.zeros(2, n, dtype=torch.long)
+            got = runner.run(x, None, types, graph=False)
+            torch.testing.assert_close(got, model(x, token_type_ids=types), rtol=1e-5, atol=1e-6)
+            got_ids, mask, got_types = seen[-1]
+            assert torch.equal(got_ids[:, :n], x) and (got_ids[:, n:] == pad).all() and got_ids.shape == (2, 16)
+            assert torch.equal(got_types, torch.zeros(2, 16, dtype=torch.long))
+            if n == 16:
+                assert mask is None
+            else:
+                assert torch.equal(mask, (torch.arange(16) < n).long().expand(2, 16))
+
+
 @pytest.mark.parametrize("arch", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification",
                                   "BertForQuestionAnswering", "BertForNextSentencePrediction", "BertForPreTraining"])
 def test_every_head_cuts_only_its_sequence_outputs(arch):
