@@ -381,7 +381,7 @@ def test_interface_runs_the_kernels(arch, monkeypatch):
 
 def test_packed_mark_skips_revalidation_only_for_engines_own_cu_seqlens(monkeypatch):
     calls = []
-    import engine.ops.attention as oa
+    import engine.ops.varlen as oa
 
     for name in ("_validate_cu_values", "_validate_cu_lists"):  # CUDA tensors / CPU tensors (read once as lists)
         real = getattr(oa, name)

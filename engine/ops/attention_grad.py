@@ -161,7 +161,7 @@ def sdpa_backward_op(grad, q, k, v, out, lse, mask, is_causal, scale):
 
 def varlen_lse_op(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, validate):
     """(out, lse) for ``torch.ops.engine.varlen_attention_lse``."""
-    from engine.ops.attention import _varlen_torch, _validate_cu_values, varlen_route
+    from engine.ops.varlen import _validate_cu_values, _varlen_torch, varlen_route
 
     scale = q.shape[2] ** -0.5 if scale is None else scale
     if validate:
@@ -174,7 +174,8 @@ def varlen_lse_op(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, validate):
 
 def varlen_backward_op(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale):
     """(dq, dk, dv) for ``torch.ops.engine.varlen_attention_backward``."""
-    from engine.ops.attention import _causal_keep, varlen_route
+    from engine.ops.attention import _causal_keep
+    from engine.ops.varlen import varlen_route
 
     scale = q.shape[2] ** -0.5 if scale is None else scale
     if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, needs_backward=True):

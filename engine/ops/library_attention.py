@@ -51,7 +51,7 @@ def _sdpa_layout(query: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
      " bool causal, float? scale, bool validate, Tensor? relative_position_bias=None, float dropout_p=0.0) -> Tensor")
 def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
             relative_position_bias=None, dropout_p=0.0):
-    from engine.ops.attention import varlen_attention
+    from engine.ops.varlen import varlen_attention
 
     return varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                             scale=scale, validate=validate, relative_position_bias=relative_position_bias,
@@ -61,7 +61,7 @@ def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
 @_varlen.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
       relative_position_bias=None, dropout_p=0.0):
-    from engine.ops.attention import _check_varlen
+    from engine.ops.varlen import _check_varlen
 
     q, *_ = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
                           relative_position_bias)
@@ -127,7 +127,7 @@ def _varlen_lse(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 @_varlen_lse.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate):
-    from engine.ops.attention import _check_varlen
+    from engine.ops.varlen import _check_varlen
 
     q, *_ = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),

@@ -23,8 +23,9 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/_checks.py": ("ops", (BACKEND, f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
     "engine/ops/activation.py": ("ops", (BACKEND, f"{OPS}/test_activation.py"), 8),
     "engine/ops/norm.py": ("ops", (BACKEND, f"{OPS}/test_norm.py"), 12),
-    "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_attention.py",
-                                        f"{OPS}/test_position_bias.py"), 20),
+    "engine/ops/attention.py": ("ops", (BACKEND, f"{OPS}/test_attention.py", f"{OPS}/test_position_bias.py"), 12),
+    # engine/ops/varlen.py (split from attention.py): varlen attention, its cu_seqlens checks, unpad / pad
+    "engine/ops/varlen.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_position_bias.py"), 10),
     "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py", f"{OPS}/test_position_bias.py"), 12),
     "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
     "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
@@ -99,7 +100,7 @@ SKIP: dict[str, dict[str, str]] = {
 
 _SHORTCUT = ("a shortcut taken less often (a stricter or never-true test, or a check done twice) falls through to "
              "the exact general path; only mutants that take it more often can be wrong, and the tests kill those")
-_CU = "engine/ops/attention.py::_validate_cu_lists::"
+_CU = "engine/ops/varlen.py::_validate_cu_lists::"
 _PB = "engine/ops/position_bias.py::bias_block::"
 _CHECK_STOP = ("how often seq2seq asks 'has every row stopped?' before breaking out of the decode loop "
                "(check_every; speed only, a host sync on CUDA): the result is out[:, :1 + n_new], n_new counts "
