@@ -99,19 +99,24 @@ def _p(d: dict[str, Any], key: str, default: float | None) -> float | None:
     return float(v)
 
 
+# bos / eos ids where config.json leaves them out: the defaults of transformers' config class of each family (BERT's:
+# none). Only GPT-2 / T5 generation reads eos; the others are carried for parity (engine's encoders read neither).
+_BOS_DEFAULTS = {"gpt2": 50256, "albert": 2, "roberta": 0}
+_EOS_DEFAULTS = {"gpt2": 50256, "albert": 3, "roberta": 2, **{f: 1 for f in T5_FAMILIES}}
+
+
 def _common(d: dict[str, Any], family: str) -> dict[str, Any]:
     """Fields every family reads the same way: labels and how scores are made, special ids, dtype."""
     labels = _check("id2label", d.get("id2label") or None, "labels")  # {} means none, as before
     num_labels = len(labels) if labels else _get(d, "num_labels", "count", 2)  # as transformers: id2label wins
     gpt2 = family == "gpt2"
-    bos = d.get("bos_token_id", 50256 if gpt2 else None)
+    bos = d.get("bos_token_id", _BOS_DEFAULTS.get(family))
     dtype = d["dtype"] if d.get("dtype") is not None else d.get("torch_dtype")
     return dict(
         id2label=None if labels is None else {str(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))},
         num_labels=num_labels, problem_type=_get(d, "problem_type", "problem", None),
         bos_token_id=bos if _valid(bos, "token") else None,  # unused by engine: carried when well-formed
-        # GPT2Config's and T5Config's defaults
-        eos_token_id=_get(d, "eos_token_id", "tokens", 50256 if gpt2 else 1 if family in T5_FAMILIES else None),
+        eos_token_id=_get(d, "eos_token_id", "tokens", _EOS_DEFAULTS.get(family)),
         pad_token_id=_get(d, "pad_token_id", "token", 1 if family == "roberta" else 0 if family != "gpt2" else None),
         tie_word_embeddings=_get(d, "tie_word_embeddings", "bool", True),
         dtype=_check("dtype", dtype, "dtype") if dtype is not None else None,

@@ -48,6 +48,7 @@ def _as_transformers_reads(hf: T.PretrainedConfig) -> dict:
                 hidden_dropout=hf.hidden_dropout_prob, attention_dropout=hf.attention_probs_dropout_prob,
                 embedding_dropout=hf.hidden_dropout_prob,
                 classifier_dropout=hf.hidden_dropout_prob if classifier is None else classifier,
+                bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id,
                 **(dict(embedding_size=hf.embedding_size, num_hidden_groups=hf.num_hidden_groups,
                         inner_group_num=hf.inner_group_num) if albert else {}))
 
@@ -69,8 +70,8 @@ def test_from_hf_reads_transformers_configs(arch):
 @pytest.mark.parametrize("model_type", ["bert", "albert", "roberta", "gpt2", "t5", "mt5", "umt5"])
 def test_absent_fields_take_transformers_class_defaults(model_type):
     """A config.json that leaves fields out (hand-written, trimmed, or from an old version) gets, field by field, the
-    value transformers' config class defaults to, so engine builds the model transformers builds from that file.
-    (ALBERT's and RoBERTa's bos / eos ids are not compared: engine's encoders never read them.)"""
+    value transformers' config class defaults to, so engine builds the model transformers builds from that file
+    (the bos / eos ids too, which engine's encoders never read: ALBERT's 2 / 3, RoBERTa's 0 / 2, BERT's none)."""
     hf = T.AutoConfig.for_model(model_type)
     cfg = ModelConfig.from_hf({"model_type": model_type})
     want = _as_transformers_reads(hf)
