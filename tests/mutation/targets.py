@@ -80,6 +80,15 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/hf/patching.py": ("hf", ("tests/test_hf_patch.py",), 14),
     "engine/hf/forwards.py": ("hf", ("tests/test_hf_patch.py",), 14),
     "engine/hf/_hook.py": ("hf", ("tests/test_hf_attention.py",), 6),
+    # (added 2026-11-30, fifth session) atomic directory / file replacement: convert's folder handling and the
+    # fault-injection tests that kill the writer at every step (the file system's state after each)
+    "engine/atomic.py": ("models", ("tests/test_convert.py",), 25),
+    # the session pool (checkout / give back / drop on error) and the static KV cache: pool rules, then generate
+    # vs transformers
+    "engine/sessions.py": ("generate", ("tests/test_sessions.py", "tests/test_generate.py"), 8),
+    "engine/kv_cache.py": ("generate", ("tests/test_sessions.py", "tests/test_generate.py"), 7),
+    # SDPA's full argument check vs torch's own SDPA (accepted shapes give its values, refusals name the argument)
+    "engine/ops/sdpa_args.py": ("ops", (f"{OPS}/test_sdpa_signature.py",), 15),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
