@@ -82,11 +82,12 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/hf/_hook.py": ("hf", ("tests/test_hf_attention.py",), 6),
     # (added 2026-11-30, fifth session) atomic directory / file replacement: convert's folder handling and the
     # fault-injection tests that kill the writer at every step (the file system's state after each)
-    "engine/atomic.py": ("models", ("tests/test_convert.py",), 25),
-    # the session pool (checkout / give back / drop on error) and the static KV cache: pool rules, then generate
-    # vs transformers
+    "engine/atomic.py": ("models", ("tests/test_atomic.py", "tests/test_convert.py"), 25),
+    # the session pool (checkout / give back / drop on error) and the static KV cache (its own writes and outputs
+    # vs float64, then the pool rules, then generate vs transformers)
     "engine/sessions.py": ("generate", ("tests/test_sessions.py", "tests/test_generate.py"), 8),
-    "engine/kv_cache.py": ("generate", ("tests/test_sessions.py", "tests/test_generate.py"), 7),
+    "engine/kv_cache.py": ("generate", ("tests/test_kv_cache.py", "tests/test_sessions.py", "tests/test_generate.py"),
+                           7),
     # SDPA's full argument check vs torch's own SDPA (accepted shapes give its values, refusals name the argument)
     "engine/ops/sdpa_args.py": ("ops", (f"{OPS}/test_sdpa_signature.py",), 15),
 }
@@ -153,6 +154,8 @@ EQUIVALENT: dict[str, str] = {
         ">= 1), whose numerator is a sum of h * 0 = +-0: 0 / 1e-9 and 0 / 1e-7 are the same 0 (finite hidden "
         "states; tests/test_embed.py::test_pool_of_a_row_without_real_tokens_is_sentence_transformers checks it)"
         for i in (0, 1)},
+    "engine/atomic.py::_remove_stale::num::1 -> (2)#0":
+        "name.split('-', 2)[0] is name.split('-', 1)[0]: the pid is the text before the first '-' either way",
     "engine/checkpoint.py::load_state_dict::num::1 -> (2)#2":
         "count = 1 if parts == [-2] else srcs[0][3]: count is read only when parts != [-1] (the parts check, its "
         "message, want for part >= 0), where both take srcs[0][3]; for a whole tensor (parts == [-1]) it is unused",
