@@ -247,6 +247,12 @@ def test_scan_reports_bad_input_by_line(tmp_path):
     bad("f.txt", "x\n", "field applies to jsonl", field="body")
     replaced = scan(input_spec(write(tmp_path / "r.txt", b"ok\nbad \xff\n"), encoding_errors="replace"), shard_size=4)
     assert replaced.replaced == 1 and replaced.ids.tolist() == [0, 1]
+    for name, data, blank in [("k.txt", "a\n\nb\n  \n", lambda ln: not ln.strip()),  # every line is a record
+                              ("k.csv", "id,text\n1,x\n\n2, \n3,y\n4,\n",  # a blank line is no row
+                               lambda ln: ln != "" and not ln.split(",")[1].strip())]:
+        s = scan(input_spec(write(tmp_path / name, data)), shard_size=4)
+        want = next(i + 1 for i, ln in enumerate(data.split("\n")) if blank(ln))  # the first empty item's line
+        assert (s.first_skipped, s.skipped) == (want, 2), name
 
 
 def test_input_options_are_checked_by_name(tmp_path):
