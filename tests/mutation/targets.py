@@ -201,7 +201,7 @@ EQUIVALENT: dict[str, str] = {
     "engine/graphs.py::_fill::cmp::n < dst.shape[1] -> (n <= dst.shape[1])#0":
         "the extra case n == dst.shape[1] (a length that fills its bucket) fills dst[:, n:], an empty slice: nothing "
         "is written",
-    "engine/corpus/inputs.py::_csv_records::bool::True -> (False)#0":
+    "engine/corpus/inputs.py::_csv_records::bool::True -> (False)#1":
         "strict=False for the header reader of a start past the header (read_shard): the header was parsed strictly "
         "by this run's scan (every record from byte 0, hashed), and the csv module's strict mode only adds errors "
         "for malformed input: on input it accepts, both modes give the same cells",
