@@ -116,7 +116,8 @@ def test_only_dead_writers_temporary_folders_are_removed(tmp_path, monkeypatch):
             (tmp_path / name).mkdir()
             (tmp_path / name / "f").write_text(name)
         atomic.replace_dir(out, fill_with(NEW))
-        assert live.poll() is None  # not signalled
+        with pytest.raises(subprocess.TimeoutExpired):  # not signalled (a signal's effect is not immediate)
+            live.wait(timeout=0.3)
     finally:
         live.kill()
         live.wait()
