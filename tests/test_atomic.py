@@ -8,6 +8,7 @@ import ctypes
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -96,7 +97,9 @@ def test_only_dead_writers_temporary_folders_are_removed(tmp_path, monkeypatch):
     dead; those of a live process (this one, another one, one this user may not signal) and names that are not
     engine's stay, and no live process is signalled."""
     out = old_out(tmp_path)
-    live = subprocess.Popen(["sleep", "30"])
+    # default dispositions: a run under nohup would have the child ignore SIGHUP (os.kill(pid, 1) unseen)
+    live = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL)
+                                                                 for s in (signal.SIGHUP, signal.SIGINT)])
     dead = subprocess.Popen(["true"])
     dead.wait()
     foreign = 4_000_000  # above Linux's pid_max: no such process; os.kill below answers as for another user's

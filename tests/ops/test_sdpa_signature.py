@@ -266,3 +266,23 @@ def test_deliberate_differences_from_torch():
     assert not torch.allclose(F.scaled_dot_product_attention(q1, k8, v8, attn_mask=bias), want)  # 4-D misreads
     torch.testing.assert_close(F.scaled_dot_product_attention(q1, k8, v8, attn_mask=bias.double()), want)
     torch.testing.assert_close(ops.scaled_dot_product_attention(q1, k8, v8, attn_mask=bias), want)
+
+
+@pytest.mark.parametrize("n_q,n_k", [(7, 4), (4, 7)])
+@pytest.mark.parametrize("shapes", ["3-D", "5-D", "gqa"])
+def test_relative_position_bias_must_cover_the_longer_side(n_q, n_k, shapes):
+    """The table (H, 2L - 1) needs L >= max(Nq, Nk) (distances up to Nk - 1 and Nq - 1): one short is refused by
+    name, on the full argument check's paths (other ranks, GQA); exactly long enough runs."""
+    g = torch.Generator().manual_seed(n_q)
+    lead_q, lead_k, gqa = {"3-D": ((2,), (2,), False), "5-D": ((2, 1, 2), (1, 3, 2), False),
+                           "gqa": ((1, 4), (1, 2), True)}[shapes]
+    q = torch.randn(*lead_q, n_q, 8, generator=g)
+    k, v = (torch.randn(*lead_k, n_k, 8, generator=g) for _ in range(2))
+    heads = lead_q[-1]
+    longer = max(n_q, n_k)
+    with pytest.raises(ValueError, match="relative_position_bias"):
+        ops.scaled_dot_product_attention(q, k, v, enable_gqa=gqa,
+                                         relative_position_bias=torch.randn(heads, 2 * longer - 3, generator=g))
+    out = ops.scaled_dot_product_attention(q, k, v, enable_gqa=gqa,
+                                           relative_position_bias=torch.randn(heads, 2 * longer - 1, generator=g))
+    assert out.shape == F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa).shape
