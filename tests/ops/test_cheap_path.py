@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import ops
-from engine.ops import activation, attention, decode, norm
+from engine.ops import activation, attention, decode, norm, varlen
 
 FULL_CHECKS = [(norm, "_check_norm"), (norm, "_check_add_norm"), (activation, "_check_bias_gelu"),
-               (activation, "_check_gelu_and_mul"), (attention, "_check_sdpa"), (attention, "_check_varlen"),
-               (attention, "check_relative_position_bias"), (decode, "_check_args"),
+               (activation, "_check_gelu_and_mul"), (attention, "_check_sdpa"), (varlen, "_check_varlen"),
+               (varlen, "check_relative_position_bias"), (decode, "_check_args"),
                (decode, "check_relative_position_bias")]
 
 
