@@ -109,7 +109,6 @@ def _common(d: dict[str, Any], family: str) -> dict[str, Any]:
     """Fields every family reads the same way: labels and how scores are made, special ids, dtype."""
     labels = _check("id2label", d.get("id2label") or None, "labels")  # {} means none, as before
     num_labels = len(labels) if labels else _get(d, "num_labels", "count", 2)  # as transformers: id2label wins
-    gpt2 = family == "gpt2"
     bos = d.get("bos_token_id", _BOS_DEFAULTS.get(family))
     dtype = d["dtype"] if d.get("dtype") is not None else d.get("torch_dtype")
     return dict(

@@ -102,8 +102,8 @@ class _Lines:
     """Raw lines of a file from a Position, decoded (line endings kept); optional sha256 of the bytes read.
 
     After each line: ``start`` / ``start_line`` say where it began, ``offset`` / ``line`` where the next one
-    begins. ``replaced``: whether a line read since the reader last set it to False needed U+FFFD replacements
-    (a CSV record can span several lines: any of them counts)."""
+    begins. ``take_replaced()``: whether a line read since its last call needed U+FFFD replacements (a CSV record
+    can span several lines: any of them counts)."""
 
     def __init__(self, spec: InputSpec, f, start: Position, hasher=None) -> None:
         self.spec, self.f, self.hasher = spec, f, hasher
@@ -132,6 +132,11 @@ class _Lines:
                 text = text[1:]
             yield text
 
+    def take_replaced(self) -> bool:
+        """Whether a line read since the last call needed U+FFFD replacements; starts over."""
+        replaced, self.replaced = self.replaced, False
+        return replaced
+
 
 def _empty(text: str | None) -> bool:
     return text is None or not text.strip()
@@ -151,7 +156,7 @@ def records(spec: InputSpec, *, start: Position = Position(), hasher=None) -> It
         record = start.record
         for text in lines:
             at = Position(lines.start, record, lines.start_line)
-            replaced, lines.replaced = lines.replaced, False
+            replaced = lines.take_replaced()
             text = text[:-1] if text.endswith("\n") else text
             text = text[:-1] if text.endswith("\r") else text
             if spec.format == "jsonl":
@@ -192,7 +197,7 @@ def _csv_records(spec: InputSpec, lines: _Lines, start: Position) -> Iterator[Re
     finally:
         if header_file is not None:
             header_file.close()
-    lines.replaced = False  # the header's replacements belong to no record
+    lines.take_replaced()  # the header's replacements belong to no record
     if header is None:
         return
     if spec.column not in header:
@@ -203,7 +208,7 @@ def _csv_records(spec: InputSpec, lines: _Lines, start: Position) -> Iterator[Re
     while True:
         at_offset, at_line = lines.offset, lines.line
         row = _next_row(spec, reader, lines)
-        replaced, lines.replaced = lines.replaced, False  # any of the row's lines
+        replaced = lines.take_replaced()  # any of the row's lines
         if row is None:
             return
         if not row:  # a blank line is not a row
