@@ -90,6 +90,14 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
                            7),
     # SDPA's full argument check vs torch's own SDPA (accepted shapes give its values, refusals name the argument)
     "engine/ops/sdpa_args.py": ("ops", (f"{OPS}/test_sdpa_signature.py",), 15),
+    # (added 2026-11-30, sixth session) what an embedding is for a folder (sentence-transformers' module files):
+    # MiniLM / T5 embeddings vs transformers + float64 pooling, the refusals by file and field
+    "engine/embed_spec.py": ("models", ("tests/test_embed.py", "tests/test_embed_t5.py"), 20),
+    # tokenizer loading and batch padding / truncation (the embedding and CLI tests compare the ids with
+    # transformers' tokenizer)
+    "engine/tokenizer.py": ("models", ("tests/test_embed.py", "tests/test_user_input.py"), 12),
+    # T5's bucketed relative position table vs transformers' _relative_position_bucket / compute_bias
+    "engine/models/relative_bias.py": ("models", ("tests/test_relative_bias.py", "tests/test_t5.py"), 10),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
