@@ -65,3 +65,15 @@ def test_table_dtype_and_half_precision():
     assert torch.equal(t, w[b].t())
     with pytest.raises(ValueError, match="length"):
         bias_table(w, bidirectional=True, num_buckets=32, max_distance=128, length=0)
+
+
+@pytest.mark.parametrize("decoder", [False, True], ids=["encoder", "decoder"])
+def test_one_token_table(decoder):
+    """length=1 (a one-token input, the first decode step) is the smallest valid table: (H, 1), transformers'
+    bias of a single query-key pair at distance 0."""
+    att = _hf_attention("t5", 32, 128, decoder)
+    w = att.relative_attention_bias.weight.detach()
+    table = bias_table(w, bidirectional=not decoder, num_buckets=32, max_distance=128, length=1)
+    with torch.no_grad():
+        ref = att.compute_bias(1, 1)[0]  # (H, 1, 1)
+    assert table.shape == (3, 1) and torch.equal(bias_scores(table, torch.arange(1), 1), ref)

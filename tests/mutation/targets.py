@@ -236,6 +236,18 @@ EQUIVALENT: dict[str, str] = {
         "mutant of the pair still converts). The callers build int32 lists (transformers' padding-free collator, "
         "engine's unpad_input); an int64 list holds the same values: the same mask"
         for c in ("cu_q", "cu_k")},
+    # engine/models/relative_bias.py (2026-11-30, sixth session)
+    "engine/models/relative_bias.py::relative_position_bucket::dtype::(relative_position > 0).to(torch.long) -> "
+    "(relative_position > 0)#0":
+        "a bool tensor times a Python int is already int64 (torch's promotion: an integer scalar lifts bool to the "
+        "default int64): the same products are added into the int64 buckets",
+    "engine/models/relative_bias.py::relative_position_bucket::cmp::relative_position < max_exact -> "
+    "(relative_position <= max_exact)#0":
+        "at relative_position == max_exact both branches give max_exact: the log branch is max_exact + "
+        "trunc(log(1.0) / c * k) = max_exact + 0 (fp32 log(1) is exactly 0), under the num_buckets - 1 cap since "
+        "max_exact = num_buckets // 2 >= 1 (config: >= 4 buckets). Only where c = log(max_distance / max_exact) is 0 "
+        "(max_distance == max_exact) does the log branch give 0 / 0: there transformers and engine both produce "
+        "negative buckets from max_exact on and fail on the embedding lookup; the mutant fails from max_exact + 1",
 }
 
 GPU_ONLY: dict[str, str] = {
