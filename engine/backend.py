@@ -190,7 +190,9 @@ class Route:
             raw = _ENV_DATA.get(b"ENGINE_BACKEND")
         else:
             raw = os.environ.get("ENGINE_BACKEND")
-        name = "auto" if raw is None else _parse_backend(raw)  # unset: auto, the common case, without a parse
+        if raw is None:  # unset: auto, the common case, without a parse
+            return not on_cuda
+        name = _parse_backend(raw)
         return name == "torch" or (name == "auto" and not on_cuda)
 
     def _miss(self, ck: tuple, lead: torch.Tensor, key: Hashable, others: tuple) -> bool | str:

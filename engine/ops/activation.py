@@ -26,12 +26,12 @@ from engine.ops._checks import (
     check_same_dtype,
     same_cuda_device,
 )
+from engine.ops._checks import compiling as _compiling  # torch.compiler.is_compiling, cheaper
 
 __all__ = ["bias_gelu", "gelu", "gelu_and_mul"]
 
 APPROXIMATIONS = ("none", "tanh")
 _Tensor = torch.Tensor
-_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and dtype: the kernel takes every shape. differentiable=True: a call
 # that autograd records runs the kernel's autograd Function (engine.ops.grad).
 _GELU = backend.Route("gelu", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)

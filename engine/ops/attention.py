@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from engine import backend
 from engine.ops._checks import FAST_FLOAT_DTYPES, KERNEL_DTYPES, same_cuda_device
+from engine.ops._checks import compiling as _compiling  # torch.compiler.is_compiling, cheaper
 from engine.ops.attention_grad import sdpa_forward
 from engine.ops.position_bias import bias_block, relative_position_bias_ok
 from engine.ops.sdpa_args import _check_sdpa  # SDPA's full check (torch's signature); the cheap path is below
@@ -42,7 +43,6 @@ _MAX_GRID_Y = 65535  # CUDA grid dim 1 limit: batch * heads per launch
 _Tensor = torch.Tensor
 _INF = math.inf
 _BOOL, _F32 = torch.bool, torch.float32
-_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 _F_SDPA = F.scaled_dot_product_attention
 
 
@@ -198,8 +198,9 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     out_shape = None  # (..., Hq, Nq, Dv) when the call is not 4-D already
     if (isinstance(q, _Tensor) and isinstance(k, _Tensor) and isinstance(v, _Tensor)
             and (dtype := q.dtype) in FAST_FLOAT_DTYPES and k.dtype is dtype and v.dtype is dtype
-            and len(qs := q.shape) == 4 and len(ks := k.shape) == 4 and len(vs := v.shape) == 4
-            and ks[0] == qs[0] == vs[0] and ks[1] == qs[1] == vs[1] and ks[3] == qs[3] and vs[2] == ks[2]
+            and len(qs := q.shape) == 4  # k and v as q (self-attention: one size comparison each), or sizes matched:
+            and ((ks := k.shape) == qs or (len(ks) == 4 and ks[0] == qs[0] and ks[1] == qs[1] and ks[3] == qs[3]))
+            and ((vs := v.shape) == ks or (len(vs) == 4 and vs[0] == qs[0] and vs[1] == qs[1] and vs[2] == ks[2]))
             and type(dropout_p) is float and 0.0 <= dropout_p <= 1.0 and type(is_causal) is bool
             and type(enable_gqa) is bool and (scale is None or (type(scale) is float and -_INF < scale < _INF))
             and (mask is None or (isinstance(mask, _Tensor)

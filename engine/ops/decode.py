@@ -37,6 +37,7 @@ from engine.ops._checks import (
     check_tensor,
     same_cuda_device,
 )
+from engine.ops._checks import compiling as _compiling  # torch.compiler.is_compiling, cheaper
 from engine.ops.attention import torch_sdpa
 from engine.ops.position_bias import bias_scores, check_relative_position_bias, relative_position_bias_ok
 
@@ -44,7 +45,6 @@ KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 _Tensor = torch.Tensor
 _INF = math.inf
 _I32 = torch.int32
-_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and (dtype, head dim).
 _DECODE = backend.Route("decode_attention", lambda key: key[0] in KERNEL_DTYPES and key[1] in KERNEL_HEAD_DIMS)
 
@@ -204,7 +204,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if validate:
         if cpu and B > 0:  # no device sync on the CPU
             span = lo, hi = _host_span(cache_seqlens)
-            _check_seqlen_range(lo, hi, Tq, Tmax)
+            if lo < Tq or hi > Tmax:
+                _check_seqlen_range(lo, hi, Tq, Tmax)
         else:
             _check_seqlens(cache_seqlens, Tq, Tmax)
     if not _DECODE.pytorch_only(cuda) and _DECODE(q, (dtype, D), k_cache, v_cache, cache_seqlens, bias):

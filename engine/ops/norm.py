@@ -30,13 +30,13 @@ from engine.ops._checks import (
     check_same_dtype,
     same_cuda_device,
 )
+from engine.ops._checks import compiling as _compiling  # torch.compiler.is_compiling, cheaper
 
 __all__ = ["add_layer_norm", "add_rms_norm", "layer_norm", "rms_norm"]
 
 _Tensor = torch.Tensor
 _SHAPE_TYPES = (tuple, list, torch.Size)
 _INF = math.inf
-_compiling = torch.compiler.is_compiling  # while torch.compile traces: the registered op (engine.ops.library)
 # Dispatch (engine.backend), cached per device kind and dtype: the kernels take every row length.
 # differentiable=True: a call that autograd records runs the kernels' autograd Function (engine.ops.grad).
 _LAYER_NORM = backend.Route("layer_norm", lambda dtype: dtype in KERNEL_DTYPES, differentiable=True)

@@ -26,11 +26,11 @@ import functools
 import torch
 
 from engine.ops._checks import FAST_FLOAT_DTYPES, check_floating, same_cuda_device
+from engine.ops._checks import compiling as _compiling  # torch.compiler.is_compiling, cheaper
 
 __all__ = ["bias_block", "bias_scores", "check_relative_position_bias", "relative_position_bias_ok"]
 
 _Tensor = torch.Tensor
-_compiling = torch.compiler.is_compiling
 # CPU blocks of at most this many (Nq x Nk) entries gather through a cached index (one tensor op per call: at batch 1
 # the few ops of the windowed copy cost more than the gather itself); larger ones take the windows (no index tensor).
 CACHED_INDEX_MAX = 1 << 14

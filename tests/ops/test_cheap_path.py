@@ -189,3 +189,25 @@ def test_sdpa_cheap_path_implies_the_full_checks(c):
             full = ops.scaled_dot_product_attention(*args, **{**kw, "scale": exact})
             assert calls  # the tensor scale went through the full checks
             torch.testing.assert_close(out, full, rtol=0, atol=0, equal_nan=True)
+
+
+def test_compiling_is_torch_is_compiling(monkeypatch):
+    """engine.ops._checks.compiling (every op asks it once per call) answers as torch.compiler.is_compiling: False
+    in eager code, True under the flag torch.compile's session and torch.export set, and True inside a dynamo trace,
+    where it must fold to a constant (no guard on the flag: a second call does not recompile)."""
+    from engine.ops._checks import compiling
+
+    assert compiling() is False and torch.compiler.is_compiling() is False
+    with monkeypatch.context() as m:
+        m.setattr(torch.compiler, "_is_compiling_flag", True)
+        assert compiling() is True and torch.compiler.is_compiling() is True
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def f(x):
+        return x + 1 if compiling() else x - 1
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            assert torch.equal(f(torch.zeros(3)), torch.ones(3))
+    assert compiling() is False
