@@ -91,8 +91,10 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # SDPA's full argument check vs torch's own SDPA (accepted shapes give its values, refusals name the argument)
     "engine/ops/sdpa_args.py": ("ops", (f"{OPS}/test_sdpa_signature.py",), 15),
     # (added 2026-11-30, sixth session) what an embedding is for a folder (sentence-transformers' module files):
-    # MiniLM / T5 embeddings vs transformers + float64 pooling, the refusals by file and field
-    "engine/embed_spec.py": ("models", ("tests/test_embed.py", "tests/test_embed_t5.py"), 20),
+    # every field of tiny module-file folders vs the file format (test_embed_spec.py, ~1 s: most mutants die
+    # there), then MiniLM / T5 embeddings vs transformers + float64 pooling, the refusals by file and field
+    "engine/embed_spec.py": ("models", ("tests/test_embed_spec.py", "tests/test_embed.py", "tests/test_embed_t5.py"),
+                             20),
     # tokenizer loading and batch padding / truncation (the embedding and CLI tests compare the ids with
     # transformers' tokenizer)
     "engine/tokenizer.py": ("models", ("tests/test_embed.py", "tests/test_user_input.py"), 12),
@@ -162,6 +164,12 @@ EQUIVALENT: dict[str, str] = {
         ">= 1), whose numerator is a sum of h * 0 = +-0: 0 / 1e-9 and 0 / 1e-7 are the same 0 (finite hidden "
         "states; tests/test_embed.py::test_pool_of_a_row_without_real_tokens_is_sentence_transformers checks it)"
         for i in (0, 1)},
+    # engine/embed_spec.py (2026-11-30, sixth session)
+    **{f"engine/embed_spec.py::{fn}::num::1 -> (2)#{i}":
+        f"{what}.rsplit('.', 2)[-1] is {what}.rsplit('.', 1)[-1]: the last field is the text after the last '.' "
+        "(the whole string without one) for any maxsplit >= 1"
+        for fn, i, what in (("read_sentence_transformers", 0, "a modules.json type"),
+                            ("_dense_from_config", 1, "a Dense activation_function"))},
     "engine/atomic.py::_remove_stale::num::1 -> (2)#0":
         "name.split('-', 2)[0] is name.split('-', 1)[0]: the pid is the text before the first '-' either way",
     "engine/checkpoint.py::load_state_dict::num::1 -> (2)#2":
