@@ -209,7 +209,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
                                   and ms[2] in (1, qs[2]) and ms[3] in (1, ks[2])))
             and (((on_cpu := q.is_cpu) and k.is_cpu and v.is_cpu and (mask is None or mask.is_cpu))
                  or same_cuda_device(q, k, v, mask))
-            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(qs[2], ks[2])))):
+            and (bias is None or relative_position_bias_ok(bias, q, qs[1], qs[2] if qs[2] > ks[2] else ks[2]))):
         b, h, n_q, d = qs
         n_k = ks[2]
         dv = vs[3]

@@ -135,7 +135,9 @@ def _decode_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if host and B > 0:  # the lengths cost no device sync here: attend over the used part of the cache only
         if length_range is None:
             length_range = _host_span(cache_seqlens)
-        lo, hi = max(length_range[0], 0), min(length_range[1], Tmax)
+        lo, hi = length_range  # clamped to [0, Tmax] (not with max / min: ~1.3k instructions each)
+        lo = lo if lo > 0 else 0
+        hi = hi if hi < Tmax else Tmax
         if Tq == 1 and hi > 0 and lo == hi:  # one new token, equal lengths: every key visible
             add = None
             if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table

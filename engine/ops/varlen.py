@@ -218,7 +218,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             and (scale is None or (type(scale) is float and -_INF < scale < _INF))
             and (((cpu := q.is_cpu) and k.is_cpu and v.is_cpu and cu_q.is_cpu and (cu_k is cu_q or cu_k.is_cpu))
                  or same_cuda_device(q, k, v, cu_q, cu_k))
-            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max(max_q, max_k)))
+            and (bias is None or relative_position_bias_ok(bias, q, qs[1], max_q if max_q > max_k else max_k))
             and type(dropout_p) is float and 0.0 <= dropout_p < 1.0):
         total_q, h, d = qs
         total_k = ks[0]
