@@ -95,9 +95,11 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # there), then MiniLM / T5 embeddings vs transformers + float64 pooling, the refusals by file and field
     "engine/embed_spec.py": ("models", ("tests/test_embed_spec.py", "tests/test_embed.py", "tests/test_embed_t5.py"),
                              20),
-    # tokenizer loading and batch padding / truncation (the embedding and CLI tests compare the ids with
-    # transformers' tokenizer)
-    "engine/tokenizer.py": ("models", ("tests/test_embed.py", "tests/test_user_input.py"), 12),
+    # tokenizer loading and batch padding / truncation: tiny tokenizer.json / vocab.txt folders vs transformers'
+    # tokenizers on the same files (test_tokenizer.py, ~1 s), then MiniLM's real tokenizer vs transformers and the
+    # call-argument fuzzing (test_user_input.py)
+    "engine/tokenizer.py": ("models", ("tests/test_tokenizer.py", "tests/test_embed.py", "tests/test_user_input.py"),
+                            12),
     # T5's bucketed relative position table vs transformers' _relative_position_bucket / compute_bias
     "engine/models/relative_bias.py": ("models", ("tests/test_relative_bias.py", "tests/test_t5.py"), 10),
 }
@@ -256,6 +258,11 @@ EQUIVALENT: dict[str, str] = {
         "max_exact = num_buckets // 2 >= 1 (config: >= 4 buckets). Only where c = log(max_distance / max_exact) is 0 "
         "(max_distance == max_exact) does the log branch give 0 / 0: there transformers and engine both produce "
         "negative buckets from max_exact on and fail on the embedding lookup; the mutant fails from max_exact + 1",
+    # engine/tokenizer.py (2026-11-30, sixth session)
+    "engine/tokenizer.py::load_tokenizer::cmp::1 <= max_len < 1e9 -> (1 <= max_len <= 1000000000.0)#0":
+        "a model_max_length of exactly 1e9 becomes a limit of 10**9 tokens instead of none: truncation at 10**9 "
+        "never binds (no input of that length fits a model), and embedding_spec takes min(max_positions, limit), "
+        "max_positions either way",
 }
 
 GPU_ONLY: dict[str, str] = {

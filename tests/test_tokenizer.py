@@ -1,0 +1,157 @@
+"""engine.tokenizer on tiny tokenizer files written into tmp_path, against transformers' tokenizers loaded from the
+same files (PreTrainedTokenizerFast for tokenizer.json, BertTokenizer for a WordPiece vocab.txt): padded batches,
+truncation, token types, encode / decode, the pad id, what tokenizer_config.json sets, and the refusals by name.
+No model is loaded; every test runs in well under a second."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import BertTokenizer, PreTrainedTokenizerFast
+
+from engine.tokenizer import load_tokenizer, tokenizer_problem
+
+# [PAD] is not id 0, so a pad id that falls back to 0 (or comes from the wrong source) shows in the batch
+WORDS = ["[UNK]", "[CLS]", "[SEP]", "a", "b", "[PAD]", "c", "<pad>", "hello", "world"]
+TEXTS = ["a b c hello", "b", "world a zzz", "c c"]  # different lengths, an unknown word
+PAIRS = ["c", "hello world a b", "a", "b b"]
+
+
+def _write(folder: Path, *, template: bool = True, padding: bool = False, words: list[str] = WORDS,
+           config: dict | None = None) -> Path:
+    """A WordLevel tokenizer.json (whitespace split; optionally BERT's [CLS] A [SEP] B [SEP] template, a padding
+    section naming <pad>, and an added token <extra> beyond the model's vocabulary) and tokenizer_config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if template:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+        tok.add_special_tokens(["[CLS]", "[SEP]"])
+        tok.add_tokens(["<extra>"])
+    if padding:
+        tok.enable_padding(pad_id=words.index("<pad>"), pad_token="<pad>")
+    tok.save(str(folder / "tokenizer.json"))
+    if config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _reference(texts, pairs=None, *, hf, max_length=None, truncation=None) -> dict[str, torch.Tensor]:
+    truncation = max_length is not None if truncation is None else truncation
+    out = hf(texts, pairs, padding=True, truncation=truncation, max_length=max_length,
+             return_token_type_ids=pairs is not None, return_tensors="pt")
+    return dict(out)
+
+
+def _assert_batch(ours: dict, ref: dict) -> None:
+    assert sorted(ours) == sorted(ref)
+    for k in ref:
+        assert ours[k].dtype == torch.long and torch.equal(ours[k], ref[k]), (k, ours[k], ref[k])
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["pad-from-vocab", "pad-from-padding-section"])
+def test_batches_match_transformers(tmp_path, padding):
+    folder = _write(tmp_path, padding=padding, config={"pad_token": "[PAD]"} if not padding else None)
+    hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tok = load_tokenizer(folder)
+    assert tok.pad_token_id == hf.pad_token_id == (7 if padding else 5)
+    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf))
+    _assert_batch(tok(TEXTS, max_length=4), _reference(TEXTS, hf=hf, max_length=4))
+    _assert_batch(tok(TEXTS, PAIRS), _reference(TEXTS, PAIRS, hf=hf))
+    _assert_batch(tok(TEXTS, PAIRS, max_length=6), _reference(TEXTS, PAIRS, hf=hf, max_length=6))
+    _assert_batch(tok("a b <extra>"), _reference(["a b <extra>"], hf=hf))
+    assert tok.vocab_size == len(hf) == len(WORDS) + 1  # the added <extra> counts
+
+
+def test_encode_and_decode_match_transformers(tmp_path):
+    hf = PreTrainedTokenizerFast.from_pretrained(str(_write(tmp_path)))
+    tok = load_tokenizer(tmp_path)
+    for text in TEXTS + ["", "a <extra> b"]:
+        assert tok.encode(text) == hf.encode(text)  # with [CLS] / [SEP], as transformers by default
+        assert tok.encode(text, add_special_tokens=False) == hf.encode(text, add_special_tokens=False)
+    ids = tok(TEXTS[:2])["input_ids"][1]  # [CLS] b [SEP] [PAD] [PAD]: a padded row, as a tensor
+    assert tok.decode(ids) == tok.decode(ids.tolist()) == hf.decode(ids.tolist(), skip_special_tokens=True)
+    assert tok.decode(ids, skip_special_tokens=False) == hf.decode(ids.tolist(), skip_special_tokens=False)
+    assert tok.decode(ids) != tok.decode(ids, skip_special_tokens=False)
+    with pytest.raises(TypeError, match="text"):
+        tok.encode(["a"])
+
+
+def test_pad_id_without_a_pad_token_is_in_the_vocabulary(tmp_path):
+    """No padding section and none of [PAD] / <pad> / <|endoftext|>: the padded places still hold a token id the
+    model's embedding has (the only id of a one-word vocabulary), under a mask of 0."""
+    tok = load_tokenizer(_write(tmp_path, template=False, words=["a"]))
+    batch = tok(["a a a", "a"])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert 0 <= int(batch["input_ids"].max()) < tok.vocab_size == 1
+
+
+def test_vocab_txt_follows_tokenizer_config(tmp_path):
+    """A WordPiece vocab.txt alone is lower-cased (BertTokenizer's default); tokenizer_config.json's do_lower_case
+    and model_max_length are followed, as transformers' BertTokenizer follows them."""
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world",
+                                                   "Hello", "##s", "e"]) + "\n")
+    texts = ["Hello worlds", "hello", "Héllo e"]
+    for config in (None, {"do_lower_case": False}, {"do_lower_case": True, "model_max_length": 3}):
+        if config is not None:
+            (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+        hf = BertTokenizer.from_pretrained(str(tmp_path))
+        ref = hf(texts, padding=True, truncation=True, return_token_type_ids=False, return_tensors="pt")
+        _assert_batch(load_tokenizer(tmp_path)(texts), dict(ref))
+    assert load_tokenizer(tmp_path).model_max_length == 3
+
+
+@pytest.mark.parametrize("limit", [1, 3, 1e30, 0], ids=["1", "3", "1e30-no-limit", "0-no-limit"])
+def test_model_max_length_from_tokenizer_config(tmp_path, limit):
+    """model_max_length truncates every call without max_length (as transformers' truncation=True); 1e30 is what
+    save_pretrained writes for "no limit"; 0 is no length at all and is ignored (transformers would cut every row
+    to nothing, which no model can take); an explicit max_length wins over it."""
+    folder = _write(tmp_path, template=False, config={"pad_token": "[PAD]", "model_max_length": limit})
+    tok = load_tokenizer(folder)
+    hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    assert tok.model_max_length == (limit if 1 <= limit < 1e9 else None)
+    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf, truncation=limit != 0))  # hf: up to its model_max_length
+    _assert_batch(tok(TEXTS, max_length=2), _reference(TEXTS, hf=hf, max_length=2))
+
+
+def test_call_arguments_are_refused_by_name(tmp_path):
+    tok = load_tokenizer(_write(tmp_path, template=False, config={"pad_token": "[PAD]"}))
+    hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    _assert_batch(tok(TEXTS, max_length=1), _reference(TEXTS, hf=hf, max_length=1))  # the smallest length
+    for bad in (0, -1, True, 1.5, "3"):
+        with pytest.raises(ValueError, match="max_length"):
+            tok(TEXTS, max_length=bad)
+    for bad in ([], ("a", "b"), ["a", 1], None):
+        with pytest.raises(TypeError, match="texts"):
+            tok(bad)
+    with pytest.raises(ValueError, match="text_pairs"):
+        tok(TEXTS, PAIRS[:2])
+
+
+def test_what_a_folder_lacks_is_named(tmp_path):
+    """tokenizer_problem: None for a folder with tokenizer.json or vocab.txt; a SentencePiece-only folder gets the
+    command that writes tokenizer.json; a broken tokenizer_config.json / tokenizer.json is a ValueError naming it."""
+    empty, spiece, vocab = tmp_path / "empty", tmp_path / "spiece", tmp_path / "vocab"
+    for d in (empty, spiece, vocab):
+        d.mkdir()
+    (spiece / "spiece.model").write_bytes(b"\0")
+    (vocab / "vocab.txt").write_text("[UNK]\n[PAD]\na\n")
+    assert tokenizer_problem(_write(tmp_path / "json")) is None and tokenizer_problem(vocab) is None
+    assert "save_pretrained" in tokenizer_problem(spiece) and "spiece.model" in tokenizer_problem(spiece)
+    assert tokenizer_problem(empty) == f"no tokenizer.json or vocab.txt in {str(empty)!r}"
+    for d in (empty, spiece):
+        with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+            load_tokenizer(d)
+    for text, match in (("{not json", "tokenizer_config.json is not valid JSON"),
+                        ("[1]", "tokenizer_config.json must hold a JSON object")):
+        (vocab / "tokenizer_config.json").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_tokenizer(vocab)
+    (vocab / "tokenizer_config.json").unlink()
+    (vocab / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="cannot read .*tokenizer.json"):
+        load_tokenizer(vocab)
