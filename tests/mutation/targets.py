@@ -168,10 +168,10 @@ EQUIVALENT: dict[str, str] = {
         for i in (0, 1)},
     # engine/embed_spec.py (2026-11-30, sixth session)
     **{f"engine/embed_spec.py::{fn}::num::1 -> (2)#{i}":
-        f"{what}.rsplit('.', 2)[-1] is {what}.rsplit('.', 1)[-1]: the last field is the text after the last '.' "
-        "(the whole string without one) for any maxsplit >= 1"
-        for fn, i, what in (("read_sentence_transformers", 0, "a modules.json type"),
-                            ("_dense_from_config", 1, "a Dense activation_function"))},
+        f"for t {what}, t.rsplit('.', 2)[-1] is t.rsplit('.', 1)[-1]: any maxsplit >= 1 leaves the same last "
+        "field, the text after the last '.' (all of t when it has none)"
+        for fn, i, what in (("read_sentence_transformers", 0, "a modules.json type (the module's class)"),
+                            ("_dense_from_config", 1, "a Dense activation_function (a torch.nn class path)"))},
     "engine/atomic.py::_remove_stale::num::1 -> (2)#0":
         "name.split('-', 2)[0] is name.split('-', 1)[0]: the pid is the text before the first '-' either way",
     "engine/checkpoint.py::load_state_dict::num::1 -> (2)#2":
