@@ -121,20 +121,24 @@ def test_other_valid_calls_run_the_full_checks_with_the_same_result(count_full_c
 def _near_cheap_sdpa_calls(draw):
     """4-D SDPA calls around the cheap path's edge: each argument now and then just outside what it accepts (a mask
     dtype torch refuses, dropout_p 1 or 1.5, a non-finite or int scale, non-bool flags, grouped or broadcast heads,
-    a bias table too short, even-width, of other heads or dtype)."""
+    key and value sizes unlike the query's or each other's, a bias table too short, even-width, of other heads or
+    dtype)."""
     def pick(usual, *odd):  # the usual value 8 times in 9
         return draw(st.sampled_from([usual] * (8 * len(odd)) + list(odd)))
 
     b, h, n_q, n_k, d = (draw(st.integers(1, 3)) for _ in range(5))
     dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16]))
     k_bh = [pick(x, 1) for x in (b, h)]
+    v_bh = [pick(x, 1, x + 1) for x in k_bh]  # value's batch / heads: k's, or not
+    d_k, d_v = pick(d, d + 1), pick(d, d + 1, 1)  # key head dim: q's or not; value head dim (Dv): any
     mask_kind = pick(draw(st.sampled_from([None, torch.bool, torch.float32, "query"])), torch.float64, torch.float16,
                      torch.int64)
     mask_dims = [pick(draw(st.sampled_from([1, x])), x + 1) for x in (b, h, n_q, n_k)]
     mask_dims = mask_dims[pick(0, 0, 1, 2):]
     length = max(n_q, n_k) + pick(0, 2, -1)
     bias = pick(draw(st.sampled_from([None, "ok"])), "heads", "even", "f64")
-    return dict(b=b, h=h, n_q=n_q, n_k=n_k, d=d, dtype=dtype, k_bh=k_bh, mask=mask_kind, mask_dims=mask_dims,
+    return dict(b=b, h=h, n_q=n_q, n_k=n_k, d=d, d_k=d_k, d_v=d_v, dtype=dtype, k_bh=k_bh, v_bh=v_bh, mask=mask_kind,
+                mask_dims=mask_dims,
                 length=max(length, 1), bias=bias, dropout_p=pick(0.0, 1.0, 1.5, 0),
                 scale=draw(st.sampled_from([None, 0.4, 1.0, -1.0, 0.0, math.inf, math.nan, 1])),
                 is_causal=pick(draw(st.booleans()), 1), enable_gqa=pick(draw(st.booleans()), 0))
@@ -144,7 +148,7 @@ def _make_sdpa_call(c):
     g = torch.Generator().manual_seed(c["b"] * 7 + c["n_q"])
     rand = lambda *s, dt=c["dtype"]: torch.randn(*s, generator=g).to(dt)  # noqa: E731
     q = rand(c["b"], c["h"], c["n_q"], c["d"])
-    k, v = (rand(*c["k_bh"], c["n_k"], c["d"]) for _ in range(2))
+    k, v = rand(*c["k_bh"], c["n_k"], c["d_k"]), rand(*c["v_bh"], c["n_k"], c["d_v"])
     m = None
     if c["mask"] is torch.bool:
         m = torch.rand(*c["mask_dims"], generator=g) > 0.3
@@ -211,3 +215,78 @@ def test_compiling_is_torch_is_compiling(monkeypatch):
         for _ in range(2):
             assert torch.equal(f(torch.zeros(3)), torch.ones(3))
     assert compiling() is False
+
+
+_Q = (2, 3, 5, 4)  # (B, H, Nq, D)
+
+
+@pytest.mark.parametrize("k_shape, v_shape, path", [
+    (_Q, _Q, "cheap"),  # self-attention: k and v have q's sizes
+    ((2, 3, 7, 4), (2, 3, 7, 4), "cheap"),  # cross-attention, Nk != Nq
+    (_Q, (2, 3, 5, 6), "cheap"),  # Dv != D
+    ((2, 3, 7, 4), (2, 3, 7, 6), "cheap"),
+    ((1, 3, 5, 4), (1, 3, 5, 4), "full"),  # a broadcast batch or head dim: the full checks (torch broadcasts it)
+    (_Q, (1, 3, 5, 4), "full"),
+    (_Q, (2, 1, 5, 4), "full"),
+    ((2, 1, 7, 4), (2, 3, 7, 4), "full"),
+    ((2, 3, 5, 6), (2, 3, 5, 6), "error"),  # key head dim != query's
+    ((2, 3, 7, 4), (2, 3, 5, 4), "error"),  # value length != key's
+    ((2, 4, 5, 4), (2, 4, 5, 4), "error"),  # 4 key heads for 3 query heads, no GQA
+    ((2, 3, 5, 4, 1), _Q, "error"),  # 5-D key
+    (_Q, (2, 3, 5), "error"),  # 3-D value
+])
+def test_sdpa_key_and_value_sizes(count_full_checks, k_shape, v_shape, path):
+    """Which (q, k, v) sizes the cheap path takes (k and v equal to q's sizes in one comparison, or matched size by
+    size), which go through the full checks, and that those refuse the same calls torch refuses (with engine's
+    message); every accepted call gives torch's SDPA result."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(*s, generator=g, dtype=torch.float64) for s in (_Q, k_shape, v_shape))
+    if path == "error":
+        with pytest.raises((ValueError, TypeError), match="key|value"):
+            ops.scaled_dot_product_attention(q, k, v)
+        assert count_full_checks == {f"{attention.__name__}._check_sdpa": 1}
+        if len(k_shape) == 4:  # torch's math kernel refuses these too (a 5-D key it broadcasts against q; its
+            # fused CPU kernel in torch 2.13 even runs a value shorter than the key, reading rows v does not have)
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.MATH), pytest.raises(RuntimeError):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return
+    out = ops.scaled_dot_product_attention(q, k, v)
+    assert count_full_checks == ({} if path == "cheap" else {f"{attention.__name__}._check_sdpa": 1})
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k_total, v_total, d_k, d_v, cu_k, path", [
+    (7, 7, 4, 4, "same", "cheap"),  # self-attention: k as q, one cu_seqlens object
+    (7, 7, 4, 4, "copy", "cheap"),  # an equal cu_seqlens_k of its own
+    (9, 9, 4, 4, "other", "cheap"),  # cross-attention: other key lengths
+    (7, 7, 5, 5, "same", "error"),  # key head dim != query's
+    (7, 7, 4, 5, "same", "error"),  # value head dim != key's (varlen: Dv == D)
+    (9, 7, 4, 4, "other", "error"),  # value tokens != key tokens
+    (7, 7, 4, 4, "int64", "error"),  # cu_seqlens_k not int32
+    (7, 7, 4, 4, "short", "error"),  # cu_seqlens_k of another length
+    (7, 7, 4, 4, "meta", "error"),  # cu_seqlens_k on another device
+])
+def test_varlen_key_value_and_cu_seqlens(count_full_checks, k_total, v_total, d_k, d_v, cu_k, path):
+    """varlen_attention's cheap path vs its full checks for the key / value sizes and cu_seqlens_k (skipped when it
+    is cu_seqlens_q itself): accepted calls give per-sequence torch SDPA, refusals name the argument."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(7, 3, 4, generator=g, dtype=torch.float64)
+    k = torch.randn(k_total, 3, d_k, generator=g, dtype=torch.float64)
+    v = torch.randn(v_total, 3, d_v, generator=g, dtype=torch.float64)
+    cu_q = torch.tensor([0, 3, 7], dtype=torch.int32)
+    cu_k = {"same": cu_q, "copy": cu_q.clone(), "other": torch.tensor([0, 4, 9], dtype=torch.int32),
+            "int64": cu_q.long(), "short": torch.tensor([0, 7], dtype=torch.int32), "meta": cu_q.to("meta")}[cu_k]
+    max_k = 5 if cu_k.is_meta else int((cu_k[1:] - cu_k[:-1]).max())
+    if path == "error":
+        with pytest.raises((ValueError, TypeError), match="k |v |k and v|cu_seqlens"):
+            ops.varlen_attention(q, k, v, cu_q, cu_k, 4, max_k)
+        assert count_full_checks == {f"{varlen.__name__}._check_varlen": 1}
+        return
+    out = ops.varlen_attention(q, k, v, cu_q, cu_k, 4, max_k)
+    assert count_full_checks == {}
+    for (qs, qe), (ks, ke) in zip(zip(cu_q[:-1].tolist(), cu_q[1:].tolist()), zip(cu_k[:-1].tolist(), cu_k[1:].tolist())):
+        want = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(0, 1) for t in (q[qs:qe], k[ks:ke], v[ks:ke]))).transpose(0, 1)
+        torch.testing.assert_close(out[qs:qe], want, rtol=1e-12, atol=1e-12)
