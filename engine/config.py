@@ -135,6 +135,18 @@ class ModelConfig:
             if self.relative_attention_num_buckets < 4:  # bidirectional: 2 signs x (exact + log) buckets
                 raise ValueError(f"relative_attention_num_buckets must be >= 4; got "
                                  f"{self.relative_attention_num_buckets}")
+            # The log buckets scale by 1 / log(max_distance / max_exact): with max_distance <= max_exact the buckets
+            # past the exact ones fall instead of rise, below 0 for long enough inputs (transformers raises an
+            # IndexError mid-forward). max_exact: num_buckets // 4 for the encoder's bidirectional buckets, // 2 the
+            # decoder's.
+            exact = {"the encoder's": 4} if self.head == "base" else {"the encoder's": 4, "the decoder's": 2}
+            for side, div in exact.items():
+                max_exact = self.relative_attention_num_buckets // div
+                if self.relative_attention_max_distance <= max_exact:
+                    raise ValueError(
+                        f"relative_attention_max_distance must be greater than {side} exact-distance bucket count "
+                        f"(relative_attention_num_buckets // {div} = {max_exact}), as T5's log buckets scale by 1 / "
+                        f"log(max_distance / that count); got {self.relative_attention_max_distance}")
         elif self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"

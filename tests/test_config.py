@@ -210,6 +210,32 @@ def test_t5_refusals_name_the_field(change, word):
         ModelConfig.from_hf(d)
 
 
+@pytest.mark.parametrize("arch", ["T5ForConditionalGeneration", "T5EncoderModel"])
+@pytest.mark.parametrize("max_distance", [7, 8, 9, 16, 17])
+def test_t5_max_distance_at_most_the_exact_bucket_count(arch, max_distance):
+    """relative_attention_max_distance at or below the exact-distance bucket count (32 buckets: 8 per sign for the
+    encoder, 16 for the decoder) breaks T5's log buckets: transformers' compute_bias raises mid-forward (here at 40
+    tokens); engine refuses the config, naming the field, for the sides the model has, and accepts the rest."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    sides = [False] if arch == "T5EncoderModel" else [False, True]  # is_decoder: the model's attention stacks
+    hf_fails = False
+    for is_decoder in sides:
+        cfg = T.T5Config(d_model=8, d_kv=4, num_heads=2, relative_attention_num_buckets=32,
+                         relative_attention_max_distance=max_distance, is_decoder=is_decoder)
+        try:
+            T5Attention(cfg, has_relative_attention_bias=True, layer_idx=0).compute_bias(40, 40)
+        except IndexError:
+            hf_fails = True
+    d = {"model_type": "t5", "architectures": [arch], "relative_attention_num_buckets": 32,
+         "relative_attention_max_distance": max_distance}
+    if hf_fails:
+        with pytest.raises(ValueError, match="relative_attention_max_distance must be greater than"):
+            ModelConfig.from_hf(d)
+    else:
+        assert ModelConfig.from_hf(d).relative_attention_max_distance == max_distance
+
+
 # ---- every field is what it claims; what engine cannot honour is refused, naming the field ------------------
 BAD_FIELDS = [
     ("BertModel", {"num_hidden_layers": 2.5}, "num_hidden_layers must be a positive integer; got 2.5"),
