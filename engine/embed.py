@@ -218,11 +218,12 @@ class Embedder:
         if spec.max_length is not None and spec.max_length <= specials:
             raise ValueError(f"max_length must leave room for text beside the {specials} special tokens; "
                              f"got {spec.max_length}")
-        # a private copy of the tokenizer with truncation on: the caller's tokenizer is never mutated
+        # a private copy of the tokenizer with truncation on (on the tokenizer's truncation_side, as
+        # sentence-transformers truncates through transformers): the caller's tokenizer is never mutated
         self._tok = type(tokenizer.tok).from_str(tokenizer.tok.to_str())
         self._tok.no_padding()
         if spec.max_length is not None:
-            self._tok.enable_truncation(spec.max_length)
+            self._tok.enable_truncation(spec.max_length, direction=tokenizer.truncation_side)
         else:
             self._tok.no_truncation()
 

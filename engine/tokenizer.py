@@ -15,18 +15,32 @@ from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
+_SIDES = ("right", "left")
+
+
+def _side(name: str, value: object, where: str = "") -> str:
+    """A padding_side / truncation_side value checked: "right" or "left" (as transformers, which refuses others)."""
+    if value not in _SIDES:
+        raise ValueError(f"{where}{name} must be 'right' or 'left'; got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer``: ``encode``/``decode`` single texts, ``__call__`` pads a batch.
 
     The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text
-    (right side) and truncates to ``max_length`` when given.
+    (right side) and truncates to ``max_length`` when given, on the side ``truncation_side`` names ("right" keeps
+    the first tokens, "left" the last; None: the direction of tokenizer.json's truncation section, else "right",
+    as transformers).
     """
 
-    def __init__(self, tok: _HFTokenizer, *, model_max_length: int | None = None) -> None:
+    def __init__(self, tok: _HFTokenizer, *, model_max_length: int | None = None,
+                 truncation_side: str | None = None) -> None:
         self.tok = tok
         padding = tok.padding
+        if truncation_side is None:
+            truncation_side = tok.truncation["direction"] if tok.truncation is not None else "right"
+        self.truncation_side: str = _side("truncation_side", truncation_side)
         self.pad_token_id: int = 0
         if padding is not None:
             self.pad_token_id = int(padding["pad_id"])
@@ -67,7 +81,7 @@ class Tokenizer:
             raise ValueError(f"max_length must be a positive int or None; got {max_length!r}")
         max_length = max_length or self.model_max_length
         if max_length is not None:
-            self.tok.enable_truncation(max_length)
+            self.tok.enable_truncation(max_length, direction=self.truncation_side)
         try:
             items = list(zip(texts, text_pairs)) if text_pairs is not None else texts
             encs = self.tok.encode_batch(items)
@@ -116,6 +130,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             raise ValueError(f"{file} is not valid JSON: {exc}") from None
         if not isinstance(cfg, dict):
             raise ValueError(f"{file} must hold a JSON object; got {type(cfg).__name__}")
+    truncation_side = cfg.get("truncation_side")
+    if "truncation_side" in cfg:  # transformers: tokenizer_config.json's value wins over tokenizer.json's section
+        _side("truncation_side", truncation_side, f"{file}: ")
     max_len = cfg.get("model_max_length")
     max_len = int(max_len) if isinstance(max_len, (int, float)) and 1 <= max_len < 1e9 else None
     for name in ("tokenizer.json", "vocab.txt"):
@@ -124,9 +141,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             continue
         try:
             if name == "tokenizer.json":
-                return Tokenizer(_HFTokenizer.from_file(str(file)), model_max_length=max_len)
-            wp = BertWordPieceTokenizer(str(file), lowercase=bool(cfg.get("do_lower_case", True)))
-            return Tokenizer(wp._tokenizer, model_max_length=max_len)
+                tok = _HFTokenizer.from_file(str(file))
+            else:
+                tok = BertWordPieceTokenizer(str(file), lowercase=bool(cfg.get("do_lower_case", True)))._tokenizer
         except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
+        return Tokenizer(tok, model_max_length=max_len, truncation_side=truncation_side)
     raise FileNotFoundError(tokenizer_problem(p))

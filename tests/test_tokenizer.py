@@ -21,9 +21,10 @@ PAIRS = ["c", "hello world a b", "a", "b b"]
 
 
 def _write(folder: Path, *, template: bool = True, padding: bool = False, words: list[str] = WORDS,
-           config: dict | None = None) -> Path:
+           config: dict | None = None, truncation: str | None = None) -> Path:
     """A WordLevel tokenizer.json (whitespace split; optionally BERT's [CLS] A [SEP] B [SEP] template, a padding
-    section naming <pad>, and an added token <extra> beyond the model's vocabulary) and tokenizer_config.json."""
+    section naming <pad>, a truncation section on side ``truncation``, and an added token <extra> beyond the model's
+    vocabulary) and tokenizer_config.json."""
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -34,6 +35,8 @@ def _write(folder: Path, *, template: bool = True, padding: bool = False, words:
         tok.add_tokens(["<extra>"])
     if padding:
         tok.enable_padding(pad_id=words.index("<pad>"), pad_token="<pad>")
+    if truncation is not None:
+        tok.enable_truncation(100, direction=truncation)
     tok.save(str(folder / "tokenizer.json"))
     if config is not None:
         (folder / "tokenizer_config.json").write_text(json.dumps(config))
@@ -118,6 +121,40 @@ def test_model_max_length_from_tokenizer_config(tmp_path, limit):
     _assert_batch(tok(TEXTS, max_length=2), _reference(TEXTS, hf=hf, max_length=2))
 
 
+@pytest.mark.parametrize("config, section", [({"truncation_side": "left"}, None), ({}, "left"),
+                                             ({"truncation_side": "right"}, "left"), ({"truncation_side": "left"}, "right")],
+                         ids=["config-left", "section-left", "config-right-over-section", "config-left-over-section"])
+def test_truncation_side_matches_transformers(tmp_path, config, section):
+    """tokenizer_config.json's truncation_side, else the direction of tokenizer.json's truncation section, else
+    right: "left" keeps the last tokens (of each text of a pair, longest first), as transformers truncates."""
+    folder = _write(tmp_path, config={"pad_token": "[PAD]", "model_max_length": 4, **config}, truncation=section)
+    hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tok = load_tokenizer(folder)
+    assert tok.truncation_side == hf.truncation_side
+    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf, truncation=True))  # at model_max_length 4
+    _assert_batch(tok(TEXTS, max_length=3), _reference(TEXTS, hf=hf, max_length=3))
+    _assert_batch(tok(TEXTS, PAIRS, max_length=6), _reference(TEXTS, PAIRS, hf=hf, max_length=6))
+
+
+def test_embedder_truncates_on_the_tokenizers_side(tmp_path):
+    """Embedder tokenizes through its own copy of the tokenizer: with truncation_side left it keeps the tokens
+    transformers' tokenizer keeps (the last ones, [CLS] / [SEP] around them) and flags the rows it cut."""
+    from engine.config import ModelConfig
+    from engine.embed import Embedder
+    from engine.embed_spec import EmbeddingSpec
+    from engine.models import build_model
+
+    folder = _write(tmp_path, config={"pad_token": "[PAD]", "truncation_side": "left"})
+    hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    model = build_model(ModelConfig.from_hf({
+        "model_type": "bert", "architectures": ["BertModel"], "vocab_size": len(hf), "hidden_size": 8,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 16}))
+    emb = Embedder(model, load_tokenizer(folder), EmbeddingSpec(max_length=4))
+    ids, truncated = emb.tokenize(TEXTS)
+    assert ids == [hf(t, truncation=True, max_length=4)["input_ids"] for t in TEXTS]
+    assert truncated.tolist() == [len(hf(t)["input_ids"]) > 4 for t in TEXTS] == [True, False, True, False]
+
+
 def test_call_arguments_are_refused_by_name(tmp_path):
     tok = load_tokenizer(_write(tmp_path, template=False, config={"pad_token": "[PAD]"}))
     hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
@@ -147,7 +184,9 @@ def test_what_a_folder_lacks_is_named(tmp_path):
         with pytest.raises(FileNotFoundError, match="tokenizer.json"):
             load_tokenizer(d)
     for text, match in (("{not json", "tokenizer_config.json is not valid JSON"),
-                        ("[1]", "tokenizer_config.json must hold a JSON object")):
+                        ("[1]", "tokenizer_config.json must hold a JSON object"),
+                        ('{"truncation_side": "middle"}',
+                         "tokenizer_config.json: truncation_side must be 'right' or 'left'; got 'middle'")):
         (vocab / "tokenizer_config.json").write_text(text)
         with pytest.raises(ValueError, match=match):
             load_tokenizer(vocab)
