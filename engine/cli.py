@@ -387,7 +387,8 @@ def _classify_impl(args: argparse.Namespace) -> int:
 
     model, tok = _load(args.model, "classify", args)
     with torch.no_grad():
-        logits = model(**tok(list(args.texts))).float().cpu()  # (B, num_labels)
+        # right padding whatever the tokenizer's padding_side: each text scored as alone (absolute positions)
+        logits = model(**tok(list(args.texts), padding_side="right")).float().cpu()  # (B, num_labels)
     n = logits.shape[-1]
     how = model.config.score_function  # as transformers' text-classification pipeline: problem_type, num_labels
     probs = torch.sigmoid(logits) if how == "sigmoid" else torch.softmax(logits, -1) if how == "softmax" else logits

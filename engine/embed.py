@@ -385,7 +385,9 @@ def encode(model: torch.nn.Module, tokenizer: Tokenizer, texts: list[str], *, no
         return torch.empty(0, cfg.hidden_size, device=next(model.parameters()).device)
     out = []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[i:i + batch_size]), max_length=max_length)
+        # right padding whatever the tokenizer's padding_side: left padding would move a short text's tokens to
+        # other absolute positions (BERT) than the text alone, and so change its embedding with its batch
+        batch = tokenizer(list(texts[i:i + batch_size]), max_length=max_length, padding_side="right")
         hidden = model(**batch)
         out.append(mean_pool(hidden, batch["attention_mask"], normalize=normalize))
     return torch.cat(out)

@@ -28,19 +28,22 @@ def _side(name: str, value: object, where: str = "") -> str:
 class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer``: ``encode``/``decode`` single texts, ``__call__`` pads a batch.
 
-    The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text
-    (right side) and truncates to ``max_length`` when given, on the side ``truncation_side`` names ("right" keeps
-    the first tokens, "left" the last; None: the direction of tokenizer.json's truncation section, else "right",
-    as transformers).
+    The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text on the
+    side ``padding_side`` names and truncates to ``max_length`` when given, on the side ``truncation_side`` names
+    ("right" keeps the first tokens, "left" the last). None: the direction of tokenizer.json's padding /
+    truncation section, else "right", as transformers.
     """
 
     def __init__(self, tok: _HFTokenizer, *, model_max_length: int | None = None,
-                 truncation_side: str | None = None) -> None:
+                 truncation_side: str | None = None, padding_side: str | None = None) -> None:
         self.tok = tok
         padding = tok.padding
         if truncation_side is None:
             truncation_side = tok.truncation["direction"] if tok.truncation is not None else "right"
         self.truncation_side: str = _side("truncation_side", truncation_side)
+        if padding_side is None:
+            padding_side = padding["direction"] if padding is not None else "right"
+        self.padding_side: str = _side("padding_side", padding_side)
         self.pad_token_id: int = 0
         if padding is not None:
             self.pad_token_id = int(padding["pad_id"])
@@ -68,8 +71,12 @@ class Tokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def __call__(self, texts: str | list[str], text_pairs: list[str] | None = None, *,
-                 max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Texts -> input_ids, attention_mask (B, N) int64; with text_pairs also token_type_ids (B, N)."""
+                 max_length: int | None = None, padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Texts -> input_ids, attention_mask (B, N) int64; with text_pairs also token_type_ids (B, N).
+
+        padding_side: "right" / "left" for this call (None: the tokenizer's ``padding_side``). With "left", a model
+        with absolute positions (BERT, GPT-2) sees a short row's tokens at other positions than alone; callers
+        that want each row's own result pass "right"."""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -79,6 +86,7 @@ class Tokenizer:
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                        or max_length < 1):
             raise ValueError(f"max_length must be a positive int or None; got {max_length!r}")
+        side = self.padding_side if padding_side is None else _side("padding_side", padding_side)
         max_length = max_length or self.model_max_length
         if max_length is not None:
             self.tok.enable_truncation(max_length, direction=self.truncation_side)
@@ -93,9 +101,10 @@ class Tokenizer:
         types = torch.zeros(len(encs), N, dtype=torch.long)
         for b, e in enumerate(encs):
             n = len(e.ids)
-            ids[b, :n] = torch.tensor(e.ids)
-            mask[b, :n] = 1
-            types[b, :n] = torch.tensor(e.type_ids)
+            row = slice(0, n) if side == "right" else slice(N - n, N)
+            ids[b, row] = torch.tensor(e.ids, dtype=torch.long)
+            mask[b, row] = 1
+            types[b, row] = torch.tensor(e.type_ids, dtype=torch.long)
         out = {"input_ids": ids, "attention_mask": mask}
         if text_pairs is not None:  # single segments: all zeros, which every model already assumes
             out["token_type_ids"] = types
@@ -130,9 +139,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             raise ValueError(f"{file} is not valid JSON: {exc}") from None
         if not isinstance(cfg, dict):
             raise ValueError(f"{file} must hold a JSON object; got {type(cfg).__name__}")
-    truncation_side = cfg.get("truncation_side")
-    if "truncation_side" in cfg:  # transformers: tokenizer_config.json's value wins over tokenizer.json's section
-        _side("truncation_side", truncation_side, f"{file}: ")
+    # transformers: tokenizer_config.json's sides win over the direction of tokenizer.json's sections
+    sides = {name: _side(name, cfg[name], f"{file}: ") for name in ("truncation_side", "padding_side") if name in cfg}
     max_len = cfg.get("model_max_length")
     max_len = int(max_len) if isinstance(max_len, (int, float)) and 1 <= max_len < 1e9 else None
     for name in ("tokenizer.json", "vocab.txt"):
@@ -146,5 +154,5 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                 tok = BertWordPieceTokenizer(str(file), lowercase=bool(cfg.get("do_lower_case", True)))._tokenizer
         except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
-        return Tokenizer(tok, model_max_length=max_len, truncation_side=truncation_side)
+        return Tokenizer(tok, model_max_length=max_len, **sides)
     raise FileNotFoundError(tokenizer_problem(p))

@@ -5,6 +5,7 @@ No model is loaded; every test runs in well under a second."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,10 @@ TEXTS = ["a b c hello", "b", "world a zzz", "c c"]  # different lengths, an unkn
 PAIRS = ["c", "hello world a b", "a", "b b"]
 
 
-def _write(folder: Path, *, template: bool = True, padding: bool = False, words: list[str] = WORDS,
+def _write(folder: Path, *, template: bool = True, padding: bool | str = False, words: list[str] = WORDS,
            config: dict | None = None, truncation: str | None = None) -> Path:
     """A WordLevel tokenizer.json (whitespace split; optionally BERT's [CLS] A [SEP] B [SEP] template, a padding
-    section naming <pad>, a truncation section on side ``truncation``, and an added token <extra> beyond the model's
+    section naming <pad> (on side ``padding`` when a str), a truncation section on side ``truncation``, and an added token <extra> beyond the model's
     vocabulary) and tokenizer_config.json."""
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
@@ -34,7 +35,8 @@ def _write(folder: Path, *, template: bool = True, padding: bool = False, words:
         tok.add_special_tokens(["[CLS]", "[SEP]"])
         tok.add_tokens(["<extra>"])
     if padding:
-        tok.enable_padding(pad_id=words.index("<pad>"), pad_token="<pad>")
+        tok.enable_padding(pad_id=words.index("<pad>"), pad_token="<pad>",
+                           direction=padding if isinstance(padding, str) else "right")
     if truncation is not None:
         tok.enable_truncation(100, direction=truncation)
     tok.save(str(folder / "tokenizer.json"))
@@ -43,10 +45,10 @@ def _write(folder: Path, *, template: bool = True, padding: bool = False, words:
     return folder
 
 
-def _reference(texts, pairs=None, *, hf, max_length=None, truncation=None) -> dict[str, torch.Tensor]:
+def _reference(texts, pairs=None, *, hf, max_length=None, truncation=None, **kw) -> dict[str, torch.Tensor]:
     truncation = max_length is not None if truncation is None else truncation
     out = hf(texts, pairs, padding=True, truncation=truncation, max_length=max_length,
-             return_token_type_ids=pairs is not None, return_tensors="pt")
+             return_token_type_ids=pairs is not None, return_tensors="pt", **kw)
     return dict(out)
 
 
@@ -155,6 +157,66 @@ def test_embedder_truncates_on_the_tokenizers_side(tmp_path):
     assert truncated.tolist() == [len(hf(t)["input_ids"]) > 4 for t in TEXTS] == [True, False, True, False]
 
 
+@pytest.mark.parametrize("config, section", [({"padding_side": "left"}, None), ({}, "left"),
+                                             ({"padding_side": "right"}, "left"), ({"padding_side": "left"}, "right")],
+                         ids=["config-left", "section-left", "config-right-over-section", "config-left-over-section"])
+def test_padding_side_matches_transformers(tmp_path, config, section):
+    """tokenizer_config.json's padding_side, else the direction of tokenizer.json's padding section, else right:
+    input_ids, attention_mask and token_type_ids padded on that side, as transformers pads; padding_side= in the
+    call wins for that call (as transformers' padding_side= argument)."""
+    pad = {} if section else {"pad_token": "[PAD]"}  # else the padding section's <pad>, in both
+    folder = _write(tmp_path, padding=section or False, config={**pad, **config}, truncation="left")
+    hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tok = load_tokenizer(folder)
+    assert tok.padding_side == hf.padding_side
+    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf))
+    _assert_batch(tok(TEXTS, PAIRS, max_length=6), _reference(TEXTS, PAIRS, hf=hf, max_length=6))
+    for side in ("left", "right"):
+        _assert_batch(tok(TEXTS, PAIRS, padding_side=side), _reference(TEXTS, PAIRS, hf=hf, padding_side=side))
+    with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'; got 'up'"):
+        tok(TEXTS, padding_side="up")
+
+
+def test_left_padding_folder_scores_each_text_as_alone(tmp_path, capsys):
+    """A vocab.txt folder with padding_side left: its batches are left-padded as BertTokenizer pads them, but
+    ``engine classify`` and embed.encode pad right themselves, so each text gets the scores / embedding that
+    transformers' model gives it alone (BERT's absolute positions would move a left-padded short text)."""
+    import transformers as T
+
+    from engine.__main__ import main
+    from engine.checkpoint import from_pretrained
+    from engine.embed import encode
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "hello", "world"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"padding_side": "left"}))
+    cfg = T.BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=8, max_position_embeddings=16, num_labels=2)
+    torch.manual_seed(0)
+    hf = T.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for prm in hf.parameters():
+            prm.add_(torch.randn_like(prm))
+    hf.save_pretrained(tmp_path)
+    hf.bert.save_pretrained(tmp_path / "base")
+    hf_tok = BertTokenizer.from_pretrained(str(tmp_path))
+    tok = load_tokenizer(tmp_path)
+    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf_tok))
+    assert tok(TEXTS)["attention_mask"][1].tolist() == [0, 0, 0, 1, 1, 1]
+    alone = [hf_tok(t, return_tensors="pt") for t in TEXTS]
+    with torch.no_grad():
+        probs = [torch.softmax(hf(**b).logits[0], -1) for b in alone]
+        hidden = [hf.bert(**b).last_hidden_state[0].mean(0) for b in alone]
+    capsys.readouterr()
+    assert main(["classify", str(tmp_path), *TEXTS]) == 0
+    for line, text, p in zip(capsys.readouterr().out.splitlines(), TEXTS, probs):
+        assert line.endswith(text)
+        found = sorted(float(x) for x in re.findall(r"LABEL_\d ([\d.]+)", line))
+        assert found == pytest.approx(sorted(p.tolist()), abs=1e-4), (line, p)
+    ours = encode(from_pretrained(tmp_path / "base"), tok, TEXTS, normalize=False)
+    torch.testing.assert_close(ours, torch.stack(hidden), atol=1e-5, rtol=1e-5)
+
+
 def test_call_arguments_are_refused_by_name(tmp_path):
     tok = load_tokenizer(_write(tmp_path, template=False, config={"pad_token": "[PAD]"}))
     hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
@@ -186,7 +248,9 @@ def test_what_a_folder_lacks_is_named(tmp_path):
     for text, match in (("{not json", "tokenizer_config.json is not valid JSON"),
                         ("[1]", "tokenizer_config.json must hold a JSON object"),
                         ('{"truncation_side": "middle"}',
-                         "tokenizer_config.json: truncation_side must be 'right' or 'left'; got 'middle'")):
+                         "tokenizer_config.json: truncation_side must be 'right' or 'left'; got 'middle'"),
+                        ('{"padding_side": null}', "tokenizer_config.json: padding_side must be 'right' or 'left'; "
+                                                   "got None")):
         (vocab / "tokenizer_config.json").write_text(text)
         with pytest.raises(ValueError, match=match):
             load_tokenizer(vocab)
