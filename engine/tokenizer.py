@@ -25,6 +25,14 @@ def _side(name: str, value: object, where: str = "") -> str:
     return value  # type: ignore[return-value]
 
 
+def _flag(cfg: dict, name: str, default: bool | None, file: Path) -> bool | None:
+    """tokenizer_config.json's boolean ``name`` (``default`` when absent; null only where the default is null)."""
+    value = cfg.get(name, default)
+    if isinstance(value, bool) or (value is None and default is None):
+        return value
+    raise ValueError(f"{file}: {name} must be true or false{' or null' if default is None else ''}; got {value!r}")
+
+
 class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer``: ``encode``/``decode`` single texts, ``__call__`` pads a batch.
 
@@ -128,10 +136,11 @@ def tokenizer_problem(path: str | os.PathLike) -> str | None:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load ``path/tokenizer.json``, else a WordPiece ``path/vocab.txt`` (lower-cased per tokenizer_config.json)."""
+    """Load ``path/tokenizer.json``, else a WordPiece ``path/vocab.txt`` (normalized per tokenizer_config.json's
+    do_lower_case, strip_accents and tokenize_chinese_chars, as transformers' BertTokenizer)."""
     p = Path(path)
     cfg: dict = {}
-    file = p / "tokenizer_config.json"
+    file = cfg_file = p / "tokenizer_config.json"
     if file.is_file():
         try:
             cfg = json.loads(file.read_text(encoding="utf-8"))
@@ -147,11 +156,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         file = p / name
         if not file.is_file():
             continue
+        if name == "vocab.txt":  # normalized as transformers' BertTokenizer (strip_accents None: as lowercase)
+            bert = {"lowercase": _flag(cfg, "do_lower_case", True, cfg_file),
+                    "strip_accents": _flag(cfg, "strip_accents", None, cfg_file),
+                    "handle_chinese_chars": _flag(cfg, "tokenize_chinese_chars", True, cfg_file)}
         try:
             if name == "tokenizer.json":
                 tok = _HFTokenizer.from_file(str(file))
             else:
-                tok = BertWordPieceTokenizer(str(file), lowercase=bool(cfg.get("do_lower_case", True)))._tokenizer
+                tok = BertWordPieceTokenizer(str(file), **bert)._tokenizer
         except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
         return Tokenizer(tok, model_max_length=max_len, **sides)

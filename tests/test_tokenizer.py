@@ -110,6 +110,22 @@ def test_vocab_txt_follows_tokenizer_config(tmp_path):
     assert load_tokenizer(tmp_path).model_max_length == 3
 
 
+@pytest.mark.parametrize("config", [{}, {"strip_accents": False}, {"strip_accents": True, "do_lower_case": False},
+                                    {"do_lower_case": False}, {"tokenize_chinese_chars": False},
+                                    {"strip_accents": None, "tokenize_chinese_chars": True}],
+                         ids=["defaults", "keep-accents", "strip-cased", "cased", "chinese-off", "nulls"])
+def test_vocab_txt_normalizes_as_bert_tokenizer(tmp_path, config):
+    """tokenizer_config.json's strip_accents (null: strip when lower-casing) and tokenize_chinese_chars (each CJK
+    character a word) shape a vocab.txt tokenizer's ids as they shape transformers' BertTokenizer's."""
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "héllo",
+                                                   "Héllo", "Hello", "中", "国", "中国", "##国", "x"]) + "\n",
+                                        encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    texts = ["Héllo 中国", "héllo x", "HELLO 国中x", "Hello"]
+    hf = BertTokenizer.from_pretrained(str(tmp_path))
+    _assert_batch(load_tokenizer(tmp_path)(texts), _reference(texts, hf=hf))
+
+
 @pytest.mark.parametrize("limit", [1, 3, 1e30, 0], ids=["1", "3", "1e30-no-limit", "0-no-limit"])
 def test_model_max_length_from_tokenizer_config(tmp_path, limit):
     """model_max_length truncates every call without max_length (as transformers' truncation=True); 1e30 is what
@@ -250,7 +266,12 @@ def test_what_a_folder_lacks_is_named(tmp_path):
                         ('{"truncation_side": "middle"}',
                          "tokenizer_config.json: truncation_side must be 'right' or 'left'; got 'middle'"),
                         ('{"padding_side": null}', "tokenizer_config.json: padding_side must be 'right' or 'left'; "
-                                                   "got None")):
+                                                   "got None"),
+                        ('{"strip_accents": "no"}', "tokenizer_config.json: strip_accents must be true or false or "
+                                                    "null; got 'no'"),
+                        ('{"do_lower_case": null}', "tokenizer_config.json: do_lower_case must be true or false; "
+                                                    "got None"),
+                        ('{"tokenize_chinese_chars": 1}', "tokenize_chinese_chars must be true or false; got 1")):
         (vocab / "tokenizer_config.json").write_text(text)
         with pytest.raises(ValueError, match=match):
             load_tokenizer(vocab)
