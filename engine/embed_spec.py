@@ -26,7 +26,10 @@ _ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 # a Dense module's activation_function (the torch.nn class sentence-transformers instantiates with its defaults)
 DENSE_ACTIVATIONS = {"Identity": "identity", "Tanh": "tanh", "ReLU": "relu", "GELU": "gelu", "Sigmoid": "sigmoid",
                      "SiLU": "silu"}
-_DENSE_KEYS = ("in_features", "out_features", "bias", "activation_function")
+_DENSE_KEYS = ("in_features", "out_features", "bias", "activation_function", "module_input_name",
+               "module_output_name")
+# the feature a Dense module must read and write for engine (it applies Dense modules to the pooled vector)
+_SENTENCE_EMBEDDING = "sentence_embedding"
 
 
 def positive_int(name: str, value: object) -> int:
@@ -45,7 +48,8 @@ class EmbeddingConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DenseSpec:
-    """A sentence-transformers Dense module: (B, in_features) -> activation(x @ W.T + b) (B, out_features).
+    """A sentence-transformers Dense module: (B, in_features) -> activation(x @ W.T + b) (B, out_features), read
+    from and written back to the sentence embedding (its config's module_input_name / module_output_name).
 
     path: its folder (config.json and model.safetensors or pytorch_model.bin with ``linear.weight`` (out, in)
     and, when ``bias``, ``linear.bias`` (out,)); activation: a value of DENSE_ACTIVATIONS."""
@@ -167,6 +171,17 @@ def _dense_from_config(folder: Path) -> DenseSpec:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise EmbeddingConfigError(f"{file}: {key} must be a positive integer; got {v!r}")
         sizes[key] = v
+    # sentence-transformers 6.x: the Dense reads features[module_input_name] (left out: "sentence_embedding") and
+    # writes features[module_output_name] (null or left out: the input's name); engine runs it on the pooled vector
+    names = {"module_input_name": cfg.get("module_input_name", _SENTENCE_EMBEDDING)}
+    names["module_output_name"] = cfg.get("module_output_name")
+    if names["module_output_name"] is None:
+        names["module_output_name"] = names["module_input_name"]
+    for key, v in names.items():
+        if not isinstance(v, str) or v != _SENTENCE_EMBEDDING:
+            raise EmbeddingConfigError(
+                f"{file}: {key} must be {_SENTENCE_EMBEDDING!r} (engine applies Dense modules to the pooled "
+                f"sentence embedding only); got {v!r}")
     bias = cfg.get("bias", True)
     if not isinstance(bias, bool):
         raise EmbeddingConfigError(f"{file}: bias must be true or false; got {bias!r}")

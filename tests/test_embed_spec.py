@@ -5,7 +5,8 @@ file format defines (modules.json: the module chain, each module's folder in "pa
 sentence_bert_config.json: max_seq_length, do_lower_case; the Pooling folder's config.json: pooling_mode or the
 pooling_mode_* flags, mean on by default, modes concatenated cls, max, mean, mean_sqrt_len_tokens, weightedmean,
 lasttoken; a Dense folder's config.json: in_features, out_features, bias (default true), activation_function (a
-torch.nn class path); config_sentence_transformers.json: prompts, default_prompt_name; Pooling's include_prompt).
+torch.nn class path), module_input_name / module_output_name (6.x: the features it reads and writes);
+config_sentence_transformers.json: prompts, default_prompt_name; Pooling's include_prompt).
 A field read wrong here embeds every text differently without an error, so each field is checked on its own.
 """
 from __future__ import annotations
@@ -205,6 +206,37 @@ def test_dense_config_refused(tmp_path, change, pattern):
     d = folder(tmp_path, [*TP, ("Dense", "2_Dense")], {"2_Dense/config.json": cfg})
     with pytest.raises(EmbeddingConfigError, match=pattern):
         read_sentence_transformers(d)
+
+
+@pytest.mark.parametrize("names", [
+    {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},  # every 6.x save
+    {"module_input_name": "sentence_embedding"},  # no output name: the input's
+    {"module_input_name": "sentence_embedding", "module_output_name": None},  # null: the input's
+    {"module_output_name": "sentence_embedding"}])  # no input name: sentence_embedding
+def test_dense_feature_names_of_the_sentence_embedding(tmp_path, names):
+    """sentence-transformers 6.x's Dense reads features[module_input_name] (default "sentence_embedding") and
+    writes features[module_output_name] (null or left out: the input's name): on the pooled vector, as engine."""
+    d = folder(tmp_path, [*TP, ("Dense", "2_Dense")], {"2_Dense/config.json": {**DENSE, **names}})
+    assert read_sentence_transformers(d)["dense"] == (DenseSpec(str(d / "2_Dense"), 4, 3, True, "tanh"),)
+
+
+@pytest.mark.parametrize("names, pattern", [
+    ({"module_input_name": "token_embeddings"},
+     "module_input_name must be 'sentence_embedding'.*; got 'token_embeddings'"),
+    ({"module_input_name": "token_embeddings", "module_output_name": "sentence_embedding"},
+     "module_input_name must be 'sentence_embedding'.*; got 'token_embeddings'"),
+    ({"module_output_name": "dense_embedding"},
+     "module_output_name must be 'sentence_embedding'.*; got 'dense_embedding'"),
+    ({"module_input_name": "sentence_embedding", "module_output_name": "token_embeddings"},
+     "module_output_name must be 'sentence_embedding'.*; got 'token_embeddings'"),
+    ({"module_input_name": None}, "module_input_name must be 'sentence_embedding'.*; got None"),
+    ({"module_input_name": ["sentence_embedding"]}, r"module_input_name must be .*; got \['sentence_embedding'\]"),
+])
+def test_dense_feature_names_refused(tmp_path, names, pattern):
+    d = folder(tmp_path, [*TP, ("Dense", "2_Dense")], {"2_Dense/config.json": {**DENSE, **names}})
+    with pytest.raises(EmbeddingConfigError, match=pattern) as err:
+        read_sentence_transformers(d)
+    assert "2_Dense/config.json" in str(err.value)
 
 
 def test_dense_config_not_an_object(tmp_path):
