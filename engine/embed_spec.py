@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-# sentence-transformers' Pooling modes, in the order it concatenates them when several are on
+# sentence-transformers' Pooling modes, in the order it concatenates them when several pooling_mode_* flags are on
+# (a pooling_mode list, as 6.x writes, is concatenated in its own order)
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # "pooler": the checkpoint's own pooler (tanh(dense(first token))), as transformers' pooler_output
 POOLINGS = (*POOLING_MODES, "pooler")
@@ -195,9 +196,30 @@ def _dense_from_config(folder: Path) -> DenseSpec:
 
 
 def _pooling_from_config(pool: dict, file: Path) -> tuple[str, ...]:
-    """sentence-transformers' Pooling config -> the modes in its concatenation order (default: mean)."""
-    if "pooling_mode" in pool and pool["pooling_mode"] is not None:  # a string overrides the flags
-        mode = str(pool["pooling_mode"]).lower()
+    """sentence-transformers' Pooling config -> the modes in its concatenation order (default: mean).
+
+    pooling_mode overrides the pooling_mode_* flags: a mode name (lower-cased, as sentence-transformers before 6.x
+    did), or, as sentence-transformers 6.x writes several modes, a list (or tuple) of exact mode names, concatenated
+    in the list's order with repeats pooled again. The flags (pooling_mode null or left out) concatenate in the
+    fixed POOLING_MODES order. An empty list, an entry that is not a mode name, or another type is refused.
+    """
+    mode = pool.get("pooling_mode")
+    if isinstance(mode, (list, tuple)):
+        if not mode:  # sentence-transformers 6.x builds a Pooling of no modes, whose forward fails
+            raise EmbeddingConfigError(f"{file}: pooling_mode is an empty list; expected one or more of "
+                                       f"{', '.join(POOLING_MODES)}")
+        for m in mode:
+            if not isinstance(m, str) or m not in POOLING_MODES:
+                raise EmbeddingConfigError(
+                    f"{file}: pooling_mode {list(mode)!r} holds {m!r}, which is not one of "
+                    f"{', '.join(POOLING_MODES)} (sentence-transformers 6.x compares a list's entries exactly, "
+                    "case included)")
+        return tuple(mode)
+    if mode is not None:
+        if not isinstance(mode, str):
+            raise EmbeddingConfigError(f"{file}: pooling_mode must be a mode name or a list of them; got "
+                                       f"{type(mode).__name__} {mode!r}")
+        mode = mode.lower()
         if mode not in POOLING_MODES:
             raise EmbeddingConfigError(f"{file}: pooling_mode {mode!r} is not one of {', '.join(POOLING_MODES)}")
         return (mode,)

@@ -1,12 +1,13 @@
 """engine/embed_spec.py: a sentence-transformers folder's module files -> EmbeddingSpec, field by field.
 
-Tiny folders written into tmp_path (no weights, no model): the expected values are what sentence-transformers'
-file format defines (modules.json: the module chain, each module's folder in "path"; the Transformer folder's
-sentence_bert_config.json: max_seq_length, do_lower_case; the Pooling folder's config.json: pooling_mode or the
-pooling_mode_* flags, mean on by default, modes concatenated cls, max, mean, mean_sqrt_len_tokens, weightedmean,
-lasttoken; a Dense folder's config.json: in_features, out_features, bias (default true), activation_function (a
-torch.nn class path), module_input_name / module_output_name (6.x: the features it reads and writes);
-config_sentence_transformers.json: prompts, default_prompt_name; Pooling's include_prompt).
+Tiny folders written into tmp_path (no weights, no model): the expected values are what sentence-transformers' file
+format defines (modules.json: the module chain, each module's folder in "path"; the Transformer folder's
+sentence_bert_config.json: max_seq_length, do_lower_case; the Pooling folder's config.json: pooling_mode (a name,
+or in 6.x a list concatenated in its order) or the pooling_mode_* flags, mean on by default, modes concatenated
+cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken; a Dense folder's config.json: in_features,
+out_features, bias (default true), activation_function (a torch.nn class path), module_input_name /
+module_output_name (6.x: the features it reads and writes); config_sentence_transformers.json: prompts,
+default_prompt_name; Pooling's include_prompt).
 A field read wrong here embeds every text differently without an error, so each field is checked on its own.
 """
 from __future__ import annotations
@@ -157,6 +158,16 @@ def test_sentence_bert_config(tmp_path):
     ({"pooling_mode": "cls", "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}, ("cls",)),
     ({"pooling_mode": None, "pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False}, ("max",)),
     ({"pooling_mode": "lasttoken", "include_prompt": True}, ("lasttoken",)),
+    # sentence-transformers 6.x: a list of modes, concatenated in the list's order (a repeat is pooled again);
+    # it overrides every flag, as a string does
+    ({"pooling_mode": ["cls", "mean"]}, ("cls", "mean")),
+    ({"embedding_dimension": 8, "pooling_mode": ["mean", "cls"], "include_prompt": True}, ("mean", "cls")),
+    ({"pooling_mode": ["lasttoken", "weightedmean", "mean_sqrt_len_tokens", "mean", "max", "cls"]},
+     ("lasttoken", "weightedmean", "mean_sqrt_len_tokens", "mean", "max", "cls")),
+    ({"pooling_mode": ["max"]}, ("max",)),
+    ({"pooling_mode": ["mean", "mean"]}, ("mean", "mean")),
+    ({"pooling_mode": ["max", "cls"], "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True},
+     ("max", "cls")),
 ])
 def test_pooling_config(tmp_path, cfg, want):
     got = read_sentence_transformers(folder(tmp_path, TP, {"1_Pooling/config.json": cfg}))
@@ -168,12 +179,28 @@ def test_pooling_config(tmp_path, cfg, want):
     ({"pooling_mode_mean_tokens": False}, "turns every pooling mode off"),
     ({"pooling_mode_median_tokens": True}, "turns on pooling_mode_median_tokens, which engine does not implement"),
     ({"pooling_mode": "median"}, "pooling_mode 'median' is not one of"),
+    ({"pooling_mode": []}, r"pooling_mode is an empty list; expected one or more of cls, max"),
+    ({"pooling_mode": ["cls", "median"]}, r"pooling_mode \['cls', 'median'\] holds 'median', which is not one of"),
+    ({"pooling_mode": ["CLS"]}, r"holds 'CLS', which is not one of .*case"),  # 6.x compares list entries exactly
+    ({"pooling_mode": ["mean", None]}, r"holds None, which is not one of"),
+    ({"pooling_mode": [["mean"]]}, r"holds \['mean'\], which is not one of"),
+    ({"pooling_mode": 3}, r"pooling_mode must be a mode name or a list of them; got int 3"),
+    ({"pooling_mode": {"mean": True}}, r"pooling_mode must be a mode name or a list of them; got dict"),
     ([{"pooling_mode": "mean"}], "must hold a JSON object"),
     ("{", "cannot read pooling config"),
 ])
 def test_pooling_config_refused(tmp_path, cfg, pattern):
-    with pytest.raises(EmbeddingConfigError, match=pattern):
+    with pytest.raises(EmbeddingConfigError, match=pattern) as err:
         read_sentence_transformers(folder(tmp_path, TP, {"1_Pooling/config.json": cfg}))
+    assert "1_Pooling/config.json" in str(err.value)
+
+
+def test_pooling_config_tuple(tmp_path):
+    """A tuple (a config dict built in Python rather than read from JSON) is taken as a list is."""
+    from engine.embed_spec import _pooling_from_config
+    assert _pooling_from_config({"pooling_mode": ("mean", "cls")}, tmp_path / "config.json") == ("mean", "cls")
+    with pytest.raises(EmbeddingConfigError, match="empty list"):
+        _pooling_from_config({"pooling_mode": ()}, tmp_path / "config.json")
 
 
 @pytest.mark.parametrize("act, want", [
