@@ -36,14 +36,16 @@ def _flag(cfg: dict, name: str, default: bool | None, file: Path) -> bool | None
 class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer``: ``encode``/``decode`` single texts, ``__call__`` pads a batch.
 
-    The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text on the
+    The pad id: ``pad_token``'s (tokenizer_config.json's), else the padding section's, else the first of [PAD] /
+    <pad> / <|endoftext|> in the vocabulary, else 0. The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text on the
     side ``padding_side`` names and truncates to ``max_length`` when given, on the side ``truncation_side`` names
     ("right" keeps the first tokens, "left" the last). None: the direction of tokenizer.json's padding /
     truncation section, else "right", as transformers.
     """
 
     def __init__(self, tok: _HFTokenizer, *, model_max_length: int | None = None,
-                 truncation_side: str | None = None, padding_side: str | None = None) -> None:
+                 truncation_side: str | None = None, padding_side: str | None = None,
+                 pad_token: str | None = None) -> None:
         self.tok = tok
         padding = tok.padding
         if truncation_side is None:
@@ -53,7 +55,12 @@ class Tokenizer:
             padding_side = padding["direction"] if padding is not None else "right"
         self.padding_side: str = _side("padding_side", padding_side)
         self.pad_token_id: int = 0
-        if padding is not None:
+        if pad_token is not None:  # as transformers: the configured pad token wins over the padding section
+            pad_id = tok.token_to_id(pad_token)
+            if pad_id is None:
+                raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
+            self.pad_token_id = pad_id
+        elif padding is not None:
             self.pad_token_id = int(padding["pad_id"])
         else:
             for t in _PAD_TOKENS:
@@ -150,6 +157,14 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             raise ValueError(f"{file} must hold a JSON object; got {type(cfg).__name__}")
     # transformers: tokenizer_config.json's sides win over the direction of tokenizer.json's sections
     sides = {name: _side(name, cfg[name], f"{file}: ") for name in ("truncation_side", "padding_side") if name in cfg}
+    pad_token = cfg.get("pad_token")  # a str, or an AddedToken as a dict with its "content"; null: none set
+    if isinstance(pad_token, dict):
+        pad_token = pad_token.get("content")
+        if not isinstance(pad_token, str):
+            raise ValueError(f"{file}: pad_token as an object must have a string \"content\"; got {cfg['pad_token']!r}")
+    elif pad_token is not None and not isinstance(pad_token, str):
+        raise ValueError(f"{file}: pad_token must be a string (or an object with a string \"content\"); "
+                         f"got {pad_token!r}")
     max_len = cfg.get("model_max_length")
     max_len = int(max_len) if isinstance(max_len, (int, float)) and 1 <= max_len < 1e9 else None
     for name in ("tokenizer.json", "vocab.txt"):
@@ -167,5 +182,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                 tok = BertWordPieceTokenizer(str(file), **bert)._tokenizer
         except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
-        return Tokenizer(tok, model_max_length=max_len, **sides)
+        if pad_token is not None and tok.token_to_id(pad_token) is None:
+            raise ValueError(f"{cfg_file}: pad_token {pad_token!r} is not in the vocabulary of {file} (transformers "
+                             "would add it as a new token, an id the model's embedding does not have)")
+        return Tokenizer(tok, model_max_length=max_len, pad_token=pad_token, **sides)
     raise FileNotFoundError(tokenizer_problem(p))

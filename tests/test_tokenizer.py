@@ -86,6 +86,32 @@ def test_encode_and_decode_match_transformers(tmp_path):
         tok.encode(["a"])
 
 
+@pytest.mark.parametrize("pad_token, padding, want", [
+    ("<pad>", False, 7), ("[PAD]", True, 5), ("<extra>", False, 10),
+    ({"__type": "AddedToken", "content": "<pad>", "lstrip": False, "normalized": True, "rstrip": False,
+      "single_word": False}, True, 7)], ids=["str", "over-padding-section", "added-token", "added-token-object"])
+def test_configured_pad_token_matches_transformers(tmp_path, pad_token, padding, want):
+    """tokenizer_config.json's pad_token (a str, or an object with its content) gives the pad id, over
+    tokenizer.json's padding section and the [PAD] / <pad> fallback, as in transformers."""
+    folder = _write(tmp_path, padding=padding, config={"pad_token": pad_token})
+    hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tok = load_tokenizer(folder)
+    assert tok.pad_token_id == hf.pad_token_id == want
+    _assert_batch(tok(TEXTS, PAIRS), _reference(TEXTS, PAIRS, hf=hf))
+
+
+def test_bad_pad_token_is_refused_by_name(tmp_path):
+    """A pad_token the vocabulary lacks (transformers would add a new id past the model's embedding) or of the
+    wrong type: a ValueError naming tokenizer_config.json and the field."""
+    for pad_token, match in (("zzz", "tokenizer_config.json: pad_token 'zzz' is not in the vocabulary of "
+                                     ".*tokenizer.json"),
+                             (1, "tokenizer_config.json: pad_token must be a string .*; got 1"),
+                             ({"id": 1}, "tokenizer_config.json: pad_token as an object must have a string "
+                                         "\"content\"")):
+        with pytest.raises(ValueError, match=match):
+            load_tokenizer(_write(tmp_path, config={"pad_token": pad_token}))
+
+
 def test_pad_id_without_a_pad_token_is_in_the_vocabulary(tmp_path):
     """No padding section and none of [PAD] / <pad> / <|endoftext|>: the padded places still hold a token id the
     model's embedding has (the only id of a one-word vocabulary), under a mask of 0."""
