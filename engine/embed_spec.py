@@ -244,6 +244,9 @@ def embedding_spec(path: str | os.PathLike, *, max_positions: int, tokenizer_max
     max_positions: the model's longest input; tokenizer_max: the tokenizer's model_max_length (or None). As in
     sentence-transformers, the default max length is max_seq_length when given, else the smaller of the two.
     pooling / normalize / max_length / prompt: None keeps the folder's choice.
+    pooling: one or more of POOLINGS; several are concatenated in the fixed POOLINGS order (sentence-transformers'
+    pooling_mode_* flag order, pooler last) and a repeat counts once, whatever the caller's order (a
+    pooling_mode list in the folder's Pooling config keeps its order and repeats, as sentence-transformers 6.x).
     """
     st = read_sentence_transformers(path) or {"model_dir": str(Path(path))}
     if pooling is not None:
@@ -251,7 +254,7 @@ def embedding_spec(path: str | os.PathLike, *, max_positions: int, tokenizer_max
         bad = [m for m in modes if m not in POOLINGS]
         if not modes or bad:
             raise ValueError(f"pooling must be one or more of {', '.join(POOLINGS)}; got {pooling!r}")
-        st["pooling"] = tuple(m for m in POOLINGS if m in modes)  # sentence-transformers' order
+        st["pooling"] = tuple(m for m in POOLINGS if m in modes)  # the fixed order, repeats once (see above)
     if normalize is not None:
         st["normalize"] = bool(normalize)
     if prompt is not None:

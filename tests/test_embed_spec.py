@@ -313,6 +313,8 @@ def test_overrides(tmp_path):
     assert spec(d, prompt="").prompt == "" and spec(d, prompt="x: ").prompt == "x: "
     assert spec(d, pooling="max").pooling == ("max",)
     assert spec(d, pooling=["pooler", "mean", "cls"]).pooling == ("cls", "mean", "pooler")  # the fixed order
+    # (unlike a pooling_mode list in the file) the override's order and repeats do not count
+    assert spec(d, pooling=("mean", "cls", "mean")).pooling == ("cls", "mean")
     assert spec(d, pooling=("mean",)).pooling == ("mean",)
     # max_length: the caller's, else max_seq_length (even above the tokenizer's limit), else the smaller limit
     assert spec(d, max_length=1).max_length == 1
