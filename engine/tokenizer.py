@@ -165,8 +165,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     elif pad_token is not None and not isinstance(pad_token, str):
         raise ValueError(f"{file}: pad_token must be a string (or an object with a string \"content\"); "
                          f"got {pad_token!r}")
+    # model_max_length: a number in [1, 1e9) is a limit; null, a bool (transformers truncates nothing at true or
+    # false), 0 or a huge one such as save_pretrained's 1e30 is none; anything else is refused (transformers fails)
     max_len = cfg.get("model_max_length")
-    max_len = int(max_len) if isinstance(max_len, (int, float)) and 1 <= max_len < 1e9 else None
+    if max_len is not None and not isinstance(max_len, (int, float)):
+        raise ValueError(f"{file}: model_max_length must be a number (or null); got {max_len!r}")
+    max_len = int(max_len) if not isinstance(max_len, bool) and max_len is not None and 1 <= max_len < 1e9 else None
     for name in ("tokenizer.json", "vocab.txt"):
         file = p / name
         if not file.is_file():

@@ -152,16 +152,19 @@ def test_vocab_txt_normalizes_as_bert_tokenizer(tmp_path, config):
     _assert_batch(load_tokenizer(tmp_path)(texts), _reference(texts, hf=hf))
 
 
-@pytest.mark.parametrize("limit", [1, 3, 1e30, 0], ids=["1", "3", "1e30-no-limit", "0-no-limit"])
+@pytest.mark.parametrize("limit", [1, 3, 1e30, 0, True, False, None],
+                         ids=["1", "3", "1e30-no-limit", "0-no-limit", "true-no-limit", "false-no-limit", "null"])
 def test_model_max_length_from_tokenizer_config(tmp_path, limit):
     """model_max_length truncates every call without max_length (as transformers' truncation=True); 1e30 is what
     save_pretrained writes for "no limit"; 0 is no length at all and is ignored (transformers would cut every row
-    to nothing, which no model can take); an explicit max_length wins over it."""
+    to nothing, which no model can take); true / false are no limit either (not 1 / 0: transformers truncates
+    nothing at them); an explicit max_length wins over it."""
     folder = _write(tmp_path, template=False, config={"pad_token": "[PAD]", "model_max_length": limit})
     tok = load_tokenizer(folder)
     hf = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    assert tok.model_max_length == (limit if 1 <= limit < 1e9 else None)
-    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf, truncation=limit != 0))  # hf: up to its model_max_length
+    number = limit is not None and not isinstance(limit, bool)
+    assert tok.model_max_length == (limit if number and 1 <= limit < 1e9 else None)
+    _assert_batch(tok(TEXTS), _reference(TEXTS, hf=hf, truncation=number and limit != 0))  # hf: its model_max_length
     _assert_batch(tok(TEXTS, max_length=2), _reference(TEXTS, hf=hf, max_length=2))
 
 
@@ -297,7 +300,9 @@ def test_what_a_folder_lacks_is_named(tmp_path):
                                                     "null; got 'no'"),
                         ('{"do_lower_case": null}', "tokenizer_config.json: do_lower_case must be true or false; "
                                                     "got None"),
-                        ('{"tokenize_chinese_chars": 1}', "tokenize_chinese_chars must be true or false; got 1")):
+                        ('{"tokenize_chinese_chars": 1}', "tokenize_chinese_chars must be true or false; got 1"),
+                        ('{"model_max_length": "512"}', "tokenizer_config.json: model_max_length must be a number "
+                                                        "\\(or null\\); got '512'")):
         (vocab / "tokenizer_config.json").write_text(text)
         with pytest.raises(ValueError, match=match):
             load_tokenizer(vocab)
