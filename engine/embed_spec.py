@@ -229,7 +229,15 @@ def _pooling_from_config(pool: dict, file: Path) -> tuple[str, ...]:
     unknown = sorted(k for k in pool if k.startswith("pooling_mode_") and k not in flags.values() and pool[k])
     if unknown:
         raise EmbeddingConfigError(f"{file} turns on {', '.join(unknown)}, which engine does not implement")
-    defaults = {"mean": True}  # sentence-transformers' Pooling defaults
+    others_on = sorted(flags[m] for m in POOLING_MODES if m != "mean" and pool.get(flags[m]))
+    if others_on and flags["mean"] not in pool:
+        # before 6.0, sentence-transformers' mean flag defaults to true (cls + mean here); 6.x reads a left-out
+        # flag as off (cls alone): two readings, so the file must say which
+        raise EmbeddingConfigError(
+            f"{file} turns on {', '.join(others_on)} but leaves out pooling_mode_mean_tokens, which "
+            "sentence-transformers before 6.0 reads as true (mean pooling added) and 6.x as false; set it to true "
+            "or false")
+    defaults = {"mean": True}  # sentence-transformers' Pooling defaults (a config without flags: mean)
     modes = tuple(m for m in POOLING_MODES if pool.get(flags[m], defaults.get(m, False)))
     if not modes:
         raise EmbeddingConfigError(f"{file} turns every pooling mode off")

@@ -154,6 +154,8 @@ def test_sentence_bert_config(tmp_path):
      ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")),
     # a flag that is off, known or not, changes nothing
     ({"pooling_mode_cls_token": False, "pooling_mode_some_new_mode": False}, ("mean",)),
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, ("cls",)),  # both readings agree
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}, ("cls", "mean")),
     # pooling_mode (a string) overrides every flag; null means "use the flags"
     ({"pooling_mode": "cls", "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}, ("cls",)),
     ({"pooling_mode": None, "pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False}, ("max",)),
@@ -178,6 +180,10 @@ def test_pooling_config(tmp_path, cfg, want):
 @pytest.mark.parametrize("cfg, pattern", [
     ({"pooling_mode_mean_tokens": False}, "turns every pooling mode off"),
     ({"pooling_mode_median_tokens": True}, "turns on pooling_mode_median_tokens, which engine does not implement"),
+    # another flag on and the mean flag left out: cls + mean before sentence-transformers 6.0, cls alone in 6.x
+    ({"pooling_mode_cls_token": True}, "turns on pooling_mode_cls_token but leaves out pooling_mode_mean_tokens"),
+    ({"pooling_mode": None, "pooling_mode_max_tokens": True, "pooling_mode_lasttoken": True},
+     "turns on pooling_mode_lasttoken, pooling_mode_max_tokens but leaves out pooling_mode_mean_tokens"),
     ({"pooling_mode": "median"}, "pooling_mode 'median' is not one of"),
     ({"pooling_mode": []}, r"pooling_mode is an empty list; expected one or more of cls, max"),
     ({"pooling_mode": ["cls", "median"]}, r"pooling_mode \['cls', 'median'\] holds 'median', which is not one of"),
