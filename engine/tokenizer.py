@@ -37,10 +37,10 @@ class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer``: ``encode``/``decode`` single texts, ``__call__`` pads a batch.
 
     The pad id: ``pad_token``'s (tokenizer_config.json's), else the padding section's, else the first of [PAD] /
-    <pad> / <|endoftext|> in the vocabulary, else 0. The file's own padding/truncation settings are switched off; ``__call__`` pads to the longest text on the
-    side ``padding_side`` names and truncates to ``max_length`` when given, on the side ``truncation_side`` names
-    ("right" keeps the first tokens, "left" the last). None: the direction of tokenizer.json's padding /
-    truncation section, else "right", as transformers.
+    <pad> / <|endoftext|> in the vocabulary, else 0. The file's own padding/truncation settings are switched off;
+    ``__call__`` pads to the longest text on the side ``padding_side`` names and truncates to ``max_length`` when
+    given, on the side ``truncation_side`` names ("right" keeps the first tokens, "left" the last). None: the
+    direction of tokenizer.json's padding / truncation section, else "right", as transformers.
     """
 
     def __init__(self, tok: _HFTokenizer, *, model_max_length: int | None = None,

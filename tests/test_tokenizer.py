@@ -24,8 +24,8 @@ PAIRS = ["c", "hello world a b", "a", "b b"]
 def _write(folder: Path, *, template: bool = True, padding: bool | str = False, words: list[str] = WORDS,
            config: dict | None = None, truncation: str | None = None) -> Path:
     """A WordLevel tokenizer.json (whitespace split; optionally BERT's [CLS] A [SEP] B [SEP] template, a padding
-    section naming <pad> (on side ``padding`` when a str), a truncation section on side ``truncation``, and an added token <extra> beyond the model's
-    vocabulary) and tokenizer_config.json."""
+    section naming <pad> (on side ``padding`` when a str), a truncation section on side ``truncation``, and an
+    added token <extra> beyond the model's vocabulary) and tokenizer_config.json."""
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -169,7 +169,8 @@ def test_model_max_length_from_tokenizer_config(tmp_path, limit):
 
 
 @pytest.mark.parametrize("config, section", [({"truncation_side": "left"}, None), ({}, "left"),
-                                             ({"truncation_side": "right"}, "left"), ({"truncation_side": "left"}, "right")],
+                                             ({"truncation_side": "right"}, "left"),
+                                             ({"truncation_side": "left"}, "right")],
                          ids=["config-left", "section-left", "config-right-over-section", "config-left-over-section"])
 def test_truncation_side_matches_transformers(tmp_path, config, section):
     """tokenizer_config.json's truncation_side, else the direction of tokenizer.json's truncation section, else
