@@ -1,7 +1,9 @@
 """engine.tokenizer on tiny tokenizer files written into tmp_path, against transformers' tokenizers loaded from the
 same files (PreTrainedTokenizerFast for tokenizer.json, BertTokenizer for a WordPiece vocab.txt): padded batches,
 truncation, token types, encode / decode, the pad id, what tokenizer_config.json sets, and the refusals by name.
-No model is loaded; every test runs in well under a second."""
+Two tests build a tiny random BERT (hidden 8, one layer) to check the callers that truncate / pad through the
+tokenizer (Embedder, embed.encode, ``engine classify``); every test runs in well under a second (once transformers'
+BERT modeling is imported)."""
 from __future__ import annotations
 
 import json
