@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -70,6 +71,18 @@ class Tokenizer:
         self.model_max_length = model_max_length
         tok.no_padding()
         tok.no_truncation()
+        # __call__ sets truncation on the shared ``tokenizers`` object for one batch: held while it is set, and by
+        # encode, so no other thread's call is truncated by it (or has its own truncation switched off)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # pickle / deepcopy (e.g. DataLoader workers): the lock is not state
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def vocab_size(self) -> int:
@@ -78,7 +91,8 @@ class Tokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str; got {type(text).__name__}")
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        with self._lock:
+            return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
         if isinstance(ids, torch.Tensor):
@@ -103,13 +117,14 @@ class Tokenizer:
             raise ValueError(f"max_length must be a positive int or None; got {max_length!r}")
         side = self.padding_side if padding_side is None else _side("padding_side", padding_side)
         max_length = max_length or self.model_max_length
-        if max_length is not None:
-            self.tok.enable_truncation(max_length, direction=self.truncation_side)
-        try:
-            items = list(zip(texts, text_pairs)) if text_pairs is not None else texts
-            encs = self.tok.encode_batch(items)
-        finally:
-            self.tok.no_truncation()
+        items = list(zip(texts, text_pairs)) if text_pairs is not None else texts
+        with self._lock:
+            if max_length is not None:
+                self.tok.enable_truncation(max_length, direction=self.truncation_side)
+            try:
+                encs = self.tok.encode_batch(items)
+            finally:
+                self.tok.no_truncation()
         N = max(len(e.ids) for e in encs)
         ids = torch.full((len(encs), N), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(encs), N, dtype=torch.long)

@@ -313,3 +313,46 @@ def test_what_a_folder_lacks_is_named(tmp_path):
     (vocab / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match="cannot read .*tokenizer.json"):
         load_tokenizer(vocab)
+
+
+def test_calls_from_two_threads_keep_their_own_truncation(tmp_path):
+    """One Tokenizer shared by threads: a call's max_length (set on the shared ``tokenizers`` object for that call)
+    never truncates another thread's batch or ``encode``; every result equals the same call made alone."""
+    import threading
+
+    tok = load_tokenizer(_write(tmp_path))
+    long_text = " ".join(["hello world a b c"] * 40)
+    want_short = tok([long_text] * 8, max_length=5)["input_ids"]
+    want_full = tok([long_text] * 8)["input_ids"]
+    want_ids = tok.encode(long_text)
+    wrong = []
+
+    def short():
+        for _ in range(150):
+            if not torch.equal(tok([long_text] * 8, max_length=5)["input_ids"], want_short):
+                wrong.append("short")
+
+    def full():
+        for _ in range(150):
+            if not torch.equal(tok([long_text] * 8)["input_ids"], want_full) or tok.encode(long_text) != want_ids:
+                wrong.append("full")
+
+    threads = [threading.Thread(target=f) for f in (short, full)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, f"{len(wrong)} calls saw another thread's truncation ({sorted(set(wrong))})"
+
+
+def test_pickle_and_deepcopy_keep_the_tokenizer(tmp_path):
+    """A Tokenizer pickles and deep-copies (DataLoader workers, copied pipelines) to one that batches and encodes as
+    the original, with a lock of its own."""
+    import copy
+    import pickle
+
+    tok = load_tokenizer(_write(tmp_path, config={"pad_token": "<pad>", "truncation_side": "left"}))
+    for other in (pickle.loads(pickle.dumps(tok)), copy.deepcopy(tok)):
+        assert other._lock is not tok._lock
+        _assert_batch(other(TEXTS, PAIRS, max_length=5), tok(TEXTS, PAIRS, max_length=5))
+        assert other.encode(TEXTS[0]) == tok.encode(TEXTS[0]) and other.pad_token_id == tok.pad_token_id
