@@ -204,7 +204,7 @@ def test_attention_relative_bias(bench, device, provider, case):
     elif provider == "no-bias":
         fn = lambda: ops.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)  # noqa: E731
     else:
-        block = bias_block(table, 0, n, n)[None]  # (1, H, N, N) fp32
+        block = bias_block(table, 0, n, n)  # (1, H, N, N) fp32
         if causal:
             block = block.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=device).tril(), float("-inf"))
         mask = block.to(DTYPE)
@@ -214,7 +214,7 @@ def test_attention_relative_bias(bench, device, provider, case):
         return  # checked by the attention grid
     # Two heads of the last sequence against float64 with the fp32 bias block.
     sl = (slice(b - 1, b), slice(0, 2))
-    m = bias_block(table[:2], 0, n, n, dtype=torch.float64)[None]
+    m = bias_block(table[:2], 0, n, n, dtype=torch.float64)
     if causal:
         m = m.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=device).tril(), float("-inf"))
     ref = F.scaled_dot_product_attention(q[sl].double(), k[sl].double(), v[sl].double(), attn_mask=m, scale=1.0)

@@ -129,7 +129,7 @@ def _sdpa_torch(q, k, v, mask, dropout_p, is_causal, scale, bias=None, q_offset=
         is_causal = False
     if bias is not None:  # fold the (1, H, Nq, Nk) bias block and the mask into one additive mask
         wide = torch.float64 if q.dtype == torch.float64 else torch.float32
-        add = bias_block(bias, q_offset, n_q, n_k, dtype=wide)[None]
+        add = bias_block(bias, q_offset, n_q, n_k, dtype=wide)  # (1, H, Nq, Nk)
         if mask is None or mask.dtype == torch.bool:  # dead rows from the (small) bool mask
             dead_known = True
             if mask is not None:

@@ -140,9 +140,11 @@ def _decode_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         hi = hi if hi < Tmax else Tmax
         if Tq == 1 and hi > 0 and lo == hi:  # one new token, equal lengths: every key visible
             add = None
-            if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table
-                length = (bias.shape[1] + 1) // 2
-                add = bias[None, :, None, length - hi:length]  # (1, H, 1, hi)
+            if bias is not None:  # the query sits at hi - 1: distances -(hi - 1)..0 are one slice of the table,
+                # table[:, L - hi:L] viewed as (1, H, 1, hi) (as_strided: ~10k instructions less than the indexing)
+                (heads, width), (s_h, s_d) = bias.shape, bias.stride()
+                add = bias.as_strided((1, heads, 1, hi), (0, s_h, 0, s_d),
+                                      bias.storage_offset() + ((width + 1) // 2 - hi) * s_d)
                 if add.dtype is not q.dtype:
                     add = add.to(q.dtype)
             return torch_sdpa(q, k_cache.narrow(2, 0, hi), v_cache.narrow(2, 0, hi), add, 0.0, False, scale)

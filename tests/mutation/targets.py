@@ -153,10 +153,10 @@ EQUIVALENT: dict[str, str] = {
                 "fallback is bias_scores itself: moving a case between the three changes no value (" + _SHORTCUT
                 + ")" for m in (
         "cmp::0 < n_q * n_k <= CACHED_INDEX_MAX -> (0 < n_q * n_k < CACHED_INDEX_MAX)#0",
-        "num::0 -> (1)#0", "cmp::n_q <= 0 -> (n_q < 0)#0", "num::0 -> (1)#2", "cmp::n_k <= 0 -> (n_k < 0)#0",
-        "num::0 -> (1)#3", "cmp::lo < 0 -> (lo <= 0)#0", "num::0 -> (1)#4", "arith::length - 1 -> (length + 1)#0",
+        "num::0 -> (1)#0", "cmp::n_q <= 0 -> (n_q < 0)#0", "num::0 -> (1)#1", "cmp::n_k <= 0 -> (n_k < 0)#0",
+        "num::0 -> (1)#2", "cmp::lo < 0 -> (lo <= 0)#0", "num::0 -> (1)#3", "arith::length - 1 -> (length + 1)#0",
         "cmp::length - 1 - q_offset + n_k > 2 * length - 1 -> (length - 1 - q_offset + n_k >= 2 * length - 1)#0",
-        "num::1 -> (0)#3", "arith::2 * length -> (2 / length)#0", "num::2 -> (1)#1", "num::1 -> (2)#4")},
+        "num::1 -> (0)#1", "arith::2 * length -> (2 / length)#0", "num::2 -> (1)#1", "num::1 -> (2)#2")},
     "engine/ops/norm.py::_norm::bool::bias is None or (isinstance(bias, _Tensor) and bias.dtype is dtype and "
     "bias.shape == (n,)) -> (bias is None and (isinstance(bias, _Tensor) and bias.dtype is dtype and "
     "(bias.shape == (n,))))#0": _SHORTCUT + " (here the cheap path: the full checks accept the same calls)",

@@ -159,13 +159,17 @@ def test_varlen_with_bias(backend, causal):
 @pytest.mark.parametrize("Tq", [1, 3])
 @pytest.mark.parametrize("dtype", [F32, BF16, torch.float64])
 def test_decode_with_bias(backend, Tq, dtype):
-    """New tokens against a cache: query i of row b sits at cache_seqlens[b] - Tq + i; equal and unequal lengths."""
+    """New tokens against a cache: query i of row b sits at cache_seqlens[b] - Tq + i; equal and unequal lengths;
+    the table contiguous, and as a transposed view into a NaN-filled store (strides and storage offset must be
+    honoured: the equal-lengths path views the table's slice in place)."""
     gen = torch.Generator().manual_seed(11)
     B, H, Tmax, D = 3, 2, 12, 16
     q = _rand(B, H, Tq, D, dtype=dtype, gen=gen)
     kc, vc = _rand(B, H, Tmax, D, dtype=dtype, gen=gen), _rand(B, H, Tmax, D, dtype=dtype, gen=gen)
     table = _table(H, Tmax, gen)
-    for lens in ([7, 12, 4], [6, 6, 6]):
+    store = torch.full((2 * Tmax - 1 + 3, H + 2), float("nan"))
+    store[3:, 1:1 + H] = table.t()
+    for lens, table in (([7, 12, 4], table), ([6, 6, 6], table), ([6, 6, 6], store[3:, 1:1 + H].t())):
         seqlens = torch.tensor(lens, dtype=torch.int32)
         out = ops.decode_attention(q, kc, vc, seqlens, scale=1.0, relative_position_bias=table)
         q_pos = seqlens[:, None].long() - Tq + torch.arange(Tq)[None]
@@ -307,20 +311,25 @@ def test_bias_block_equals_the_gather(cached, monkeypatch):
     gen = torch.Generator().manual_seed(19)
     for L in (1, 2, 5, 9):
         table = _table(3, L, gen, dtype=torch.float64)
+        if L == 5:  # strided: the (2L - 1, H) transpose of a table (torch.take reads it in logical order)
+            table = table.t().contiguous().t()
         for n_q in range(0, 11, 2):
             for n_k in range(0, 11, 3):
                 for off in range(-9, 10, 3):
                     got = bias_block(table, off, n_q, n_k, dtype=torch.float64)
-                    want = bias_scores(table, torch.arange(n_q) + off, n_k, dtype=torch.float64)
+                    want = bias_scores(table, torch.arange(n_q) + off, n_k, dtype=torch.float64)[None]
                     assert got.shape == want.shape and torch.equal(got, want), (L, n_q, n_k, off)
                     if n_q * n_k:
                         got.fill_(7.0)  # a caller's in-place change reaches no cache
                         assert torch.equal(bias_block(table, off, n_q, n_k, dtype=torch.float64), want)
     assert (position_bias._block_index.cache_info().currsize > 0) == cached
     t32 = _table(2, 6, gen)
-    assert torch.equal(bias_block(t32, 0, 6, 6), bias_scores(t32, torch.arange(6), 6))  # fp32 -> fp32
+    assert torch.equal(bias_block(t32, 0, 6, 6), bias_scores(t32, torch.arange(6), 6)[None])  # fp32 -> fp32
     assert bias_block(t32.half(), 0, 6, 6).dtype == torch.float32
-    assert torch.equal(bias_block(t32.half(), 2, 3, 5), bias_scores(t32.half(), torch.arange(3) + 2, 5))
+    assert torch.equal(bias_block(t32.half(), 2, 3, 5), bias_scores(t32.half(), torch.arange(3) + 2, 5)[None])
+    for heads in (1, 5):  # the cached index depends on the head count: one table's index must not serve another's
+        t = _table(heads, 6, gen)
+        assert torch.equal(bias_block(t, 1, 4, 6), bias_scores(t, torch.arange(4) + 1, 6)[None]), heads
 
 
 def test_bias_block_from_many_threads():
@@ -344,7 +353,7 @@ def test_bias_block_from_many_threads():
         rng, wrong = random.Random(seed), []
         for _ in range(200):
             L, off, n_q, n_k = key = rng.choice(keys)
-            if not torch.equal(bias_block(tables[L], off, n_q, n_k, dtype=torch.float64), want[key]):
+            if not torch.equal(bias_block(tables[L], off, n_q, n_k, dtype=torch.float64)[0], want[key]):
                 wrong.append(key)
         return wrong
 
