@@ -98,8 +98,10 @@ def gelu_backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, 
 
 
 def bias_grad(dx: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """dbias of a bias added along the last dimension: dx (..., N) summed over the rest, in fp32."""
-    return dx.reshape(-1, bias.shape[0]).sum(0, dtype=torch.float32).to(bias.dtype)
+    """dbias of a bias added along the last dimension: dx (..., N) summed over the rest, in fp32 (float64 stays
+    float64: the registered bias_gelu's formula also runs for float64 tensors)."""
+    acc = torch.float64 if bias.dtype == torch.float64 else torch.float32
+    return dx.reshape(-1, bias.shape[0]).sum(0, dtype=acc).to(bias.dtype)
 
 
 # ---- autograd Functions over the kernels ------------------------------------------------------------------

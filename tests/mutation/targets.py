@@ -102,11 +102,14 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
                             12),
     # T5's bucketed relative position table vs transformers' _relative_position_bucket / compute_bias
     "engine/models/relative_bias.py": ("models", ("tests/test_relative_bias.py", "tests/test_t5.py"), 10),
-    # (added 2026-11-30, seventh session) training: the norm / GELU backward (Triton kernels in the interpreter and
-    # the PyTorch formulas vs float64 autograd), the attention autograd Functions (dq / dk / dv vs float64), then
-    # a training step vs transformers
-    "engine/ops/grad.py": ("ops", (f"{OPS}/test_grad.py", "tests/models/test_training.py"), 16),
-    "engine/ops/attention_grad.py": ("ops", (f"{OPS}/test_attention_bwd.py", "tests/models/test_training.py"), 16),
+    # (added 2026-11-30, seventh session) training: the explicit backward formulas and the registered
+    # differentiable attention ops vs float64 autograd (test_grad_formulas.py, ~3 s: most mutants die there), the
+    # norm / GELU backward kernels and the attention autograd Functions (dq / dk / dv, dropout) vs float64 in the
+    # interpreter, then a training step vs transformers
+    "engine/ops/grad.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_grad.py",
+                                   "tests/models/test_training.py"), 16),
+    "engine/ops/attention_grad.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_attention_bwd.py",
+                                             "tests/models/test_training.py"), 16),
     # torch.compile: the registered custom ops (library.py itself has no mutable expression) (opcheck, fake implementations, eager values) and compiled models
     "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_library.py", "tests/test_compile.py"), 12),
     "engine/ops/library_norm_gelu.py": ("ops", (f"{OPS}/test_library.py", "tests/test_compile.py"), 12),
