@@ -19,7 +19,6 @@ import pytest
 import torch
 import transformers as T
 
-import engine
 from engine import decoding
 from engine import generate as gen
 from engine import sampling
