@@ -3,7 +3,7 @@
 decoding_options against the documented rules, on a stand-in config: which values each keyword takes (and the error
 type of each refusal), HF's defaults (the config's EOS ids inside the vocabulary, the pad id else the first EOS id
 else 0), greedy dropping the warpers but keeping the repetition penalty, seeds drawn from torch's generator, and the
-step seeds (step 0 is the call's seed, every step a fresh one). Then generate / stream on a one-layer random GPT-2
+step seeds (step 0 is the call's seed, every step a fresh one). Then generate / stream on a two-layer random GPT-2
 (vocabulary 41, 40 positions) against transformers' generate on the same weights: left-padded greedy, a
 one-token prompt, per-row EOS stops with all rows stopping early on the device (greedy) and the host (repetition
 penalty) paths, streams equal to generate's new tokens, the documented keyword defaults, the sampler's seeds per
@@ -159,12 +159,13 @@ def test_step_seeds():
     assert decoding.step_seed(2**64 + 5, 3) == decoding.step_seed(5, 3)
 
 
-# ---- generate / stream vs transformers on a one-layer GPT-2 ------------------------------------------------------
+# ---- generate / stream vs transformers on a two-layer GPT-2 ------------------------------------------------------
 @pytest.fixture(scope="module")
 def models():
-    """(transformers GPT2LMHeadModel, the engine model with its weights); the config has no EOS id."""
-    torch.manual_seed(3)
-    hf = T.GPT2LMHeadModel(T.GPT2Config(n_embd=24, n_layer=1, n_head=2, vocab_size=V, n_positions=NPOS,
+    """(transformers GPT2LMHeadModel, the engine model with its weights); the config has no EOS id. Two layers: a
+    wrong cache entry written in one layer shows in the next layer's keys (one layer's k / v come from embeddings)."""
+    torch.manual_seed(8)
+    hf = T.GPT2LMHeadModel(T.GPT2Config(n_embd=24, n_layer=2, n_head=2, vocab_size=V, n_positions=NPOS,
                                          bos_token_id=None, eos_token_id=None)).eval()
     with torch.no_grad():
         for p in hf.parameters():  # large perturbations: varied greedy continuations
@@ -229,7 +230,7 @@ def test_no_eos_continues_through_token_0(models, penalty):
     # eos_token_id=[] (and the default here: the config has none) stops on nothing: a row that emits id 0 goes on,
     # on the device path and the host path (their unused EOS slots must match no token id)
     hf, m = models
-    ids, mask = prompts(2, 7, 8, pads=(0, 5))
+    ids, mask = prompts(2, 7, 9, pads=(0, 5))
     want = hf_generate(hf, ids, mask, 30, repetition_penalty=penalty)
     assert want.shape == (2, 37) and (want[:, 7:] == 0).any(1).all()  # HF's rows each pass through id 0
     for eos in ([], None):
