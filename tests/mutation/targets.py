@@ -28,9 +28,11 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "engine/ops/varlen.py": ("ops", (BACKEND, f"{OPS}/test_varlen.py", f"{OPS}/test_position_bias.py"), 10),
     "engine/ops/decode.py": ("ops", (BACKEND, f"{OPS}/test_decode.py", f"{OPS}/test_position_bias.py"), 12),
     "engine/ops/position_bias.py": ("ops", (f"{OPS}/test_position_bias.py",), 8),
-    "engine/generate.py": ("generate", ("tests/test_generate.py",), 26),
+    # (tests/test_decoding.py first: the keyword rules, defaults, EOS / pad / seeds and generate's bookkeeping on a
+    # one-layer model vs transformers, about 5 s; then test_generate.py's broader comparisons, about 64 s)
+    "engine/generate.py": ("generate", ("tests/test_decoding.py", "tests/test_generate.py"), 26),
     # engine/decoding.py (split from generate.py): the decoding keywords' checks and defaults, step seeds
-    "engine/decoding.py": ("generate", ("tests/test_generate.py",), 6),
+    "engine/decoding.py": ("generate", ("tests/test_decoding.py", "tests/test_generate.py"), 6),
     # per-row option parsing, prev_tokens packing and probs_reference: every probs vs HF's logits processors and
     # vs probs_reference (so a wrong reference fails too), bad options by name
     "engine/sampling.py": ("generate", ("tests/test_sampling.py",), 24),
@@ -110,9 +112,13 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
                                    "tests/models/test_training.py"), 16),
     "engine/ops/attention_grad.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_attention_bwd.py",
                                              "tests/models/test_training.py"), 16),
-    # torch.compile: the registered custom ops (library.py itself has no mutable expression) (opcheck, fake implementations, eager values) and compiled models
-    "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_library.py", "tests/test_compile.py"), 12),
-    "engine/ops/library_norm_gelu.py": ("ops", (f"{OPS}/test_library.py", "tests/test_compile.py"), 12),
+    # torch.compile: the registered custom ops (library.py itself has no mutable expression): their autograd
+    # formulas vs float64 autograd and the backward / *_lse ops' opcheck (test_grad_formulas.py, ~6 s), then opcheck,
+    # fake implementations and eager values of the public ops, then compiled models
+    "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
+                                                "tests/test_compile.py"), 12),
+    "engine/ops/library_norm_gelu.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
+                                                "tests/test_compile.py"), 12),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
@@ -139,6 +145,18 @@ _CHECK_STOP = ("how often seq2seq asks 'has every row stopped?' before breaking 
                "(check_every; speed only, a host sync on CUDA): the result is out[:, :1 + n_new], n_new counts "
                "only steps where some row still ran and stopped rows get pad, so extra steps past the last stop "
                "are cut off; streams check every step and tests/test_t5.py checks they end at the last stop")
+_GEN_CHECK = ("how often generate asks 'has every row stopped?' (check_every: CHECK_EVERY only for a CUDA-graph "
+              "generate that is not streaming, else 1; a host sync on CUDA, speed only): n_new counts only steps where "
+              "some row still ran and stopped rows get pad, so steps run past the last stop are cut off by "
+              "out[:, :T + n_new]; streams keep checking every step, and tests/test_decoding.py checks that a stream "
+              "(also on the graph path) ends right after the last row's EOS")
+_GEN = "engine/generate.py::"
+_DEC = "engine/decoding.py::"
+_SEED_LAW = ("which seed each decode step hands the sampler: step 0 keeps the call's seed, the steps of a call still "
+             "get distinct seeds (a nonzero multiple of the step, mod 2**64), and the sampler draws every (seed, row) "
+             "from its own generator, so each step's distribution (tests/test_generate.py: vs HF's processors) and "
+             "the reproducibility of a seeded call are unchanged; only which of the equally likely tokens a given "
+             "seed picks (equivalent in law, not bit for bit: no result can be judged wrong)")
 EQUIVALENT: dict[str, str] = {
     "engine/models/blocks.py::check_inputs::bool::t is None or (isinstance(t, torch.Tensor) and t.is_cpu) -> (t is "
     "None and (isinstance(t, torch.Tensor) and t.is_cpu))#0":
@@ -257,6 +275,26 @@ EQUIVALENT: dict[str, str] = {
         "mutant of the pair still converts). The callers build int32 lists (transformers' padding-free collator, "
         "engine's unpad_input); an int64 list holds the same values: the same mask"
         for c in ("cu_q", "cu_k")},
+    # engine/ops/grad.py (2026-11-30, seventh session)
+    **{f"engine/ops/grad.py::<module>::bool::True -> (False)#{i}":
+        "the Route's differentiable flag only matters with grad mode on and a tensor that requires grad (backend rule "
+        "3); norm_backward / gelu_backward run only inside backward passes: _Norm / _Gelu.backward are "
+        "once_differentiable (run under no_grad), and the registered engine::norm_backward / gelu_backward run from "
+        "register_autograd formulas in a backward (grad mode off unless create_graph=True) or in a compiled graph's "
+        "backward. Where it could apply (create_graph=True through the registered ops) it only sends the call to "
+        "the PyTorch formulas, which test_grad_formulas holds to the same float64 gradients"
+        for i in (0, 1)},
+    "engine/ops/grad.py::_Norm.forward::bool::False -> (True)#0":
+        "materialised grads give the backward zeros instead of None for an unused output: a None dy is replaced by "
+        "zeros anyway, and a zero ds adds nothing to dv; only a zero tensor more",
+    **{f"engine/ops/grad.py::_Gelu.forward::num::1 -> ({r})#1":
+        "the `else 1` is n for a 0-d input, which can only be plain gelu (bias_gelu and gelu_and_mul refuse 0-d "
+        "inputs by name): that path flattens x to (1, -1) and views y as x.shape without reading n"
+        for r in (0, 2)},
+    "engine/ops/grad.py::_Gelu.backward::bool::bias is None or not ctx.needs_input_grad[1] -> (bias is None and "
+    "(not ctx.needs_input_grad[1]))#0":
+        "with a bias the mutant also sums the bias gradient when the bias needs none; autograd drops a gradient "
+        "returned for an input that does not require grad (only the sum's cost); without a bias both return None",
     # engine/models/relative_bias.py (2026-11-30, sixth session)
     "engine/models/relative_bias.py::relative_position_bucket::dtype::(relative_position > 0).to(torch.long) -> "
     "(relative_position > 0)#0":
@@ -274,6 +312,51 @@ EQUIVALENT: dict[str, str] = {
         "a model_max_length of exactly 1e9 becomes a limit of 10**9 tokens instead of none: truncation at 10**9 "
         "never binds (no input of that length fits a model), and embedding_spec takes min(max_positions, limit), "
         "max_positions either way",
+    # engine/generate.py and engine/decoding.py (2026-11-30, seventh session)
+    **{_GEN + m: _GEN_CHECK for m in (
+        "<module>::num::8 -> (7)#0", "<module>::num::8 -> (9)#0",  # CHECK_EVERY
+        "_steps::bool::not graph -> (graph)#0",  # check_every 1 with a graph, CHECK_EVERY for eager generate
+        "_steps::arith::step + 1 -> (step - 1)#0", "_steps::num::1 -> (0)#3",  # (step + c) % 1 == 0 for any c
+        "_steps::num::1 -> (2)#3",
+        "generate::bool::False -> (True)#1")},  # streaming=True inside generate: check every step, yields dropped
+    **{_GEN + f"<module>::num::64 -> ({r})#0":
+        "CACHE_ALIGN, the rounding of a session's cache length (memory, and which requests share a session): any "
+        "length >= T + max_new_tokens holds every position a request writes (the min with n_positions never cuts "
+        "below that: _request refuses T + max_new_tokens > n_positions); tests/test_decoding.py checks the rounding "
+        "in CACHE_ALIGN's own terms" for r in (63, 65)},
+    **{_GEN + m: "the filler of the EOS slots a request does not use only has to match no token id (ids are >= 0): "
+                 "-2 matches none, as -1" for m in ("_Session.start::num::1 -> (2)#0", "_steps::num::1 -> (2)#2")},
+    **{_GEN + f"_Session.__init__::num::1 -> ({r})#2":
+        "the EOS slots' initial filler is never read: start() refills them with -1 (then the request's ids) before "
+        "any step compares a token with them" for r in (0, 2)},
+    _GEN + "_Session.__init__::bool::True -> (False)#0":
+        "pin_memory of the host logits (CUDA models only; None on the CPU): a pageable buffer makes the non_blocking "
+        "copy synchronous, and host_choose synchronises the stream before reading it anyway: the same logits",
+    _GEN + "_Session.host_choose::bool::True -> (False)#0":
+        "non_blocking=False (CUDA models only): a blocking device-to-host copy, then the same stream synchronize: "
+        "the same logits reach the sampler",
+    _GEN + "_Session._forward::num::1 -> (0)#1":
+        "a decode step feeds one token per row, so h is (B, 1, C): h[:, 0] is h[:, -1]",
+    _GEN + "_Session.run::num::0 -> (1)#0":
+        "the warm-up count's default is read only for a step kind never run: 1 < 2 like 0 < 2, and the count is "
+        "stored from its own get(name, 0) + 1: still two warm-ups, then the capture (the orchestration tests count "
+        "them)",
+    _GEN + "_steps::cmp::torch.arange(T)[None] >= (T - req.lengths.cpu())[:, None] -> (torch.arange(T)[None] > "
+           "(T - req.lengths.cpu())[:, None])#0":
+        "the one column this moves is each row's first real token, which torch.where then takes from `first`: that "
+        "same token",
+    **{_GEN + m: "for T == 1 the left-padding check compares two empty slices (always true), so taking it for T == 1 "
+                 "(T > 0 is T >= 1) raises nothing new; a one-token mask of 0 is refused by the next check either way"
+       for m in ("_request::cmp::T > 1 -> (T >= 1)#0", "_request::num::1 -> (0)#1")},
+    **{m: _SEED_LAW for m in (
+        _DEC + "<module>::num::0x9E3779B97F4A7C15 -> (11400714819323198484)#0",  # _SEED_STEP - 1
+        _DEC + "<module>::num::0x9E3779B97F4A7C15 -> (11400714819323198486)#0",  # _SEED_STEP + 1
+        _DEC + "step_seed::arith::seed + step * _SEED_STEP -> (seed - step * _SEED_STEP)#0")},
+    **{_DEC + m: "seed=None: the seed drawn from torch's default generator spans [1, 2**63 - 1) or [0, 2**63 - 2) "
+                 "instead of [0, 2**63 - 1): still a fresh 63-bit seed per call that torch.manual_seed repeats (what "
+                 "is documented, checked by tests/test_decoding.py); only which seed is drawn (as with the step "
+                 "seeds: no result can be judged wrong)"
+       for m in ("decoding_options::num::0 -> (1)#6", "decoding_options::num::1 -> (2)#2")},
 }
 
 GPU_ONLY: dict[str, str] = {
