@@ -112,9 +112,13 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
                                    "tests/models/test_training.py"), 16),
     "engine/ops/attention_grad.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_attention_bwd.py",
                                              "tests/models/test_training.py"), 16),
-    # torch.compile: the registered custom ops (library.py itself has no mutable expression) (opcheck, fake implementations, eager values) and compiled models
-    "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_library.py", "tests/test_compile.py"), 12),
-    "engine/ops/library_norm_gelu.py": ("ops", (f"{OPS}/test_library.py", "tests/test_compile.py"), 12),
+    # torch.compile: the registered custom ops (library.py itself has no mutable expression): their autograd
+    # formulas vs float64 autograd and the backward / *_lse ops' opcheck (test_grad_formulas.py, ~6 s), then opcheck,
+    # fake implementations and eager values of the public ops, then compiled models
+    "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
+                                                "tests/test_compile.py"), 12),
+    "engine/ops/library_norm_gelu.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
+                                                "tests/test_compile.py"), 12),
 }
 
 # C++ mutants (tests/mutation/cpp_mutants.py) are judged by these.
@@ -271,6 +275,51 @@ EQUIVALENT: dict[str, str] = {
         "mutant of the pair still converts). The callers build int32 lists (transformers' padding-free collator, "
         "engine's unpad_input); an int64 list holds the same values: the same mask"
         for c in ("cu_q", "cu_k")},
+    # engine/ops/grad.py (2026-11-30, seventh session)
+    **{f"engine/ops/grad.py::<module>::bool::True -> (False)#{i}":
+        "the Route's differentiable flag only matters with grad mode on and a tensor that requires grad (backend rule "
+        "3); norm_backward / gelu_backward run only inside backward passes: _Norm / _Gelu.backward are "
+        "once_differentiable (run under no_grad), and the registered engine::norm_backward / gelu_backward run from "
+        "register_autograd formulas in a backward (grad mode off unless create_graph=True) or in a compiled graph's "
+        "backward. Where it could apply (create_graph=True through the registered ops) it only sends the call to "
+        "the PyTorch formulas, which test_grad_formulas holds to the same float64 gradients"
+        for i in (0, 1)},
+    "engine/ops/grad.py::_Norm.forward::bool::False -> (True)#0":
+        "materialised grads give the backward zeros instead of None for an unused output: a None dy is replaced by "
+        "zeros anyway, and a zero ds adds nothing to dv; only a zero tensor more",
+    **{f"engine/ops/grad.py::_Gelu.forward::num::1 -> ({r})#1":
+        "the `else 1` is n for a 0-d input, which can only be plain gelu (bias_gelu and gelu_and_mul refuse 0-d "
+        "inputs by name): that path flattens x to (1, -1) and views y as x.shape without reading n"
+        for r in (0, 2)},
+    "engine/ops/grad.py::_Gelu.backward::bool::bias is None or not ctx.needs_input_grad[1] -> (bias is None and "
+    "(not ctx.needs_input_grad[1]))#0":
+        "with a bias the mutant also sums the bias gradient when the bias needs none; autograd drops a gradient "
+        "returned for an input that does not require grad (only the sum's cost); without a bias both return None",
+    # engine/ops/attention_grad.py (2026-11-30, seventh session)
+    **{f"engine/ops/attention_grad.py::dropout_seed::num::{m}#0":
+        "a seed is any number the Philox key takes; [1, 2**62) or [0, 2**61) instead of [0, 2**62) only narrows the "
+        "range drawn from (torch.manual_seed still reproduces every mask, calls still differ, test_grad_formulas)"
+        for m in ("0 -> (1)", "62 -> (61)")},
+    **{f"engine/ops/attention_grad.py::{f}::bool::False -> (True)#0":
+        "with_lse's default is taken only by the inference call (attention.py / varlen.py); the mutant makes the "
+        "kernel also store the row statistics, which that caller drops: the same output, one (2, ..., Nq) fp32 "
+        "buffer more"
+        for f in ("sdpa_forward", "varlen_forward")},
+    **{f"engine/ops/attention_grad.py::{f}::num::0 -> (1)#0":
+        "a seed is read only with dropout_p > 0, and every caller with dropout passes the forward's seed: the "
+        "default seed (sdpa_backward / varlen_backward) and the placeholder without dropout (FlashSDPA / "
+        "FlashVarlen.forward) are never read"
+        for f in ("sdpa_backward", "varlen_backward", "FlashSDPA.forward", "FlashVarlen.forward")},
+    **{f"engine/ops/attention_grad.py::{f}::cmp::dropout_p > 0.0 -> (dropout_p >= 0.0)#0":
+        "at dropout_p == 0 the backward kernels run their dropout variant with p = 0: common.dropout_keep is "
+        "tl.rand(...) >= 0.0, true for every score (tl.rand lies in [0, 1)), and 1 / (1 - 0) scales by exactly 1, "
+        "so the gradients are the same"
+        for f in ("sdpa_backward", "varlen_backward")},
+    # engine/ops/library_norm_gelu.py, library_attention.py (2026-11-30, seventh session)
+    **{f"engine/ops/library_norm_gelu.py::_::bool::{m}#{i}":
+        "the fake implementations' rms flag only changes what eps=None means in _check_eps (the dtype's epsilon "
+        "for RMSNorm); the registered ops' schema has `float eps`, never None, so the checks and errors are the same"
+        for m in ("False -> (True)", "True -> (False)") for i in (0, 1)},
     # engine/models/relative_bias.py (2026-11-30, sixth session)
     "engine/models/relative_bias.py::relative_position_bucket::dtype::(relative_position > 0).to(torch.long) -> "
     "(relative_position > 0)#0":

@@ -262,6 +262,11 @@ def test_varlen_lse_op_validates_only_when_asked(torch_backend):
 
 
 # ---- the kernels (interpreter): registered ops, strided rows, dropout seeds ---------------------------------------
+def _ref_leaves(*ts):
+    """float64 CPU copies of ts that require grad (the references' inputs)."""
+    return [t.detach().double().cpu().requires_grad_() for t in ts]
+
+
 def _spy(monkeypatch, *targets):
     """The names of the calls made to each (module, name) kernel launcher, in order: a silent PyTorch fallback
     would pass the numbers."""
@@ -273,7 +278,7 @@ def _spy(monkeypatch, *targets):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_registered_attention_ops_on_the_kernels(triton_backend, monkeypatch, causal):
+def test_registered_attention_ops_on_the_kernels(triton_backend, device, monkeypatch, causal):
     """The registered differentiable ops on the Triton kernels (forward with lse, backward kernels): fp32 grads
     within 1e-5 of float64 autograd, dense (Nq = 9, Nk = 11) and packed (sequences 4 + 7 / 6 + 2)."""
     import engine.kernels.attention as kattn
@@ -283,32 +288,84 @@ def test_registered_attention_ops_on_the_kernels(triton_backend, monkeypatch, ca
     b, h, d = 1, 2, 16
     q, do = _randn(b, h, 9, d, gen=gen, dtype=F32), _randn(b, h, 9, d, gen=gen, dtype=F32)
     k, v = _randn(b, h, 11, d, gen=gen, dtype=F32), _randn(b, h, 11, d, gen=gen, dtype=F32)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, _ = torch.ops.engine.scaled_dot_product_attention_lse(*leaves, None, causal, 0.3)
-    out.backward(do)
-    refs = [t.double().requires_grad_() for t in (q, k, v)]
+    refs = _ref_leaves(q, k, v)
     want = _attention64(*refs, _causal(9, 11, False) if causal else None, 0.3)
     want.backward(do.double())
+    leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
+    out, _ = torch.ops.engine.scaled_dot_product_attention_lse(*leaves, None, causal, 0.3)
+    out.backward(do.to(device))
     for a, r in zip([out, *(t.grad for t in leaves)], [want.detach(), *(t.grad for t in refs)]):
-        torch.testing.assert_close(a.double(), r, atol=1e-5 * float(r.abs().max()), rtol=1e-5)
+        torch.testing.assert_close(a.double().cpu(), r, atol=1e-5 * float(r.abs().max()), rtol=1e-5)
 
     lens_q, lens_k = [4, 7], [6, 2]
     pq, pdo = _randn(11, h, d, gen=gen, dtype=F32), _randn(11, h, d, gen=gen, dtype=F32)
     pk, pv = _randn(8, h, d, gen=gen, dtype=F32), _randn(8, h, d, gen=gen, dtype=F32)
-    leaves = [t.clone().requires_grad_() for t in (pq, pk, pv)]
-    out, _ = torch.ops.engine.varlen_attention_lse(*leaves, _cu(lens_q), _cu(lens_k), 7, 6, causal, None, True)
-    out.backward(pdo)
-    refs = [t.double().requires_grad_() for t in (pq, pk, pv)]
+    refs = _ref_leaves(pq, pk, pv)
     want = _varlen64(*refs, lens_q, lens_k, causal, d ** -0.5)
     want.backward(pdo.double())
+    leaves = [t.to(device).requires_grad_() for t in (pq, pk, pv)]
+    out, _ = torch.ops.engine.varlen_attention_lse(*leaves, _cu(lens_q).to(device), _cu(lens_k).to(device), 7, 6,
+                                                   causal, None, True)
+    out.backward(pdo.to(device))
     for a, r in zip([out, *(t.grad for t in leaves)], [want.detach(), *(t.grad for t in refs)]):
-        torch.testing.assert_close(a.double(), r, atol=1e-5 * float(r.abs().max()), rtol=1e-5)
+        torch.testing.assert_close(a.double().cpu(), r, atol=1e-5 * float(r.abs().max()), rtol=1e-5)
     assert calls == ["attention_bwd", "varlen_bwd"]
+
+
+def test_registered_forward_and_backward_ops_agree_on_the_path(triton_backend, device):
+    """As a compiled graph calls them (plain tensors, no autograd): the *_lse forward, then the *_backward op with
+    its out and lse. fp32 with head dim 80 has no backward kernel, so both ops must take PyTorch (the forward's lse
+    is then a placeholder the backward does not read); dq / dk / dv equal float64 autograd."""
+    gen = torch.Generator().manual_seed(61)
+    q, k, v, do = (_randn(1, 2, n, 80, gen=gen, dtype=F32).to(device) for n in (5, 6, 6, 5))
+    out, lse = torch.ops.engine.scaled_dot_product_attention_lse(q, k, v, None, True, None)
+    got = torch.ops.engine.scaled_dot_product_attention_backward(do, q, k, v, out, lse, None, True, None)
+    refs = _ref_leaves(q, k, v)
+    _attention64(*refs, _causal(5, 6, False), 80 ** -0.5).backward(do.double().cpu())
+    for a, r in zip(got, refs):
+        torch.testing.assert_close(a.double().cpu(), r.grad, atol=1e-5 * float(r.grad.abs().max()), rtol=1e-5)
+    pq, pdo = (_randn(7, 2, 80, gen=gen, dtype=F32).to(device) for _ in range(2))
+    pk, pv = (_randn(6, 2, 80, gen=gen, dtype=F32).to(device) for _ in range(2))
+    cq, ck = _cu([3, 4]).to(device), _cu([2, 4]).to(device)
+    out, lse = torch.ops.engine.varlen_attention_lse(pq, pk, pv, cq, ck, 4, 4, True, 0.2, True)
+    got = torch.ops.engine.varlen_attention_backward(pdo, pq, pk, pv, out, lse, cq, ck, 4, 4, True, 0.2)
+    refs = _ref_leaves(pq, pk, pv)
+    _varlen64(*refs, [3, 4], [2, 4], True, 0.2).backward(pdo.double().cpu())
+    for a, r in zip(got, refs):
+        torch.testing.assert_close(a.double().cpu(), r.grad, atol=1e-5 * float(r.grad.abs().max()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("lens_q, lens_k", [([1], [1]), ([1, 1], [3, 1]), ([0, 0], [2, 3]), ([2, 3], [0, 0])])
+def test_varlen_kernel_path_with_single_or_no_queries_or_keys(triton_backend, device, lens_q, lens_k):
+    """Packed calls at the edges of the kernel path: one query and one key in all (out = v, dv = dout), queries
+    of length 1 (max_seqlen_q = 1), no query at all and no key at all (total 0: zero outputs and gradients, the
+    lse of rows without keys, (inf, 0), as the kernel writes it for such rows); values and grads (inference and
+    training) vs float64. On a GPU the empty calls also check that no kernel is launched on empty tensors."""
+    gen = torch.Generator().manual_seed(59)
+    h, d = 2, 16
+    q, do = _randn(sum(lens_q), h, d, gen=gen, dtype=F32), _randn(sum(lens_q), h, d, gen=gen, dtype=F32)
+    k, v = _randn(sum(lens_k), h, d, gen=gen, dtype=F32), _randn(sum(lens_k), h, d, gen=gen, dtype=F32)
+    cq, ck, mq, mk = _cu(lens_q).to(device), _cu(lens_k).to(device), max(lens_q), max(lens_k)
+    want_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    want = _varlen64(*want_leaves, lens_q, lens_k, False, 0.25)
+    want.backward(do.double())
+    q, k, v, do = (t.to(device) for t in (q, k, v, do))
+    with torch.no_grad():
+        torch.testing.assert_close(ops.varlen_attention(q, k, v, cq, ck, mq, mk, scale=0.25).double().cpu(),
+                                   want.detach(), atol=1e-5, rtol=1e-5)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = torch.ops.engine.varlen_attention_lse(*leaves, cq, ck, mq, mk, False, 0.25, True)
+    out.backward(do)
+    torch.testing.assert_close(out.double().cpu(), want.detach(), atol=1e-5, rtol=1e-5)
+    for a, r in zip(leaves, want_leaves):
+        torch.testing.assert_close(a.grad.double().cpu(), r.grad, atol=1e-5, rtol=1e-5)
+    if sum(lens_k) == 0:
+        assert (lse[0] == float("inf")).all() and (lse[1] == 0).all()
 
 
 @pytest.mark.parametrize("layout", ["every_other", "transposed"])
 @pytest.mark.parametrize("loss", ["weighted", "sum"])
-def test_kernel_functions_take_rows_without_unit_column_stride(triton_backend, monkeypatch, layout, loss):
+def test_kernel_functions_take_rows_without_unit_column_stride(triton_backend, device, monkeypatch, layout, loss):
     """Inputs whose rows are not contiguous, x[:, ::2] (elements 2 apart) and x.t() (rows 1 apart, elements 3
     apart), and the output gradient of ``.sum()`` (an expanded tensor: stride 0), through the kernel Functions of
     layer_norm and bias_gelu: the kernels read unit-stride rows (grad.rows copies the others), so values and
@@ -322,20 +379,41 @@ def test_kernel_functions_take_rows_without_unit_column_stride(triton_backend, m
     view = (lambda t: t[:, ::2]) if layout == "every_other" else (lambda t: t.t())
     w, b = _randn(13, gen=gen, dtype=F32), _randn(13, gen=gen, dtype=F32)
     dy = _randn(3, 13, gen=gen, dtype=F32) if loss == "weighted" else torch.ones(3, 13)
+    wd, bd, dyd = w.to(device), b.to(device), dy.to(device)
     for which in ("norm", "gelu"):
-        leaf = base.clone().requires_grad_()
+        leaf = base.to(device, copy=True).requires_grad_()
         ref = base.double().requires_grad_()
         if which == "norm":
-            got = ops.layer_norm(view(leaf), (13,), w, b)
+            got = ops.layer_norm(view(leaf), (13,), wd, bd)
             want = F.layer_norm(view(ref), (13,), w.double(), b.double())
         else:
-            got = ops.bias_gelu(view(leaf), b, "none")
+            got = ops.bias_gelu(view(leaf), bd, "none")
             want = F.gelu(view(ref) + b.double())
-        (got * dy if loss == "weighted" else got).sum().backward()
+        (got * dyd if loss == "weighted" else got).sum().backward()
         (want * dy.double()).sum().backward()
-        torch.testing.assert_close(got.double(), want.detach(), atol=1e-5, rtol=1e-5, msg=lambda m: f"{which}: {m}")
-        torch.testing.assert_close(leaf.grad.double(), ref.grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{which}: {m}")
+        torch.testing.assert_close(got.double().cpu(), want.detach(), atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"{which}: {m}")
+        torch.testing.assert_close(leaf.grad.double().cpu(), ref.grad, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"{which}: {m}")
     assert calls == ["norm_bwd", "gelu_bwd"]
+
+
+def test_kernel_bias_gelu_gives_the_bias_its_gradient_when_only_the_bias_requires_it(triton_backend, device,
+                                                                                      monkeypatch):
+    """bias_gelu on the kernels with a constant input and a trainable bias (e.g. only biases trained): the bias
+    still gets dx summed over rows (float64 autograd), and an input that needs no grad gets none."""
+    from engine.kernels import gelu as gelu_kernels
+
+    calls = _spy(monkeypatch, (gelu_kernels, "gelu_bwd"))
+    gen = torch.Generator().manual_seed(43)
+    x, dy = _randn(2, 3, 19, gen=gen, dtype=F32, scale=2.0), _randn(2, 3, 19, gen=gen, dtype=F32)
+    bias = _randn(19, gen=gen, dtype=F32)
+    bd = bias.double().requires_grad_()
+    (F.gelu(x.double() + bd, approximate="tanh") * dy.double()).sum().backward()
+    x, dy, bias = x.to(device), dy.to(device), bias.to(device).requires_grad_()
+    (ops.bias_gelu(x, bias, "tanh") * dy).sum().backward()
+    assert calls == ["gelu_bwd"] and x.grad is None
+    torch.testing.assert_close(bias.grad.double().cpu(), bd.grad, atol=2e-5 * float(bd.grad.abs().max()), rtol=2e-5)
 
 
 def test_dropout_seed_follows_torch_manual_seed():
@@ -349,13 +427,13 @@ def test_dropout_seed_follows_torch_manual_seed():
     assert all(type(s) is int and 0 <= s < 2 ** 62 for s in first)
 
 
-def test_attention_without_dropout_leaves_torchs_generator_alone(triton_backend):
+def test_attention_without_dropout_leaves_torchs_generator_alone(triton_backend, device):
     """dropout_p = 0 on the kernels (inference, a call that records grad, varlen) draws no seed: torch's default
     generator is where it was (PyTorch's own SDPA does not advance it either)."""
     gen = torch.Generator().manual_seed(41)
-    q = _randn(1, 2, 5, 16, gen=gen, dtype=F32)
-    pq = _randn(5, 2, 16, gen=gen, dtype=F32)
-    cu = torch.tensor([0, 5], dtype=torch.int32)
+    q = _randn(1, 2, 5, 16, gen=gen, dtype=F32).to(device)
+    pq = _randn(5, 2, 16, gen=gen, dtype=F32).to(device)
+    cu = torch.tensor([0, 5], dtype=torch.int32, device=device)
     torch.manual_seed(0)
     state = torch.get_rng_state()
     with torch.no_grad():
@@ -370,3 +448,55 @@ def test_attention_without_dropout_leaves_torchs_generator_alone(triton_backend)
     with torch.no_grad():
         ops.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
     assert not torch.equal(torch.get_rng_state(), state)  # (dropout does draw: the check above can fail)
+
+
+# ---- the fake implementations of the ops only training graphs call ----------------------------------------------
+def _backward_op_cases(device):
+    """(op name, args, backend) of the registered ops only training graphs call (their fake implementations are
+    what torch.compile traces with): odd sizes, float32 and float64, optional arguments absent. The *_lse ops run
+    on the kernels (the interpreter): on the PyTorch path their lse output is an unused, uninitialised
+    placeholder, which opcheck's eager-vs-traced comparison would read."""
+    gen = torch.Generator().manual_seed(53)
+    v, dy, ds = (_randn(5, 9, gen=gen, dtype=F32) for _ in range(3))
+    w = _randn(9, gen=gen, dtype=F32)
+    x2, b = _randn(5, 18, gen=gen), _randn(9, gen=gen)
+    q = _randn(2, 3, 6, 16, gen=gen, dtype=F32)
+    kv = _randn(2, 3, 7, 16, gen=gen, dtype=F32)
+    keep = torch.rand(2, 1, 6, 7, generator=gen) > 0.3
+    pq, pkv = _randn(9, 3, 16, gen=gen, dtype=F32), _randn(7, 3, 16, gen=gen, dtype=F32)
+    cq, ck = torch.tensor([0, 4, 9], dtype=torch.int32), torch.tensor([0, 5, 7], dtype=torch.int32)
+    on = lambda *ts: [t.to(device) for t in ts]  # noqa: E731  (the kernel cases: the device's tensors)
+    lse4, lse3 = torch.zeros(2, 2, 3, 6), torch.zeros(2, 3, 9)
+    return [
+        ("norm_backward", (dy, ds, v, w, 1e-5, False), "torch"),
+        ("norm_backward", (dy, None, v, None, 1e-3, True), "torch"),
+        ("gelu_backward", (dy.double(), x2[:, :9], b, "tanh", False), "torch"),
+        ("gelu_backward", (dy.double(), x2, None, "none", True), "torch"),
+        ("scaled_dot_product_attention_lse", (*on(q, kv, kv, keep), True, None), "triton"),
+        ("scaled_dot_product_attention_backward", (q, q, kv, kv, q, lse4, None, False, 0.5), "torch"),
+        ("varlen_attention_lse", (*on(pq, pkv, pkv, cq, ck), 5, 5, True, None, True), "triton"),
+        ("varlen_attention_backward", (pq, pq, pkv, pkv, pq, lse3, cq, ck, 5, 5, False, 0.7), "torch"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_backward_ops_pass_opcheck(monkeypatch, device, index):
+    """torch.library.opcheck of the registered backward and *_lse ops: the fake implementation's shapes, dtypes
+    and strides equal the real op's (static and dynamic shapes, AOT dispatch, the autograd registration)."""
+    name, args, backend_name = _backward_op_cases(device)[index]
+    if args[0].requires_grad is False and name.endswith("_lse"):  # the autograd formula's path too
+        args = (args[0].detach().requires_grad_(), *args[1:])
+    monkeypatch.setenv("ENGINE_BACKEND", backend_name)
+    torch.library.opcheck(getattr(torch.ops.engine, name).default, args)
+
+
+def test_registered_sdpa_without_enable_gqa_refuses_grouped_heads():
+    """The registered SDPA called without enable_gqa (its schema default, False, as torch's SDPA): 6 query heads
+    over 2 key heads are refused by the op and by its fake implementation alike, naming enable_gqa."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for mode in (None, FakeTensorMode()):
+        with mode or torch.no_grad():
+            q, kv = torch.randn(1, 6, 3, 8), torch.randn(1, 2, 3, 8)
+            with pytest.raises(ValueError, match=r"must broadcast \(enable_gqa=False\)"):
+                torch.ops.engine.scaled_dot_product_attention(q, kv, kv, None, 0.0, False, None)
