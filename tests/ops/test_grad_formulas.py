@@ -482,12 +482,17 @@ def _backward_op_cases(device):
 @pytest.mark.parametrize("index", range(8))
 def test_backward_ops_pass_opcheck(monkeypatch, device, index):
     """torch.library.opcheck of the registered backward and *_lse ops: the fake implementation's shapes, dtypes
-    and strides equal the real op's (static and dynamic shapes, AOT dispatch, the autograd registration)."""
+    and strides equal the real op's (static and dynamic shapes, AOT dispatch on the PyTorch cases, the autograd
+    registration)."""
     name, args, backend_name = _backward_op_cases(device)[index]
     if args[0].requires_grad is False and name.endswith("_lse"):  # the autograd formula's path too
         args = (args[0].detach().requires_grad_(), *args[1:])
     monkeypatch.setenv("ENGINE_BACKEND", backend_name)
-    torch.library.opcheck(getattr(torch.ops.engine, name).default, args)
+    # (the kernel cases skip the AOT-dispatch test, the slowest in the interpreter: tests/test_compile.py traces
+    # these ops with grad through AOT autograd on the kernels)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor") if backend_name == "triton" else None
+    torch.library.opcheck(getattr(torch.ops.engine, name).default, args,
+                          **({} if utils is None else {"test_utils": utils}))
 
 
 def test_registered_sdpa_without_enable_gqa_refuses_grouped_heads():
@@ -500,3 +505,17 @@ def test_registered_sdpa_without_enable_gqa_refuses_grouped_heads():
             q, kv = torch.randn(1, 6, 3, 8), torch.randn(1, 2, 3, 8)
             with pytest.raises(ValueError, match=r"must broadcast \(enable_gqa=False\)"):
                 torch.ops.engine.scaled_dot_product_attention(q, kv, kv, None, 0.0, False, None)
+
+
+def test_registered_decode_refuses_a_bias_table_shorter_than_the_cache():
+    """decode_attention's relative position table must cover the whole cache (L >= its 6 slots), not merely as
+    many distances as there are heads: a (2, 5) table (L = 3) is refused by the op and by its fake implementation
+    with the same message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for mode in (None, FakeTensorMode()):
+        with mode or torch.no_grad():
+            q, cache = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 6, 16)
+            lens = torch.full((1,), 4, dtype=torch.int32)
+            with pytest.raises(ValueError, match=r"covers distances up to 2 \(L = 3\), but this call needs L >= 6"):
+                torch.ops.engine.decode_attention(q, cache, cache, lens, None, None, torch.randn(2, 5))
