@@ -327,6 +327,19 @@ EQUIVALENT: dict[str, str] = {
         _SHORTCUT + " (here: attention_grads_torch of a sequence without queries gives empty dq and zero dk / dv, "
         "of one without keys a (nq, 0) score matrix, so dq = ds @ k = 0: the zeros the buffers start with; "
         "test_varlen_lse_op_grads_on_pytorch has both kinds)",
+    **{"engine/ops/attention_grad.py::" + m:
+        _SHORTCUT + " (here: varlen_forward / varlen_backward's early return for an empty batch, taken less often, "
+        "lets the kernels run on empty q or k: they write zero outputs, the (inf, 0) lse of rows without keys and "
+        "zero dk / dv, the shortcut's own values, checked in the interpreter by "
+        "test_varlen_kernel_path_with_single_or_no_queries_or_keys, which runs on CUDA where present; on CUDA "
+        "Triton 3.9's launcher takes an empty tensor's null data pointer as a valid nullptr and skips a launch "
+        "whose grid is empty (backends/nvidia/driver.c); not run on a GPU in this session)"
+        for m in ("varlen_forward::bool::total_q == 0 or max_q == 0 or k.shape[0] == 0 -> (total_q == 0 and "
+                  "max_q == 0 and (k.shape[0] == 0))#0",
+                  "varlen_forward::num::0 -> (1)#2",  # k.shape[1]: the head count, never 0
+                  "varlen_backward::bool::q.shape[0] == 0 or k.shape[0] == 0 or max_q == 0 or max_k == 0 -> "
+                  "(q.shape[0] == 0 and k.shape[0] == 0 and (max_q == 0) and (max_k == 0))#0",
+                  "varlen_backward::num::0 -> (1)#1", "varlen_backward::num::0 -> (1)#3")},  # q / k.shape[1]
     # engine/ops/library_norm_gelu.py, library_attention.py (2026-11-30, seventh session)
     **{f"engine/ops/library_norm_gelu.py::_::bool::{m}#{i}":
         "the fake implementations' rms flag only changes what eps=None means in _check_eps (the dtype's epsilon "
