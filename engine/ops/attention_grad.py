@@ -135,7 +135,8 @@ class FlashVarlen(torch.autograd.Function):
 # ---- the differentiable custom ops' bodies (engine.ops.library_attention: torch.compile with grad, no dropout) -
 # The op decides Triton or PyTorch at run time, like the public functions; its backward makes the same decision
 # (same environment, device and shapes), so a kernel forward always meets the kernel backward. On the PyTorch path
-# the forward's lse is an unused placeholder and the backward computes the PyTorch path's gradients by the explicit
+# the forward's lse is an unused placeholder, zeros (not torch.empty: an op's output is never uninitialised memory,
+# which would differ from call to call), and the backward computes the PyTorch path's gradients by the explicit
 # formulas (attention_grads_torch): autograd does not record inside a registered op's backward.
 
 def sdpa_lse_op(q, k, v, mask, is_causal, scale):
@@ -147,7 +148,7 @@ def sdpa_lse_op(q, k, v, mask, is_causal, scale):
 
     y = _sdpa_torch(q, k, v, mask, 0.0, is_causal, scale)
     out = output_like(q, y.shape)  # the layout the fake implementation promises
-    return out.copy_(y), torch.empty(2, *q.shape[:3], dtype=torch.float32, device=q.device)
+    return out.copy_(y), torch.zeros(2, *q.shape[:3], dtype=torch.float32, device=q.device)
 
 
 def sdpa_backward_op(grad, q, k, v, out, lse, mask, is_causal, scale):
@@ -169,7 +170,7 @@ def varlen_lse_op(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, validate):
     if varlen_route(q, k, v, cu_q, cu_k, max_q, max_k, scale, needs_backward=True):
         return varlen_forward(q, k, v, cu_q, cu_k, max_q, causal, scale, with_lse=True)
     out = _varlen_torch(q, k, v, cu_q.tolist(), cu_k.tolist(), causal, scale)
-    return out, torch.empty(2, q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+    return out, torch.zeros(2, q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
 
 
 def varlen_backward_op(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale):

@@ -61,10 +61,11 @@ def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
 @_varlen.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, validate,
       relative_position_bias=None, dropout_p=0.0):
-    from engine.ops.varlen import _check_varlen
+    from engine.ops.varlen import _check_dropout, _check_varlen
 
     q, *_ = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
                           relative_position_bias)
+    _check_dropout(dropout_p)  # as the eager op: a bad value fails when the graph is traced, not when it runs
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 

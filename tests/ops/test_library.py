@@ -133,9 +133,26 @@ def test_fake_implementation_raises_the_eager_errors():
             kv = torch.randn(1, 4, 3, 8)
             torch.ops.engine.scaled_dot_product_attention(torch.randn(1, 6, 3, 8), kv, kv, None, 0.0, False, None,
                                                           True)
+        pq, cu = torch.randn(5, 2, 8), torch.tensor([0, 5], dtype=torch.int32)
+        with pytest.raises(ValueError, match=r"dropout_p must be a number in \[0, 1\); got 1.0"):
+            torch.ops.engine.varlen_attention(pq, pq, pq, cu, cu, 5, 5, False, None, True, None, 1.0)
         cache, lens = torch.randn(1, 2, 6, 16), torch.full((1,), 4, dtype=torch.int32)
         with pytest.raises(ValueError, match=r"relative_position_bias must be \(H, 2 \* L - 1\)"):
             torch.ops.engine.decode_attention(q[:, :, :1], cache, cache, lens, None, None, torch.randn(3, 11))
+
+
+def test_lse_placeholder_of_the_pytorch_path_is_zeros(monkeypatch):
+    """The differentiable ops' second output on the PyTorch path (the backward there does not read it) is zeros of
+    the kernel lse's shape, the same every call: never uninitialised memory."""
+    monkeypatch.setenv("ENGINE_BACKEND", "torch")
+    q = _rand(1, 2, 5, 8)
+    out, lse = torch.ops.engine.scaled_dot_product_attention_lse(q, q, q, None, False, None)
+    torch.testing.assert_close(out, ops.scaled_dot_product_attention(q, q, q), rtol=0, atol=0)
+    assert lse.dtype == torch.float32 and torch.equal(lse, torch.zeros(2, 1, 2, 5))
+    pq, cu = _rand(7, 2, 8), torch.tensor([0, 3, 7], dtype=torch.int32)
+    out, lse = torch.ops.engine.varlen_attention_lse(pq, pq, pq, cu, cu, 4, 4, True, None, True)
+    torch.testing.assert_close(out, ops.varlen_attention(pq, pq, pq, cu, cu, 4, 4, causal=True), rtol=0, atol=0)
+    assert lse.dtype == torch.float32 and torch.equal(lse, torch.zeros(2, 2, 7))
 
 
 def test_check_range_raises_the_model_error():
