@@ -437,5 +437,6 @@ KILLED_ELSEWHERE: dict[str, str] = {
         "(test_fullgraph_equals_eager[BertForMaskedLM], checked once, 19 s)",
     "kernels/norm.py::_norm_fwd_kernel::dtype::tl.float32 -> (tl.float16)#5":
         "m2 starts fp16 and becomes fp32 in the loop: the interpreter promotes silently, Triton's compiler rejects "
-        "the loop-carried type change; tests/kernels/test_aot.py[norm] fails on it (checked once, 139 s, as kernels/layernorm.py before the norm kernels merged)",
+        "the loop-carried type change; tests/kernels/test_aot.py[norm] fails on it (checked once, 139 s, as "
+        "kernels/layernorm.py before the norm kernels merged)",
 }
