@@ -117,3 +117,15 @@ def t5_dir(root: Path, arch: str, *, seed: int = 0) -> Path:
     model.save_pretrained(d)
     tok.save(str(d / "tokenizer.json"))
     return d
+
+
+def left_padded_prompts(B: int, T_: int, vocab: int, *, seed: int = 0,
+                        pads: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids (B, T) in [0, vocab) and a left-padding mask with ``pads[b]`` leading zeros in row b (the pad
+    positions keep their random ids)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T_), generator=g)
+    mask = torch.ones(B, T_, dtype=torch.long)
+    for b, n in enumerate(pads):
+        mask[b, :n] = 0
+    return ids, mask

@@ -23,6 +23,7 @@ from engine import decoding
 from engine import generate as gen
 from engine import sampling
 from engine.checkpoint import from_transformers
+from models_util import left_padded_prompts
 
 V, NPOS = 41, 40
 
@@ -173,13 +174,19 @@ def models():
     return hf, from_transformers(hf)
 
 
+def graph_steps(m, ids, kw):
+    """generate's decode loop with ``cuda_graph`` on (tests patch the capture helpers with eager stand-ins), run to
+    the end: the finished session and the request."""
+    req, max_len = gen._prepare(m, ids, kw)
+    req.cuda_graph = True
+    s = gen._Session(m, ids.shape[0], max_len)
+    for _ in gen._steps(s, req, streaming=False):
+        pass
+    return s, req
+
+
 def prompts(B, T_, seed, pads=()):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, V, (B, T_), generator=g)
-    mask = torch.ones(B, T_, dtype=torch.long)
-    for b, n in enumerate(pads):
-        mask[b, :n] = 0
-    return ids, mask
+    return left_padded_prompts(B, T_, V, seed=seed, pads=pads)
 
 
 def hf_generate(hf, ids, mask, max_new, *, eos=None, pad=0, **kw):
@@ -313,11 +320,7 @@ def test_graph_control_flow_on_cpu(models, monkeypatch):
         kw = dict(attention_mask=mask, max_new_tokens=9, do_sample=sample, temperature=1.0, top_k=0, top_p=1.0,
                   min_p=0.0, repetition_penalty=1.0, eos_token_id=[], pad_token_id=None, seed=5, cuda_graph=False)
         want = m.generate(ids, **kw)
-        req, max_len = gen._prepare(m, ids, kw)
-        req.cuda_graph = True
-        s = gen._Session(m, 3, max_len)
-        for _ in gen._steps(s, req, streaming=False):
-            pass
+        s, _ = graph_steps(m, ids, kw)
         assert torch.equal(s.out[:, :5 + int(s.n_new)], want)
         kinds = 2 if sample else 1  # sampling: the forward and the commit; greedy: the whole step
         runs = 8 + 9 if sample else 8  # the first token comes from the prefill
@@ -338,11 +341,7 @@ def test_graph_path_stops_at_the_last_eos(models, monkeypatch):
     assert want.shape[1] < 5 + 14 - gen.CHECK_EVERY  # all rows stop well before the last step
     kw = dict(attention_mask=mask, max_new_tokens=14, do_sample=False, temperature=1.0, top_k=0, top_p=1.0,
               min_p=0.0, repetition_penalty=1.0, eos_token_id=eos, pad_token_id=None, seed=0, cuda_graph=False)
-    req, max_len = gen._prepare(m, ids, kw)
-    req.cuda_graph = True
-    s = gen._Session(m, 3, max_len)
-    for _ in gen._steps(s, req, streaming=False):
-        pass
+    s, req = graph_steps(m, ids, kw)
     assert torch.equal(s.out[:, :5 + int(s.n_new)], want)
     steps = list(gen._steps(s, req, streaming=True))
     assert torch.equal(torch.stack(steps, 1), want[:, 5:])

@@ -14,6 +14,7 @@ import engine
 from engine import generate as gen
 from engine import sampling
 from engine.sessions import SessionPool
+from models_util import left_padded_prompts
 
 V, NPOS = 97, 96
 
@@ -38,12 +39,7 @@ def models(tmp_path_factory):
 
 def prompts(B: int, T_: int, *, seed: int = 0, pads: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ids (B, T) and a left-padding mask with ``pads[b]`` leading zeros in row b (pad ids are random)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, V, (B, T_), generator=g)
-    mask = torch.ones(B, T_, dtype=torch.long)
-    for b, n in enumerate(pads):
-        mask[b, :n] = 0
-    return ids, mask
+    return left_padded_prompts(B, T_, V, seed=seed, pads=pads)
 
 
 def hf_generate(hf, ids, mask=None, **kw) -> torch.Tensor:
