@@ -345,9 +345,6 @@ EQUIVALENT: dict[str, str] = {
         "the fake implementations' rms flag only changes what eps=None means in _check_eps (the dtype's epsilon "
         "for RMSNorm); the registered ops' schema has `float eps`, never None, so the checks and errors are the same"
         for m in ("False -> (True)", "True -> (False)") for i in (0, 1)},
-    "engine/ops/library_attention.py::_::num::0.0 -> (1.0)#0":
-        "varlen_attention's fake implementation never reads dropout_p (the shapes do not depend on it): its "
-        "default is unused",
     "engine/ops/library_attention.py::_::num::0.0 -> (1.0)#1":
         "scaled_dot_product_attention_lse's fake passes dropout_p only to _check_sdpa's probability check, which "
         "accepts any value in [0, 1] as torch's SDPA does; the shapes do not depend on it",

@@ -136,6 +136,8 @@ def test_fake_implementation_raises_the_eager_errors():
         pq, cu = torch.randn(5, 2, 8), torch.tensor([0, 5], dtype=torch.int32)
         with pytest.raises(ValueError, match=r"dropout_p must be a number in \[0, 1\); got 1.0"):
             torch.ops.engine.varlen_attention(pq, pq, pq, cu, cu, 5, 5, False, None, True, None, 1.0)
+        # the schema's defaults (no bias, dropout_p 0.0) are accepted when left out
+        assert torch.ops.engine.varlen_attention(pq, pq, pq, cu, cu, 5, 5, False, None, True).shape == (5, 2, 8)
         cache, lens = torch.randn(1, 2, 6, 16), torch.full((1,), 4, dtype=torch.int32)
         with pytest.raises(ValueError, match=r"relative_position_bias must be \(H, 2 \* L - 1\)"):
             torch.ops.engine.decode_attention(q[:, :, :1], cache, cache, lens, None, None, torch.randn(3, 11))
