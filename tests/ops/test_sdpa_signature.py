@@ -260,8 +260,9 @@ def test_deliberate_differences_from_torch():
     torch.testing.assert_close(ops.scaled_dot_product_attention(q[0], q[0], q[0], attn_mask=m, is_causal=True),
                                F.scaled_dot_product_attention(q, q, q, attn_mask=m, is_causal=True)[0])
     g = torch.Generator().manual_seed(0)
-    q1, k8, v8 = (torch.randn(1, 1, n, 3, generator=g, dtype=torch.float64) for n in (1, 8, 8))
-    bias = torch.randn(1, 1, 1, 8, generator=g)  # float32 beside float64
+    # 33 keys: with 8, torch's AVX-512 kernels read the mask right (its AVX2 and scalar ones misread it at 8 too)
+    q1, k8, v8 = (torch.randn(1, 1, n, 3, generator=g, dtype=torch.float64) for n in (1, 33, 33))
+    bias = torch.randn(1, 1, 1, 33, generator=g)  # float32 beside float64
     want = F.scaled_dot_product_attention(q1[0], k8[0], v8[0], attn_mask=bias[0])[None]  # its 3-D path
     assert not torch.allclose(F.scaled_dot_product_attention(q1, k8, v8, attn_mask=bias), want)  # 4-D misreads
     torch.testing.assert_close(F.scaled_dot_product_attention(q1, k8, v8, attn_mask=bias.double()), want)

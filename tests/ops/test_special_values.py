@@ -24,10 +24,29 @@ def run_both(monkeypatch, fn):
     return outs
 
 
-def assert_agree(a, b, tol):
-    for x, y in zip(a, b):
-        assert torch.equal(x.isnan(), y.isnan()) and torch.equal(x.isposinf(), y.isposinf()) \
-            and torch.equal(x.isneginf(), y.isneginf())
+def _kind(t: torch.Tensor) -> torch.Tensor:
+    """Per element: 0 finite, 1 NaN, 2 +inf, 3 -inf."""
+    return t.isnan() * 1 + t.isposinf() * 2 + t.isneginf() * 3
+
+
+def assert_agree(a, b, tol, ref=None):
+    """a (PyTorch path) and b (kernels) agree: the same NaN / +inf / -inf positions, finite values within tol.
+
+    ref: the PyTorch path run in float64 on the same values. Where PyTorch's own low-precision CPU op departs from
+    it on a special value (an artifact of the machine's vectorised code: on AVX-512 CPUs oneDNN's exact GELU gives
+    NaN for +inf and overflows 3e38 to inf, in fp32 and bf16), the kernels must give the float64 result there."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        kx, ky = _kind(x), _kind(y)
+        if ref is not None:
+            z = ref[i].to(y.dtype)  # float64's answer, rounded as the kernels round theirs
+            kz = _kind(z)
+            off = (kx != ky) & (kx != kz)  # PyTorch's op is off its float64 result here: judge the kernels by that
+            assert torch.equal(ky[off], kz[off])
+            fin = off & z.isfinite()
+            torch.testing.assert_close(y[fin], z[fin], atol=tol, rtol=tol)
+            kx = torch.where(off, kz, kx)
+            x = torch.where(off, z, x)
+        assert torch.equal(kx, ky)
         fin = x.isfinite()
         torch.testing.assert_close(x[fin], y[fin], atol=tol, rtol=tol)
 
@@ -40,14 +59,20 @@ def test_norms_and_activations_agree(monkeypatch, device, val, dtype, tol):
     x, r = torch.randn(3, 37, generator=g), torch.randn(3, 37, generator=g)
     w, b = torch.randn(37, generator=g), torch.randn(37, generator=g)
     x[1, 5] = val
-    x, r, w, b = (t.to(device, dtype) for t in (x, r, w, b))
-    for fn in (lambda: ops.layer_norm(x, (37,), w, b), lambda: ops.add_layer_norm(x, r, w, b),
-               lambda: ops.add_layer_norm(r, x, w, b), lambda: ops.gelu(x), lambda: ops.gelu(x, approximate="tanh"),
-               lambda: ops.bias_gelu(x, b), lambda: ops.bias_gelu(r, x[1], approximate="tanh"),
+    args = tuple(t.to(device, dtype) for t in (x, r, w, b))
+    args64 = tuple(t.to(device, dtype).double() for t in (x, r, w, b))  # the same values, computed in float64
+    for fn in (lambda x, r, w, b: ops.layer_norm(x, (37,), w, b), lambda x, r, w, b: ops.add_layer_norm(x, r, w, b),
+               lambda x, r, w, b: ops.add_layer_norm(r, x, w, b), lambda x, r, w, b: ops.gelu(x),
+               lambda x, r, w, b: ops.gelu(x, approximate="tanh"), lambda x, r, w, b: ops.bias_gelu(x, b),
+               lambda x, r, w, b: ops.bias_gelu(r, x[1], approximate="tanh"),
                # the T5 family's ops: RMSNorm, add + RMSNorm, GeGLU (the special value in the gate or the up half)
-               lambda: ops.rms_norm(x, (37,), w), lambda: ops.add_rms_norm(x, r, w), lambda: ops.add_rms_norm(r, x, w),
-               lambda: ops.gelu_and_mul(x[:, :36]), lambda: ops.gelu_and_mul(x.flip(-1)[:, :36], approximate="tanh")):
-        assert_agree(*run_both(monkeypatch, fn), tol)
+               lambda x, r, w, b: ops.rms_norm(x, (37,), w), lambda x, r, w, b: ops.add_rms_norm(x, r, w),
+               lambda x, r, w, b: ops.add_rms_norm(r, x, w), lambda x, r, w, b: ops.gelu_and_mul(x[:, :36]),
+               lambda x, r, w, b: ops.gelu_and_mul(x.flip(-1)[:, :36], approximate="tanh")):
+        monkeypatch.setenv("ENGINE_BACKEND", "torch")
+        ref = fn(*args64)
+        ref = tuple(o.cpu() for o in (ref if isinstance(ref, tuple) else (ref,)))
+        assert_agree(*run_both(monkeypatch, lambda: fn(*args)), tol, ref)
 
 
 MASK_BOUND = torch.finfo(torch.float32).max
