@@ -348,6 +348,24 @@ EQUIVALENT: dict[str, str] = {
     "engine/ops/library_attention.py::_::num::0.0 -> (1.0)#1":
         "scaled_dot_product_attention_lse's fake passes dropout_p only to _check_sdpa's probability check, which "
         "accepts any value in [0, 1] as torch's SDPA does; the shapes do not depend on it",
+    # engine/ops/sdpa_args.py (2026-11-30, seventh session: every mutant run)
+    **{"engine/ops/sdpa_args.py::_to_4d::" + m:
+        "lead4 only pads the broadcast lead to >= 2 dims and to4 only views: more leading 1s, or a reshape of a 4-D "
+        "view to its own shape, give the same (B, H, N, D) tensors (test_full_check_brings_every_call_to_matching_"
+        "4d_views compares them element for element)" for m in (
+            "num::0 -> (1)#0", "arith::2 - len(lead) -> (2 + len(lead))#0", "num::2 -> (1)#3", "num::2 -> (3)#3")},
+    "engine/ops/sdpa_args.py::_to_4d.to4::num::2 -> (1)#0":
+        "a reshape of the 4-D expanded view to (B, H, N, D), its own shape, is the same view",
+    **{"engine/ops/sdpa_args.py::_check_sdpa::" + m: _SHORTCUT + " (a 2-tuple against a 1- or 3-tuple is never "
+        "equal: every call takes _to_4d, which gives the same views)" for m in (
+            "num::2 -> (1)#4", "num::2 -> (3)#4", "num::2 -> (1)#5", "num::2 -> (3)#5", "num::2 -> (1)#6",
+            "num::2 -> (3)#6")},
+    **{"engine/ops/sdpa_args.py::_check_sdpa::" + m:
+        "the mask of a 4-D call expanded to (B, H, Nq, Nk) and reshaped: a copy with the values of the broadcast "
+        "view it replaces" for m in ("cmp::len(lead) > 2 -> (len(lead) >= 2)#0", "num::2 -> (1)#9")},
+    **{"engine/ops/sdpa_args.py::_check_sdpa::" + m:
+        "a 4-D mask reshaped to (1,) * 0 + its own shape: the same view" for m in (
+            "cmp::mask.dim() < 4 -> (mask.dim() <= 4)#0", "num::4 -> (5)#1")},
     # engine/models/relative_bias.py (2026-11-30, sixth session)
     "engine/models/relative_bias.py::relative_position_bucket::dtype::(relative_position > 0).to(torch.long) -> "
     "(relative_position > 0)#0":

@@ -7,6 +7,7 @@ and tested at the end."""
 from __future__ import annotations
 
 import inspect
+import math
 import os
 
 import pytest
@@ -287,3 +288,68 @@ def test_relative_position_bias_must_cover_the_longer_side(n_q, n_k, shapes):
     out = ops.scaled_dot_product_attention(q, k, v, enable_gqa=gqa,
                                            relative_position_bias=torch.randn(heads, 2 * longer - 1, generator=g))
     assert out.shape == F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa).shape
+
+
+
+@pytest.mark.parametrize("shapes", [
+    ((2, 3, 2, 5, 8), (2, 3, 2, 7, 8), (2, 3, 2, 7, 4), False),  # 5-D, the first two dims alike (not a 4-D call)
+    ((2, 2, 2, 5, 8), (2, 2, 2, 7, 8), (2, 2, 7, 4), False),  # 5-D q / k, a 4-D value that broadcasts
+    ((3, 4, 5, 8), (3, 1, 7, 8), (3, 1, 7, 8), False),  # key / value heads broadcast, the batch alike
+    ((1, 4, 5, 8), (3, 4, 7, 8), (3, 4, 7, 8), False),  # the query batch broadcast
+    ((4, 4, 5, 8), (4, 2, 7, 8), (4, 1, 7, 8), True),  # GQA with B == Hq (the repeat decided by the heads dim)
+    ((4, 6, 5, 8), (4, 3, 7, 8), (4, 2, 7, 8), True),  # GQA, a batch that does not divide the heads
+    ((6, 5, 8), (3, 7, 8), (2, 7, 8), True),  # 3-D GQA
+    ((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4), False),  # plain 4-D (the full check's own shortcut)
+])
+def test_full_check_brings_every_call_to_matching_4d_views(shapes):
+    """_check_sdpa's contract, the form every path below it takes: q, k, v 4-D with one (B, H) for the three (the
+    broadcast leading dims flattened, GQA's key / value heads repeated as torch's repeat_interleave), holding
+    exactly the broadcast inputs; a 2-D or 3-D mask made 4-D and broadcastable to (B, H, Nq, Nk) with the same
+    values; the output shape (..., Hq, Nq, Dv); and the op's result equals torch's."""
+    from engine.ops.sdpa_args import _check_sdpa
+
+    sq, sk, sv, gqa = shapes
+    g = torch.Generator().manual_seed(len(sq) + sq[-3])
+    query, key, value = (torch.randn(*s, generator=g, dtype=torch.float64) for s in (sq, sk, sv))
+    key_r, value_r = key, value
+    if gqa:  # torch's meaning of enable_gqa: key / value head j serves query heads j * r .. j * r + r - 1
+        key_r = key.repeat_interleave(sq[-3] // sk[-3], -3)
+        value_r = value.repeat_interleave(sq[-3] // sv[-3], -3)
+    lead = torch.broadcast_shapes(sq[:-2], key_r.shape[:-2], value_r.shape[:-2])
+    b, h, n_q, n_k = math.prod(lead[:-1]), lead[-1], sq[-2], sk[-2]
+    q, k, v, mask, *_, out_shape = _check_sdpa(query, key, value, None, 0.0, False, None, gqa)
+    assert mask is None and tuple(out_shape) == (*lead, n_q, sv[-1])
+    assert q.dim() == k.dim() == v.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2] == (b, h)
+    for got, t in ((q, query), (k, key_r), (v, value_r)):
+        assert torch.equal(got, t.expand(*lead, *t.shape[-2:]).reshape(b, h, *t.shape[-2:]))
+    for m in (torch.rand(n_q, n_k, generator=g) > 0.3, torch.randn(1, n_q, n_k, generator=g, dtype=torch.float64)):
+        got = _check_sdpa(query, key, value, m, 0.0, False, None, gqa)[3]
+        assert got.dim() == 4 and torch.equal(got.expand(b, h, n_q, n_k),
+                                              m.expand(*lead, n_q, n_k).reshape(b, h, n_q, n_k)), m.shape
+    torch.testing.assert_close(ops.scaled_dot_product_attention(query, key, value, enable_gqa=gqa),
+                               F.scaled_dot_product_attention(query, key, value, enable_gqa=gqa))
+
+
+def test_full_check_refusals_name_the_argument():
+    """Refusals of the full check torch also makes, by name: a 1-D query; a scale that is a 1-element 1-D tensor
+    (torch's parser takes 0-d tensors only); zero key heads with enable_gqa."""
+    q = torch.randn(2, 3, 5, 8)
+    with pytest.raises(ValueError, match="query must have at least 2 dims"):
+        ops.scaled_dot_product_attention(torch.randn(8), q[0, 0], q[0, 0])
+    with pytest.raises(TypeError, match="scale must be a float"):
+        ops.scaled_dot_product_attention(q, q, q, scale=torch.tensor([0.5]))
+    with pytest.raises(TypeError):
+        F.scaled_dot_product_attention(q, q, q, scale=torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"enable_gqa: the key heads \(dim -3: 0\) must divide the query heads \(3\)"):
+        ops.scaled_dot_product_attention(q, q[:, :0], q[:, :0], enable_gqa=True)
+    kv, ok = torch.randn(3, 1, 5, 8), torch.randn(2, 1, 5, 8)  # batch 3 against the query's 2: no broadcast
+    for k, v in ((kv, kv), (kv, ok), (ok, kv)):  # grouped heads or not; the key's or the value's batch alone
+        for gqa in (True, False):
+            with pytest.raises(ValueError, match="batch/head dims must broadcast"):
+                ops.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    from engine.ops.sdpa_args import _check_sdpa
+
+    with pytest.raises(ValueError, match="batch/head dims must broadcast"):  # enable_gqa's default is False
+        _check_sdpa(torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), None, 0.0, False, None)
+    with pytest.raises(ValueError, match="attn_mask must be broadcastable"):  # a 3-D call: the full check's mask test
+        ops.scaled_dot_product_attention(q[0], q[0], q[0], attn_mask=torch.ones(5, 4, dtype=torch.bool))
