@@ -3,6 +3,7 @@ engine/generate.py, T5's engine/seq2seq.py): max_new_tokens, do_sample and the s
 (HF's defaults from the model config), the seed, and each decode step's sampler seed."""
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Sequence
 
@@ -11,7 +12,6 @@ import torch
 from engine import sampling
 
 MAX_EOS_IDS = 8  # EOS ids live in a fixed-size device tensor (generate's static shapes for the CUDA graph)
-_SEED_STEP = 0x9E3779B97F4A7C15
 
 
 def _number(name: str, value: object, ok, expected: str, *, integer: bool = False) -> float | int:
@@ -88,5 +88,12 @@ def decoding_options(cfg, *, max_new_tokens: object, do_sample: object, temperat
 
 
 def step_seed(seed: int, step: int) -> int:
-    """The sampler seed of decode step ``step`` of a call seeded with ``seed``."""
-    return (seed + step * _SEED_STEP) % 2**64
+    """The sampler seed of decode step ``step`` of a call seeded with ``seed``: the seed itself at step 0 (a
+    one-token call draws as ``sampling.sample(seed=seed)``), later a 64-bit hash of (seed mod 2**64, step). A hash,
+    not ``seed + step * C``: with any such shift a call seeded with another call's step-s seed would replay that
+    call's later steps."""
+    seed %= 2**64
+    if step == 0:
+        return seed
+    key = seed.to_bytes(8, "little") + step.to_bytes(8, "little")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")

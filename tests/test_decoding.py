@@ -157,7 +157,17 @@ def test_step_seeds():
         seeds = [decoding.step_seed(seed, s) for s in range(200)]
         assert seeds[0] == seed and len(set(seeds)) == 200
         assert all(type(x) is int and 0 <= x < 2**64 for x in seeds)
+        assert max(seeds[1:]) >= 2**62  # the later steps' seeds span 64 bits (odds of a miss: 2**-398)
     assert decoding.step_seed(2**64 + 5, 3) == decoding.step_seed(5, 3)
+
+
+def test_a_call_seeded_with_a_step_seed_does_not_replay_the_later_steps():
+    # with seeds seed + step * C, a call seeded step_seed(S, 1) would draw at step s what the call seeded S draws at
+    # step s + 1; across seeds 0..15, their step-1 seeds and 2**64 - 1 no two (seed, step >= 1) pairs share a seed
+    seeds = list(range(16)) + [decoding.step_seed(s, 1) for s in range(16)] + [2**64 - 1]
+    later = [decoding.step_seed(seed, s) for seed in seeds for s in range(1, 64)]
+    assert len(set(later)) == len(later)
+    assert not set(later) & set(seeds[:16])
 
 
 # ---- generate / stream vs transformers on a two-layer GPT-2 ------------------------------------------------------

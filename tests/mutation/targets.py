@@ -153,7 +153,7 @@ _GEN_CHECK = ("how often generate asks 'has every row stopped?' (check_every: CH
 _GEN = "engine/generate.py::"
 _DEC = "engine/decoding.py::"
 _SEED_LAW = ("which seed each decode step hands the sampler: step 0 keeps the call's seed, the steps of a call still "
-             "get distinct seeds (a nonzero multiple of the step, mod 2**64), and the sampler draws every (seed, row) "
+             "get distinct 64-bit seeds (a hash of another key), and the sampler draws every (seed, row) "
              "from its own generator, so each step's distribution (tests/test_generate.py: vs HF's processors) and "
              "the reproducibility of a seeded call are unchanged; only which of the equally likely tokens a given "
              "seed picks (equivalent in law, not bit for bit: no result can be judged wrong)")
@@ -419,10 +419,8 @@ EQUIVALENT: dict[str, str] = {
     **{_GEN + m: "for T == 1 the left-padding check compares two empty slices (always true), so taking it for T == 1 "
                  "(T > 0 is T >= 1) raises nothing new; a one-token mask of 0 is refused by the next check either way"
        for m in ("_request::cmp::T > 1 -> (T >= 1)#0", "_request::num::1 -> (0)#1")},
-    **{m: _SEED_LAW for m in (
-        _DEC + "<module>::num::0x9E3779B97F4A7C15 -> (11400714819323198484)#0",  # _SEED_STEP - 1
-        _DEC + "<module>::num::0x9E3779B97F4A7C15 -> (11400714819323198486)#0",  # _SEED_STEP + 1
-        _DEC + "step_seed::arith::seed + step * _SEED_STEP -> (seed - step * _SEED_STEP)#0")},
+    **{m: _SEED_LAW for m in (  # the hash's key: the seed in 9 bytes, the step in 7 (steps < 2**56) or 9
+        _DEC + "step_seed::num::8 -> (9)#0", _DEC + "step_seed::num::8 -> (7)#1", _DEC + "step_seed::num::8 -> (9)#1")},
     **{_DEC + m: "seed=None: the seed drawn from torch's default generator spans [1, 2**63 - 1) or [0, 2**63 - 2) "
                  "instead of [0, 2**63 - 1): still a fresh 63-bit seed per call that torch.manual_seed repeats (what "
                  "is documented, checked by tests/test_decoding.py); only which seed is drawn (as with the step "
