@@ -105,17 +105,20 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # T5's bucketed relative position table vs transformers' _relative_position_bucket / compute_bias
     "engine/models/relative_bias.py": ("models", ("tests/test_relative_bias.py", "tests/test_t5.py"), 10),
     # (added 2026-11-30, seventh session) training: the explicit backward formulas and the registered
-    # differentiable attention ops vs float64 autograd (test_grad_formulas.py, ~3 s: most mutants die there), the
-    # norm / GELU backward kernels and the attention autograd Functions (dq / dk / dv, dropout) vs float64 in the
-    # interpreter, then a training step vs transformers
+    # differentiable attention ops vs float64 autograd (test_grad_formulas.py for norm / GELU and the backward ops'
+    # opcheck, test_attention_grad_formulas.py for attention, ~3 s each: most mutants die there), the norm / GELU
+    # backward kernels and the attention autograd Functions (dq / dk / dv, dropout) vs float64 in the interpreter,
+    # then a training step vs transformers
     "engine/ops/grad.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_grad.py",
                                    "tests/models/test_training.py"), 16),
-    "engine/ops/attention_grad.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_attention_bwd.py",
-                                             "tests/models/test_training.py"), 16),
+    "engine/ops/attention_grad.py": ("ops", (f"{OPS}/test_attention_grad_formulas.py", f"{OPS}/test_grad_formulas.py",
+                                             f"{OPS}/test_attention_bwd.py", "tests/models/test_training.py"), 16),
     # torch.compile: the registered custom ops (library.py itself has no mutable expression): their autograd
-    # formulas vs float64 autograd and the backward / *_lse ops' opcheck (test_grad_formulas.py, ~6 s), then opcheck,
-    # fake implementations and eager values of the public ops, then compiled models
-    "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
+    # formulas vs float64 autograd and the backward / *_lse ops' opcheck (test_attention_grad_formulas.py and
+    # test_grad_formulas.py, ~6 s), then opcheck, fake implementations and eager values of the public ops, then
+    # compiled models
+    "engine/ops/library_attention.py": ("ops", (f"{OPS}/test_attention_grad_formulas.py",
+                                                f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
                                                 "tests/test_compile.py"), 12),
     "engine/ops/library_norm_gelu.py": ("ops", (f"{OPS}/test_grad_formulas.py", f"{OPS}/test_library.py",
                                                 "tests/test_compile.py"), 12),
@@ -298,7 +301,8 @@ EQUIVALENT: dict[str, str] = {
     # engine/ops/attention_grad.py (2026-11-30, seventh session)
     **{f"engine/ops/attention_grad.py::dropout_seed::num::{m}#0":
         "a seed is any number the Philox key takes; [1, 2**62) or [0, 2**61) instead of [0, 2**62) only narrows the "
-        "range drawn from (torch.manual_seed still reproduces every mask, calls still differ, test_grad_formulas)"
+        "range drawn from (torch.manual_seed still reproduces every mask, calls still differ: "
+        "test_attention_grad_formulas)"
         for m in ("0 -> (1)", "62 -> (61)")},
     **{f"engine/ops/attention_grad.py::{f}::bool::False -> (True)#0":
         "with_lse's default is taken only by the inference call (attention.py / varlen.py); the mutant makes the "
