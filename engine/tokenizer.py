@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as _HFTokenizer
-from tokenizers.implementations import BertWordPieceTokenizer
+
+from engine.wordpiece import wordpiece_tokenizer
 
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
 _SIDES = ("right", "left")
@@ -198,7 +199,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             if name == "tokenizer.json":
                 tok = _HFTokenizer.from_file(str(file))
             else:
-                tok = BertWordPieceTokenizer(str(file), **bert)._tokenizer
+                tok, pad_token = wordpiece_tokenizer(p, cfg, **bert)  # its pad token, always in its vocabulary
+        except ValueError:  # engine's own, naming the file and the entry
+            raise
         except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
         if pad_token is not None and tok.token_to_id(pad_token) is None:

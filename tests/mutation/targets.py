@@ -102,6 +102,9 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # call-argument fuzzing (test_user_input.py)
     "engine/tokenizer.py": ("models", ("tests/test_tokenizer.py", "tests/test_embed.py", "tests/test_user_input.py"),
                             12),
+    # (added 2026-11-30, eighth session) a vocab.txt folder's added and special tokens: tiny folders vs transformers'
+    # BertTokenizer on the same files (test_wordpiece.py, ~1 s), then the tokenizer tests of every other folder kind
+    "engine/wordpiece.py": ("models", ("tests/test_wordpiece.py", "tests/test_tokenizer.py"), 12),
     # T5's bucketed relative position table vs transformers' _relative_position_bucket / compute_bias
     "engine/models/relative_bias.py": ("models", ("tests/test_relative_bias.py", "tests/test_t5.py"), 10),
     # (added 2026-11-30, seventh session) training: the explicit backward formulas and the registered
