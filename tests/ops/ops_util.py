@@ -33,6 +33,16 @@ def at_page_end(t: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU copy of ``t`` that ends exactly where an unreadable page begins: a kernel that loads one
     element past its end (a dropped mask on the last tile) crashes instead of reading neighbouring memory.
     Linux / macOS only (mmap + mprotect); the mapping lives as long as the returned tensor."""
+    return _page_guarded(t, after=True)
+
+
+def at_page_start(t: torch.Tensor) -> torch.Tensor:
+    """As ``at_page_end``, but the copy starts exactly where an unreadable page ends: a load one element before its
+    start (a negative index, an unclamped row) crashes."""
+    return _page_guarded(t, after=False)
+
+
+def _page_guarded(t: torch.Tensor, *, after: bool) -> torch.Tensor:
     import ctypes
     import mmap
 
@@ -43,10 +53,14 @@ def at_page_end(t: torch.Tensor) -> torch.Tensor:
     base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if libc.mprotect(base + pages * page, page, 0) != 0:  # PROT_NONE on the page after the data
+    guard = base + pages * page if after else base  # PROT_NONE on the page after (before) the data
+    if libc.mprotect(guard, page, 0) != 0:
         raise OSError(ctypes.get_errno(), "mprotect failed")
-    raw = torch.frombuffer(mm, dtype=torch.uint8, count=pages * page)
-    out = raw[pages * page - nbytes:].view(t.dtype).view(t.shape)
+    if after:
+        raw = torch.frombuffer(mm, dtype=torch.uint8, count=pages * page)[pages * page - nbytes:]
+    else:
+        raw = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=page)
+    out = raw.view(t.dtype).view(t.shape)
     out.copy_(t)
     return out
 

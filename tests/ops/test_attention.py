@@ -7,6 +7,7 @@ Under the interpreter the kernel uses INTERPRETER_CONFIG (BLOCK_M=32, BLOCK_N=16
 several tiles and the causal diagonal; explicit configurations exercise BLOCK_M < BLOCK_N and BLOCK_M == BLOCK_N.
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -471,3 +472,22 @@ def test_head_dim_padding_is_never_read(triton_backend, device, causal):
 
     q, k, v = (nan_padded(t, 128) for t in qkv(1, 2, 40, 64, 80, torch.float32, device, seed=15))
     check(ops.scaled_dot_product_attention(q, k, v, is_causal=causal), q, k, v, causal=causal)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or sys.platform == "win32", reason="a CPU page guard (POSIX mmap)")
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_loads_stay_inside_every_buffer(kind):
+    # q, k, v and a per-row mask end flush against an unreadable page: a load past the end of any of them crashes,
+    # though it could not change a stored value. 33 queries: the second 32-row block's rows 33..63 read the mask
+    # row of query 32 (clamped), never rows past the mask; 20 keys: a ragged second key tile.
+    from ops_util import at_page_end
+
+    n_q, n_k, d = 33, 20, 16
+    q, k, v = (at_page_end(t) for t in qkv(1, 1, n_q, n_k, d, torch.float32, "cpu", seed=16))
+    g = torch.Generator().manual_seed(17)
+    m = torch.rand(1, 1, n_q, n_k, generator=g) > 0.3 if kind == "bool" else torch.randn(1, 1, n_q, n_k, generator=g)
+    m = at_page_end(m)
+    for causal in (False, True):
+        out = torch.full_like(q, float("nan"))
+        kattn.attention_fwd(q, k, v, out, mask=m, causal=causal, scale=d ** -0.5)
+        check(out, q, k, v, mask=m, causal=causal)

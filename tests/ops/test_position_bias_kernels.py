@@ -7,6 +7,8 @@ that just cover the call and longer ones, head dims 16 and 80, fp32 / fp16 / bf1
 interpreter the dense/varlen kernel tiles by 32 x 16 (INTERPRETER_CONFIG), so N = 33 crosses blocks and diagonals.
 The routing (ops -> these kernels) is checked in test_position_bias.py.
 """
+import sys
+
 import pytest
 import torch
 
@@ -203,3 +205,48 @@ def test_autotuner_prunes_bias_calls_as_per_row_masks(monkeypatch):
                                  mask_per_row=True)
     assert kept(HAS_BIAS=True) == [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in per_row]
     assert len(kept()) > len(kept(HAS_BIAS=True))  # without the bias the widest tile fits
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or sys.platform == "win32", reason="a CPU page guard (POSIX mmap)")
+@pytest.mark.parametrize("after", [True, False], ids=["guard-after", "guard-before"])
+def test_bias_loads_stay_inside_the_table(monkeypatch, after):
+    """Every table the kernels read lies flush against an unreadable page, after its end or before its start, so a
+    load outside it crashes, though such a load could not change a stored value (it feeds only scores that are
+    masked out, or rows that are never stored). Decode: the (H, 2L - 1) table itself; the padding rows of a 16-row
+    block and the keys of a ragged tile past the cache length have distances outside the table, whose indices are
+    clamped to it. Dense (varlen shares the code): the shifted copy the launcher builds (``common.shifted_table``);
+    rows past the last query are clamped to it (their positions would start before the table). L just covers each
+    call."""
+    from ops_util import at_page_end, at_page_start
+
+    from engine.kernels.attention import common as kcommon
+
+    place = at_page_end if after else at_page_start
+    build = kcommon.shifted_table
+    monkeypatch.setattr(kcommon, "shifted_table", lambda t: place(build(t)))
+    gen = torch.Generator().manual_seed(41)
+    H, D = 1, 16
+    # decode: row 0 sees 3 keys of a 40-key cache (keys past 3 in its 64-key tile lie past the table's end), row 1
+    # the full cache (the block's padding rows sit past position 40 + 12, before the table's start)
+    Tq, Tmax = 3, 40
+    q = _rand(2, H, Tq, D, gen=gen)
+    kc, vc = (_rand(2, H, Tmax, D, gen=gen) for _ in range(2))
+    table = place(_rand(H, 2 * Tmax - 1, gen=gen, scale=2.0))
+    lens = [3, 40]
+    for splits in (None, 2):
+        out = torch.full_like(q, float("nan"))
+        kdec.decode_attention_fwd(q, kc, vc, torch.tensor(lens, dtype=torch.int32), scale=1.0, out=out,
+                                  num_splits=splits, relative_position_bias=table)
+        q_pos = torch.tensor(lens)[:, None] - Tq + torch.arange(Tq)[None]
+        keep = (torch.arange(Tmax)[None, None, :] <= q_pos[:, :, None])[:, None]
+        _close(out, _attend(q, kc, vc, table, q_pos, keep, 1.0), F32)
+    # dense: 33 queries (two 32-row blocks: the second block's padding rows reach position 63 > L - 1 = 32)
+    n = 33
+    q, k, v = (_rand(1, H, n, D, gen=gen) for _ in range(3))
+    table = _rand(H, 2 * n - 1, gen=gen, scale=2.0)
+    for causal in (False, True):
+        out = torch.full_like(q, float("nan"))
+        kfwd.attention_fwd(q, k, v, out, mask=None, causal=causal, scale=1.0, relative_position_bias=table)
+        keep = torch.ones(n, n, dtype=torch.bool)
+        keep = keep.tril() if causal else keep
+        _close(out, _attend(q, k, v, table, torch.arange(n)[None], keep[None, None], 1.0), F32)

@@ -46,6 +46,7 @@ CASES = [  # (lens_q, lens_k (None = same), head_dim, causal, dtype)
     ([70, 1, 33], None, 80, True, torch.bfloat16),
     ([5, 20, 9], [12, 20, 40], 16, True, torch.float32),  # bottom-right causal, len_k > len_q
     ([12, 3, 0], [5, 3, 7], 32, True, torch.float16),     # len_q > len_k (early rows see nothing), empty query
+    ([5, 40], [40, 5], 16, True, torch.float32),          # len_q - len_k = 35: whole key tiles before key 0
     ([9, 4], [0, 6], 128, False, torch.float32),          # an empty key sequence -> zeros
     ([3, 10], None, 256, True, torch.bfloat16),
 ]
