@@ -80,6 +80,7 @@ def wordpiece_tokenizer(folder: Path, cfg: dict, *, lowercase: bool, strip_accen
     for key, default in _NAMED.items():
         value = cfg.get(key, default)
         named[key] = None if value is None else _token(value, f"{cfg_file}: {key}")
+    given = {k for k in _NAMED if cfg.get(k) is not None}  # named in a file, not by BERT's defaults
     extras = next((_extras(cfg[k], f"{cfg_file}: {k}") for k in _EXTRA if cfg.get(k)), [])
     added: dict[int, AddedToken] = {}
     if "added_tokens_decoder" in cfg:
@@ -98,12 +99,14 @@ def wordpiece_tokenizer(folder: Path, cfg: dict, *, lowercase: bool, strip_accen
             where = f"{map_file}: {key}"
             if key in _NAMED:
                 named[key] = None if value is None else _token(value, where, special=True)
+                given.add(key)
             elif key == "extra_special_tokens":  # merged into the config's
                 extras += [t for t in _extras(value, where, special=True) if t not in extras]
             elif key == "additional_special_tokens":
                 late = _extras(value, where, special=True)
         added_file = folder / "added_tokens.json"
-        specials = {str(t) for t in [*named.values(), *extras] if t is not None}
+        # as transformers: an added token is special when a file names it so (a default such as [PAD] does not)
+        specials = {str(named[k]) for k in given if named[k] is not None} | {str(t) for t in extras}
         extras = extras or late
         if added_file.is_file():
             for text, idx in _json(added_file).items():
@@ -129,8 +132,8 @@ def wordpiece_tokenizer(folder: Path, cfg: dict, *, lowercase: bool, strip_accen
             seen.add(str(t))
             if isinstance(t, str):
                 t = AddedToken(t, special=True)
-            elif not t.special:  # as transformers: a named or extra special token is special
-                t.special = True
+            elif not t.special and t in named.values():  # as transformers: a named token is special (an extra one
+                t.special = True                          # keeps its file's flag)
             new.append(t)
     tok.add_tokens(new)
     cls, sep = str(named["cls_token"]), str(named["sep_token"])

@@ -13,7 +13,7 @@ from engine.tokenizer import load_tokenizer
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "e", "##1", "[", "]", "x", "<s>", "</s>",
          "a", "##b"]
 TEXTS = ["hello [E1] world", "[e1]x hello", "hello<ent>world", " <ent> a", "[MASK] hello [mask]", "xx<s>hello</s>",
-         "Hello WORLD [E1][E1]", "ab <s> a</s>"]
+         "Hello WORLD [E1][E1]", "ab <s> a</s>", "hello\x00 \x07world\u00a0a\tx"]
 
 
 def _token(content, *, lstrip=False, rstrip=False, normalized=False, single_word=False, special=True):
@@ -27,8 +27,11 @@ CASES = {
     "added-json": {"added_tokens.json": {"[E1]": 16, "<ent>": 17}},
     "added-json-special": {"added_tokens.json": {"[E1]": 16},
                            "special_tokens_map.json": {"additional_special_tokens": ["[E1]"]}},
+    "added-json-at-0": {"added_tokens.json": {"[PAD]": 0, "[E1]": 16}},
     "added-json-cased": {"added_tokens.json": {"[E1]": 16}, "tokenizer_config.json": {"do_lower_case": False}},
     "map-named": {"special_tokens_map.json": {"cls_token": "<s>", "sep_token": _token("</s>")}},
+    "map-objects-bare": {"special_tokens_map.json": {"cls_token": {"content": "<S>"}, "sep_token": {"content": "</S>"},
+                                                     "extra_special_tokens": [{"content": "[E1]"}]}},
     "map-extra-merged": {"tokenizer_config.json": {"extra_special_tokens": ["<ent>"]},
                          "special_tokens_map.json": {"extra_special_tokens": ["[E1]"]},
                          "added_tokens.json": {"[E1]": 17, "<ent>": 16}},
@@ -48,6 +51,8 @@ CASES = {
     "config-named": {"tokenizer_config.json": {"cls_token": "<s>", "sep_token": "</s>", "bos_token": "<s>",
                                                "eos_token": "[E1]"}},
     "mask-lstrip": {"tokenizer_config.json": {"mask_token": {"__type": "AddedToken", **_token("[MASK]", lstrip=True)}}},
+    "config-extras-objects": {"tokenizer_config.json": {"additional_special_tokens": [
+        {"__type": "AddedToken", **_token("<ent>", special=False)}, {"__type": "AddedToken", **_token("[E1]")}]}},
     "config-extras": {"tokenizer_config.json": {"additional_special_tokens": ["[E1]", "<ent>"]}},
     "added-in-vocab": {"added_tokens.json": {"hello": 5},
                        "special_tokens_map.json": {"additional_special_tokens": ["hello"]}},
