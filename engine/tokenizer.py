@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer as _HFTokenizer
 
-from engine.wordpiece import wordpiece_tokenizer
+from engine.wordpiece import json_object, wordpiece_tokenizer
 
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
 _SIDES = ("right", "left")
@@ -165,12 +164,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     cfg: dict = {}
     file = cfg_file = p / "tokenizer_config.json"
     if file.is_file():
-        try:
-            cfg = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{file} is not valid JSON: {exc}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{file} must hold a JSON object; got {type(cfg).__name__}")
+        cfg = json_object(file)
     # transformers: tokenizer_config.json's sides win over the direction of tokenizer.json's sections
     sides = {name: _side(name, cfg[name], f"{file}: ") for name in ("truncation_side", "padding_side") if name in cfg}
     pad_token = cfg.get("pad_token")  # a str, or an AddedToken as a dict with its "content"; null: none set

@@ -29,7 +29,8 @@ _EXTRA = ("extra_special_tokens", "additional_special_tokens")
 _FLAGS = ("single_word", "lstrip", "rstrip", "normalized", "special")
 
 
-def _json(file: Path) -> dict:
+def json_object(file: Path) -> dict:
+    """The JSON object in ``file``; a ValueError naming the file when it is not valid JSON or not an object."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -95,7 +96,7 @@ def wordpiece_tokenizer(folder: Path, cfg: dict, *, lowercase: bool, strip_accen
     else:
         map_file = folder / "special_tokens_map.json"
         late: list[str | AddedToken] = []  # the map's additional_special_tokens: extras, not special for added_tokens
-        for key, value in (_json(map_file) if map_file.is_file() else {}).items():
+        for key, value in (json_object(map_file) if map_file.is_file() else {}).items():
             where = f"{map_file}: {key}"
             if key in _NAMED:
                 named[key] = None if value is None else _token(value, where, special=True)
@@ -109,7 +110,7 @@ def wordpiece_tokenizer(folder: Path, cfg: dict, *, lowercase: bool, strip_accen
         specials = {str(named[k]) for k in given if named[k] is not None} | {str(t) for t in extras}
         extras = extras or late
         if added_file.is_file():
-            for text, idx in _json(added_file).items():
+            for text, idx in json_object(added_file).items():
                 if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
                     raise ValueError(f"{added_file}: token {text!r} must map to a non-negative int id; got {idx!r}")
                 special = text in specials
