@@ -79,9 +79,10 @@ def _attn_bwd_preprocess(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = rows < N_ROWS
-    o = masked_load(O + off_z * stride_oz + off_h * stride_oh + rows[:, None] * stride_om + offs_d[None, :] * stride_ok,
+    r64 = rows[:, None].to(tl.int64)  # packed rows x token stride (varlen) can pass 2**31
+    o = masked_load(O + off_z * stride_oz + off_h * stride_oh + r64 * stride_om + offs_d[None, :] * stride_ok,
                     ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
-    do = masked_load(DO + off_z * stride_dz + off_h * stride_dh + rows[:, None] * stride_dm
+    do = masked_load(DO + off_z * stride_dz + off_h * stride_dh + r64 * stride_dm
                      + offs_d[None, :] * stride_dk, ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + off_z * stride_lz + off_h * stride_lh + rows, delta, mask=ok)
@@ -117,16 +118,20 @@ def _bwd_dkdv_inner(
     seed, drop_base, dropout_p, inv_keep,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL_MASK: tl.constexpr, MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    DROPOUT: tl.constexpr, DOT_UPCAST: tl.constexpr, ROWS64: tl.constexpr,
 ):
     """dK, dV (BLOCK_N, BLOCK_D) fp32 += the contributions of query rows [lo, hi) (BLOCK_M at a time)."""
     d_ok = offs_d < HEAD_DIM
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m0
         row_ok = rows < n_q
+        if ROWS64:  # row x row stride can pass 2**31 (in 32 bits otherwise: 64-bit products here cost spills)
+            step = tl.cast(start_m, tl.int64)
+        else:
+            step = start_m
         # Rows past the end: q = dO = 0, m = +inf, so P = 0 there and they add nothing.
-        q = masked_load(q_ptrs + start_m * stride_qm, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
-        do = masked_load(do_ptrs + start_m * stride_dom, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
+        q = masked_load(q_ptrs + step * stride_qm, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
+        do = masked_load(do_ptrs + step * stride_dom, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
         m = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
         log2l = tl.load(lse_ptr + stride_lp + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
@@ -184,7 +189,7 @@ def _attn_bwd_dkdv_kernel(
     H, N_Q, N_K,  # heads; dense sequence lengths (varlen: ignored)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_UPCAST: tl.constexpr = False,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_UPCAST: tl.constexpr = False, ROWS64: tl.constexpr = False,
 ):
     off_zh, zi, hi, q_start, k_start, n_q, n_k, shift = _sequence(CU_Q, CU_K, H, N_Q, N_K, IS_VARLEN)
     n0 = tl.program_id(0) * BLOCK_N
@@ -235,7 +240,7 @@ def _attn_bwd_dkdv_kernel(
             dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_ptrs, mask_col, stride_qm, stride_dom, stride_mm,
             stride_lp, offs_n, offs_m0, offs_d, m_lo, tl.minimum(m_full, n_q), n_q, n_k, shift, qk_scale, bias_floor, inv_scale,
             seed, drop_base, dropout_p, inv_keep, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, MASK_KIND, MASK_PER_ROW,
-            PRECISION, DROPOUT, DOT_UPCAST,
+            PRECISION, DROPOUT, DOT_UPCAST, ROWS64,
         )
     else:
         m_full = 0
@@ -243,7 +248,7 @@ def _attn_bwd_dkdv_kernel(
         dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, mask_ptrs, mask_col, stride_qm, stride_dom, stride_mm,
         stride_lp, offs_n, offs_m0, offs_d, m_full, n_q, n_q, n_k, shift, qk_scale, bias_floor, inv_scale,
         seed, drop_base, dropout_p, inv_keep, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, MASK_KIND, MASK_PER_ROW,
-        PRECISION, DROPOUT, DOT_UPCAST,
+        PRECISION, DROPOUT, DOT_UPCAST, ROWS64,
     )
     if DROPOUT:
         dv = dv * inv_keep
@@ -262,15 +267,19 @@ def _bwd_dq_inner(
     seed, drop_base, dropout_p, inv_keep,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr,
-    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, DOT_UPCAST: tl.constexpr, ROWS64: tl.constexpr,
 ):
     """dQ (BLOCK_M, BLOCK_D) fp32 += dS K over keys [lo, hi); BOUNDARY: the tiles that need element masks."""
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < n_k
-        k = masked_load(k_ptrs + start_n * stride_kn, col_ok[:, None], d_ok[None, :], BOUNDARY, HEAD_DIM != BLOCK_D)
-        v = masked_load(v_ptrs + start_n * stride_vn, col_ok[:, None], d_ok[None, :], BOUNDARY, HEAD_DIM != BLOCK_D)
+        if ROWS64:  # key x key stride can pass 2**31 (see _bwd_dkdv_inner)
+            step = tl.cast(start_n, tl.int64)
+        else:
+            step = start_n
+        k = masked_load(k_ptrs + step * stride_kn, col_ok[:, None], d_ok[None, :], BOUNDARY, HEAD_DIM != BLOCK_D)
+        v = masked_load(v_ptrs + step * stride_vn, col_ok[:, None], d_ok[None, :], BOUNDARY, HEAD_DIM != BLOCK_D)
         if DOT_UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -311,7 +320,7 @@ def _attn_bwd_dq_kernel(
     H, N_Q, N_K,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_UPCAST: tl.constexpr = False,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_UPCAST: tl.constexpr = False, ROWS64: tl.constexpr = False,
 ):
     if IS_CAUSAL:  # heaviest query blocks first, as the forward
         start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -363,11 +372,13 @@ def _attn_bwd_dq_kernel(
         dq, q, do, m, log2l, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn, offs_m, offs_n, offs_d,
         0, full_end, n_k, shift, qk_scale, bias_floor, inv_scale, seed, drop_base, dropout_p, inv_keep,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DROPOUT, DOT_UPCAST,
+        ROWS64,
     )
     dq = _bwd_dq_inner(
         dq, q, do, m, log2l, delta, k_ptrs, v_ptrs, mask_ptrs, stride_kn, stride_vn, stride_mn, offs_m, offs_n, offs_d,
         full_end, hi_n, n_k, shift, qk_scale, bias_floor, inv_scale, seed, drop_base, dropout_p, inv_keep,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, MASK_KIND, MASK_PER_ROW, PRECISION, DROPOUT, DOT_UPCAST,
+        ROWS64,
     )
     dq = dq * sm_scale
     dq_ptrs = DQ + zi * stride_dqz + hi * stride_dqh + rows_q[:, None] * stride_dqm + offs_d[None, :] * stride_dqk
@@ -410,6 +421,8 @@ def _launch_bwd(do, q, k, v, o, lse, dq, dk, dv, mask, cu_q, cu_k, strides4, lse
                  MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), DROPOUT=dropout is not None)
     if interp and q.dtype == torch.bfloat16:
         flags["DOT_UPCAST"] = True  # see fwd._launch: the interpreter's bf16 dots are wrong
+    if max(grid_m * max(abs(sq[2]), abs(sdo[2])), grid_n * max(abs(sk[2]), abs(sv[2]))) >= 2 ** 31:
+        flags["ROWS64"] = True  # a row (key) index x its stride inside one sequence can pass 2**31: 64-bit steps
     common = (scale, scale * LOG2E, seed, p)
     bm, bn, warps, stages = dkdv_cfg
     launch(_attn_bwd_dkdv_kernel, (triton.cdiv(grid_n, bn), batch * h), q, k, v, do, dk, dv, lse, delta, mask, cu_q,

@@ -85,9 +85,10 @@ def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KI
     defined by ordinary instructions only before the product, which Triton 3.6's code needs to stay asynchronous.
     """
     if MASK_PER_ROW:
-        mval = masked_load(mask_ptrs + cols[None, :] * stride_mn, col_ok[None, :], col_ok[None, :], BOUNDARY, False)
+        mval = masked_load(mask_ptrs + cols[None, :].to(tl.int64) * stride_mn, col_ok[None, :], col_ok[None, :],
+                           BOUNDARY, False)
     else:
-        mval = masked_load(mask_ptrs + cols * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
+        mval = masked_load(mask_ptrs + cols.to(tl.int64) * stride_mn, col_ok, col_ok, BOUNDARY, False)[None, :]
     return tl.broadcast_to(mask_units(mval, bias_floor, inv_scale, MASK_KIND), (BLOCK_M, BLOCK_N))
 
 

@@ -7,6 +7,8 @@ pass the numbers). Under the interpreter the dK/dV kernel tiles with (BLOCK_M, B
 with (32, 16) (engine.kernels.attention.bwd), so N = 17 and 31 / 33 sit on block boundaries +/- 1 of both, and 40
 crosses more than two blocks of 16. Gradient tolerances are relative to the largest reference gradient.
 """
+import sys
+
 import pytest
 import torch
 
@@ -129,11 +131,31 @@ def test_kernels_write_every_gradient_element(device):
     _assert_grads((dq, dk, dv), refs, torch.float32)
 
 
+@pytest.mark.parametrize("dkdv_config,dq_config", [((32, 16, 4, 1), None), (None, (16, 32, 4, 1)),
+                                                   ((16, 16, 4, 1), (32, 32, 4, 1))])
+def test_explicit_tile_configs(device, dkdv_config, dq_config):
+    """attention_bwd's dkdv_config / dq_config each alone (the other kernel keeps its table's tiles) and both, with
+    tiles the interpreter's defaults do not use (the dK/dV kernel's BLOCK_M > BLOCK_N, square tiles): the same
+    gradients. 37 queries and 29 keys cross every tile size here; causal with Nq > Nk."""
+    b, h, n_q, n_k, d = 1, 2, 37, 29, 16
+    g = torch.Generator().manual_seed(47)
+    q, do = (torch.randn(b, h, n_q, d, generator=g).to(device) for _ in range(2))
+    k, v = (torch.randn(b, h, n_k, d, generator=g).to(device) for _ in range(2))
+    out, lse = torch.empty_like(q), torch.empty(2, b, h, n_q, device=device)
+    kfwd.attention_fwd(q, k, v, out, mask=None, causal=True, scale=d ** -0.5, lse=lse)
+    dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
+    kbwd.attention_bwd(do, q, k, v, out, lse, dq, dk, dv, mask=None, causal=True, scale=d ** -0.5,
+                       dkdv_config=dkdv_config, dq_config=dq_config)
+    refs = _ref_grads(lambda a, c, e: reference(a, c, e, causal=True), (q, k, v), do)
+    _assert_grads((dq, dk, dv), refs, torch.float32)
+
+
 VARLEN_CASES = [  # (lens_q, lens_k (None = same), head_dim, causal, dtype)
     ([1, 17, 40], None, 16, True, torch.float32),
     ([33, 2, 31], None, 80, False, torch.float16),
     ([5, 20, 0], [12, 3, 7], 16, True, torch.bfloat16),  # bottom-right causal both ways, an empty query sequence
     ([9, 4], [0, 6], 32, False, torch.float32),          # an empty key sequence: zero grads for its queries
+    ([20, 7], [45, 40], 16, True, torch.float32),        # keys ahead by 25 / 33: key tile 32 seen from query 7 / 0
 ]
 
 
@@ -298,3 +320,174 @@ def test_pytorch_path_gradients_by_formula_equal_autograd(causal, mask_kind):
     got = attention_grads_torch(grad, q.detach(), k.detach(), v.detach(), mask, causal, 0.37)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+# ---- memory: nothing read or written outside the tensors, 64-bit offsets ------------------------------------
+
+def _guarded(t, rows, cols):
+    """``t`` (..., N, D) as a view into a NaN buffer with ``rows`` more rows and ``cols`` more columns per matrix: a
+    kernel that reads a padding element (a loosened row or column mask) gets NaN, and one that writes there leaves
+    a number (``_pads_untouched``)."""
+    buf = torch.full((*t.shape[:-2], t.shape[-2] + rows, t.shape[-1] + cols), float("nan"), dtype=t.dtype,
+                     device=t.device)
+    view = buf[..., :t.shape[-2], :t.shape[-1]]
+    view.copy_(t)
+    return view
+
+
+def _pads_untouched(view):
+    buf = view._base
+    inside = torch.zeros(buf.shape, dtype=torch.bool, device=buf.device)
+    inside[..., :view.shape[-2], :view.shape[-1]] = True
+    return bool(buf[~inside].isnan().all())
+
+
+def _nan_tail(t, extra=64):
+    """A contiguous copy of ``t`` followed by ``extra`` NaN elements in its buffer (what lies past its end)."""
+    buf = torch.full((t.numel() + extra,), float("nan"), dtype=t.dtype, device=t.device)
+    view = buf[:t.numel()].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("mask_kind,causal", [("additive", True), ("keypad", False), (None, True)])
+def test_backward_reads_and_writes_only_its_tensors(device, monkeypatch, mask_kind, causal):
+    """Every input (q, k, v, dO, O, the mask) in NaN-padded rows and columns, lse and Delta followed by NaN, the
+    gradients written into NaN-padded buffers: the gradients equal float64 and every pad stays NaN. A loosened
+    load mask (a head-dim column past D, a query row past Nq, a mask row past Nq, statistics past the last row)
+    reads a NaN that reaches a stored gradient; a loosened store mask writes a pad. Odd sizes, D=24 (padded to 32)."""
+    b, h, n_q, n_k, d = 2, 2, 19, 35, 24
+    g = torch.Generator().manual_seed(41)
+    q, do = (torch.randn(b, h, n_q, d, generator=g).to(device) for _ in range(2))
+    k, v = (torch.randn(b, h, n_k, d, generator=g).to(device) for _ in range(2))
+    mask = None
+    if mask_kind == "additive":
+        mask = torch.randn(b, 1, n_q, n_k, generator=g).to(device)
+        mask[0, 0, 3, :] = float("-inf")  # a row that sees no key
+    elif mask_kind == "keypad":
+        mask = torch.where(torch.rand(b, 1, 1, n_k, generator=g) > 0.3, 0.0, float("-inf")).to(device)
+    scale = d ** -0.5
+    out = torch.empty_like(q)
+    lse = torch.empty(2, b, h, n_q, device=device)
+    full = None if mask is None else mask.expand(b, h, n_q, n_k)
+    kfwd.attention_fwd(q, k, v, out, mask=full, causal=causal, scale=scale, lse=lse)
+    gq, gk, gv, gdo, go = (_guarded(t, 5, 9) for t in (q, k, v, do, out))
+    gmask = None if mask is None else _guarded(mask, 5, 9).expand(b, h, n_q, n_k)
+    lbuf = torch.full((2, b * h * n_q + 40), float("nan"), device=device)  # each plane followed by NaN
+    lbuf[:, :b * h * n_q] = lse.flatten(1)
+    glse = lbuf[:, :b * h * n_q].view(2, b, h, n_q)
+    dq, dk, dv = (_guarded(torch.full_like(t, float("nan")), 5, 9) for t in (q, k, v))
+    real_empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: _nan_tail(real_empty_like(t, **kw)))  # Delta
+    kbwd.attention_bwd(gdo, gq, gk, gv, go, glse, dq, dk, dv, mask=gmask, causal=causal, scale=scale)
+    monkeypatch.undo()
+    ref_mask = None if mask is None else mask.cpu()
+    refs = _ref_grads(lambda a, c, e: reference(a, c, e, ref_mask, causal), (q, k, v), do)
+    _assert_grads((dq, dk, dv), refs, torch.float32)
+    assert all(_pads_untouched(t) for t in (dq, dk, dv))
+
+
+@pytest.mark.parametrize("layout", ["batch", "head", "rows", "mask", "keypad", "varlen"])
+def test_backward_offsets_past_2_31_elements(device, layout):
+    """Element offsets past 2**31 from strides that fit in int32 (views into one uninitialised fp16 buffer: only the
+    touched pages are backed), each in one place: the third batch entry (batch stride 2**30 + 64), the third head,
+    query / key rows from 16 on (row stride 2**27 + 64), a per-row boolean mask's rows and columns from 16 on, a
+    key-padding mask's columns from 16 on, a packed second sequence starting at token 128. q, k, v, dO, O, dQ,
+    dK, dV share the buffer (interleaved), so every load and store of both kernels and the preprocess needs its
+    offset in 64 bits there. O and lse come from the forward on contiguous copies (the backward alone is judged
+    here). (issue 19, for the backward)"""
+    from ops_util import TWO_31, strided_view
+
+    d, f16 = 16, torch.float16
+    names = ("q", "k", "v", "do", "o", "dq", "dk", "dv")
+    if layout == "varlen":
+        lens, h = [128, 5], 1
+        total, st = sum(lens), TWO_31 // 128 + 64
+        t = {}
+        for i, name in enumerate(names):
+            t[name] = strided_view((total, h, d), (st, h * d * 8, 1), f16, device, seed=i, offset=i * d,
+                                   buffer=t.get("q"))
+        cu = cu_of(lens, device)
+        lse = torch.empty(2, h, total, device=device)
+        out = torch.empty_like(t["q"].contiguous())
+        kfwd.varlen_fwd(*(t[x].contiguous() for x in "qkv"), out, cu, cu, 128, causal=True, scale=d ** -0.5, lse=lse)
+        t["o"].copy_(out)
+        kbwd.varlen_bwd(t["do"], t["q"], t["k"], t["v"], t["o"], lse, t["dq"], t["dk"], t["dv"], cu, cu, 128, 128,
+                        causal=True, scale=d ** -0.5)
+        refs = _ref_grads(lambda a, b_, c: varlen_reference(a, b_, c, lens, lens, True),
+                          (t["q"], t["k"], t["v"]), t["do"])
+        _assert_grads((t["dq"], t["dk"], t["dv"]), refs, f16)
+        return
+    b, h, n = {"batch": (3, 1, 20), "head": (1, 3, 20)}.get(layout, (1, 2, 17))
+    big = TWO_31 // 2 + 64
+    strides = {"batch": (big, n * 8 * d, 8 * d, 1), "head": (3 * big, big, 8 * d, 1),
+               "rows": (8 * d, 8 * d, TWO_31 // 16 + 64, 1)}.get(layout, (h * n * 8 * d, n * 8 * d, 8 * d, 1))
+    t = {}
+    for i, name in enumerate(names):
+        t[name] = strided_view((b, h, n, d), strides, f16, device, seed=i, offset=i * d, buffer=t.get("q"))
+    mask = None
+    if layout in ("mask", "keypad"):
+        rows = n if layout == "mask" else 1
+        sm, sn = (TWO_31 // 16 + 64, TWO_31 // 16 + 32) if layout == "mask" else (0, TWO_31 // 16 + 32)
+        buf = torch.empty((rows - 1) * sm + (n - 1) * sn + 1, dtype=torch.uint8, device=device)
+        mask = buf.as_strided((1, 1, rows, n), (0, 0, sm, sn)).view(torch.bool)
+        g = torch.Generator().manual_seed(5)
+        mask.copy_(torch.rand(1, 1, rows, n, generator=g) > 0.4)
+        mask[..., -1] = True  # every row sees a key
+    causal = layout != "keypad"
+    full = None if mask is None else mask.expand(b, h, n, n)
+    lse = torch.empty(2, b, h, n, device=device)
+    out = torch.empty_like(t["q"].contiguous())
+    kfwd.attention_fwd(*(t[x].contiguous() for x in "qkv"), out, mask=None if full is None else full.contiguous(),
+                       causal=causal, scale=d ** -0.5, lse=lse)
+    t["o"].copy_(out)
+    kbwd.attention_bwd(t["do"], t["q"], t["k"], t["v"], t["o"], lse, t["dq"], t["dk"], t["dv"], mask=full,
+                       causal=causal, scale=d ** -0.5)
+    ref_mask = None if mask is None else mask.cpu().clone()
+    refs = _ref_grads(lambda a, b_, c: reference(a, b_, c, ref_mask, causal), (t["q"], t["k"], t["v"]), t["do"])
+    _assert_grads((t["dq"], t["dk"], t["dv"]), refs, f16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or sys.platform == "win32", reason="a CPU page guard (POSIX mmap)")
+@pytest.mark.parametrize("kind", ["none", "additive", "keypad", "varlen"])
+def test_backward_loads_stay_inside_every_buffer(monkeypatch, kind):
+    """q, k, v, dO, O, lse, the mask, Delta and the gradients each end flush against an unreadable page: a load or a
+    store past the end of any of them crashes, though a load could not change a stored value (keys past Nk feed
+    only unstored rows of dK / dV, queries past Nq only unstored rows of dQ). 19 queries, 35 keys, D=24: ragged last
+    tiles in both kernels and a padded head dim."""
+    from ops_util import at_page_end
+
+    h, n_q, n_k, d = 2, 19, 35, 24
+    g = torch.Generator().manual_seed(43)
+    causal = kind != "keypad"
+    if kind == "varlen":
+        lens_q, lens_k = [7, n_q], [n_k, 5]
+        q, do = (torch.randn(sum(lens_q), h, d, generator=g) for _ in range(2))
+        k, v = (torch.randn(sum(lens_k), h, d, generator=g) for _ in range(2))
+        cu_q, cu_k = cu_of(lens_q, "cpu"), cu_of(lens_k, "cpu")
+        out, lse = torch.empty_like(q), torch.empty(2, h, sum(lens_q))
+        kfwd.varlen_fwd(q, k, v, out, cu_q, cu_k, n_q, causal=True, scale=d ** -0.5, lse=lse)
+        ref_fn = lambda a, b_, c: varlen_reference(a, b_, c, lens_q, lens_k, True)  # noqa: E731
+    else:
+        q, do = (torch.randn(1, h, n_q, d, generator=g) for _ in range(2))
+        k, v = (torch.randn(1, h, n_k, d, generator=g) for _ in range(2))
+        mask = None
+        if kind == "additive":
+            mask = torch.randn(1, 1, n_q, n_k, generator=g)
+        elif kind == "keypad":
+            mask = torch.where(torch.rand(1, 1, 1, n_k, generator=g) > 0.3, 0.0, float("-inf"))
+        out, lse = torch.empty_like(q), torch.empty(2, 1, h, n_q)
+        full = None if mask is None else mask.expand(1, h, n_q, n_k)
+        kfwd.attention_fwd(q, k, v, out, mask=full, causal=causal, scale=d ** -0.5, lse=lse)
+        ref_fn = lambda a, b_, c: reference(a, b_, c, mask, causal)  # noqa: E731
+    gq, gk, gv, gdo, go, glse = (at_page_end(t) for t in (q, k, v, do, out, lse))
+    dq, dk, dv = (at_page_end(torch.full_like(t, float("nan"))) for t in (q, k, v))
+    real_empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: at_page_end(real_empty_like(t, **kw)))  # Delta
+    if kind == "varlen":
+        kbwd.varlen_bwd(gdo, gq, gk, gv, go, glse, dq, dk, dv, cu_q, cu_k, n_q, n_k, causal=True, scale=d ** -0.5)
+    else:
+        gmask = None if mask is None else at_page_end(mask).expand(1, h, n_q, n_k)
+        kbwd.attention_bwd(gdo, gq, gk, gv, go, glse, dq, dk, dv, mask=gmask, causal=causal, scale=d ** -0.5)
+    monkeypatch.undo()
+    _assert_grads((dq, dk, dv), _ref_grads(ref_fn, (q, k, v), do), torch.float32)
