@@ -269,6 +269,32 @@ def test_autotune_pruning_fits_and_shortens():
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short)
 
 
+def test_autotune_pruning_edges_and_buckets(monkeypatch):
+    # A configuration that needs exactly the limit fits; nothing fitting keeps the last (smallest) entry alone;
+    # BLOCK_M equal to the bucket stays; no BLOCK_M within the bucket keeps the last fitting entry alone.
+    def shapes(cs):
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in cs]
+
+    cfgs = kattn._configs(64)  # (128, 128, 8, 3), (128, 64, 4, 3)
+    need = kattn.smem_estimate(128, 128, 3, 64, 2)
+    assert shapes(kattn.prune_configs(cfgs, block_d=64, elem=2, bucket=128, smem_limit=need)) == kattn.CONFIGS[64]
+    assert shapes(kattn.prune_configs(cfgs, block_d=64, elem=2, bucket=128, smem_limit=0)) == kattn.CONFIGS[64][-1:]
+    assert shapes(kattn.prune_configs(cfgs, block_d=64, elem=2, bucket=64, smem_limit=need)) == kattn.CONFIGS[64][-1:]
+    # the pruning hook stages a per-row mask tile (only a mask that is one, and a bias) like the pruning it calls
+    monkeypatch.setattr(kattn, "_device_smem", lambda index: aot.H200_MAX_SHARED_BYTES)
+    q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16)
+    cfgs = kattn._configs(128)
+    per_row, plain = (shapes(kattn.prune_configs(cfgs, block_d=128, elem=2, bucket=16384,
+                                                 smem_limit=aot.H200_MAX_SHARED_BYTES, mask_per_row=r))
+                      for r in (True, False))
+    hook = [shapes(kattn._early_prune(cfgs, {"Q": q}, BLOCK_D=128, N_BUCKET=16384, MASK_KIND=kind, MASK_PER_ROW=True))
+            for kind in (1, 0)]
+    assert hook == [per_row, plain] and len(plain) > len(per_row)
+    # the autotuner's sequence-length key: the power of two at or above the (max) query length, in 64 .. 16384
+    assert [kattn.seqlen_bucket(n) for n in (0, 1, 64, 65, 1000, 16384, 10**6)] == [64, 64, 64, 128, 1024, 16384,
+                                                                                    16384]
+
+
 @settings(max_examples=8, deadline=None, database=None)
 @given(n_q=st.integers(1, 70), n_k=st.integers(1, 70), d=st.sampled_from([8, 24, 40, 72]), causal=st.booleans(),
        mask=st.sampled_from([None, "bool", "additive"]), seed=st.integers(0, 2**31 - 1))
@@ -298,6 +324,44 @@ def test_autotuned_launch_path(monkeypatch, device):
     out = torch.full_like(q, float("nan"))
     kattn.attention_fwd(q, k, v, out, mask=None, causal=True, scale=0.25)
     check(out, q, k, v, causal=True, scale=0.25)
+
+
+def test_launcher_configuration_choices(monkeypatch):
+    # What each call launches (recorded, not run): the interpreter's tile under the interpreter (its bf16 dots in
+    # fp32, fp16 and fp32 as they are); on a GPU fp32 its fixed tile, 16-bit dropout its own, other 16-bit calls
+    # the autotuner; an explicit configuration and an explicit K/V path always win; a bias refuses key tiles wider
+    # than the shifted table's padding (only a bias does).
+    calls = []
+    monkeypatch.setattr(kattn, "launch", lambda kernel, grid, *args, **kw: calls.append((kernel, grid, kw)))
+
+    def run(dtype, interp, bias=None, **kwargs):
+        monkeypatch.setattr(kattn, "interpreting", lambda: interp)
+        q, k, v = qkv(1, 2, 70, 70, 64, dtype, "cpu")
+        calls.clear()
+        kattn.attention_fwd(q, k, v, torch.empty_like(q), mask=None, causal=False, scale=0.125,
+                            relative_position_bias=bias, **kwargs)
+        (kernel, grid, kw), = calls
+        tile = (kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], kw["num_stages"]) if "BLOCK_M" in kw else None
+        return kernel, tile, kw
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        kernel, tile, kw = run(dtype, True)
+        assert kernel is kattn._attn_fwd_kernel and tile == kattn.INTERPRETER_CONFIG
+        assert kw.get("DOT_UPCAST", False) is (dtype == torch.bfloat16) and kw["KV_TMA"] is False
+        assert run(dtype, True, config=(16, 16, 4, 1))[1] == (16, 16, 4, 1)
+        assert run(dtype, False, config=(16, 16, 4, 1), dropout=(3, 0.1))[1] == (16, 16, 4, 1)
+        assert run(dtype, True, kv_tma=True)[2]["KV_TMA"] is True
+    assert run(torch.float32, False)[1] == kattn.FP32_CONFIGS[64]
+    assert run(torch.float32, False, dropout=(3, 0.1))[1] == kattn.FP32_CONFIGS[64]
+    assert run(torch.float16, False, dropout=(3, 0.1))[1] == kattn.DROPOUT_CONFIGS[64]
+    kernel, tile, kw = run(torch.bfloat16, False)
+    assert kernel is kattn._tuned_kernel(64) and tile is None and "DOT_UPCAST" not in kw
+    wide = (32, 2 * kcommon.MAX_BLOCK_N, 4, 1)
+    assert run(torch.float32, True, config=wide)[1] == wide
+    table = torch.zeros(2, 2 * 70 - 1)
+    assert run(torch.float32, True, bias=table, config=(32, kcommon.MAX_BLOCK_N, 4, 1))[2]["HAS_BIAS"] is True
+    with pytest.raises(ValueError, match="a relative position bias needs BLOCK_N <= 128"):
+        run(torch.float32, True, bias=table, config=wide)
 
 
 def _tma_capable(device: str) -> bool:

@@ -142,9 +142,10 @@ def test_every_head_dim(triton_backend, device, D):
         assert_matches(out, q, k, v, lens)
 
 
-@pytest.mark.parametrize("dtype,num_splits", [(torch.float32, None), (torch.float16, 3)])
-def test_more_than_one_query_block(triton_backend, device, dtype, num_splits):
-    B, H, Tq, Tmax, D = 2, 1, 21, 40, 16  # Tq > BLOCK_M: two query blocks per sequence
+@pytest.mark.parametrize("dtype,num_splits,Tq", [(torch.float32, None, 21), (torch.float16, 3, 21),
+                                                (torch.float32, 2, 32)])
+def test_more_than_one_query_block(triton_backend, device, dtype, num_splits, Tq):
+    B, H, Tmax, D = 2, 1, 40, 16  # Tq > BLOCK_M: two query blocks per sequence (32: both full)
     q, k, v = make_inputs(B, H, Tq, Tmax, D, dtype, device, seed=5)
     lens = seqlens([Tmax, 29], device)
     out, _ = run_kernel(q, k, v, lens, num_splits=num_splits)
@@ -327,6 +328,47 @@ def test_plan_fills_the_gpu_from_static_sizes():
     assert kdecode.plan_decode(16, 12, 1, 4096, 64, torch.bfloat16, sm_count=132).num_splits > 1
     with pytest.raises(ValueError, match="num_splits must be in 1 .. 1024"):
         kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=0)
+
+
+def test_plan_rules_at_their_boundaries():
+    # bf16 / D=64 keeps 6 programs per SM, fp16 / D=16 8 (the shared-memory rule): each case sits exactly on a rule's
+    # boundary. A grid at exactly 80% of one wave takes no split (24 programs, 5 SMs x 6).
+    assert kdecode.plan_decode(2, 12, 1, 4096, 64, torch.bfloat16, sm_count=5).num_splits == 1
+    # the most splits (14 tiles // 2 = 7) filling exactly one wave (6 x 7 = 42 = 7 SMs x 6) are all taken
+    assert kdecode.plan_decode(1, 6, 1, 896, 64, torch.bfloat16, sm_count=7).num_splits == 7
+    # the fewest splits within 85% of the best efficiency, equality included: 17 programs on a wave of 40 are 85%
+    # efficient with 2 splits (the best, 100%, needs 40)
+    assert kdecode.plan_decode(1, 17, 1, 5120, 16, torch.float16, sm_count=5).num_splits == 2
+    assert kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=1024).num_splits == 1024
+    with pytest.raises(ValueError, match="num_splits must be in 1 .. 1024"):
+        kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=1025)
+
+
+def test_sm_count_asks_the_tensors_device(monkeypatch):
+    # (no CUDA needed: the per-index query is replaced) an indexed device is asked by its index, a bare "cuda" by
+    # the current device, and the CPU (the interpreter) stands in for an H200
+    monkeypatch.setattr(kdecode, "_sm_count", lambda index: 100 + index)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert kdecode.sm_count(torch.device("cuda", 1)) == 101
+    assert kdecode.sm_count(torch.device("cuda")) == 103
+    assert kdecode.sm_count(torch.device("cpu")) == 132
+
+
+def test_kernel_config_and_dot_precision_rules():
+    # K/V tiles of at most 16 KiB, BLOCK_N in 16 .. 64; fp32 dots as three TF32 products up to BLOCK_D = 128 and
+    # full-precision FMA at 256 (where the TF32 split spills); 16-bit dots ignore the precision ("tf32").
+    assert not torch.backends.cuda.matmul.allow_tf32  # the default: fp32 keeps fp32 accuracy
+    for dtype, elem in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 2)):
+        for D in kdecode.HEAD_DIMS:
+            block_d, block_n, warps, stages = kdecode._kernel_config(D, dtype)
+            assert block_d == max(16, 1 << (D - 1).bit_length())
+            assert block_n == max(16, min(64, 16384 // (block_d * elem)))
+            assert (warps, stages) == (4, 3 if block_n * block_d * elem <= 8192 else 2)
+            want = "tf32" if elem == 2 else ("ieee" if block_d > 128 else "tf32x3")
+            assert kdecode.dot_precision(dtype, block_d) == want, (dtype, D)
+    assert kdecode._kernel_config(256, torch.float32) == (256, 16, 4, 2)
+    assert kdecode._kernel_config(64, torch.bfloat16) == (64, 64, 4, 3)
+    assert kdecode._kernel_config(128, torch.bfloat16) == (128, 64, 4, 2)
 
 
 def test_aot_specs_cover_every_launch_configuration():
