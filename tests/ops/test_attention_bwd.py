@@ -387,15 +387,17 @@ def test_backward_reads_and_writes_only_its_tensors(device, monkeypatch, mask_ki
     assert all(_pads_untouched(t) for t in (dq, dk, dv))
 
 
-@pytest.mark.parametrize("layout", ["batch", "head", "rows", "mask", "keypad", "varlen"])
+@pytest.mark.parametrize("layout", ["batch", "head", "rows", "rows_q", "rows_do", "rows_k", "rows_v", "mask", "keypad",
+                                    "varlen"])
 def test_backward_offsets_past_2_31_elements(device, layout):
     """Element offsets past 2**31 from strides that fit in int32 (views into one uninitialised fp16 buffer: only the
     touched pages are backed), each in one place: the third batch entry (batch stride 2**30 + 64), the third head,
     query / key rows from 16 on (row stride 2**27 + 64), a per-row boolean mask's rows and columns from 16 on, a
     key-padding mask's columns from 16 on, a packed second sequence starting at token 128. q, k, v, dO, O, dQ,
     dK, dV share the buffer (interleaved), so every load and store of both kernels and the preprocess needs its
-    offset in 64 bits there. O and lse come from the forward on contiguous copies (the backward alone is judged
-    here). (issue 19, for the backward)"""
+    offset in 64 bits there; rows_q / _do / _k / _v: that tensor alone has the long rows (the launcher's choice of
+    64-bit loop steps must look at each). O and lse come from the forward on contiguous copies (the backward alone
+    is judged here). (issue 19, for the backward)"""
     from ops_util import TWO_31, strided_view
 
     d, f16 = 16, torch.float16
@@ -420,11 +422,17 @@ def test_backward_offsets_past_2_31_elements(device, layout):
         return
     b, h, n = {"batch": (3, 1, 20), "head": (1, 3, 20)}.get(layout, (1, 2, 17))
     big = TWO_31 // 2 + 64
-    strides = {"batch": (big, n * 8 * d, 8 * d, 1), "head": (3 * big, big, 8 * d, 1),
-               "rows": (8 * d, 8 * d, TWO_31 // 16 + 64, 1)}.get(layout, (h * n * 8 * d, n * 8 * d, 8 * d, 1))
+    strides = {"batch": (big, n * 8 * d, 8 * d, 1), "head": (3 * big, big, 8 * d, 1)}.get(layout, (h * n * 8 * d,
+                                                                                             n * 8 * d, 8 * d, 1))
+    if layout.startswith("rows"):
+        strides = (8 * d, 8 * d, TWO_31 // 16 + 64, 1)
     t = {}
     for i, name in enumerate(names):
-        t[name] = strided_view((b, h, n, d), strides, f16, device, seed=i, offset=i * d, buffer=t.get("q"))
+        if layout.startswith("rows_") and name != layout[5:]:
+            t[name] = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(i)).to(device, f16)
+        else:
+            t[name] = strided_view((b, h, n, d), strides, f16, device, seed=i, offset=i * d,
+                                   buffer=None if layout.startswith("rows_") else t.get("q"))
     mask = None
     if layout in ("mask", "keypad"):
         rows = n if layout == "mask" else 1
