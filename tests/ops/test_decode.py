@@ -334,11 +334,18 @@ def test_plan_rules_at_their_boundaries():
     # bf16 / D=64 keeps 6 programs per SM, fp16 / D=16 8 (the shared-memory rule): each case sits exactly on a rule's
     # boundary. A grid at exactly 80% of one wave takes no split (24 programs, 5 SMs x 6).
     assert kdecode.plan_decode(2, 12, 1, 4096, 64, torch.bfloat16, sm_count=5).num_splits == 1
+    # every query block is a program: 16 heads x 3 blocks of 48 new tokens fill 80% of 10 SMs x 6 (1 token: 7 splits)
+    assert kdecode.plan_decode(1, 16, 48, 4096, 64, torch.bfloat16, sm_count=10).num_splits == 1
     # the most splits (14 tiles // 2 = 7) filling exactly one wave (6 x 7 = 42 = 7 SMs x 6) are all taken
     assert kdecode.plan_decode(1, 6, 1, 896, 64, torch.bfloat16, sm_count=7).num_splits == 7
     # the fewest splits within 85% of the best efficiency, equality included: 17 programs on a wave of 40 are 85%
     # efficient with 2 splits (the best, 100%, needs 40)
     assert kdecode.plan_decode(1, 17, 1, 5120, 16, torch.float16, sm_count=5).num_splits == 2
+    # every split count up to the most (32 tiles // 2 = 16) competes: 4 programs on a wave of 30 are 100% efficient
+    # with 15 splits, so 7 (93%) is the fewest within 85% (6, at 80%, would be if 15 were left out)
+    assert kdecode.plan_decode(1, 4, 1, 2048, 64, torch.bfloat16, sm_count=5).num_splits == 7
+    # no split count fills whole waves: 4 programs on a wave of 18, at most 5 splits (10 tiles); 4 (89%) is the best
+    assert kdecode.plan_decode(1, 4, 1, 640, 64, torch.bfloat16, sm_count=3).num_splits == 4
     assert kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=1024).num_splits == 1024
     with pytest.raises(ValueError, match="num_splits must be in 1 .. 1024"):
         kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=1025)
