@@ -156,6 +156,7 @@ VARLEN_CASES = [  # (lens_q, lens_k (None = same), head_dim, causal, dtype)
     ([5, 20, 0], [12, 3, 7], 16, True, torch.bfloat16),  # bottom-right causal both ways, an empty query sequence
     ([9, 4], [0, 6], 32, False, torch.float32),          # an empty key sequence: zero grads for its queries
     ([20, 7], [45, 40], 16, True, torch.float32),        # keys ahead by 25 / 33: key tile 32 seen from query 7 / 0
+    ([5, 20], [19, 34], 16, True, torch.float32),        # keys ahead by 14: query 0 sees 15 keys of the first 16
 ]
 
 
