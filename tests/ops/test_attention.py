@@ -543,10 +543,11 @@ def test_head_dim_padding_is_never_read(triton_backend, device, causal):
 def test_loads_stay_inside_every_buffer(kind):
     # q, k, v and a per-row mask end flush against an unreadable page: a load past the end of any of them crashes,
     # though it could not change a stored value. 33 queries: the second 32-row block's rows 33..63 read the mask
-    # row of query 32 (clamped), never rows past the mask; 20 keys: a ragged second key tile.
+    # row of query 32 (clamped), never rows past the mask; 20 keys: a ragged second key tile; D = 24 in 32-wide
+    # tiles: the last row's head-dim padding lies past the end (masked on q, k, v and out).
     from ops_util import at_page_end
 
-    n_q, n_k, d = 33, 20, 16
+    n_q, n_k, d = 33, 20, 24
     q, k, v = (at_page_end(t) for t in qkv(1, 1, n_q, n_k, d, torch.float32, "cpu", seed=16))
     g = torch.Generator().manual_seed(17)
     m = torch.rand(1, 1, n_q, n_k, generator=g) > 0.3 if kind == "bool" else torch.randn(1, 1, n_q, n_k, generator=g)

@@ -250,3 +250,18 @@ def test_bias_loads_stay_inside_the_table(monkeypatch, after):
         keep = torch.ones(n, n, dtype=torch.bool)
         keep = keep.tril() if causal else keep
         _close(out, _attend(q, k, v, table, torch.arange(n)[None], keep[None, None], 1.0), F32)
+
+
+def test_a_bias_of_minus_inf_hides_keys():
+    """A table may hold -inf (a distance that is never attended, like a mask): the kernels take the -inf-safe
+    softmax update for every bias call, so a whole unmasked key tile at -inf for a row (the first stage's full
+    tiles: rows 16..32 of 33 see keys 0..15 only through -inf) leaves that row finite, as the float64 softmax."""
+    gen = torch.Generator().manual_seed(43)
+    n, H, D = 33, 1, 16
+    q, k, v = (_rand(1, H, n, D, gen=gen) for _ in range(3))
+    table = _rand(H, 2 * n - 1, gen=gen)
+    table[:, :n - 1] = float("-inf")  # key j before query i (j - i < 0): hidden
+    out = torch.full_like(q, float("nan"))
+    kfwd.attention_fwd(q, k, v, out, mask=None, causal=False, scale=1.0, relative_position_bias=table)
+    keep = torch.ones(n, n, dtype=torch.bool).triu()[None, None]
+    _close(out, _attend(q, k, v, table.nan_to_num(neginf=0.0), torch.arange(n)[None], keep, 1.0), F32)
