@@ -351,6 +351,13 @@ def test_plan_rules_at_their_boundaries():
         kdecode.plan_decode(1, 1, 1, 10, 64, torch.float16, sm_count=132, num_splits=1025)
 
 
+def test_launcher_refuses_an_out_of_another_shape_or_dtype():
+    q, k, v = make_inputs(1, 1, 1, 8, 16, torch.float32, "cpu")
+    for bad in (torch.empty(1, 1, 2, 16), torch.empty(1, 1, 1, 16, dtype=torch.float16)):
+        with pytest.raises(ValueError, match=r"out must be \(1, 1, 1, 16\) torch.float32 on cpu"):
+            kdecode.decode_attention_fwd(q, k, v, seqlens([8], "cpu"), scale=0.25, out=bad)
+
+
 def test_sm_count_asks_the_tensors_device(monkeypatch):
     # (no CUDA needed: the per-index query is replaced) an indexed device is asked by its index, a bare "cuda" by
     # the current device, and the CPU (the interpreter) stands in for an H200
