@@ -358,6 +358,20 @@ def test_launcher_refuses_an_out_of_another_shape_or_dtype():
             kdecode.decode_attention_fwd(q, k, v, seqlens([8], "cpu"), scale=0.25, out=bad)
 
 
+def test_launcher_checks_the_workspace_and_upcasts_only_bf16_on_the_cpu(monkeypatch):
+    q, k, v = make_inputs(1, 1, 1, 8, 16, torch.float32, "cpu")
+    good = (torch.empty(1, 1, 1, 2, 16), torch.empty(1, 1, 1, 2))
+    for i, bad in ((0, torch.empty(1, 1, 1, 3, 16)), (1, torch.empty(1, 1, 1, 2, dtype=torch.float64))):
+        ws = tuple(bad if j == i else t for j, t in enumerate(good))
+        with pytest.raises(ValueError, match=rf"workspace\[{i}\] must be a contiguous float32 tensor"):
+            kdecode.decode_attention_fwd(q, k, v, seqlens([8], "cpu"), scale=0.25, num_splits=2, workspace=ws)
+    calls = []
+    monkeypatch.setattr(kdecode, "launch", lambda kernel, grid, *args, **kw: calls.append(kw.get("DOT_UPCAST")))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        kdecode.decode_attention_fwd(q.to(dtype), k.to(dtype), v.to(dtype), seqlens([8], "cpu"), scale=0.25)
+    assert calls == [False, False, True]  # the interpreter multiplies bf16 bit patterns (see kdecode._dot)
+
+
 def test_sm_count_asks_the_tensors_device(monkeypatch):
     # (no CUDA needed: the per-index query is replaced) an indexed device is asked by its index, a bare "cuda" by
     # the current device, and the CPU (the interpreter) stands in for an H200
