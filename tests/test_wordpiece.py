@@ -32,6 +32,12 @@ CASES = {
     "map-named": {"special_tokens_map.json": {"cls_token": "<s>", "sep_token": _token("</s>")}},
     "map-objects-bare": {"special_tokens_map.json": {"cls_token": {"content": "<S>"}, "sep_token": {"content": "</S>"},
                                                      "extra_special_tokens": [{"content": "[E1]"}]}},
+    "map-named-normalized": {"special_tokens_map.json": {"cls_token": {"content": "<S>", "normalized": True},
+                                                         "mask_token": {"content": "[MASK]", "normalized": True}}},
+    "added-json-named": {"tokenizer_config.json": {"cls_token": "<S>"}, "added_tokens.json": {"<S>": 16, "[E1]": 17}},
+    "config-named-not-special": {"tokenizer_config.json": {
+        "cls_token": {"__type": "AddedToken", **_token("<S>", special=False)},
+        "mask_token": {"__type": "AddedToken", **_token("[MASK]", special=False, normalized=True)}}},
     "map-extra-merged": {"tokenizer_config.json": {"extra_special_tokens": ["<ent>"]},
                          "special_tokens_map.json": {"extra_special_tokens": ["[E1]"]},
                          "added_tokens.json": {"[E1]": 17, "<ent>": 16}},
@@ -111,3 +117,14 @@ def test_bad_entries_are_refused_by_file_and_name(tmp_path, files, message):
     folder = _folder(tmp_path, files)
     with pytest.raises(ValueError, match=message):
         load_tokenizer(folder)
+
+
+def test_token_objects_in_the_maps_additional_list_are_special(tmp_path):
+    """special_tokens_map.json's additional_special_tokens as token objects (transformers 5 raises TypeError on such
+    a file; older versions read them as special tokens): kept whole and skipped by decode like any special token."""
+    folder = _folder(tmp_path, {"special_tokens_map.json": {"additional_special_tokens": [{"content": "[E1]"}]}})
+    ours = load_tokenizer(folder)
+    ids = ours.encode("hello [E1] world")
+    assert ids == [2, 5, len(WORDS), 6, 3]
+    assert ours.decode(ids) == "hello world"
+    assert ours.decode(ids, skip_special_tokens=False) == "[CLS] hello [E1] world [SEP]"
