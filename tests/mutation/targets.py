@@ -18,8 +18,21 @@ BACKEND = "tests/test_backend.py"  # dispatch: every kernel dtype really runs it
 PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "kernels/gelu.py": ("kernels", (f"{OPS}/test_activation.py",), 20),
     "kernels/norm.py": ("kernels", (f"{OPS}/test_norm.py",), 26),
-    "kernels/attention/fwd.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py"), 40),
-    "kernels/attention/decode.py": ("kernels", (f"{OPS}/test_decode.py",), 40),
+    # (eighth session) the forward's relative position bias, softmax statistics (lse) and dropout are judged by
+    # test_position_bias_kernels.py (bias vs float64, dense / varlen / decode, ~6 s) and test_attention_bwd.py (lse
+    # and the dropout mask through the backward, ~11 s), run after the two main files (-x: a killed mutant stops early)
+    "kernels/attention/fwd.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py",
+                                             f"{OPS}/test_position_bias_kernels.py", f"{OPS}/test_attention_bwd.py"),
+                                 40),
+    "kernels/attention/decode.py": ("kernels", (f"{OPS}/test_decode.py", f"{OPS}/test_position_bias_kernels.py"), 40),
+    # (added 2026-11-30, eighth session) the flash-attention backward kernels (preprocess, dK/dV, dQ; masks, causal
+    # alignments, dropout): dq / dk / dv vs float64 autograd in the interpreter (test_attention_bwd.py, ~11 s);
+    # common.py's jit helpers and host choices are shared with the forward and decode kernels, so their tests follow
+    # (test_attention_common.py first: the TMA descriptors' strides, no kernel, ~0.1 s)
+    "kernels/attention/bwd.py": ("kernels", (f"{OPS}/test_attention_bwd.py",), 40),
+    "kernels/attention/common.py": ("kernels", (f"{OPS}/test_attention_common.py", f"{OPS}/test_attention_bwd.py",
+                                                f"{OPS}/test_attention.py", f"{OPS}/test_position_bias_kernels.py",
+                                                f"{OPS}/test_varlen.py", f"{OPS}/test_decode.py"), 20),
     "engine/ops/_checks.py": ("ops", (BACKEND, f"{OPS}/test_norm.py", f"{OPS}/test_activation.py"), 6),
     "engine/ops/activation.py": ("ops", (BACKEND, f"{OPS}/test_activation.py"), 8),
     "engine/ops/norm.py": ("ops", (BACKEND, f"{OPS}/test_norm.py"), 12),
@@ -141,6 +154,8 @@ SKIP: dict[str, dict[str, str]] = {
                                  "_device_smem": _TUNING},
     "kernels/attention/decode.py": { "_H200_SMS": _TUNING, "_COMBINE_WARPS": _TUNING,
                           "_ctas_per_sm": _TUNING, "_sm_count": _CUDA},
+    "kernels/attention/bwd.py": {"DKDV_CONFIGS": _TUNING, "DQ_CONFIGS": _TUNING, "FP32_DKDV_CONFIGS": _TUNING,
+                                 "FP32_DQ_CONFIGS": _TUNING, "PREPROCESS_BLOCK_M": _TUNING},
 }
 
 _SHORTCUT = ("a shortcut taken less often (a stricter or never-true test, or a check done twice) falls through to "
@@ -163,6 +178,14 @@ _SEED_LAW = ("which seed each decode step hands the sampler: step 0 keeps the ca
              "from its own generator, so each step's distribution (tests/test_generate.py: vs HF's processors) and "
              "the reproducibility of a seeded call are unchanged; only which of the equally likely tokens a given "
              "seed picks (equivalent in law, not bit for bit: no result can be judged wrong)")
+_BWD = "kernels/attention/bwd.py::"
+_UPCAST = ("DOT_UPCAST (the interpreter's bf16 workaround) taken for more calls: 16-bit tiles converted to fp32 before "
+           "each dot. fp16 / bf16 values, and P and dS rounded to the input dtype first, are exact in fp32 and in TF32 "
+           "(10 mantissa bits), so the dots multiply the same numbers and accumulate in fp32 as before; fp32 inputs "
+           "convert to themselves. The same gradients up to summation order; on a GPU, speed only (TF32 instead of "
+           "16-bit tensor-core products)")
+_PAST_ROWS = ("rows past the end of a query block (rows >= n_q) have q = dO = 0 and m = +inf, so P = exp2(s - inf) = 0 "
+              "exactly there and dS = P * (dP - Delta) = 0 * finite = 0 (dP = dO V^T = 0)")
 EQUIVALENT: dict[str, str] = {
     "engine/models/blocks.py::check_inputs::bool::t is None or (isinstance(t, torch.Tensor) and t.is_cpu) -> (t is "
     "None and (isinstance(t, torch.Tensor) and t.is_cpu))#0":
@@ -194,6 +217,87 @@ EQUIVALENT: dict[str, str] = {
     "kernels/attention/decode.py::_decode_split_kernel::minmax::tl.minimum(lo + run, kv_len) -> (lo + run)#0":
         "hi = min(lo + run, kv_len, shift + last_row + 1) and shift + last_row + 1 <= kv_len - q_len + q_len = kv_len "
         "(last_row <= q_len - 1): the kv_len bound is implied by the causal one",
+    # kernels/attention/fwd.py and decode.py, a second sample (2026-11-30, eighth session)
+    "kernels/attention/decode.py::_decode_split_kernel::minmax::tl.maximum(kv_len, 0) -> (kv_len)#0":
+        "a negative cache length (reachable only with validate=False) stays negative: hi <= kv_len < 0, and lo = "
+        "pid_s * run >= 0 when run >= 0, while a negative run gives hi <= lo + run < lo; either way no key tile is "
+        "loaded and every row's l_i stays 0 (zeros, lse -inf), as with the clamped length 0",
+    **{"kernels/attention/decode.py::_decode_split_kernel::" + ("" if m.startswith("arith::") else "minmax::") + m:
+       why + (
+        ": hi may pass the block's last visible key (never kv_len). The extra keys are cache keys (loads "
+        "masked by cols < hi <= kv_len) that no row of the block sees, hidden by `visible` (cols <= shift + "
+        "offs_m): p = exp2(-inf) = 0 exactly, m_i unchanged, alpha 1 (0 on a row that has seen nothing, whose l_i "
+        "and acc are 0), so l_i and acc are the same bits and a split of hidden keys only stays empty (zeros, lse "
+        "-inf); only speed (the causal tile skipping)")
+       for m, why in (
+        ("tl.minimum(mb * BLOCK_M + BLOCK_M, q_len) -> (mb * BLOCK_M + BLOCK_M)#0",
+         "last_row + 1 grows only on the last query block, where shift + last_row + 1 >= shift + q_len = kv_len"),
+        ("tl.minimum(mb * BLOCK_M + BLOCK_M, q_len) -> (tl.maximum(mb * BLOCK_M + BLOCK_M, q_len))#0",
+         "last_row = q_len - 1 on every block but the last (unchanged), so shift + last_row + 1 = kv_len"),
+        ("tl.minimum(tl.minimum(lo + run, kv_len), shift + last_row + 1) -> (tl.minimum(lo + run, kv_len))#0",
+         "the causal bound dropped"),
+        ("arith::tl.minimum(mb * BLOCK_M + BLOCK_M, q_len) - 1 -> (tl.minimum(mb * BLOCK_M + BLOCK_M, q_len) + 1)#0",
+         "the block's causal bound moves 2 keys later (still capped by kv_len)"))},
+    "kernels/attention/decode.py::_decode_combine_kernel::where::tl.where(live, tl.exp2(lse - m_safe), 0.0) -> "
+    "(tl.exp2(lse - m_safe))#0":
+        "a split that is not live has lse = -inf (it saw no key, or a lane past num_splits, loaded as -inf) and "
+        "m_safe is finite (0 while every split so far is empty): exp2(lse - m_safe) = exp2(-inf) = 0 exactly, the "
+        "same weight; its partial output is loaded as 0 either way",
+    "kernels/attention/decode.py::plan_decode::arith::programs * s / wave -> (programs * s * wave)#0":
+        "each efficiency becomes (programs * s * wave) / ceil(programs * s / wave), the original times wave**2 (a "
+        "positive constant of the call): the choice, the first s whose efficiency is >= 0.85 x the best, is the "
+        "same (up to the rounding of an exact tie)",
+    "kernels/attention/decode.py::decode_attention_fwd::cmp::S > 1 -> (S >= 1)#0":
+        "with one split the mutant also allocates (or checks) a (B, H, Tq, 1, D) / (B, H, Tq, 1) workspace that no "
+        "kernel touches: the split kernel writes out directly (its num_splits > 1 branch is not taken) and the "
+        "combine is not launched (S > 1 there); no engine code passes a workspace",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::cmp::m0 >= n_q -> (m0 > n_q)#0":
+        "the early exit no longer takes a query block that starts exactly at its sequence's length: dense grids "
+        "(cdiv(Nq, BLOCK_M) blocks) have none; a varlen sequence shorter than the longest (or empty) runs it with "
+        "every row off: q loads masked by row_ok (all False), K/V reads inside the sequence's keys, bias rows "
+        "clamped to its last query (an empty one: position n_k - 1, in the table), and every store (out, lse) "
+        "masked by row_ok: nothing is written, only work is done",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::minmax::tl.maximum(tl.minimum(n_k, m0 + BLOCK_M + causal_shift), "
+    "0) -> (tl.minimum(n_k, m0 + BLOCK_M + causal_shift))#0":
+        "hi < 0 only where m0 + BLOCK_M + causal_shift < 0 (a varlen block whose rows all precede key 0), where "
+        "full_end is 0: the masked stage runs range(0, hi), as empty as range(0, 0)",
+    **{"kernels/attention/fwd.py::_attn_fwd_kernel::minmax::tl.minimum(n_k, m0 + BLOCK_M + causal_shift) -> " + m:
+        "the masked (BOUNDARY) stage runs on past the block's last visible key (to n_k, or past it): every extra "
+        "tile is hidden from every row (cols > offs_m + causal_shift; cols >= n_k with their K/V/mask loads "
+        "masked), so p = exp2(-inf) = 0 exactly, m_i unchanged, alpha 1 (0 on rows that saw nothing, whose l_i "
+        "and acc are 0): out and lse are the same bits (the extra tiles' unmasked relative-bias loads feed only "
+        "these hidden scores); only speed (the causal tile skipping)"
+       for m in ("(n_k)#0", "(tl.maximum(n_k, m0 + BLOCK_M + causal_shift))#0")},
+    "kernels/attention/fwd.py::_attn_fwd_inner::bool::False -> (True)#0":
+        "_attn_fwd_inner's DROPOUT default: both calls (the two stages) pass DROPOUT, so the default is never read",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#0":
+        "the kernel's KV_TMA default: _launch passes KV_TMA on every launch (the AOT specs go through _launch too), "
+        "so the default is never read",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#1":
+        "DOT_UPCAST on by default (every launch but the interpreter's bf16 ones): 16-bit operands are exact in fp32 "
+        "and in TF32 (fp16's 10 mantissa bits, bf16's 7), so the upcast dots, run at PRECISION 'tf32' for 16-bit "
+        "inputs, take the same products with fp32 accumulation (the interpreter computes both alike); fp32 inputs "
+        "are unchanged. Only speed on a GPU (the TF32 rate instead of the 16-bit one)",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#4":
+        "DROPOUT on by default for calls without dropout: their dropout_p is the default 0.0, so every score is "
+        "kept (tl.rand(...) >= 0.0 always) and l_safe is scaled by 1 - 0.0: the same values; only speed (a Philox "
+        "draw per score)",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::ifnot::IS_CAUSAL -> (not IS_CAUSAL)#0":
+        "which program takes which query block (heaviest first for causal calls, in order otherwise, now the "
+        "reverse): both maps cover every block once; only scheduling",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#5":
+        "the first stage (keys [0, full_end), seen by every row of the block) runs with BOUNDARY masks: cols < n_k "
+        "and (causal) cols <= offs_m + causal_shift hold for all of them, so the masks keep everything and the "
+        "general softmax update takes the same values as the hot path (max(qk) * scale = max(qk * scale) for scale "
+        "> 0); only speed, and on the GPU at most the contraction of one multiply-add",
+    "kernels/attention/decode.py::decode_attention_fwd::bool::B == 0 or H == 0 -> (B == 0 and H == 0)#0":
+        "an empty batch or no heads then launches grids with a zero dimension: no program runs (the interpreter; "
+        "Triton's launcher skips empty grids), and out (and a split's workspace) has no element to write",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::arith::m0 + 1 -> (m0 - 1)#0":
+        "the unmasked first stage stops up to 2 keys (rounded down to whole tiles) earlier: [0, full_end) stays a "
+        "range every row of the block sees, and the masked second stage takes the rest with exact masks, so the "
+        "same keys enter the same online softmax (max(qk) * scale = max(qk * scale) for scale > 0); only speed, "
+        "and on the GPU at most the contraction of one multiply-add (the interpreter computes both alike)",
     "engine/ops/decode.py::_decode_torch::dtype::cache_seqlens.to(torch.long) -> (cache_seqlens)#0":
         "int32 lengths are clamped to [0, Tmax] and compared with int64 aranges: torch promotes, nothing overflows",
     **{f"engine/embed.py::pool::eps::1e-9 -> (1.0000000000000001e-07)#{i}":
@@ -347,6 +451,100 @@ EQUIVALENT: dict[str, str] = {
                   "varlen_backward::bool::q.shape[0] == 0 or k.shape[0] == 0 or max_q == 0 or max_k == 0 -> "
                   "(q.shape[0] == 0 and k.shape[0] == 0 and (max_q == 0) and (max_k == 0))#0",
                   "varlen_backward::num::0 -> (1)#1", "varlen_backward::num::0 -> (1)#3")},  # q / k.shape[1]
+    # kernels/attention/bwd.py and common.py (2026-11-30, eighth session)
+    **{_BWD + f"_attn_bwd_preprocess::dtype::{m}#0":
+        "o.to(tl.float32) * do.to(tl.float32) with one conversion dropped: Triton promotes the 16-bit operand of an "
+        "fp32 product to fp32, the same conversion" for m in ("o.to(tl.float32) -> (o)", "do.to(tl.float32) -> (do)")},
+    **{_BWD + m: _UPCAST for m in (
+        "_attn_bwd_dkdv_kernel::bool::False -> (True)#0",  # DOT_UPCAST's default (the launcher passes it only
+        "_attn_bwd_dq_kernel::bool::False -> (True)#0",    # for bf16 in the interpreter)
+        "_launch_bwd::bool::interp and q.dtype == torch.bfloat16 -> (interp or q.dtype == torch.bfloat16)#0")},
+    _BWD + "_bwd_dkdv_inner::num::0.0 -> (1.0)#1":
+        "Delta's fill for rows past n_q: " + _PAST_ROWS + " whatever Delta is (1 - 0 or 0 - 0)",
+    _BWD + "_bwd_dkdv_inner::bool::MASK_PER_ROW and MASK_KIND != 0 -> (MASK_PER_ROW or MASK_KIND != 0)#0":
+        "the per-row branch taken also for a key-padding mask (MASK_PER_ROW is never True without a mask: "
+        "mask_launch_args): it reads row min(row, n_q - 1) of a mask whose row stride is 0 (or whose one query row is "
+        "row 0), i.e. the same key-padding values, added after the product's scaling instead of starting it: the "
+        "same scores up to fp32 rounding",
+    _BWD + "_attn_bwd_dq_kernel::cmp::m0 >= n_q -> (m0 > n_q)#0":
+        "a program whose first query is exactly n_q (dense: never; varlen: a sequence of n_q = 0, 32, ... queries "
+        "under a longer max_seqlen_q) runs instead of returning: every row has row_ok False, so its store is masked "
+        "off and it writes nothing",
+    _BWD + "_attn_bwd_dkdv_kernel::cmp::n0 >= n_k -> (n0 > n_k)#0":
+        "a program whose first key is exactly n_k (dense: never, the grid is cdiv(Nk, BLOCK_N); varlen: a sequence "
+        "of n_k = 0, 32, ... keys under a longer max_seqlen_k) runs instead of returning: every key of its block has "
+        "col_ok False, so its stores are masked off and it writes nothing",
+    _BWD + "_attn_bwd_dkdv_kernel::minmax::tl.minimum(m_full, n_q) -> (m_full)#0":
+        "the causal stage runs on to m_full past n_q (and the full stage, from m_full, then runs no block): the extra "
+        "query blocks are all rows past the end: " + _PAST_ROWS + ", so they add nothing to dK / dV",
+    _BWD + "_attn_bwd_dq_kernel::ifnot::IS_CAUSAL -> (not IS_CAUSAL)#0":
+        "the order of query blocks over program ids (heaviest first for causal calls): start_m = programs - 1 - pid "
+        "is a bijection of the blocks, and each program writes only its own rows of dQ",
+    _BWD + "_attn_bwd_dq_kernel::mask::tl.load(LSE + l_off, mask=row_ok, other=float(\"inf\")) -> "
+           "(tl.load(LSE + l_off))#0":
+        "m of query rows past n_q read unmasked: they lie in the statistics buffer (the next head's or sequence's "
+        "rows, or the start of the log2(l) plane that follows the m plane), and m of a row only reaches that row "
+        "of dQ, never stored past n_q (test_backward_loads_stay_inside_every_buffer: the buffer ends at an "
+        "unreadable page; the log2(l) and Delta twins of this load are killed there)",
+    **{_BWD + m: "the boundary stage's end: for a causal call hi_n = max(min(n_k, m0 + BLOCK_M + shift), 0). Without "
+                 "the max a negative end leaves range(full_end, hi_n) empty as range(full_end, 0) is (full_end >= 0); "
+                 "with n_k instead, the stage runs on over keys no row of the block sees, and its element mask "
+                 "(cols <= rows + shift) zeroes P there: the same dQ"
+       for m in ("_attn_bwd_dq_kernel::minmax::tl.maximum(tl.minimum(n_k, m0 + BLOCK_M + shift), 0) -> "
+                 "(tl.minimum(n_k, m0 + BLOCK_M + shift))#0",
+                 "_attn_bwd_dq_kernel::minmax::tl.minimum(n_k, m0 + BLOCK_M + shift) -> (n_k)#0")},
+    _BWD + "_launch_bwd::num::0 -> (1)#0":
+        "Delta = torch.empty_like(lse[1]) instead of lse[0]: the two planes have the same shape, dtype and layout, and "
+        "the preprocess writes every element",
+    _BWD + "_launch_bwd::num::0 -> (1)#2":
+        "the seed placeholder without dropout: the kernels read seed only under DROPOUT",
+    _BWD + "varlen_bwd::num::0 -> (1)#7":
+        "N_K = 1 instead of 0 for a packed launch: the kernels read N_Q / N_K only when not IS_VARLEN (_sequence takes "
+        "each sequence's lengths from cu_seqlens); the grid and ROWS64 use max_seqlen_k",
+    _BWD + "varlen_bwd::bool::False -> (True)#0":
+        "mask_per_row=True with mask_kind=0 (varlen has no mask): every use of MASK_PER_ROW in the kernels sits "
+        "under MASK_KIND != 0",
+    "kernels/attention/common.py::masked_load::bool::USE_A and USE_B -> (USE_A or USE_B)#0":
+        "both masks applied where one flag is off: every caller turns a flag off only where its mask is all true "
+        "(USE_B = HEAD_DIM != BLOCK_D beside offs_d < HEAD_DIM; USE_A / MASK_ROWS = BOUNDARY beside cols < n_k, false "
+        "only on full tiles; mask_bias passes col_ok twice), so mask_a & mask_b is the one mask in use",
+    **{f"kernels/attention/common.py::mask_bias::bool::False -> (True)#{i}":
+        "mask_bias passes col_ok as both masks: USE_B on loads col_ok & col_ok (BOUNDARY) or col_ok alone, all true on "
+        "the full tiles that leave BOUNDARY off: the same mask values" for i in (0, 1)},
+    "kernels/attention/common.py::mask_units::dtype::mval.to(tl.float32) -> (mval)#0":
+        "an additive mask's fp16 / bf16 values left unconverted: tl.maximum with the fp32 floor and tl.where beside "
+        "the fp32 result promote them to fp32 (exactly; -inf stays -inf), so the same fp32 bias comes out",
+    "kernels/attention/common.py::dropout_keep::arith::seed + base -> (seed - base)#0":
+        "the Philox key of a (batch, head) is seed - (b * H + h) << 32 instead of seed + ...: the forward and both "
+        "backward kernels draw through this one function, so they still share every keep mask; keys stay distinct per "
+        "head for a seed, and torch.manual_seed still reproduces them. Only which of the equally likely masks a seed "
+        "gives changes (equivalent in law, as the decode seeds above: test_attention_bwd's keep rate, per-head / per-row "
+        "independence and forward-backward agreement hold for either)",
+    **{"kernels/attention/common.py::mask_launch_args::" + m: _SHORTCUT + " (here: MASK_PER_ROW, the per-row mask "
+        "path, is the general one; taken for a key-padding mask (row stride 0) or a one-query call it reads the same "
+        "mask row for every query)" for m in (
+            "bool::strides[2] != 0 and q.shape[2] > 1 -> (strides[2] != 0 or q.shape[2] > 1)#0",
+            "num::1 -> (0)#2", "cmp::q.shape[2] > 1 -> (q.shape[2] >= 1)#0")},
+    _BWD + "_launch_bwd::cmp::max(grid_m * max(abs(sq[2]), abs(sdo[2])), grid_n * max(abs(sk[2]), abs(sv[2]))) >= 2 "
+           "** 31 -> (max(grid_m * max(abs(sq[2]), abs(sdo[2])), grid_n * max(abs(sk[2]), abs(sv[2]))) > 2 ** 31)#0":
+        "ROWS64 off at exactly 2**31: the loops' largest step is (rows - 1) x stride < rows x stride = 2**31, which "
+        "int32 holds",
+    _BWD + "_launch_bwd::num::31 -> (30)#0":
+        "64-bit loop steps from a row span of 2**30 on instead of 2**31: the 64-bit path is exact for every size, so the "
+        "same gradients (only the spans in [2**30, 2**31) take the slower steps; no AOT configuration comes near)",
+    **{_BWD + f"<module>::num::{m}#{i}":
+        "num_warps / num_stages of INTERPRETER_DKDV_CONFIG / INTERPRETER_DQ_CONFIG: _configs picks these only under "
+        "Triton's interpreter, which runs each program as whole-tile numpy operations and ignores both"
+        for m in ("4 -> (3)", "4 -> (5)", "1 -> (0)", "1 -> (2)") for i in (0, 1)},
+    _BWD + "_attn_bwd_dkdv_kernel::num::0 -> (1)#5":
+        "m_lo = (max(n0 - shift, 1) // BLOCK_M) * BLOCK_M: where n0 - shift <= 0 both give block 0 (1 // BLOCK_M = 0)",
+    **{_BWD + m: "m_full, where the causal stage (exact element mask) hands over to the unmasked one, moved up or "
+                 "kept: without the inner max a negative cdiv loses to m_lo >= 0 in the outer max, as 0 does; "
+                 "n0 + BLOCK_N + 1 puts it at most one query block later, which the masked stage then runs with the "
+                 "same result (only an earlier start of the unmasked stage can be wrong, and the tests kill those)"
+       for m in ("_attn_bwd_dkdv_kernel::minmax::tl.maximum(n0 + BLOCK_N - 1 - shift, 0) -> "
+                 "(n0 + BLOCK_N - 1 - shift)#0",
+                 "_attn_bwd_dkdv_kernel::arith::n0 + BLOCK_N - 1 -> (n0 + BLOCK_N + 1)#0")},
     # engine/ops/library_norm_gelu.py, library_attention.py (2026-11-30, seventh session)
     **{f"engine/ops/library_norm_gelu.py::_::bool::{m}#{i}":
         "the fake implementations' rms flag only changes what eps=None means in _check_eps (the dtype's epsilon "
@@ -386,6 +584,15 @@ EQUIVALENT: dict[str, str] = {
         "(max_distance == max_exact) does the log branch give 0 / 0: there transformers and engine both produce "
         "negative buckets from max_exact on and fail on the embedding lookup; the mutant fails from max_exact + 1",
     # engine/tokenizer.py (2026-11-30, sixth session)
+    # engine/wordpiece.py (2026-11-30, eighth session)
+    "engine/wordpiece.py::wordpiece_tokenizer::bool::True -> (False)#0":
+        "special_tokens_map.json's named tokens built with special False: every named token is set special before it "
+        "is added (the loop over named tokens), and AddedToken's special setter derives a normalized flag the file "
+        "leaves out as the constructor does (explicit flags are kept): the same token either way",
+    **{f"engine/wordpiece.py::wordpiece_tokenizer::bool::False -> (True)#{i}":
+       "added_tokens.json's tokens with lstrip / rstrip: BertPreTokenizer drops whitespace anyway, so absorbing the "
+       "spaces beside an added token changes no id (only character offsets, which engine does not return)"
+       for i in (0, 1)},
     "engine/tokenizer.py::load_tokenizer::cmp::1 <= max_len < 1e9 -> (1 <= max_len <= 1000000000.0)#0":
         "a model_max_length of exactly 1e9 becomes a limit of 10**9 tokens instead of none: truncation at 10**9 "
         "never binds (no input of that length fits a model), and embedding_spec takes min(max_positions, limit), "
@@ -436,6 +643,13 @@ EQUIVALENT: dict[str, str] = {
 }
 
 GPU_ONLY: dict[str, str] = {
+    "kernels/attention/common.py::use_kv_tma::cmp::k.device.type != \"cuda\" -> (k.device.type == 'cuda')#0":
+        "the interpreter returns False before this test (interpreting()); on CUDA the pointer path is taken everywhere "
+        "(the same values, no TMA): tests/ops/test_attention.py::test_gpu_kv_path_follows_the_device",
+    "kernels/attention/common.py::use_kv_tma::bool::_capability(index)[0] >= 9 and tma_addressable(k) and "
+    "tma_addressable(v) -> (_capability(index)[0] >= 9 or tma_addressable(k) or tma_addressable(v))#0":
+        "the interpreter returns False first; on CUDA, TMA for tensors it cannot address (or before sm_90): "
+        "tests/ops/test_attention.py::test_gpu_kv_path_follows_the_device (its misaligned view)",
     "kernels/gelu.py::_gelu_kernel::dtype::pid_n.to(tl.int64) -> (pid_n)#0":
         "the flat row's column start passes 2**31 only past 2**31 elements (4 GiB, minutes in the interpreter): "
         "tests/ops/test_activation.py::test_gelu_past_2_31_elements_on_gpu",
@@ -452,6 +666,34 @@ GPU_ONLY: dict[str, str] = {
 }
 
 KILLED_ELSEWHERE: dict[str, str] = {
+    _BWD + "_launch_bwd::num::2 -> (1)#4":
+        "1 ** 31 = 1: ROWS64 for every call, the same gradients in the interpreter; compiled, the 64-bit loop steps spill "
+        "and serialize wgmma: tests/kernels/test_sm90_gate.py::test_no_spills_and_no_serialized_wgmma[attention_bwd] "
+        "fails on that code (checked once, before the flag existed, with the steps unconditionally 64-bit: 13 failures, "
+        "e.g. 1168 B of spills in attnbwd_bf16_d256's dK/dV, C7515 in the D=64 / 128 dQ builds)",
+    "kernels/attention/fwd.py::_attn_fwd_kernel::arith::(full_end // BLOCK_N) * BLOCK_N -> (full_end // BLOCK_N / "
+    "BLOCK_N)#0":
+        "full_end becomes a float: the interpreter's range takes it, Triton's compiler rejects it ('For loop bounds "
+        "and step must all be ints'); tests/kernels/test_aot.py[attention] fails on it (checked once, eighth "
+        "session: `python -m engine.kernels.aot attention -k d64` on the mutated copy, 22 of 22 builds fail, 4 s; "
+        "the clean tree builds them)",
+    "kernels/attention/common.py::bias_args::bool::False -> (True)#0":
+        "the decode launcher (which passes no shifted=) then gets the shifted table: in the interpreter it reads copy 0, "
+        "the table itself, and Triton's interpreter ignores the extra stride_bs keyword; compiled, Triton refuses it "
+        "(KeyError 'Keyword argument stride_bs was specified but unrecognised'): tests/kernels/test_aot.py::"
+        "test_every_configuration_compiles_for_sm90[decode] fails (checked once: `python -m engine.kernels.aot decode "
+        "-k bias` on the mutant, 10 s), as would every CUDA decode call with a bias",
+    _BWD + "_configs::ifnot::interpreting() -> (not interpreting())#0":
+        "in the interpreter the GPU tables' tiles (the same gradients, slower); on a GPU the interpreter's small tiles "
+        "(BLOCK 16 / 32 rows: mma.sync, no wgmma): tests/kernels/test_sm90_gate.py::test_attention_backward_uses_"
+        "wgmma fails on it (checked once: `python -m engine.kernels.aot attention_bwd -k bf16_d64_causal_kv` on the "
+        "mutant builds 0 HGMMA, 48 / 40 HMMA in dK/dV / dQ; 10 s)",
+    _BWD + "_configs::cmp::dtype == torch.float32 -> (dtype != torch.float32)#0":
+        "reached only outside the interpreter: 16-bit calls then look up the fp32 tables, which stop at head dim 64, "
+        "so bf16 at D=128 / 256 raises KeyError: the AOT spec listing fails "
+        "(tests/kernels/test_aot.py::test_every_configuration_compiles_for_sm90[attention_bwd]; checked once with "
+        "`python -m engine.kernels.aot attention_bwd -k d128_causal_kv`, 5 s), as does "
+        "tests/ops/test_attention_bwd.py::test_sdpa_grads_gpu_real_sizes[128] on a GPU",
     "engine/models/blocks.py::refuse_compiled_packing::ifnot::packed -> (not packed)#0":
         "called only under torch.compile: tests/test_compile.py (85 s clean) fails on it "
         "(test_fullgraph_equals_eager[BertForMaskedLM], checked once, 19 s)",
