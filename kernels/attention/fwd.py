@@ -81,14 +81,18 @@ def _attn_fwd_inner(
     BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, KV_TMA: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_PER_ROW: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     bias_rows, HAS_BIAS: tl.constexpr,  # HAS_BIAS: (BLOCK_M,) pointers into the table (see common.relative_bias)
-    seed=0, drop_base=0, dropout_p=0.0, DROPOUT: tl.constexpr = False,
+    seed=0, drop_base=0, dropout_p=0.0, DROPOUT: tl.constexpr = False, ROWS64: tl.constexpr = False,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < n_k
-        k = kv_tile(k_ptrs + start_n * stride_kn, K_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
+        if ROWS64:  # key x key stride can pass 2**31 (in 32 bits otherwise: 64-bit steps here cost spills)
+            step = tl.cast(start_n, tl.int64)
+        else:
+            step = start_n
+        k = kv_tile(k_ptrs + step * stride_kn, K_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         if DOT_UPCAST:
             k = k.to(tl.float32)
@@ -125,7 +129,7 @@ def _attn_fwd_inner(
         if DROPOUT:  # the softmax sum counts every key; the product with V only the kept ones (see dropout_keep)
             p = tl.where(dropout_keep(seed, drop_base, offs_m[:, None], cols[None, :], n_k, dropout_p), p, 0.0)
         acc = acc * alpha[:, None]
-        v = kv_tile(v_ptrs + start_n * stride_vn, V_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
+        v = kv_tile(v_ptrs + step * stride_vn, V_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         p = p.to(v.dtype)
         if DOT_UPCAST:
@@ -162,6 +166,7 @@ def _attn_fwd_kernel(
     LSE=None, stride_lp=0, stride_lz=0, stride_lh=0,  # STORE_LSE: (2, B, H, Nq) / varlen (2, H, total_q) fp32
     seed=0, dropout_p=0.0,  # DROPOUT: philox seed, drop probability (common.dropout_keep)
     STORE_LSE: tl.constexpr = False, DROPOUT: tl.constexpr = False,
+    ROWS64: tl.constexpr = False,  # a row (key) index x its stride can pass 2**31: 64-bit row offsets (rows64_needed)
 ):
     if IS_CAUSAL:  # heaviest query blocks (most keys) first: better tail balance
         start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -197,12 +202,18 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_q
-    q_ptrs = Q + q_off + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
+    if ROWS64:
+        rows_m = offs_m.to(tl.int64)
+        offs_kn = offs_n.to(tl.int64)
+    else:
+        rows_m = offs_m
+        offs_kn = offs_n
+    q_ptrs = Q + q_off + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
     q = masked_load(q_ptrs, row_ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
     if DOT_UPCAST:
         q = q.to(tl.float32)
-    k_ptrs = K + k_off + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kk
-    v_ptrs = V + v_off + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk
+    k_ptrs = K + k_off + offs_kn[:, None] * stride_kn + offs_d[None, :] * stride_kk
+    v_ptrs = V + v_off + offs_kn[:, None] * stride_vn + offs_d[None, :] * stride_vk
     mask_ptrs = Mask
     if MASK_KIND != 0:
         mask_ptrs = Mask + off_z.to(tl.int64) * stride_mz + off_h.to(tl.int64) * stride_mh
@@ -238,12 +249,14 @@ def _attn_fwd_kernel(
         off_z, off_h, k_start, offs_m, offs_n, offs_d, 0, full_end, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
         PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS, seed, off_zh.to(tl.int64) << 32, dropout_p, DROPOUT,
+        ROWS64,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, K_DESC, V_DESC, mask_ptrs, stride_kn, stride_vn, stride_mn,
         off_z, off_h, k_start, offs_m, offs_n, offs_d, full_end, hi, n_k, causal_shift, qk_scale, bias_floor,
         inv_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, IS_CAUSAL, IS_VARLEN, KV_TMA, MASK_KIND, MASK_PER_ROW,
         PRECISION, DOT_UPCAST, bias_rows, HAS_BIAS, seed, off_zh.to(tl.int64) << 32, dropout_p, DROPOUT,
+        ROWS64,
     )
 
     # Rows that saw no key have l_i == 0 and acc == 0: they output zeros.
@@ -257,7 +270,7 @@ def _attn_fwd_kernel(
     if DROPOUT:  # kept probabilities are scaled by 1 / (1 - p)
         l_safe = l_safe * (1.0 - dropout_p)
     out = acc / l_safe[:, None]
-    o_ptrs = Out + o_off + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok
+    o_ptrs = Out + o_off + rows_m[:, None] * stride_om + offs_d[None, :] * stride_ok
     if HEAD_DIM == BLOCK_D:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     else:
@@ -335,6 +348,14 @@ def _tuned_kernel(block_d: int):
     )(_attn_fwd_kernel)
 
 
+def rows64_needed(n_q: int, q_row_strides, n_k: int, k_row_strides) -> bool:
+    """Whether a row index x its row stride inside one sequence can reach 2**31 elements: n_q query (output) rows
+    with the largest of ``q_row_strides``, or n_k key rows with the largest of ``k_row_strides``. The kernels then
+    take 64-bit row offsets and loop steps (ROWS64); only then: 64-bit products unconditionally spill and serialise
+    the wgmma of sm_90 builds (the backward's launcher applies the same rule)."""
+    return max(n_q * max(map(abs, q_row_strides)), n_k * max(map(abs, k_row_strides))) >= 2 ** 31
+
+
 def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m, batch, *, head_dim, causal,
             varlen, mask_kind, mask_per_row, config, kv_tma, bias, lse, lse_strides, dropout):
     block_d = block_d_of(head_dim)
@@ -358,6 +379,10 @@ def _launch(q, k, v, out, mask, cu_q, cu_k, scale, strides, h, n_q, n_k, grid_m,
                      STORE_LSE=True)
     if dropout is not None:
         flags.update(seed=dropout[0], dropout_p=dropout[1], DROPOUT=True)
+    # Rows per sequence: at most grid_m queries; keys: n_k (dense), else at most the packed total (the varlen
+    # forward is not told the longest key sequence).
+    if rows64_needed(grid_m, (strides[2], strides[14]), n_k if not varlen else k.shape[0], (strides[6], strides[10])):
+        flags["ROWS64"] = True
     if config is not None:
         bm, bn, warps, stages = config
         if interpreting() and q.dtype == torch.bfloat16:
