@@ -36,7 +36,7 @@ from engine.backend import interpreting
 from engine.kernels.attention.common import (
     LOG2E, dropout_keep, mask_bias, mask_launch_args, mask_units, masked_load, precision,
 )
-from engine.kernels.attention.fwd import block_d_of
+from engine.kernels.attention.fwd import block_d_of, rows64_needed
 from engine.kernels.launch import launch
 
 # Per padded head dim, 16-bit inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel and of the dQ
@@ -421,7 +421,7 @@ def _launch_bwd(do, q, k, v, o, lse, dq, dk, dv, mask, cu_q, cu_k, strides4, lse
                  MASK_PER_ROW=mask_per_row, PRECISION=precision(q.dtype), DROPOUT=dropout is not None)
     if interp and q.dtype == torch.bfloat16:
         flags["DOT_UPCAST"] = True  # see fwd._launch: the interpreter's bf16 dots are wrong
-    if max(grid_m * max(abs(sq[2]), abs(sdo[2])), grid_n * max(abs(sk[2]), abs(sv[2]))) >= 2 ** 31:
+    if rows64_needed(grid_m, (sq[2], sdo[2]), grid_n, (sk[2], sv[2])):
         flags["ROWS64"] = True  # a row (key) index x its stride inside one sequence can pass 2**31: 64-bit steps
     common = (scale, scale * LOG2E, seed, p)
     bm, bn, warps, stages = dkdv_cfg

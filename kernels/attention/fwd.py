@@ -352,7 +352,7 @@ def rows64_needed(n_q: int, q_row_strides, n_k: int, k_row_strides) -> bool:
     """Whether a row index x its row stride inside one sequence can reach 2**31 elements: n_q query (output) rows
     with the largest of ``q_row_strides``, or n_k key rows with the largest of ``k_row_strides``. The kernels then
     take 64-bit row offsets and loop steps (ROWS64); only then: 64-bit products unconditionally spill and serialise
-    the wgmma of sm_90 builds (the backward's launcher applies the same rule)."""
+    the wgmma of sm_90 builds (the backward's launcher takes the same rule from here)."""
     return max(n_q * max(map(abs, q_row_strides)), n_k * max(map(abs, k_row_strides))) >= 2 ** 31
 
 

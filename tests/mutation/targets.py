@@ -525,13 +525,16 @@ EQUIVALENT: dict[str, str] = {
         "mask row for every query)" for m in (
             "bool::strides[2] != 0 and q.shape[2] > 1 -> (strides[2] != 0 or q.shape[2] > 1)#0",
             "num::1 -> (0)#2", "cmp::q.shape[2] > 1 -> (q.shape[2] >= 1)#0")},
-    _BWD + "_launch_bwd::cmp::max(grid_m * max(abs(sq[2]), abs(sdo[2])), grid_n * max(abs(sk[2]), abs(sv[2]))) >= 2 "
-           "** 31 -> (max(grid_m * max(abs(sq[2]), abs(sdo[2])), grid_n * max(abs(sk[2]), abs(sv[2]))) > 2 ** 31)#0":
-        "ROWS64 off at exactly 2**31: the loops' largest step is (rows - 1) x stride < rows x stride = 2**31, which "
-        "int32 holds",
-    _BWD + "_launch_bwd::num::31 -> (30)#0":
-        "64-bit loop steps from a row span of 2**30 on instead of 2**31: the 64-bit path is exact for every size, so the "
-        "same gradients (only the spans in [2**30, 2**31) take the slower steps; no AOT configuration comes near)",
+    # fwd.rows64_needed: the ROWS64 rule of the forward's and the backward's launchers
+    "kernels/attention/fwd.py::rows64_needed::cmp::max(n_q * max(map(abs, q_row_strides)), n_k * max(map(abs, "
+    "k_row_strides))) >= 2 ** 31 -> (max(n_q * max(map(abs, q_row_strides)), n_k * max(map(abs, k_row_strides))) > "
+    "2 ** 31)#0":
+        "ROWS64 off at exactly 2**31: the largest row offset or loop step is (rows - 1) x stride < rows x stride = "
+        "2**31, which int32 holds",
+    "kernels/attention/fwd.py::rows64_needed::num::31 -> (30)#0":
+        "64-bit offsets and loop steps from a row span of 2**30 on instead of 2**31: the 64-bit path is exact for "
+        "every size, so the same outputs and gradients (only the spans in [2**30, 2**31) take the slower steps; no "
+        "AOT configuration comes near)",
     **{_BWD + f"<module>::num::{m}#{i}":
         "num_warps / num_stages of INTERPRETER_DKDV_CONFIG / INTERPRETER_DQ_CONFIG: _configs picks these only under "
         "Triton's interpreter, which runs each program as whole-tile numpy operations and ignores both"
@@ -666,10 +669,11 @@ GPU_ONLY: dict[str, str] = {
 }
 
 KILLED_ELSEWHERE: dict[str, str] = {
-    _BWD + "_launch_bwd::num::2 -> (1)#4":
-        "1 ** 31 = 1: ROWS64 for every call, the same gradients in the interpreter; compiled, the 64-bit loop steps spill "
-        "and serialize wgmma: tests/kernels/test_sm90_gate.py::test_no_spills_and_no_serialized_wgmma[attention_bwd] "
-        "fails on that code (checked once, before the flag existed, with the steps unconditionally 64-bit: 13 failures, "
+    "kernels/attention/fwd.py::rows64_needed::num::2 -> (1)#0":
+        "1 ** 31 = 1: ROWS64 for every call (the backward's launcher takes the rule too), the same gradients in the "
+        "interpreter; compiled, the 64-bit loop steps spill and serialize wgmma: "
+        "tests/kernels/test_sm90_gate.py::test_no_spills_and_no_serialized_wgmma[attention_bwd] fails on that "
+        "code (checked once, before the flag existed, with the steps unconditionally 64-bit: 13 failures, "
         "e.g. 1168 B of spills in attnbwd_bf16_d256's dK/dV, C7515 in the D=64 / 128 dQ builds)",
     "kernels/attention/fwd.py::_attn_fwd_kernel::arith::(full_end // BLOCK_N) * BLOCK_N -> (full_end // BLOCK_N / "
     "BLOCK_N)#0":
