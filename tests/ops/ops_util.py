@@ -29,6 +29,20 @@ def strided_view(shape: tuple[int, ...], strides: tuple[int, ...], dtype: torch.
     return view
 
 
+def strided_views(names: tuple[str, ...], shape: tuple[int, ...], strides: tuple[int, ...], dtype: torch.dtype,
+                  device: str, *, alone: str | None = None) -> dict[str, torch.Tensor]:
+    """name -> a ``strided_view`` of ``shape`` / ``strides``: all in one buffer, the i-th at offset i x shape[-1]
+    (interleaved); with ``alone`` only that one is such a view (in its own buffer), the others contiguous."""
+    t: dict[str, torch.Tensor] = {}
+    for i, name in enumerate(names):
+        if alone is not None and name != alone:
+            t[name] = torch.randn(*shape, generator=torch.Generator().manual_seed(i)).to(device, dtype)
+        else:
+            t[name] = strided_view(shape, strides, dtype, device, seed=i, offset=i * shape[-1],
+                                   buffer=None if alone is not None or not t else t[names[0]])
+    return t
+
+
 def at_page_end(t: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU copy of ``t`` that ends exactly where an unreadable page begins: a kernel that loads one
     element past its end (a dropped mask on the last tile) crashes instead of reading neighbouring memory.

@@ -564,7 +564,7 @@ def test_row_offsets_past_2_31_elements(device, layout):
     # forward's row offsets (q, out) and key-loop steps (k, v) must be 64-bit (ROWS64). rows: q, k, v and out share
     # one sparse fp16 buffer (interleaved); rows_x: that tensor alone has the long rows (the launcher's ROWS64 choice
     # must read each tensor's row stride); varlen: a packed second sequence of 17 tokens at that token stride.
-    from ops_util import TWO_31, strided_view
+    from ops_util import TWO_31, strided_views
     from tests.ops.test_varlen import cu_of
     from tests.ops.test_varlen import reference as varlen_reference
 
@@ -573,10 +573,7 @@ def test_row_offsets_past_2_31_elements(device, layout):
     if layout == "varlen":
         lens, h = [5, 17], 2
         total = sum(lens)
-        t = {}
-        for i, name in enumerate(names):
-            t[name] = strided_view((total, h, d), (st, 8 * d, 1), f16, device, seed=i, offset=i * d,
-                                   buffer=t.get("q"))
+        t = strided_views(names, (total, h, d), (st, 8 * d, 1), f16, device)
         assert 16 * st >= TWO_31 and st < TWO_31
         cu = cu_of(lens, device)
         lse = torch.empty(2, h, total, device=device)
@@ -586,13 +583,8 @@ def test_row_offsets_past_2_31_elements(device, layout):
         return
     b, h, n = 1, 2, 17
     strides = (8 * d, 8 * d, st, 1)
-    t = {}
-    for i, name in enumerate(names):
-        if layout.startswith("rows_") and name != layout[5:]:
-            t[name] = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(i)).to(device, f16)
-        else:
-            t[name] = strided_view((b, h, n, d), strides, f16, device, seed=i, offset=i * d,
-                                   buffer=None if layout.startswith("rows_") else t.get("q"))
+    t = strided_views(names, (b, h, n, d), strides, f16, device,
+                      alone=layout[5:] if layout.startswith("rows_") else None)
     lse = torch.empty(2, b, h, n, device=device)
     kattn.attention_fwd(t["q"], t["k"], t["v"], t["out"], mask=None, causal=True, scale=d ** -0.5, lse=lse)
     ref = reference(t["q"].cpu(), t["k"].cpu(), t["v"].cpu(), causal=True)

@@ -399,17 +399,14 @@ def test_backward_offsets_past_2_31_elements(device, layout):
     offset in 64 bits there; rows_q / _do / _k / _v: that tensor alone has the long rows (the launcher's choice of
     64-bit loop steps must look at each). O and lse come from the forward on the same strided views (and mask), so
     its offsets are exercised too. (issue 19)"""
-    from ops_util import TWO_31, strided_view
+    from ops_util import TWO_31, strided_views
 
     d, f16 = 16, torch.float16
     names = ("q", "k", "v", "do", "o", "dq", "dk", "dv")
     if layout == "varlen":
         lens, h = [128, 5], 1
         total, st = sum(lens), TWO_31 // 128 + 64
-        t = {}
-        for i, name in enumerate(names):
-            t[name] = strided_view((total, h, d), (st, h * d * 8, 1), f16, device, seed=i, offset=i * d,
-                                   buffer=t.get("q"))
+        t = strided_views(names, (total, h, d), (st, h * d * 8, 1), f16, device)
         cu = cu_of(lens, device)
         lse = torch.empty(2, h, total, device=device)
         kfwd.varlen_fwd(t["q"], t["k"], t["v"], t["o"], cu, cu, 128, causal=True, scale=d ** -0.5, lse=lse)
@@ -425,13 +422,8 @@ def test_backward_offsets_past_2_31_elements(device, layout):
                                                                                              n * 8 * d, 8 * d, 1))
     if layout.startswith("rows"):
         strides = (8 * d, 8 * d, TWO_31 // 16 + 64, 1)
-    t = {}
-    for i, name in enumerate(names):
-        if layout.startswith("rows_") and name != layout[5:]:
-            t[name] = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(i)).to(device, f16)
-        else:
-            t[name] = strided_view((b, h, n, d), strides, f16, device, seed=i, offset=i * d,
-                                   buffer=None if layout.startswith("rows_") else t.get("q"))
+    t = strided_views(names, (b, h, n, d), strides, f16, device,
+                      alone=layout[5:] if layout.startswith("rows_") else None)
     mask = None
     if layout in ("mask", "keypad"):
         rows = n if layout == "mask" else 1
