@@ -34,7 +34,7 @@ import triton.language as tl
 
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
-    LOG2E, dropout_keep, mask_bias, mask_launch_args, mask_units, masked_load, precision,
+    LOG2E, dropout_keep, mask_bias, mask_launch_args, mask_units, masked_load, precision, widen_rows,
 )
 from engine.kernels.attention.fwd import block_d_of, rows64_needed
 from engine.kernels.launch import launch
@@ -125,10 +125,7 @@ def _bwd_dkdv_inner(
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m0
         row_ok = rows < n_q
-        if ROWS64:  # row x row stride can pass 2**31 (in 32 bits otherwise: 64-bit products here cost spills)
-            step = tl.cast(start_m, tl.int64)
-        else:
-            step = start_m
+        step = widen_rows(start_m, ROWS64)  # row x row stride can pass 2**31
         # Rows past the end: q = dO = 0, m = +inf, so P = 0 there and they add nothing.
         q = masked_load(q_ptrs + step * stride_qm, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
         do = masked_load(do_ptrs + step * stride_dom, row_ok[:, None], d_ok[None, :], True, HEAD_DIM != BLOCK_D)
@@ -274,10 +271,7 @@ def _bwd_dq_inner(
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < n_k
-        if ROWS64:  # key x key stride can pass 2**31 (see _bwd_dkdv_inner)
-            step = tl.cast(start_n, tl.int64)
-        else:
-            step = start_n
+        step = widen_rows(start_n, ROWS64)  # key x key stride can pass 2**31
         k = masked_load(k_ptrs + step * stride_kn, col_ok[:, None], d_ok[None, :], BOUNDARY, HEAD_DIM != BLOCK_D)
         v = masked_load(v_ptrs + step * stride_vn, col_ok[:, None], d_ok[None, :], BOUNDARY, HEAD_DIM != BLOCK_D)
         if DOT_UPCAST:

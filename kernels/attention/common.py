@@ -71,6 +71,16 @@ def kv_tile(ptrs, desc, off_z, off_h, row, row_ok, d_ok,
 
 
 @triton.jit
+def widen_rows(x, ROWS64: tl.constexpr):
+    """A row index (scalar or tensor) as int64 under ROWS64, else as it is: the launchers set ROWS64
+    (fwd.rows64_needed) only where row x row stride can pass 2**31, as 64-bit products everywhere cost sm_90 builds
+    spills and serialised wgmma."""
+    if ROWS64:
+        x = tl.cast(x, tl.int64)
+    return x
+
+
+@triton.jit
 def mask_bias(mask_ptrs, cols, col_ok, stride_mn, bias_floor, inv_scale, MASK_KIND: tl.constexpr,
               MASK_PER_ROW: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The attention mask of one (BLOCK_M, BLOCK_N) score tile for keys ``cols``, in the units of q . k (fp32), to

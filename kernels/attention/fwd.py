@@ -40,7 +40,7 @@ import triton.language as tl
 from engine.backend import interpreting
 from engine.kernels.attention.common import (
     LOG2E, MAX_BLOCK_N, bias_args, dropout_keep, kv_descriptors, kv_tile, mask_bias, mask_launch_args, masked_load,
-    precision, relative_bias, set_kv_block_shape, shifted_rows, use_kv_tma,
+    precision, relative_bias, set_kv_block_shape, shifted_rows, use_kv_tma, widen_rows,
 )
 from engine.kernels.launch import launch
 
@@ -88,10 +88,7 @@ def _attn_fwd_inner(
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < n_k
-        if ROWS64:  # key x key stride can pass 2**31 (in 32 bits otherwise: 64-bit steps here cost spills)
-            step = tl.cast(start_n, tl.int64)
-        else:
-            step = start_n
+        step = widen_rows(start_n, ROWS64)  # key x key stride can pass 2**31
         k = kv_tile(k_ptrs + step * stride_kn, K_DESC, off_z, off_h, k_row0 + start_n, col_ok, d_ok,
                     BOUNDARY, not EVEN_D, KV_TMA, IS_VARLEN, BLOCK_N, BLOCK_D)
         if DOT_UPCAST:
@@ -202,12 +199,8 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_q
-    if ROWS64:
-        rows_m = offs_m.to(tl.int64)
-        offs_kn = offs_n.to(tl.int64)
-    else:
-        rows_m = offs_m
-        offs_kn = offs_n
+    rows_m = widen_rows(offs_m, ROWS64)
+    offs_kn = widen_rows(offs_n, ROWS64)
     q_ptrs = Q + q_off + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
     q = masked_load(q_ptrs, row_ok[:, None], offs_d[None, :] < HEAD_DIM, True, HEAD_DIM != BLOCK_D)
     if DOT_UPCAST:
