@@ -194,8 +194,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                 tok = _HFTokenizer.from_file(str(file))
             else:
                 tok, pad_token = wordpiece_tokenizer(p, cfg, **bert)  # its pad token, always in its vocabulary
-        except ValueError:  # engine's own, naming the file and the entry
-            raise
+        except ValueError as exc:
+            if name == "tokenizer.json":  # the library's: say which file
+                raise ValueError(f"cannot read {file}: {exc}") from None
+            raise  # wordpiece_tokenizer's own, naming the file and the entry
         except Exception as exc:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise ValueError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
         if pad_token is not None and tok.token_to_id(pad_token) is None:

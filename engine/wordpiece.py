@@ -138,8 +138,12 @@ def wordpiece_tokenizer(folder: Path, cfg: dict, *, lowercase: bool, strip_accen
             new.append(t)
     tok.add_tokens(new)
     cls, sep = str(named["cls_token"]), str(named["sep_token"])
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    try:  # the template's syntax, as transformers writes it: a token holding a space or a ":" cannot be written
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    except Exception as exc:  # noqa: BLE001 -- the library's error names neither the file nor the setting
+        raise ValueError(f"{cfg_file}: cls_token {cls!r} / sep_token {sep!r} cannot be written in the post-processor "
+                         f"template (transformers' BertTokenizer fails on them too): {exc}") from None
     pad = named["pad_token"]
     return tok, None if pad is None else str(pad)

@@ -315,6 +315,18 @@ def test_what_a_folder_lacks_is_named(tmp_path):
         load_tokenizer(vocab)
 
 
+def test_a_library_value_error_from_tokenizer_json_names_the_file(tmp_path, monkeypatch):
+    """The tokenizers library's own ValueError (not engine's, which names its file) gets tokenizer.json's path."""
+    import engine.tokenizer as module
+
+    def refuse(path):
+        raise ValueError("bad merges")
+    monkeypatch.setattr(module._HFTokenizer, "from_file", staticmethod(refuse))
+    folder = _write(tmp_path)
+    with pytest.raises(ValueError, match=rf"cannot read {re.escape(str(folder / 'tokenizer.json'))}: bad merges"):
+        load_tokenizer(folder)
+
+
 def test_calls_from_two_threads_keep_their_own_truncation(tmp_path):
     """One Tokenizer shared by threads: a call's max_length (set on the shared ``tokenizers`` object for that call)
     never truncates another thread's batch or ``encode``; every result equals the same call made alone."""

@@ -3,6 +3,7 @@ same folder (token ids of texts and pairs, decoding, padding), and the files' ba
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,15 @@ def test_token_objects_in_the_maps_additional_list_are_special(tmp_path):
     assert ids == [2, 5, len(WORDS), 6, 3]
     assert ours.decode(ids) == "hello world"
     assert ours.decode(ids, skip_special_tokens=False) == "[CLS] hello [E1] world [SEP]"
+
+
+@pytest.mark.parametrize("key, token", [("cls_token", "[C LS]"), ("sep_token", "<s:x>")])
+def test_a_cls_or_sep_token_the_template_cannot_hold_is_refused_by_file_and_name(tmp_path, key, token):
+    """A space or a ":" in cls / sep breaks the post-processor template (transformers' BertTokenizer fails on it too,
+    with the library's message alone): engine's error names tokenizer_config.json and the setting."""
+    folder = _folder(tmp_path, {"tokenizer_config.json": {key: token}}, WORDS + [token])
+    with pytest.raises(ValueError):
+        BertTokenizer.from_pretrained(str(folder))
+    with pytest.raises(ValueError, match=rf"tokenizer_config.json: .*{key} {re.escape(repr(token))}.* cannot be "
+                                         r"written in the post-processor template"):
+        load_tokenizer(folder)
