@@ -298,6 +298,22 @@ def test_eager_fallback_of_a_decode_step_sees_the_whole_cache():
     torch.testing.assert_close(weights.double(), gold, rtol=1e-5, atol=1e-6)
 
 
+
+def test_a_module_without_is_causal_is_causal_as_in_sdpa():
+    """transformers' sdpa takes a module with no is_causal attribute (and no is_causal argument) as causal; so must
+    engine's path and its eager fallback (attention weights requested): the same output, no weight on a later key."""
+    layer = make("GPT2LMHeadModel").transformer.h[0].attn
+    del layer.is_causal  # an instance attribute; GPT2Attention has no class-level default
+    assert not hasattr(layer, "is_causal")
+    q, k, v = _qkv(2, 2, 2, 7, 7, 16)
+    ref, _ = sdpa_attention_forward(layer, q, k, v, None, scaling=0.25)
+    ours, _ = attention_forward(layer, q, k, v, None, scaling=0.25)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="attention weights"):
+        eager, weights = attention_forward(layer, q, k, v, None, scaling=0.25, output_attentions=True)
+    torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5)
+    assert weights.triu(diagonal=1).abs().max() == 0
+
 # ---- whole models ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_models_with_engine_attention_match_sdpa(arch):
