@@ -73,6 +73,29 @@ def test_padded_encoder_batches_run_packed(monkeypatch):
     assert calls == []
 
 
+
+def test_a_frozen_encoder_packs_with_grad_mode_on(monkeypatch):
+    """Outside no_grad, packing waits only on autograd: a model whose parameters require grad runs padded; once frozen
+    (nothing for autograd to record) its padded batch runs packed, with transformers' result."""
+    import engine.ops as ops
+
+    calls = []
+    real = ops.varlen_attention
+    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = make("BertForMaskedLM")
+    model = twin(ref)
+    engine.patch(model, pack=True)
+    x = batch("BertForMaskedLM")
+    assert torch.is_grad_enabled()
+    model(**x)
+    assert calls == []  # autograd records: the padded path
+    model.requires_grad_(False)
+    ours = model(**x).logits
+    assert len(calls) == 2 and not ours.requires_grad  # one varlen call per layer
+    with torch.no_grad():
+        theirs = ref(**x).logits
+    assert max_rel_err(ours, theirs, x["attention_mask"]) < RTOL
+
 def test_a_per_query_mask_is_not_taken_for_key_padding(monkeypatch):
     """A materialised (B, 1, N, N) mask (here causal, plus key padding in row 1) has the key-padding shape but not its
     stride 0 over the queries: the encoder must not pack by its first row; the result equals transformers'."""
