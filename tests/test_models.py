@@ -5,13 +5,14 @@ safetensors. Reference: transformers in fp32 on CPU; relative error < 1e-4 on th
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import engine
 from engine.__main__ import main as cli
@@ -103,6 +104,29 @@ def test_cpu_packs_padded_batches_by_default(monkeypatch, tmp_path_factory):
         with torch.no_grad():
             assert_close_valid(model(**y), hf_main("BertModel", hf(**y)), y["attention_mask"])
         assert bool(packs) is want, (n, packs)
+
+
+class _CudaMask(torch.Tensor):
+    """A CPU tensor that reports itself as CUDA: pack_by_default's CUDA rule without a GPU."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_pack_by_default_rule_per_device():
+    """CUDA masks always pack (even without padding: varlen spends nothing on it) unless cuda=False; CPU masks at
+    >= 1/16 padding; other devices never."""
+    full = torch.ones(2, 40, dtype=torch.long)
+    light = full.clone()
+    light[0, -1] = 0  # 1 of 80 padding: under the CPU threshold
+    for m in (full, light):
+        assert blocks.pack_by_default(m.as_subclass(_CudaMask))
+        assert not blocks.pack_by_default(m.as_subclass(_CudaMask), cuda=False)
+        assert not blocks.pack_by_default(m)
+    light[1, -5:] = 0  # 6 of 80
+    assert blocks.pack_by_default(light)
+    assert not blocks.pack_by_default(light.to("meta"))
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
@@ -212,6 +236,29 @@ def test_bert_without_token_type_ids_and_mask(tmp_path_factory):
     hidden, pooled = model(ids, return_pooled=True)
     with torch.no_grad():
         assert_close_valid(pooled, hf(input_ids=ids).pooler_output, torch.ones(ids.shape[0], 1))
+
+
+def test_bert_folder_without_token_types(tmp_path, tmp_path_factory):
+    """engine's own format allows type_vocab_size 0 (GPT-2 and T5 folders write it): a BERT folder saying so has no
+    token-type table, so its embeddings are word + position, as transformers' BertModel's with a zero token-type
+    row 0; any token_type_ids are then out of range."""
+    src, x, _, hf = reference("BertModel", tmp_path_factory)
+    out = tmp_path / "conv"
+    assert cli(["convert", str(src), str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "type_vocab_size": 0}))
+    sd = load_file(out / "model.safetensors")
+    del sd["embeddings.token_type.weight"]
+    save_file(sd, out / "model.safetensors")
+    model = engine.from_pretrained(out)
+    assert model.embeddings.token_type is None
+    plain = copy.deepcopy(hf)
+    ids, mask = x["input_ids"], x["attention_mask"]
+    with torch.no_grad():
+        plain.embeddings.token_type_embeddings.weight.zero_()
+        assert_close_valid(model(ids, mask), plain(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+    with pytest.raises(ValueError, match=r"token_type_ids values must be in \[0, 0\)"):
+        model(ids, token_type_ids=torch.zeros_like(ids))
 
 
 def test_roberta_positions_follow_padding(tmp_path_factory):
