@@ -174,6 +174,20 @@ def test_bin_checkpoint_and_untied_head(tmp_path, tmp_path_factory):
     assert tied.lm_head is None and tied.config.scale_decoder_outputs
 
 
+def test_build_model_default_head_follows_the_config(tmp_path_factory):
+    """build_model(config) without with_lm_head: an LM head of its own exactly when the config unties it (flan-T5 /
+    v1.1 folders, which ship lm_head.weight), else the shared embedding (v1.0): the module from_pretrained builds."""
+    from engine.models import build_model
+
+    for variant, own in (("t5-v1.0", False), ("t5-v1.1", True)):
+        loaded = engine.from_pretrained(reference(variant, tmp_path_factory)[0])
+        with torch.device("meta"):
+            built = build_model(loaded.config)
+        assert (built.lm_head is not None) is own and (loaded.lm_head is not None) is own
+        assert {k: v.shape for k, v in built.state_dict().items()} == \
+            {k: v.shape for k, v in loaded.state_dict().items()}
+
+
 def test_encoder_class_from_a_full_checkpoint(tmp_path_factory):
     """T5EncoderModel from a T5ForConditionalGeneration folder: the decoder is dropped with a warning (transformers
     drops it silently) and the encoder output is transformers' T5EncoderModel's."""
