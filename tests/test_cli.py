@@ -15,7 +15,7 @@ import transformers as T
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.__main__ import main
-from engine.cli import EXAMPLE_SENTENCES, default_embed_model
+from engine.cli_embed import EXAMPLE_SENTENCES, default_embed_model
 
 CORPUS = ["the cat sat on the mat", "a dog ran in the park", "the sky is blue and the sea is green",
           "Paris is the capital of France", "we like small fast models", "one two three four five six"] * 4
