@@ -53,9 +53,41 @@ def test_import_engine_registers_without_importing_transformers():
 def test_install_registers_with_transformers_already_loaded(monkeypatch):
     monkeypatch.delitem(AttentionInterface._global_mapping, NAME)
     monkeypatch.delitem(mu.AttentionMaskInterface._global_mapping, NAME)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     _hook.install()
     assert AttentionInterface._global_mapping[NAME] is attention_forward
     assert mu.AttentionMaskInterface._global_mapping[NAME] is attention_mask
+    assert not any(isinstance(f, _hook._Finder) for f in sys.meta_path)  # nothing left to wait for: no finder
+
+
+def test_the_finder_hands_back_what_it_cannot_wrap(monkeypatch):
+    """A module it waits for that no finder finds (a transformers without it): None, so the import fails with
+    ModuleNotFoundError as it would without engine; a spec without a loader, or with a legacy loader (no
+    exec_module), comes back as found, unwrapped."""
+    import importlib
+    import importlib.machinery
+
+    name = "transformers.engine_test_no_such_module"
+    finder = _hook._Finder({name})
+    found = []
+
+    class Stub:  # a finder after engine's that returns whatever spec the case needs
+        def find_spec(self, fullname, path, target=None):
+            return found[0] if found and fullname == name else None
+
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path, Stub()])
+    assert finder.find_spec(name, None) is None
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(name)
+
+    class Legacy:
+        def load_module(self, fullname):
+            raise AssertionError("not called here")
+
+    for loader in (None, Legacy()):
+        spec = importlib.machinery.ModuleSpec(name, loader)
+        found[:] = [spec]
+        assert finder.find_spec(name, None) is spec and spec.loader is loader
 
 
 def test_a_registration_that_fails_warns_and_never_breaks_the_import(monkeypatch):
