@@ -124,9 +124,11 @@ def test_pack_by_default_rule_per_device():
         assert blocks.pack_by_default(m.as_subclass(_CudaMask))
         assert not blocks.pack_by_default(m.as_subclass(_CudaMask), cuda=False)
         assert not blocks.pack_by_default(m)
-    light[1, -5:] = 0  # 6 of 80
-    assert blocks.pack_by_default(light)
-    assert not blocks.pack_by_default(light.to("meta"))
+    for n, pads, want in ((16, 1, True), (17, 1, False), (32, 2, True), (33, 2, False)):  # the CPU edge, exactly
+        m = torch.ones(1, n, dtype=torch.long)
+        m[0, :pads] = 0
+        assert blocks.pack_by_default(m) is want, (n, pads)
+        assert not blocks.pack_by_default(m.to("meta"))
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
@@ -259,6 +261,31 @@ def test_bert_folder_without_token_types(tmp_path, tmp_path_factory):
         assert_close_valid(model(ids, mask), plain(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
     with pytest.raises(ValueError, match=r"token_type_ids values must be in \[0, 0\)"):
         model(ids, token_type_ids=torch.zeros_like(ids))
+
+
+def test_one_token_batches_match_transformers(tmp_path_factory):
+    """Sequences of a single token are valid input (the shortest allowed), with and without a mask."""
+    src, x, _, hf = reference("BertModel", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    y = {k: v[:, :1] for k, v in x.items()}
+    with torch.no_grad():
+        assert_close_valid(model(**y), hf(**y).last_hidden_state, y["attention_mask"])
+        assert_close_valid(model(y["input_ids"]), hf(input_ids=y["input_ids"]).last_hidden_state,
+                           y["attention_mask"])
+
+
+def test_one_bad_value_among_good_ones_is_named(tmp_path_factory):
+    """A single out-of-range entry in a mask or in token types that are otherwise valid (their minimum in range) is
+    refused, the error giving the true [min, max] of that tensor."""
+    src, x, _, _ = reference("BertModel", tmp_path_factory)
+    model = engine.from_pretrained(src)
+    ids, mask, types = x["input_ids"], x["attention_mask"].clone(), x["token_type_ids"].clone()
+    types[1, 2] = 2
+    with pytest.raises(ValueError, match=r"token_type_ids values must be in \[0, 2\); got values in \[0, 2\]"):
+        model(ids, attention_mask=mask, token_type_ids=types)
+    mask[0, 3] = 2
+    with pytest.raises(ValueError, match=r"attention_mask values must be 0 or 1; got values in \[0, 2\]"):
+        model(ids, attention_mask=mask, token_type_ids=x["token_type_ids"])
 
 
 def test_roberta_positions_follow_padding(tmp_path_factory):
