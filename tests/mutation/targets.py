@@ -23,13 +23,19 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
     # and the dropout mask through the backward, ~11 s), run after the two main files (-x: a killed mutant stops early)
     "kernels/attention/fwd.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py",
                                              f"{OPS}/test_position_bias_kernels.py", f"{OPS}/test_attention_bwd.py"),
-                                 40),
+                                 16),
+    # kernels/attention/fwd_kernels.py (split from fwd.py): the forward's @triton.jit kernels, judged as fwd.py was
+    "kernels/attention/fwd_kernels.py": ("kernels", (f"{OPS}/test_attention.py", f"{OPS}/test_varlen.py",
+                                                     f"{OPS}/test_position_bias_kernels.py",
+                                                     f"{OPS}/test_attention_bwd.py"), 26),
     "kernels/attention/decode.py": ("kernels", (f"{OPS}/test_decode.py", f"{OPS}/test_position_bias_kernels.py"), 40),
     # (added 2026-11-30, eighth session) the flash-attention backward kernels (preprocess, dK/dV, dQ; masks, causal
     # alignments, dropout): dq / dk / dv vs float64 autograd in the interpreter (test_attention_bwd.py, ~11 s);
     # common.py's jit helpers and host choices are shared with the forward and decode kernels, so their tests follow
     # (test_attention_common.py first: the TMA descriptors' strides, no kernel, ~0.1 s)
-    "kernels/attention/bwd.py": ("kernels", (f"{OPS}/test_attention_bwd.py",), 40),
+    "kernels/attention/bwd.py": ("kernels", (f"{OPS}/test_attention_bwd.py",), 12),
+    # kernels/attention/bwd_kernels.py (split from bwd.py): the backward's @triton.jit kernels, judged as bwd.py was
+    "kernels/attention/bwd_kernels.py": ("kernels", (f"{OPS}/test_attention_bwd.py",), 32),
     "kernels/attention/common.py": ("kernels", (f"{OPS}/test_attention_common.py", f"{OPS}/test_attention_bwd.py",
                                                 f"{OPS}/test_attention.py", f"{OPS}/test_position_bias_kernels.py",
                                                 f"{OPS}/test_varlen.py", f"{OPS}/test_decode.py"), 20),
@@ -178,7 +184,9 @@ _SEED_LAW = ("which seed each decode step hands the sampler: step 0 keeps the ca
              "from its own generator, so each step's distribution (tests/test_generate.py: vs HF's processors) and "
              "the reproducibility of a seeded call are unchanged; only which of the equally likely tokens a given "
              "seed picks (equivalent in law, not bit for bit: no result can be judged wrong)")
+_FWD_K = "kernels/attention/fwd_kernels.py::"  # the forward's jit kernels (split from fwd.py)
 _BWD = "kernels/attention/bwd.py::"
+_BWD_K = "kernels/attention/bwd_kernels.py::"  # the backward's jit kernels (split from bwd.py)
 _UPCAST = ("DOT_UPCAST (the interpreter's bf16 workaround) taken for more calls: 16-bit tiles converted to fp32 before "
            "each dot. fp16 / bf16 values, and P and dS rounded to the input dtype first, are exact in fp32 and in TF32 "
            "(10 mantissa bits), so the dots multiply the same numbers and accumulate in fp32 as before; fp32 inputs "
@@ -192,6 +200,20 @@ EQUIVALENT: dict[str, str] = {
         "host is then always False: the values are checked on the model's device after the copy instead of on the "
         "CPU before it; the same min / max, the same errors and the same tensors (on a CPU model the two devices are "
         "one), only a device sync more for CPU inputs of a CUDA model",
+    "engine/models/bert.py::hf_name::num::1 -> (0)#0":
+        "the part of a buffer name (position_ids / token_type_ids -> \"\", engine recomputes them) becomes 0: every "
+        "reader skips an empty name before its part (checkpoint._plan's `elif r.name`, the training test's "
+        "`not r.name`), so nothing loads or compares differently",
+    "engine/models/t5.py::<module>::bool::False -> (True)#4":
+        "lm_head.weight marked an alias (a source used only when no primary one maps to the same engine name): "
+        "nothing else maps to lm_head.weight, so checkpoint._plan's plan.setdefault adds it with the same single "
+        "source, and with_lm_head ('lm_head.weight' in plan) reads the merged plan: the same module and weights",
+    "engine/models/bert.py::hf_name::num::1 -> (2)#0":
+        "the part of a buffer name (position_ids / token_type_ids -> \"\") becomes -2: every reader skips an empty "
+        "name before its part (checkpoint._plan's `elif r.name`, the training test's `not r.name`)",
+    "engine/models/t5.py::hf_name::num::1 -> (2)#9":
+        "the parts count of an unused tensor (target \"\": decoder.embed_tokens, the cross-attention's bias table) "
+        "becomes 2: every reader skips an empty name before its part and parts (checkpoint._plan, the training test)",
     **{_CU + m: _SHORTCUT for m in (
         "num::2 -> (1)#0", "cmp::cq[1] == total_q <= max_q -> (cq[1] == total_q < max_q)#0",
         "bool::same or len(ck) == 2 and ck[0] == 0 and ck[1] == total_k <= max_k -> (same and (len(ck) == 2 and "
@@ -251,41 +273,41 @@ EQUIVALENT: dict[str, str] = {
         "with one split the mutant also allocates (or checks) a (B, H, Tq, 1, D) / (B, H, Tq, 1) workspace that no "
         "kernel touches: the split kernel writes out directly (its num_splits > 1 branch is not taken) and the "
         "combine is not launched (S > 1 there); no engine code passes a workspace",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::cmp::m0 >= n_q -> (m0 > n_q)#0":
+    _FWD_K + "_attn_fwd_kernel::cmp::m0 >= n_q -> (m0 > n_q)#0":
         "the early exit no longer takes a query block that starts exactly at its sequence's length: dense grids "
         "(cdiv(Nq, BLOCK_M) blocks) have none; a varlen sequence shorter than the longest (or empty) runs it with "
         "every row off: q loads masked by row_ok (all False), K/V reads inside the sequence's keys, bias rows "
         "clamped to its last query (an empty one: position n_k - 1, in the table), and every store (out, lse) "
         "masked by row_ok: nothing is written, only work is done",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::minmax::tl.maximum(tl.minimum(n_k, m0 + BLOCK_M + causal_shift), "
+    _FWD_K + "_attn_fwd_kernel::minmax::tl.maximum(tl.minimum(n_k, m0 + BLOCK_M + causal_shift), "
     "0) -> (tl.minimum(n_k, m0 + BLOCK_M + causal_shift))#0":
         "hi < 0 only where m0 + BLOCK_M + causal_shift < 0 (a varlen block whose rows all precede key 0), where "
         "full_end is 0: the masked stage runs range(0, hi), as empty as range(0, 0)",
-    **{"kernels/attention/fwd.py::_attn_fwd_kernel::minmax::tl.minimum(n_k, m0 + BLOCK_M + causal_shift) -> " + m:
+    **{_FWD_K + "_attn_fwd_kernel::minmax::tl.minimum(n_k, m0 + BLOCK_M + causal_shift) -> " + m:
         "the masked (BOUNDARY) stage runs on past the block's last visible key (to n_k, or past it): every extra "
         "tile is hidden from every row (cols > offs_m + causal_shift; cols >= n_k with their K/V/mask loads "
         "masked), so p = exp2(-inf) = 0 exactly, m_i unchanged, alpha 1 (0 on rows that saw nothing, whose l_i "
         "and acc are 0): out and lse are the same bits (the extra tiles' unmasked relative-bias loads feed only "
         "these hidden scores); only speed (the causal tile skipping)"
        for m in ("(n_k)#0", "(tl.maximum(n_k, m0 + BLOCK_M + causal_shift))#0")},
-    "kernels/attention/fwd.py::_attn_fwd_inner::bool::False -> (True)#0":
+    _FWD_K + "_attn_fwd_inner::bool::False -> (True)#0":
         "_attn_fwd_inner's DROPOUT default: both calls (the two stages) pass DROPOUT, so the default is never read",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#0":
+    _FWD_K + "_attn_fwd_kernel::bool::False -> (True)#0":
         "the kernel's KV_TMA default: _launch passes KV_TMA on every launch (the AOT specs go through _launch too), "
         "so the default is never read",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#1":
+    _FWD_K + "_attn_fwd_kernel::bool::False -> (True)#1":
         "DOT_UPCAST on by default (every launch but the interpreter's bf16 ones): 16-bit operands are exact in fp32 "
         "and in TF32 (fp16's 10 mantissa bits, bf16's 7), so the upcast dots, run at PRECISION 'tf32' for 16-bit "
         "inputs, take the same products with fp32 accumulation (the interpreter computes both alike); fp32 inputs "
         "are unchanged. Only speed on a GPU (the TF32 rate instead of the 16-bit one)",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#4":
+    _FWD_K + "_attn_fwd_kernel::bool::False -> (True)#4":
         "DROPOUT on by default for calls without dropout: their dropout_p is the default 0.0, so every score is "
         "kept (tl.rand(...) >= 0.0 always) and l_safe is scaled by 1 - 0.0: the same values; only speed (a Philox "
         "draw per score)",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::ifnot::IS_CAUSAL -> (not IS_CAUSAL)#0":
+    _FWD_K + "_attn_fwd_kernel::ifnot::IS_CAUSAL -> (not IS_CAUSAL)#0":
         "which program takes which query block (heaviest first for causal calls, in order otherwise, now the "
         "reverse): both maps cover every block once; only scheduling",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::bool::False -> (True)#5":
+    _FWD_K + "_attn_fwd_kernel::bool::False -> (True)#5":
         "the first stage (keys [0, full_end), seen by every row of the block) runs with BOUNDARY masks: cols < n_k "
         "and (causal) cols <= offs_m + causal_shift hold for all of them, so the masks keep everything and the "
         "general softmax update takes the same values as the hot path (max(qk) * scale = max(qk * scale) for scale "
@@ -293,7 +315,7 @@ EQUIVALENT: dict[str, str] = {
     "kernels/attention/decode.py::decode_attention_fwd::bool::B == 0 or H == 0 -> (B == 0 and H == 0)#0":
         "an empty batch or no heads then launches grids with a zero dimension: no program runs (the interpreter; "
         "Triton's launcher skips empty grids), and out (and a split's workspace) has no element to write",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::arith::m0 + 1 -> (m0 - 1)#0":
+    _FWD_K + "_attn_fwd_kernel::arith::m0 + 1 -> (m0 - 1)#0":
         "the unmasked first stage stops up to 2 keys (rounded down to whole tiles) earlier: [0, full_end) stays a "
         "range every row of the block sees, and the masked second stage takes the rest with exact masks, so the "
         "same keys enter the same online softmax (max(qk) * scale = max(qk * scale) for scale > 0); only speed, "
@@ -379,12 +401,35 @@ EQUIVALENT: dict[str, str] = {
         "(2: _run's caller, install or _Loader.exec_module, both in _hook.py; 3: their caller, engine/__init__.py "
         "or importlib's frozen bootstrap); its category, its message and that the import of transformers goes on "
         "are the same",
+    "engine/hf/_hook.py::_run::num::2 -> (1)#0":
+        "the stacklevel of the 'could not register' warning: stacklevel 1 attributes it to _run's own line, 2 to its "
+        "caller (install or _Loader.exec_module); both frames are in engine/hf/_hook.py, so a module-based warnings "
+        "filter matches either way; only the line number shown changes (category, message and the import going on "
+        "are the same)",
     **{f"engine/hf/attention.py::_eager::dtype::{c}.to(torch.int32) -> ({c})#0":
         "_block_mask reads cu_seq_lens in any integer dtype: its aranges are made in cu's own dtype for searchsorted "
         "(indices, not values, come back) and the positions promote to int64 with the other list (which the other "
         "mutant of the pair still converts). The callers build int32 lists (transformers' padding-free collator, "
         "engine's unpad_input); an int64 list holds the same values: the same mask"
         for c in ("cu_q", "cu_k")},
+    **{f"engine/hf/attention.py::_eager::dtype::torch.int32 -> (torch.int64)#{i}":
+        "the eager fallback's cu_q (#0) / cu_k (#1) converted to int64 instead of int32 before _block_mask: as for "
+        "the dropped conversions above, _block_mask works in the list's own integer dtype (searchsorted returns "
+        "indices; the positions promote to int64 with the other list), so the same values give the same mask"
+        for i in (0, 1)},
+    # engine/hf/attention.py (2026-12-01, mutation seed 7)
+    "engine/hf/attention.py::_packed::arith::cu[1:] - cu[:-1] -> (cu[1:] + cu[:-1])#0":
+        "the derived max_seqlen (only when max_length_q / _k are not given) becomes max(cu[i+1] + cu[i]), never less "
+        "than the longest sequence since cu starts at 0 and never decreases; varlen_attention asks only for an int "
+        ">= the longest sequence: it sizes the kernel's grid (programs past a sequence's end exit, as they do for "
+        "every shorter sequence of a batch) and the PyTorch path does not read it. No bias or dropout reaches this "
+        "call (the two places the value is compared). The same output; int32 sums could wrap only past 2**30 tokens",
+    "engine/hf/attention.py::attention_mask::dtype::padding[:, kv_offset:kv_offset + kv_length].to(torch.bool) -> "
+    "(padding[:, kv_offset:kv_offset + kv_length])#0":
+        "transformers calls the mask interface only after _preprocess_mask_arguments, which casts a 2-D attention_mask "
+        "to bool (every create_*_mask path), and prepare_padding_mask's F.pad keeps the dtype: padding is bool "
+        "already and .to(torch.bool) returns it as is. (A direct call with an int 0/1 mask would return the int "
+        "values, which is what sdpa_mask itself returns for one)",
     # engine/ops/grad.py (2026-11-30, seventh session)
     **{f"engine/ops/grad.py::<module>::bool::True -> (False)#{i}":
         "the Route's differentiable flag only matters with grad mode on and a tensor that requires grad (backend rule "
@@ -452,41 +497,42 @@ EQUIVALENT: dict[str, str] = {
                   "(q.shape[0] == 0 and k.shape[0] == 0 and (max_q == 0) and (max_k == 0))#0",
                   "varlen_backward::num::0 -> (1)#1", "varlen_backward::num::0 -> (1)#3")},  # q / k.shape[1]
     # kernels/attention/bwd.py and common.py (2026-11-30, eighth session)
-    **{_BWD + f"_attn_bwd_preprocess::dtype::{m}#0":
+    **{_BWD_K + f"_attn_bwd_preprocess::dtype::{m}#0":
         "o.to(tl.float32) * do.to(tl.float32) with one conversion dropped: Triton promotes the 16-bit operand of an "
         "fp32 product to fp32, the same conversion" for m in ("o.to(tl.float32) -> (o)", "do.to(tl.float32) -> (do)")},
-    **{_BWD + m: _UPCAST for m in (
+    **{_BWD_K + m: _UPCAST for m in (
         "_attn_bwd_dkdv_kernel::bool::False -> (True)#0",  # DOT_UPCAST's default (the launcher passes it only
-        "_attn_bwd_dq_kernel::bool::False -> (True)#0",    # for bf16 in the interpreter)
-        "_launch_bwd::bool::interp and q.dtype == torch.bfloat16 -> (interp or q.dtype == torch.bfloat16)#0")},
-    _BWD + "_bwd_dkdv_inner::num::0.0 -> (1.0)#1":
+        "_attn_bwd_dq_kernel::bool::False -> (True)#0")},  # for bf16 in the interpreter)
+    _BWD + "_launch_bwd::bool::interp and q.dtype == torch.bfloat16 -> (interp or q.dtype == torch.bfloat16)#0":
+        _UPCAST,
+    _BWD_K + "_bwd_dkdv_inner::num::0.0 -> (1.0)#1":
         "Delta's fill for rows past n_q: " + _PAST_ROWS + " whatever Delta is (1 - 0 or 0 - 0)",
-    _BWD + "_bwd_dkdv_inner::bool::MASK_PER_ROW and MASK_KIND != 0 -> (MASK_PER_ROW or MASK_KIND != 0)#0":
+    _BWD_K + "_bwd_dkdv_inner::bool::MASK_PER_ROW and MASK_KIND != 0 -> (MASK_PER_ROW or MASK_KIND != 0)#0":
         "the per-row branch taken also for a key-padding mask (MASK_PER_ROW is never True without a mask: "
         "mask_launch_args): it reads row min(row, n_q - 1) of a mask whose row stride is 0 (or whose one query row is "
         "row 0), i.e. the same key-padding values, added after the product's scaling instead of starting it: the "
         "same scores up to fp32 rounding",
-    _BWD + "_attn_bwd_dq_kernel::cmp::m0 >= n_q -> (m0 > n_q)#0":
+    _BWD_K + "_attn_bwd_dq_kernel::cmp::m0 >= n_q -> (m0 > n_q)#0":
         "a program whose first query is exactly n_q (dense: never; varlen: a sequence of n_q = 0, 32, ... queries "
         "under a longer max_seqlen_q) runs instead of returning: every row has row_ok False, so its store is masked "
         "off and it writes nothing",
-    _BWD + "_attn_bwd_dkdv_kernel::cmp::n0 >= n_k -> (n0 > n_k)#0":
+    _BWD_K + "_attn_bwd_dkdv_kernel::cmp::n0 >= n_k -> (n0 > n_k)#0":
         "a program whose first key is exactly n_k (dense: never, the grid is cdiv(Nk, BLOCK_N); varlen: a sequence "
         "of n_k = 0, 32, ... keys under a longer max_seqlen_k) runs instead of returning: every key of its block has "
         "col_ok False, so its stores are masked off and it writes nothing",
-    _BWD + "_attn_bwd_dkdv_kernel::minmax::tl.minimum(m_full, n_q) -> (m_full)#0":
+    _BWD_K + "_attn_bwd_dkdv_kernel::minmax::tl.minimum(m_full, n_q) -> (m_full)#0":
         "the causal stage runs on to m_full past n_q (and the full stage, from m_full, then runs no block): the extra "
         "query blocks are all rows past the end: " + _PAST_ROWS + ", so they add nothing to dK / dV",
-    _BWD + "_attn_bwd_dq_kernel::ifnot::IS_CAUSAL -> (not IS_CAUSAL)#0":
+    _BWD_K + "_attn_bwd_dq_kernel::ifnot::IS_CAUSAL -> (not IS_CAUSAL)#0":
         "the order of query blocks over program ids (heaviest first for causal calls): start_m = programs - 1 - pid "
         "is a bijection of the blocks, and each program writes only its own rows of dQ",
-    _BWD + "_attn_bwd_dq_kernel::mask::tl.load(LSE + l_off, mask=row_ok, other=float(\"inf\")) -> "
+    _BWD_K + "_attn_bwd_dq_kernel::mask::tl.load(LSE + l_off, mask=row_ok, other=float(\"inf\")) -> "
            "(tl.load(LSE + l_off))#0":
         "m of query rows past n_q read unmasked: they lie in the statistics buffer (the next head's or sequence's "
         "rows, or the start of the log2(l) plane that follows the m plane), and m of a row only reaches that row "
         "of dQ, never stored past n_q (test_backward_loads_stay_inside_every_buffer: the buffer ends at an "
         "unreadable page; the log2(l) and Delta twins of this load are killed there)",
-    **{_BWD + m: "the boundary stage's end: for a causal call hi_n = max(min(n_k, m0 + BLOCK_M + shift), 0). Without "
+    **{_BWD_K + m: "the boundary stage's end: for a causal call hi_n = max(min(n_k, m0 + BLOCK_M + shift), 0). Without "
                  "the max a negative end leaves range(full_end, hi_n) empty as range(full_end, 0) is (full_end >= 0); "
                  "with n_k instead, the stage runs on over keys no row of the block sees, and its element mask "
                  "(cols <= rows + shift) zeroes P there: the same dQ"
@@ -539,9 +585,9 @@ EQUIVALENT: dict[str, str] = {
         "num_warps / num_stages of INTERPRETER_DKDV_CONFIG / INTERPRETER_DQ_CONFIG: _configs picks these only under "
         "Triton's interpreter, which runs each program as whole-tile numpy operations and ignores both"
         for m in ("4 -> (3)", "4 -> (5)", "1 -> (0)", "1 -> (2)") for i in (0, 1)},
-    _BWD + "_attn_bwd_dkdv_kernel::num::0 -> (1)#5":
+    _BWD_K + "_attn_bwd_dkdv_kernel::num::0 -> (1)#5":
         "m_lo = (max(n0 - shift, 1) // BLOCK_M) * BLOCK_M: where n0 - shift <= 0 both give block 0 (1 // BLOCK_M = 0)",
-    **{_BWD + m: "m_full, where the causal stage (exact element mask) hands over to the unmasked one, moved up or "
+    **{_BWD_K + m: "m_full, where the causal stage (exact element mask) hands over to the unmasked one, moved up or "
                  "kept: without the inner max a negative cdiv loses to m_lo >= 0 in the outer max, as 0 does; "
                  "n0 + BLOCK_N + 1 puts it at most one query block later, which the masked stage then runs with the "
                  "same result (only an earlier start of the unmasked stage can be wrong, and the tests kill those)"
@@ -675,7 +721,7 @@ KILLED_ELSEWHERE: dict[str, str] = {
         "tests/kernels/test_sm90_gate.py::test_no_spills_and_no_serialized_wgmma[attention_bwd] fails on that "
         "code (checked once, before the flag existed, with the steps unconditionally 64-bit: 13 failures, "
         "e.g. 1168 B of spills in attnbwd_bf16_d256's dK/dV, C7515 in the D=64 / 128 dQ builds)",
-    "kernels/attention/fwd.py::_attn_fwd_kernel::arith::(full_end // BLOCK_N) * BLOCK_N -> (full_end // BLOCK_N / "
+    _FWD_K + "_attn_fwd_kernel::arith::(full_end // BLOCK_N) * BLOCK_N -> (full_end // BLOCK_N / "
     "BLOCK_N)#0":
         "full_end becomes a float: the interpreter's range takes it, Triton's compiler rejects it ('For loop bounds "
         "and step must all be ints'); tests/kernels/test_aot.py[attention] fails on it (checked once, eighth "
@@ -701,6 +747,12 @@ KILLED_ELSEWHERE: dict[str, str] = {
     "engine/models/blocks.py::refuse_compiled_packing::ifnot::packed -> (not packed)#0":
         "called only under torch.compile: tests/test_compile.py (85 s clean) fails on it "
         "(test_fullgraph_equals_eager[BertForMaskedLM], checked once, 19 s)",
+    "engine/models/bert.py::EncoderModel.encode::bool::False -> (True)#0":
+        "taken only under torch.compile: tests/test_compile.py (85 s clean) fails on it "
+        "(test_fullgraph_equals_eager[BertForMaskedLM]: packing a padded batch is data dependent; checked once, 7 s)",
+    "engine/models/blocks.py::check_inputs::num::1 -> (2)#4":
+        "the compiled value check (names[1:] -> names[2:]): taken only under torch.compile; tests/test_compile.py "
+        "fails on it (test_compiled_model_checks_input_values, checked once, 7 s)",
     "kernels/norm.py::_norm_fwd_kernel::dtype::tl.float32 -> (tl.float16)#5":
         "m2 starts fp16 and becomes fp32 in the loop: the interpreter promotes silently, Triton's compiler rejects "
         "the loop-carried type change; tests/kernels/test_aot.py[norm] fails on it (checked once, 139 s, as "
