@@ -49,13 +49,18 @@ def test_patched_model_matches_transformers(arch, pack):
     assert err < RTOL
 
 
-def test_padded_encoder_batches_run_packed(monkeypatch):
+def _varlen_calls(monkeypatch, record=lambda *a, **k: 1) -> list:
+    """A list that gets ``record(*args, **kwargs)`` for each engine.ops.varlen_attention call (which still runs)."""
     import engine.ops as ops
 
     calls = []
     real = ops.varlen_attention
-    monkeypatch.setattr(ops, "varlen_attention",
-                        lambda *a, **k: calls.append((a[0].shape, k["validate"])) or real(*a, **k))
+    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(record(*a, **k)) or real(*a, **k))
+    return calls
+
+
+def test_padded_encoder_batches_run_packed(monkeypatch):
+    calls = _varlen_calls(monkeypatch, lambda *a, **k: (a[0].shape, k["validate"]))
     model = make("BertForMaskedLM")
     engine.patch(model, pack=True)
     x = batch("BertForMaskedLM")  # lengths 11, 7, 3
@@ -73,15 +78,10 @@ def test_padded_encoder_batches_run_packed(monkeypatch):
     assert calls == []
 
 
-
 def test_a_frozen_encoder_packs_with_grad_mode_on(monkeypatch):
     """Outside no_grad, packing waits only on autograd: a model whose parameters require grad runs padded; once frozen
     (nothing for autograd to record) its padded batch runs packed, with transformers' result."""
-    import engine.ops as ops
-
-    calls = []
-    real = ops.varlen_attention
-    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _varlen_calls(monkeypatch)
     ref = make("BertForMaskedLM")
     model = twin(ref)
     engine.patch(model, pack=True)
@@ -96,14 +96,11 @@ def test_a_frozen_encoder_packs_with_grad_mode_on(monkeypatch):
         theirs = ref(**x).logits
     assert max_rel_err(ours, theirs, x["attention_mask"]) < RTOL
 
+
 def test_a_per_query_mask_is_not_taken_for_key_padding(monkeypatch):
     """A materialised (B, 1, N, N) mask (here causal, plus key padding in row 1) has the key-padding shape but not its
     stride 0 over the queries: the encoder must not pack by its first row; the result equals transformers'."""
-    import engine.ops as ops
-
-    calls = []
-    real = ops.varlen_attention
-    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _varlen_calls(monkeypatch)
     ref = make("BertForMaskedLM")
     model = twin(ref)
     engine.patch(model, pack=True)
@@ -117,11 +114,7 @@ def test_a_per_query_mask_is_not_taken_for_key_padding(monkeypatch):
 
 
 def test_auto_packing_follows_engines_cpu_rule(monkeypatch):
-    import engine.ops as ops
-
-    calls = []
-    real = ops.varlen_attention
-    monkeypatch.setattr(ops, "varlen_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _varlen_calls(monkeypatch)
     model = make("DistilBertForMaskedLM")
     engine.patch(model)
     full = batch("DistilBertForMaskedLM", B=4, N=20)
