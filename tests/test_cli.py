@@ -108,6 +108,52 @@ def test_generate_sampling_is_seeded(gpt2_dir, capsys):
     assert outs[0] != outs[2]
 
 
+def test_generate_default_length_fills_the_positions_left(gpt2_dir, capsys):
+    """Without --max-new-tokens a long prompt generates up to the model's last position (64 here), not 64 tokens
+    past it (an error); greedy, the same tokens as transformers; the stderr summary's seconds are this call's."""
+    import time
+
+    tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))
+    prompt = " ".join(["the cat sat on the mat"] * 5)
+    ids = torch.tensor([tok.encode(prompt).ids])
+    room = 64 - ids.shape[1]
+    assert 1 < room < 64
+    t0 = time.perf_counter()
+    rc, out, err = run(capsys, "generate", gpt2_dir, "--prompt", prompt, "--temperature", 0, "--device", "cpu")
+    wall = time.perf_counter() - t0
+    assert rc == 0, err
+    hf = T.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=room, do_sample=False,
+                          eos_token_id=0, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    new = ref[:ref.index(0)] if 0 in ref else ref
+    assert out == prompt + tok.decode(new) + "\n"
+    n, secs, rate = re.search(r"\[(\d+) new tokens in ([\d.]+) s: ([\d.]+) tokens/s\]", err).groups()
+    assert int(n) == len(new) and float(secs) <= wall + 0.01
+    secs, rate = float(secs), float(rate)  # seconds printed to 0.01: the rate within that rounding
+    assert len(new) / (secs + 0.005) - 0.05 <= rate <= len(new) / max(secs - 0.005, 1e-9) + 0.05
+
+
+def test_generate_prints_a_trailing_incomplete_character(gpt2_dir, capsys, monkeypatch):
+    """Streaming holds back text ending in an incomplete UTF-8 sequence; if generation stops there, the held text
+    (transformers' decode: a replacement character) is still printed, after the characters shown before it."""
+    import engine.generate
+
+    tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))
+    byte = tok.encode("\u00e9").ids  # two byte tokens: "\u00e9" is 0xC3 0xA9 in UTF-8
+    assert len(byte) == 2
+    new = tok.encode("ok").ids + byte + byte[:1]  # "ok", "\u00e9", then half of another
+
+    def fake_stream(model, ids, **kw):
+        for t in new:
+            yield torch.tensor([t])
+    monkeypatch.setattr(engine.generate, "stream", fake_stream)
+    rc, out, err = run(capsys, "generate", gpt2_dir, "--prompt", "hi", "--max-new-tokens", 5, "--device", "cpu")
+    assert rc == 0, err
+    assert tok.decode(new).endswith("\ufffd")
+    assert out == "hi" + tok.decode(new) + "\n"
+
+
 def test_fill_mask_top5_matches_transformers(mlm_dir, capsys):
     text = "Paris is the [MASK] of France."
     rc, out, err = run(capsys, "fill-mask", mlm_dir, text)
@@ -227,6 +273,18 @@ def test_embed_long_and_odd_texts_are_texts(capsys):
     assert rc == 0, err
     sims = similarity_matrix(out, 3)
     assert sims[0, 2] > sims[1, 2]
+
+
+def test_embed_first_argument_is_a_model_only_when_it_looks_like_one(tmp_path):
+    """embed's first positional argument: an existing folder, or a path-like word (a separator and no space), is
+    the model; a plain word, a sentence with a slash, or "" is a text."""
+    from engine.cli_embed import _looks_like_path
+
+    (tmp_path / "plain").mkdir()
+    for arg, is_path in ((str(tmp_path / "plain"), True), ("models/minilm", True), ("C:\\models\\x", True),
+                         ("Hello.", False), ("hello", False), ("either/or is a choice", False), ("", False),
+                         ("   ", False)):
+        assert _looks_like_path(arg) is is_path, arg
 
 
 def errors(tmp: Path, gpt2: Path, mlm: Path, cls: Path) -> list[tuple[list, str]]:
