@@ -111,6 +111,11 @@ PY_TARGETS: dict[str, tuple[str, tuple[str, ...], int]] = {
                            7),
     # SDPA's full argument check vs torch's own SDPA (accepted shapes give its values, refusals name the argument)
     "engine/ops/sdpa_args.py": ("ops", (f"{OPS}/test_sdpa_signature.py",), 15),
+    # (added 2026-12-01, ninth session) python -m engine's generate / fill-mask / classify / embed commands: one-line
+    # errors, exit codes and outputs vs the Python API (test_cli.py ~7 s, test_cli_t5.py ~2 s, test_user_input.py
+    # ~3 s); the embed command's corpus mode is also judged by test_corpus.py (~50 s, last)
+    "engine/cli.py": ("models", ("tests/test_cli.py", "tests/test_cli_t5.py", "tests/test_user_input.py"), 12),
+    "engine/cli_embed.py": ("models", ("tests/test_cli.py", "tests/test_user_input.py", "tests/test_corpus.py"), 12),
     # (added 2026-11-30, sixth session) what an embedding is for a folder (sentence-transformers' module files):
     # every field of tiny module-file folders vs the file format (test_embed_spec.py, ~1 s: most mutants die
     # there), then MiniLM / T5 embeddings vs transformers + float64 pooling, the refusals by file and field
@@ -417,6 +422,16 @@ EQUIVALENT: dict[str, str] = {
         "the dropped conversions above, _block_mask works in the list's own integer dtype (searchsorted returns "
         "indices; the positions promote to int64 with the other list), so the same values give the same mask"
         for i in (0, 1)},
+    # engine/cli_embed.py (2026-12-01, ninth session)
+    "engine/cli_embed.py::_embed_impl::minmax::(unit @ unit.T).clamp(-1, 1) -> (unit @ unit.T)#0":
+        "the printed cosine similarities of L2-normalised float32 rows: without the clamp a value can pass +-1 only "
+        "by rounding (a few ulps, ~1e-7), which the 4-decimal format prints as the same 1.0000 / -1.0000",
+    **{f"engine/cli_embed.py::_embed_impl::num::1 -> (2)#{i}":
+        "a clamp bound of the printed cosines moved to -2 (#1) or 2 (#2): as the clamp removed, the values pass +-1 "
+        "only by float32 rounding, which the 4-decimal format prints the same" for i in (1, 2)},
+    "engine/cli.py::_generate_impl::num::1.0 -> (2.0)#0":
+        "the temperature passed with --temperature 0 (greedy): decoding.decoding_options checks it (> 0 passes) and "
+        "then sets temperature 0 for every greedy call, as HF ignores the warpers when not sampling: the same tokens",
     # engine/hf/attention.py (2026-12-01, mutation seed 7)
     "engine/hf/attention.py::_packed::arith::cu[1:] - cu[:-1] -> (cu[1:] + cu[:-1])#0":
         "the derived max_seqlen (only when max_length_q / _k are not given) becomes max(cu[i+1] + cu[i]), never less "
