@@ -52,6 +52,19 @@ def gpt2_dir(tmp_path_factory) -> Path:
     return d
 
 
+def gpt2_variant(src: Path, dst: Path, **config) -> tuple[Path, dict]:
+    """A copy of the GPT-2 folder ``src`` at ``dst`` with config.json's ``config`` fields set and no
+    generation_config.json; returns the folder and its config."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / "generation_config.json").unlink(missing_ok=True)
+    cfg = {**json.loads((src / "config.json").read_text()), **config}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst, cfg
+
+
 def bert_dir(root: Path, name: str, arch: str, labels: dict[int, str] = LABELS, **extra) -> Path:
     d = root / name
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
@@ -157,18 +170,10 @@ def test_generate_prints_a_trailing_incomplete_character(gpt2_dir, capsys, monke
 def test_generate_stops_on_the_tokenizers_eos_when_the_config_has_none(gpt2_dir, tmp_path, capsys, monkeypatch):
     """No EOS in config.json / generation_config.json: generate stops on the tokenizer's <|endoftext|> (or </s>)
     when the model's vocabulary has it, else on nothing; with a config EOS, on that."""
-    import json
-    import shutil
-
     import engine.cli
     import engine.generate
 
-    folder = tmp_path / "no_eos"
-    shutil.copytree(gpt2_dir, folder)
-    (folder / "generation_config.json").unlink(missing_ok=True)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(eos_token_id=None, bos_token_id=None)
-    (folder / "config.json").write_text(json.dumps(cfg))
+    folder, cfg = gpt2_variant(gpt2_dir, tmp_path / "no_eos", eos_token_id=None, bos_token_id=None)
     tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))
     end = tok.token_to_id("<|endoftext|>")
     words = tok.encode(" cat dog").ids
@@ -192,22 +197,14 @@ def test_generate_stops_on_the_tokenizers_eos_when_the_config_has_none(gpt2_dir,
 def test_generate_default_length_rule(gpt2_dir, tmp_path, capsys, monkeypatch):
     """--max-new-tokens' default: 64, capped by the positions the prompt leaves (at least 1, which generate then
     refuses for a prompt already at the limit); GPT-2 samples at temperature 0.8 by default."""
-    import json
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     import engine.generate
 
-    wide = tmp_path / "wide"  # 200 positions: room for more than 64 new tokens
-    shutil.copytree(gpt2_dir, wide)
+    wide, _ = gpt2_variant(gpt2_dir, tmp_path / "wide", n_positions=200)  # room for more than 64 new tokens
     weights = load_file(wide / "model.safetensors")
-    wpe = weights["transformer.wpe.weight"] if "transformer.wpe.weight" in weights else weights["wpe.weight"]
-    key = next(k for k, v in weights.items() if v is wpe)
-    weights[key] = torch.cat([wpe] * 4)[:200]
+    weights["transformer.wpe.weight"] = torch.cat([weights["transformer.wpe.weight"]] * 4)[:200]
     save_file(weights, wide / "model.safetensors", metadata={"format": "pt"})
-    cfg = json.loads((wide / "config.json").read_text())
-    (wide / "config.json").write_text(json.dumps({**cfg, "n_positions": 200}))
     asked = []
 
     def fake_stream(model, ids, *, max_new_tokens, do_sample, temperature, **kw):
